@@ -1,0 +1,93 @@
+"""Bodies of the child processes the transport tests spawn (importable by name for spawn)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+
+import numpy as np
+from shmlaunch.transport import Reader, Writer
+
+CHECK = struct.Struct("<Q16s")  # seq, then the md5 of the rest of the message
+
+
+def checked_message(seq: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A message that proves its own integrity: its seq and a digest of its random body."""
+    body = rng.integers(0, 256, size - CHECK.size, dtype=np.uint8)
+    out = np.empty(size, np.uint8)
+    out[CHECK.size :] = body
+    CHECK.pack_into(out, 0, seq, hashlib.md5(body).digest())
+    return out
+
+
+def verify(data: np.ndarray) -> int:
+    """The message's own seq if its digest matches, else -1 (a torn message)."""
+    seq, digest = CHECK.unpack_from(data, 0)
+    return seq if hashlib.md5(data[CHECK.size :]).digest() == digest else -1
+
+
+def write_checked(runtime_dir, topic, size, count, ready=None, rate_hz=None, pool=4):
+    w = Writer(topic, capacity=size, pool=pool, runtime_dir=runtime_dir)
+    if ready is not None:
+        ready.wait(30)
+    rng = np.random.default_rng(1)
+    msgs = [checked_message(i, size, rng) for i in range(64)]
+    for i in range(count):
+        m = msgs[i % 64]
+        struct.pack_into("<Q", m, 0, i)  # seq field changes; digest covers the body only
+        w.publish(m)
+        if rate_hz:
+            time.sleep(1 / rate_hz)
+    w.close()
+
+
+def write_forever(runtime_dir, topic, size, started):
+    """Publish checked messages back to back until killed (for kill -9 tests)."""
+    w = Writer(topic, capacity=size, pool=3, runtime_dir=runtime_dir)
+    rng = np.random.default_rng()
+    msgs = [checked_message(0, size, rng) for _ in range(4)]
+    started.set()
+    i = 0
+    while True:
+        w.publish(msgs[i % 4])
+        i += 1
+
+
+def read_checked(runtime_dir, topic, ready, results, stop_after_idle=2.0):
+    """Receive until the writer goes quiet; report (received, torn, out_of_order, last_seq)."""
+    r = Reader(topic, runtime_dir=runtime_dir)
+    ready.set()
+    received = torn = disorder = 0
+    last = -1
+    while True:
+        msg = r.receive(timeout=stop_after_idle)
+        if msg is None:
+            break
+        with msg:
+            seq = verify(msg.data)
+        if seq < 0:
+            torn += 1
+        elif seq <= last:
+            disorder += 1
+        last = max(last, seq)
+        received += 1
+    results.put((received, torn, disorder, last, r.statistics().missed))
+    r.close()
+
+
+def hold_one(runtime_dir, topic, held):
+    """Receive one message, tell the parent, and hold it until killed."""
+    r = Reader(topic, runtime_dir=runtime_dir)
+    msg = r.receive(timeout=10)
+    assert msg is not None
+    held.set()
+    time.sleep(3600)
+
+
+def second_writer(runtime_dir, topic, results):
+    try:
+        Writer(topic, runtime_dir=runtime_dir)
+        results.put("opened")
+    except Exception as exc:  # the parent checks the type and message
+        results.put(f"{type(exc).__name__}: {exc}")

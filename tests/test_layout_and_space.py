@@ -1,0 +1,89 @@
+"""The documented byte layout, the public surface, and a full /dev/shm."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shmlaunch.transport as transport
+from shmlaunch.transport import OutOfSpaceError, Reader, Writer
+from shmlaunch.transport import _layout as L
+
+
+def test_header_fields_sit_at_the_documented_offsets(rt):
+    w = Writer("t", dtype="<f4", shape=(3, 5), pool=3, runtime_dir=rt)
+    w.publish(np.ones((3, 5), np.float32), stamp_ns=42)
+    raw = (rt / "t.pool").read_bytes()
+    u32 = lambda off: struct.unpack_from("<I", raw, off)[0]  # noqa: E731
+    u64 = lambda off: struct.unpack_from("<Q", raw, off)[0]  # noqa: E731
+    assert raw[0:8] == b"SHMLPOOL"
+    assert (u32(8), u32(12), u64(16)) == (1, 3, 60)
+    assert u64(24) == 128 and u64(32) == 512  # stride: 64 header + 60 payload, rounded to 64
+    assert (u64(40), u32(48)) == (4, 2)
+    assert raw[56:88].rstrip(b"\0") == b"<f4"
+    assert (u64(88), u64(96), u64(104)) == (3, 5, 0)
+    assert u32(256) == (1 << 8) | 0  # wake word: seq 1 in slot 0
+    assert (u64(264), u64(272), u64(280)) == (1, os.getpid(), 1)
+    slot0 = 512
+    assert (u64(slot0), u64(slot0 + 8), u64(slot0 + 16), u64(slot0 + 32)) == (2, 60, 42, 1)
+    assert np.frombuffer(raw, np.float32, 15, slot0 + 64).tolist() == [1.0] * 15
+    assert len(raw) == 512 + 3 * 128
+
+
+def test_layout_constants_agree_with_the_structs():
+    assert L.STATIC.size == 152 and L.STATIC.size <= L.WAKE_OFFSET
+    assert L.SLOT.size <= L.SLOT_HEADER_SIZE and L.HEADER_SIZE % L.ALIGN == 0
+    assert L.WRITER_OFFSET + L.WRITER.size <= L.HEADER_SIZE
+    assert L.slot_stride(1) == 128 and L.slot_stride(0) == 64 and L.slot_stride(6220800) % 64 == 0
+    assert L.LOCK_SLOT0 + L.MAX_POOL <= L.HEADER_SIZE  # lock bytes stay inside the header's range
+
+
+def test_layout_document_lists_every_header_field():
+    doc = (Path(transport.__file__).parent / "LAYOUT.md").read_text()
+    for field in ("magic", "layout_version", "pool", "capacity", "slot_stride", "slots_offset", "itemsize", "ndim",
+                  "dtype", "shape", "wake", "latest_seq", "writer_pid", "writer_generation", "writer_attach_ns",
+                  "state", "length", "source_ns", "publish_ns", "generation"):
+        assert f"`{field}`" in doc, field
+
+
+def test_public_api_is_pinned():
+    assert sorted(transport.__all__) == sorted([
+        "LAYOUT_VERSION", "ClosedError", "Loan", "Message", "OutOfSpaceError", "PoolExhaustedError", "Reader",
+        "ReaderStatistics", "SegmentCorruptError", "TopicConfig", "TopicMismatchError", "TopicNotFoundError",
+        "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup", "default_runtime_dir",
+        "ensure_runtime_dir", "ensure_topic", "normalize_request", "read_registry", "validate_topic_name",
+    ])
+
+
+@pytest.fixture
+def small_tmpfs():
+    """A 1 MiB tmpfs standing in for a full /dev/shm (needs permission to mount)."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command on this machine")
+    mnt = Path(tempfile.mkdtemp(prefix="shml-tmpfs-"))
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        mnt.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'}); needs root or CAP_SYS_ADMIN")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a leaked mapping cannot keep it busy
+        mnt.rmdir()
+
+
+def test_full_shm_is_a_clear_error_at_creation_and_leaves_nothing(small_tmpfs):
+    rt = small_tmpfs / "graph"
+    expected = r"^\[Errno 28\] cannot create topic 'big': .* has \d+ bytes free, the segment needs 4194880 \(capacity=4194304 pool=1\)$"
+    with pytest.raises(OutOfSpaceError, match=expected):
+        Writer("big", capacity=1 << 22, pool=1, runtime_dir=rt)
+    assert sorted(p.name for p in rt.iterdir()) == ["registry.lock"]
+    with Writer("small", capacity=1024, runtime_dir=rt) as small, Reader("small", runtime_dir=rt) as reader:
+        small.publish(b"ok")  # what fits still works
+        assert bytes(reader.receive(timeout=1).copy().data) == b"ok"

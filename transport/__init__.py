@@ -1,0 +1,49 @@
+"""Shared-memory pool topics: one writer, many readers, newest message first, zero copy.
+
+A topic is a segment of ``pool`` slots of ``capacity`` bytes in a graph's private runtime
+directory, listed in the graph's registry file. See transport/LAYOUT.md for the byte layout
+that C++ and C# readers follow.
+"""
+
+from ._errors import (
+    ClosedError,
+    OutOfSpaceError,
+    PoolExhaustedError,
+    SegmentCorruptError,
+    TopicMismatchError,
+    TopicNotFoundError,
+    TransportError,
+    WriterBusyError,
+)
+from ._layout import LAYOUT_VERSION, TopicConfig
+from ._reader import Message, Reader, ReaderStatistics
+from ._registry import read_registry
+from ._runtime import cleanup, default_runtime_dir, ensure_runtime_dir, validate_topic_name
+from ._segment import ensure_topic, normalize_request
+from ._writer import Loan, Writer, WriterStatistics
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "ClosedError",
+    "Loan",
+    "Message",
+    "OutOfSpaceError",
+    "PoolExhaustedError",
+    "Reader",
+    "ReaderStatistics",
+    "SegmentCorruptError",
+    "TopicConfig",
+    "TopicMismatchError",
+    "TopicNotFoundError",
+    "TransportError",
+    "Writer",
+    "WriterBusyError",
+    "WriterStatistics",
+    "cleanup",
+    "default_runtime_dir",
+    "ensure_runtime_dir",
+    "ensure_topic",
+    "normalize_request",
+    "read_registry",
+    "validate_topic_name",
+]

@@ -1,0 +1,37 @@
+"""The transport's exceptions; each class says whose fault the failure is.
+
+Misuse by the caller (oversize data, a bad topic name) raises the built-in ValueError;
+the classes below cover what the caller cannot see coming from its own arguments.
+"""
+
+
+class TransportError(Exception):
+    """Base class of every pool-topic error."""
+
+
+class TopicNotFoundError(TransportError, LookupError):
+    """A reader asked for a topic that no registry lists (no writer or launcher created it)."""
+
+
+class TopicMismatchError(TransportError):
+    """Two parties disagree on a topic's capacity, pool size, dtype, shape or layout version."""
+
+
+class WriterBusyError(TransportError):
+    """A second writer tried to open a topic whose writer is alive (one writer per topic)."""
+
+
+class PoolExhaustedError(TransportError):
+    """Every slot of a topic is held by readers, so a loan has nowhere to go."""
+
+
+class SegmentCorruptError(TransportError):
+    """A segment file is not a pool topic of this layout (the OSError, if any, is the cause)."""
+
+
+class OutOfSpaceError(TransportError, OSError):
+    """The shared-memory file system cannot hold a new segment (reserved up front)."""
+
+
+class ClosedError(TransportError):
+    """The writer or reader was used after close()."""

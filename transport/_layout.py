@@ -1,0 +1,152 @@
+"""The byte layout of a pool-topic segment, version 1 (documented in transport/LAYOUT.md).
+
+All integers are little-endian (every supported platform is); offsets are from the start
+of the segment file. The static part is written once by the creator before the file is
+renamed into place; the dynamic part and the slots change while the topic lives.
+
+Header (512 bytes)
+  off  size  field             part     meaning
+  0    8     magic             static   b"SHMLPOOL"
+  8    4     layout_version    static   u32, 1
+  12   4     pool              static   u32, number of slots N (1..256)
+  16   8     capacity          static   u64, max payload bytes per message
+  24   8     slot_stride       static   u64, bytes from one slot to the next (multiple of 64)
+  32   8     slots_offset      static   u64, offset of slot 0 (512)
+  40   8     itemsize          static   u64, bytes per element of dtype (0: raw bytes)
+  48   4     ndim              static   u32, number of dims in shape (0: no fixed shape)
+  52   4     (reserved)
+  56   32    dtype             static   ASCII numpy typestr, NUL padded ("|u1", "<f4", "|V1272")
+  88   64    shape             static   u64[8], the first ndim are used
+  152  104   (reserved)        static   zero
+  256  4     wake              dynamic  u32 futex word: ((seq & 0xFFFFFF) << 8) | slot, 0 = none yet
+  260  4     (reserved)
+  264  8     latest_seq        dynamic  u64, sequence number of the newest complete message
+  272  8     writer_pid        dynamic  u64, pid of the last writer that attached
+  280  8     writer_generation dynamic  u64, +1 each time a writer attaches
+  288  8     writer_attach_ns  dynamic  i64, CLOCK_REALTIME ns when it attached
+  296  216   (reserved)        dynamic  zero
+
+Slot i starts at slots_offset + i * slot_stride:
+  0    8     state             u64: 2*seq when message seq is complete, odd while being written,
+                               0 when never written
+  8    8     length            u64, payload bytes of this message
+  16   8     source_ns         i64, source timestamp (e.g. capture time), CLOCK_REALTIME ns
+  24   8     publish_ns        i64, when the writer published it, CLOCK_REALTIME ns
+  32   8     generation        u64, writer_generation of the writer that wrote it
+  40   24    (reserved)
+  64   ...   payload           capacity bytes, 64-byte aligned
+
+Lock bytes (fcntl open-file-description byte-range locks on the segment file; advisory,
+they do not touch the bytes):
+  0        writer: exclusive, held by the live writer for its whole life
+  1        presence: shared, held by every live reader (and the launcher) for its life
+  64 + i   slot i: shared while a reader holds a message of slot i,
+           exclusive while the writer writes slot i
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"SHMLPOOL"
+LAYOUT_VERSION = 1
+HEADER_SIZE = 512
+SLOT_HEADER_SIZE = 64
+ALIGN = 64
+MAX_POOL = 256
+MAX_NDIM = 8
+
+STATIC = struct.Struct("<8sIIQQQQI4x32s8Q")  # offsets 0..151
+WAKE_OFFSET = 256
+LATEST_SEQ_OFFSET = 264
+WRITER = struct.Struct("<QQq")  # writer_pid, writer_generation, writer_attach_ns at 272
+WRITER_OFFSET = 272
+SLOT = struct.Struct("<QQqqQ")  # state, length, source_ns, publish_ns, generation
+
+LOCK_WRITER = 0
+LOCK_PRESENCE = 1
+LOCK_SLOT0 = 64
+
+
+def slot_lock_offset(index: int) -> int:
+    return LOCK_SLOT0 + index
+
+
+def wake_value(seq: int, slot: int) -> int:
+    """The futex word for message ``seq`` in ``slot``: changes with every publish, and tells
+    a waking reader which slot to look at with a single atomic 32-bit load."""
+    return ((seq & 0xFFFFFF) << 8) | slot
+
+
+def slot_stride(capacity: int) -> int:
+    return -(-(SLOT_HEADER_SIZE + capacity) // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """A topic's static description: what the registry lists and the header repeats."""
+
+    capacity: int
+    pool: int
+    dtype: np.dtype | None = None
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def segment_size(self) -> int:
+        return HEADER_SIZE + self.pool * slot_stride(self.capacity)
+
+    def header_bytes(self) -> bytes:
+        typestr = b"" if self.dtype is None else self.dtype.str.encode("ascii")
+        itemsize = 0 if self.dtype is None else self.dtype.itemsize
+        shape = list(self.shape or ())
+        static = STATIC.pack(
+            MAGIC, LAYOUT_VERSION, self.pool, self.capacity, slot_stride(self.capacity),
+            HEADER_SIZE, itemsize, len(shape), typestr, *(shape + [0] * (MAX_NDIM - len(shape))),
+        )
+        return static + bytes(HEADER_SIZE - len(static))
+
+    def describe(self) -> str:
+        parts = [f"capacity={self.capacity}", f"pool={self.pool}"]
+        if self.dtype is not None:
+            parts.append(f"dtype={dtype_name(self.dtype)}")
+        if self.shape is not None:
+            parts.append(f"shape={list(self.shape)}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class HeaderView:
+    """What a segment's static header says (as read back from the file)."""
+
+    magic: bytes
+    layout_version: int
+    pool: int
+    capacity: int
+    slot_stride: int
+    slots_offset: int
+    itemsize: int
+    typestr: str
+    shape: tuple[int, ...] | None
+
+    @classmethod
+    def parse(cls, buf) -> HeaderView:
+        f = STATIC.unpack_from(buf, 0)
+        ndim = f[7]
+        return cls(
+            magic=f[0], layout_version=f[1], pool=f[2], capacity=f[3], slot_stride=f[4],
+            slots_offset=f[5], itemsize=f[6], typestr=f[8].rstrip(b"\0").decode("ascii", "replace"),
+            shape=tuple(f[9 : 9 + min(ndim, MAX_NDIM)]) if ndim else None,
+        )
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """A readable name for error messages: 'uint8', 'float32', or the record's typestr."""
+    return dtype.str if dtype.names else dtype.name
+
+
+def nbytes_of(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    return dtype.itemsize * math.prod(shape)

@@ -1,0 +1,227 @@
+"""Readers of a pool topic and the messages they hold.
+
+A reader looks at one 32-bit word, the futex word, which names the newest slot. If the
+word has not changed since its last look, there is nothing new and it sleeps on that word
+(no CPU, GIL released). Otherwise it takes a shared lock on that slot's lock byte (the
+writer cannot be writing it then, and cannot overwrite it until the lock is dropped),
+checks the slot's state word (even = complete, newer than what it last delivered) and
+hands out a zero-copy view. The lock is dropped when the message is released: by
+``with msg:``, ``msg.release()``, or when the Message object is garbage.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import ClosedError
+from ._platform import futex_wait
+from ._runtime import default_runtime_dir
+from ._segment import Segment, normalize_request, open_for_reading
+
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    """Counters of one reader since it opened."""
+
+    received: int
+    missed: int  # messages overwritten before this reader got to them (sequence gaps)
+    torn: int  # slots found half-written by a writer that died (never delivered)
+    busy: int  # looks that found the newest slot being written (pool size 1)
+    last_seq: int
+    held: int  # messages this reader holds right now
+
+
+class Reader:
+    """Open an existing pool topic and receive its newest messages.
+
+    The capacity, pool size, dtype and shape come from the graph's registry; any of them
+    given here must agree with it (TopicMismatchError names both values). The first
+    receive returns the newest message already published, if any; later ones return
+    only messages newer than the last one returned.
+
+    ``close()`` releases this process's mapping and every slot this reader holds; views
+    the caller kept stay readable but may then be overwritten.
+
+    >>> r = Reader("demo/topic")                     # doctest: +SKIP
+    >>> with r.receive(timeout=1.0) as msg:          # doctest: +SKIP
+    ...     print(msg.seq, msg.data[:4])
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        capacity: int | None = None,
+        pool: int | None = None,
+        dtype=None,
+        shape=None,
+        runtime_dir: str | Path | None = None,
+    ) -> None:
+        self.topic = topic
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
+        request = normalize_request(capacity, pool, dtype, shape)
+        self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request)
+        self.config = self._seg.config
+        self._holds = [0] * self.config.pool
+        self._last_wake = 0
+        self._last_seq = 0
+        self._received = self._missed = self._torn = self._busy = 0
+
+    # ----- receiving
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The newest message not yet seen, waiting up to ``timeout`` seconds (None: forever).
+
+        Returns None on timeout. Sleeps on the futex while nothing is new (0% CPU). A
+        message whose slot is being written is not returned; the next one is waited for.
+        """
+        seg = self._seg
+        if seg is None:
+            raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wake = _U32.unpack_from(seg.mm, L.WAKE_OFFSET)[0]
+            if wake != self._last_wake:
+                msg = self._take(wake)
+                if msg is not None:
+                    return msg
+                continue
+            if deadline is None:
+                futex_wait(seg.wake_address, wake, None)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                futex_wait(seg.wake_address, wake, remaining)
+
+    def receive_nowait(self) -> Message | None:
+        """The newest message not yet seen, or None at once (also when it is being written)."""
+        seg = self._seg
+        if seg is None:
+            raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        wake = _U32.unpack_from(seg.mm, L.WAKE_OFFSET)[0]
+        if wake == self._last_wake:
+            return None
+        return self._take(wake)
+
+    def _take(self, wake: int) -> Message | None:
+        self._last_wake = wake
+        slot = wake & 0xFF
+        seg = self._seg
+        held = self._holds[slot]
+        lock = seg.slot_locks[slot]
+        if not held and not lock.try_shared():
+            self._busy += 1
+            return None
+        state, length, source_ns, publish_ns, _ = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
+        seq = state >> 1
+        if state & 1 or seq <= self._last_seq:
+            if state & 1:
+                self._torn += 1
+            if not held:
+                lock.release()
+            return None
+        self._holds[slot] = held + 1
+        if self._last_seq and seq > self._last_seq + 1:
+            self._missed += seq - self._last_seq - 1
+        self._last_seq = seq
+        self._received += 1
+        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns)
+
+    def _release(self, slot: int) -> None:
+        if self._seg is None:
+            return
+        held = self._holds[slot] - 1
+        self._holds[slot] = held
+        if held == 0:
+            self._seg.slot_locks[slot].release()
+
+    # ----- waiting on several topics at once (used by the node runtime)
+    def wait_word(self) -> tuple[int, int]:
+        """(address, value) of the futex word to sleep on while nothing is new."""
+        return self._seg.wake_address, self._last_wake
+
+    def has_new(self) -> bool:
+        """True when the futex word moved since this reader last looked."""
+        return _U32.unpack_from(self._seg.mm, L.WAKE_OFFSET)[0] != self._last_wake
+
+    # ----- state
+    def writer_alive(self) -> bool:
+        """True while a writer process holds the topic's writer lock."""
+        return self._seg.writer_lock.is_held_by_others()
+
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._last_seq, sum(self._holds))
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is None
+
+    def close(self) -> None:
+        """Release this process's mapping and every slot this reader holds. The topic stays."""
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"last_seq={self._last_seq}"
+        return f"<Reader {self.topic!r} {self.config.describe()} {state}>"
+
+
+class Message:
+    """One received message: a zero-copy view of its slot, held until released.
+
+    While held, the writer will not reuse the slot, so ``data`` stays valid and intact.
+    ``with msg:`` (or ``release()``, or dropping the last reference) lets the slot go;
+    after that ``data`` may be overwritten at any time: ``copy()`` first to keep it.
+    """
+
+    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "_reader", "_slot")
+
+    def __init__(self, reader: Reader | None, slot: int, data: np.ndarray, seq: int, stamp_ns: int, publish_ns: int) -> None:
+        self._reader = reader
+        self._slot = slot
+        self.data = data
+        self.seq = seq
+        self.stamp_ns = stamp_ns
+        self.publish_ns = publish_ns
+
+    @property
+    def held(self) -> bool:
+        return self._reader is not None
+
+    def release(self) -> None:
+        """Let the writer reuse this message's slot (idempotent)."""
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            reader._release(self._slot)
+
+    def copy(self) -> Message:
+        """A detached message owning a copy of the data; holds no slot."""
+        return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns)
+
+    def __enter__(self) -> Message:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Message seq={self.seq} {self.data.dtype}{list(self.data.shape)} {'held' if self.held else 'released'}>"

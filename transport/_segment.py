@@ -1,0 +1,297 @@
+"""Creating, checking and mapping one topic's segment file; the rules for who may open what.
+
+``open_for_writing`` and ``open_for_reading`` are the only ways in. Both check three
+parties against each other: what the caller asks for, the registry, and the segment's own
+header; any disagreement raises TopicMismatchError naming the field and both values.
+Creation happens under the registry lock: the file is built under a temporary name,
+its space reserved with posix_fallocate (a full /dev/shm fails here, never with a SIGBUS
+later), the header written, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
+from ._platform import ByteLock, buffer_address
+from ._registry import config_to_entry, entry_to_config, locked_registry, read_registry
+from ._runtime import segment_file_name, validate_topic_name
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class Segment:
+    """One process's mapping of a topic segment, with its lock bytes and slot views.
+
+    ``close()`` releases this process's mapping and locks; the file stays (``unlink`` in
+    the writer or ``cleanup`` of the runtime directory removes it).
+    """
+
+    def __init__(self, topic: str, path: Path, fd: int) -> None:
+        self.topic = topic
+        self.path = path
+        self.fd = fd
+        size = os.fstat(fd).st_size
+        try:
+            if size < L.HEADER_SIZE:
+                raise SegmentCorruptError(f"cannot map topic {topic!r}: segment {path} is {size} bytes, shorter than a header")
+            self.mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.header = L.HeaderView.parse(self.mm)
+        self.size = size
+        self.writer_lock = ByteLock(fd, L.LOCK_WRITER)
+        self.presence_lock = ByteLock(fd, L.LOCK_PRESENCE)
+        self._pin = None
+        self.payloads: list[np.ndarray] = []
+
+    # ----- checks
+    def layout_problem(self) -> str | None:
+        h = self.header
+        if h.magic != L.MAGIC:
+            return f"segment {self.path} has magic {h.magic!r}, expected {L.MAGIC!r}"
+        if h.layout_version != L.LAYOUT_VERSION:
+            return f"segment layout_version is {h.layout_version}, this shmlaunch uses {L.LAYOUT_VERSION}"
+        need = h.slots_offset + h.pool * h.slot_stride
+        if not 1 <= h.pool <= L.MAX_POOL or h.slot_stride < L.slot_stride(h.capacity) or need > self.size:
+            return f"segment {self.path} header is inconsistent (pool {h.pool}, stride {h.slot_stride}, size {self.size})"
+        return None
+
+    def in_use_by_others(self) -> bool:
+        return self.writer_lock.is_held_by_others() or self.presence_lock.is_held_by_others()
+
+    def attach(self, config: L.TopicConfig) -> None:
+        """Build the per-slot views (the header has been checked against ``config``)."""
+        self.config = config
+        self.wake_address, self._pin = buffer_address(self.mm)
+        self.wake_address += L.WAKE_OFFSET
+        h = self.header
+        self.slot_offsets = [h.slots_offset + i * h.slot_stride for i in range(h.pool)]
+        self.slot_locks = [ByteLock(self.fd, L.slot_lock_offset(i)) for i in range(h.pool)]
+        self.payloads = [
+            np.frombuffer(self.mm, np.uint8, h.capacity, off + L.SLOT_HEADER_SIZE) for off in self.slot_offsets
+        ]
+        if config.dtype is not None and config.shape is not None:
+            nbytes = L.nbytes_of(config.dtype, config.shape)
+            self.typed = [p[:nbytes].view(config.dtype).reshape(config.shape) for p in self.payloads]
+        else:
+            self.typed = None
+
+    def view(self, slot: int, length: int) -> np.ndarray:
+        """The payload of ``slot`` as the topic's type: typed array, 1-D dtype array or bytes."""
+        cfg = self.config
+        if self.typed is not None and length == self.typed[slot].nbytes:
+            return self.typed[slot]
+        raw = self.payloads[slot][:length]
+        if cfg.dtype is not None:
+            return raw[: length - length % cfg.dtype.itemsize].view(cfg.dtype)
+        return raw
+
+    def wake_word(self) -> int:
+        return _U32.unpack_from(self.mm, L.WAKE_OFFSET)[0]
+
+    def latest_seq(self) -> int:
+        return _U64.unpack_from(self.mm, L.LATEST_SEQ_OFFSET)[0]
+
+    def close(self) -> None:
+        """Unmap and drop this process's locks. Views a caller still holds keep the memory alive."""
+        self.payloads = []
+        self.typed = None
+        self._pin = None
+        with contextlib.suppress(BufferError):  # views still exported: the mapping goes with the last one
+            self.mm.close()
+        os.close(self.fd)
+
+
+def _describe(field: str, value) -> str:
+    if value is None:
+        return "unset"
+    if field == "dtype":
+        return L.dtype_name(value)
+    if field == "shape":
+        return str(list(value))
+    return str(value)
+
+
+def check_agreement(action: str, have: L.TopicConfig, have_src: str, want: L.TopicConfig | dict, want_src: str) -> None:
+    """Raise TopicMismatchError at the first field where ``want`` (where set) differs from ``have``."""
+    for field in ("capacity", "pool", "dtype", "shape"):
+        wanted = want.get(field) if isinstance(want, dict) else getattr(want, field)
+        if wanted is None:
+            continue
+        actual = getattr(have, field)
+        if actual != wanted:
+            raise TopicMismatchError(
+                f"cannot {action}: {want_src} {field} is {_describe(field, wanted)}, "
+                f"{have_src} says {_describe(field, actual)}"
+            )
+
+
+def check_header(seg: Segment, config: L.TopicConfig, action: str) -> None:
+    """The segment header must repeat the registry's config exactly."""
+    h = seg.header
+    pairs = [
+        ("capacity", h.capacity, config.capacity),
+        ("pool", h.pool, config.pool),
+        ("dtype", h.typestr or None, None if config.dtype is None else config.dtype.str),
+        ("shape", None if h.shape is None else list(h.shape), None if config.shape is None else list(config.shape)),
+    ]
+    for field, in_header, in_registry in pairs:
+        if in_header != in_registry:
+            raise TopicMismatchError(
+                f"cannot {action}: the segment header {field} is {in_header}, the registry says {in_registry}"
+            )
+
+
+def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
+    """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
+    dt = None if dtype is None else np.dtype(dtype)
+    shp = None
+    if shape is not None:
+        shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))
+        if not shp or len(shp) > L.MAX_NDIM or any(x <= 0 for x in shp):
+            raise ValueError(f"invalid shape {list(shp)}: 1 to {L.MAX_NDIM} positive dimensions")
+        if dt is None:
+            raise ValueError(f"shape {list(shp)} given without a dtype")
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+            raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
+        capacity = int(capacity)
+        if shp is not None and capacity < L.nbytes_of(dt, shp):
+            raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {L.nbytes_of(dt, shp)} bytes")
+    elif shp is not None:
+        capacity = L.nbytes_of(dt, shp)
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= L.MAX_POOL):
+        raise ValueError(f"invalid pool size {pool!r}: 1 to {L.MAX_POOL} slots")
+    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp}
+
+
+def _open_fd(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+
+def _create_file(topic: str, path: Path, config: L.TopicConfig) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, config.segment_size)
+        except OSError as exc:
+            st = os.statvfs(path.parent)
+            raise OutOfSpaceError(
+                exc.errno,
+                f"cannot create topic {topic!r}: {path.parent} has {st.f_bavail * st.f_frsize} bytes free, "
+                f"the segment needs {config.segment_size} ({config.describe()})",
+            ) from exc
+        os.pwrite(fd, config.header_bytes(), 0)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def ensure_topic(runtime_dir: Path, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
+    """Open ``topic`` (creating or flushing its segment as needed) under the registry lock.
+
+    With ``writer=True`` the returned segment holds the writer lock byte, taken inside the
+    registry lock so two writers can never both win. A segment nobody uses (no writer, no
+    reader, no launcher) that is corrupt or whose config differs from the request is left
+    over from a crashed run: it is flushed and re-created. One in use is an error.
+    """
+    action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"create topic {topic!r}"
+    path = Path(runtime_dir) / segment_file_name(topic)
+    with locked_registry(runtime_dir) as topics:
+        entry = topics.get(topic)
+        seg = _reuse_existing(path, topic, entry, request, action, writer) if path.exists() else None
+        if seg is None:
+            fields = {"pool": default_pool}
+            if entry:
+                fields.update(vars(entry_to_config(entry)))
+            fields.update({k: v for k, v in request.items() if v is not None})
+            if fields.get("capacity") is None:
+                raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
+            config = L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"), fields.get("shape"))
+            _create_file(topic, path, config)
+            seg = Segment(topic, path, _open_fd(path))
+        else:
+            config = seg.config
+        if writer and not seg.writer_lock.try_exclusive():
+            seg.close()
+            raise WriterBusyError(f"cannot {action}: another writer is alive; a topic has exactly one writer")
+        topics[topic] = config_to_entry(topic, config)
+    seg.attach(config)
+    return seg
+
+
+def _reuse_existing(path: Path, topic: str, entry: dict | None, request: dict, action: str, writer: bool) -> Segment | None:
+    """The existing segment if it can serve ``request``; None after flushing a stale one."""
+    seg = Segment(topic, path, _open_fd(path))
+    try:
+        if writer and seg.writer_lock.is_held_by_others():
+            pid = struct.unpack_from("<Q", seg.mm, L.WRITER_OFFSET)[0]
+            raise WriterBusyError(f"cannot {action}: another writer (pid {pid}) is alive; a topic has exactly one writer")
+        busy = seg.in_use_by_others()
+        problem = seg.layout_problem()
+        if problem is None:
+            existing = entry_to_config(entry) if entry else _header_config(seg)
+            try:
+                check_agreement(action, existing, "the registry", request, "requested")
+                check_header(seg, existing, action)
+            except TopicMismatchError:
+                if busy:
+                    raise
+                problem = "stale"
+        elif busy:
+            raise SegmentCorruptError(f"cannot {action}: {problem}")
+    except BaseException:
+        seg.close()
+        raise
+    if problem is not None:  # nobody uses it: a crashed run's leftover
+        seg.close()
+        os.unlink(path)
+        return None
+    seg.config = existing
+    return seg
+
+
+def _header_config(seg: Segment) -> L.TopicConfig:
+    h = seg.header
+    return L.TopicConfig(h.capacity, h.pool, np.dtype(h.typestr) if h.typestr else None, h.shape)
+
+
+def open_for_reading(runtime_dir: Path, topic: str, request: dict) -> Segment:
+    """Open an existing topic: the registry supplies the config, the header must agree."""
+    action = f"open topic {validate_topic_name(topic)!r} for reading"
+    entry = read_registry(runtime_dir).get(topic)
+    if entry is None:
+        raise TopicNotFoundError(f"cannot {action}: the registry in {runtime_dir} does not list it")
+    config = entry_to_config(entry)
+    check_agreement(action, config, "the registry", request, "requested")
+    path = Path(runtime_dir) / entry.get("segment", segment_file_name(topic))
+    try:
+        fd = _open_fd(path)
+    except FileNotFoundError as exc:
+        raise TopicNotFoundError(f"cannot {action}: its segment {path} is missing") from exc
+    seg = Segment(topic, path, fd)
+    try:
+        problem = seg.layout_problem()
+        if problem:
+            raise SegmentCorruptError(f"cannot {action}: {problem}")
+        check_header(seg, config, action)
+        seg.presence_lock.try_shared()
+    except BaseException:
+        seg.close()
+        raise
+    seg.attach(config)
+    return seg

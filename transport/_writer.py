@@ -1,0 +1,270 @@
+"""The single writer of a pool topic: copying publish and in-place (loaned) publish.
+
+The writer never blocks and never waits for readers. It writes into the oldest slot that
+no reader holds (taking that slot's lock byte exclusively, which fails at once if a reader
+holds it), marks the slot odd while writing and even when complete, drops the lock, then
+announces the slot in the futex word and wakes every waiting reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _layout as L
+from ._errors import ClosedError, PoolExhaustedError
+from ._platform import futex_wake
+from ._registry import locked_registry
+from ._runtime import default_runtime_dir, ensure_runtime_dir
+from ._segment import ensure_topic, normalize_request
+
+_U64 = struct.Struct("<Q")  # a slot state word, latest_seq
+_U32 = struct.Struct("<I")  # the wake word
+
+
+@dataclass(frozen=True)
+class WriterStatistics:
+    """Counters of one writer since it attached."""
+
+    published: int
+    dropped: int  # publish calls that found every slot held by readers
+    last_seq: int
+    generation: int
+
+
+class Writer:
+    """Create (or re-attach to) a pool topic and publish into it.
+
+    Creates the topic when it does not exist (``capacity``, or ``dtype`` and ``shape``, are
+    then required; ``pool`` defaults to 4) and records it in the graph's registry. When it
+    exists, every argument given must agree with the registry and the segment header, or
+    TopicMismatchError names both values. A writer whose process died is replaced by the
+    next one, which continues the sequence. A second live writer gets WriterBusyError.
+
+    ``close()`` releases this process's mapping and writer ownership; the topic stays for
+    readers and a later writer. ``unlink()`` destroys the segment and its registry entry.
+
+    >>> w = Writer("demo/topic", capacity=4096, pool=4)          # doctest: +SKIP
+    >>> seq = w.publish(np.arange(10, dtype=np.uint8))             # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        capacity: int | None = None,
+        pool: int | None = None,
+        *,
+        dtype=None,
+        shape=None,
+        runtime_dir: str | Path | None = None,
+    ) -> None:
+        self.topic = topic
+        self.runtime_dir = ensure_runtime_dir(Path(runtime_dir) if runtime_dir else default_runtime_dir())
+        request = normalize_request(capacity, pool, dtype, shape)
+        self._seg = seg = ensure_topic(self.runtime_dir, topic, request, writer=True)
+        self.config = seg.config
+        self._mm = seg.mm
+        # Resume after whatever the previous writer left: the highest sequence in any slot.
+        # Slots left odd (a writer died mid-write) or empty go first in the reuse order.
+        states = [_U64.unpack_from(seg.mm, off)[0] for off in seg.slot_offsets]
+        self._seq = max((s + 1) >> 1 for s in states)
+        self._order = sorted(range(len(states)), key=lambda i: -1 if states[i] & 1 else states[i])
+        _, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
+        self._generation = generation + 1
+        L.WRITER.pack_into(seg.mm, L.WRITER_OFFSET, os.getpid(), self._generation, time.time_ns())
+        self._published = 0
+        self._dropped = 0
+        self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
+
+    # ----- publishing
+    def publish(self, data, stamp_ns: int | None = None) -> int | None:
+        """Copy ``data`` (bytes-like or ndarray) into a free slot and publish it.
+
+        Returns the message's sequence number, or None when every slot is held by a reader
+        (the message is dropped; never waits). ``stamp_ns`` is the source timestamp
+        (default: now). Data over capacity, or not of a typed topic's dtype and shape,
+        raises ValueError and publishes nothing.
+        """
+        src = self._as_bytes(data)
+        n = src.nbytes
+        slot = self._take_free_slot()
+        if slot is None:
+            self._dropped += 1
+            return None
+        off = self._seg.slot_offsets[slot]
+        _U64.pack_into(self._mm, off, 2 * self._seq + 1)
+        start = off + L.SLOT_HEADER_SIZE
+        self._mm[start : start + n] = src
+        return self._commit(slot, n, stamp_ns)
+
+    def loan(self, nbytes: int | None = None, stamp_ns: int | None = None) -> Loan:
+        """Reserve a free slot to fill in place; publish it when the ``with`` block ends.
+
+        The block gets a writable typed view of the slot (the topic's shape when declared,
+        else ``nbytes`` or ``capacity`` bytes, as the dtype when declared). If the block
+        raises or calls ``loan.cancel()``, nothing is published. Raises PoolExhaustedError
+        when every slot is held by readers.
+
+        >>> with w.loan() as frame:          # doctest: +SKIP
+        ...     cap.read(image=frame)
+        """
+        self._check_open()
+        seg = self._seg
+        if self._typed_nbytes is not None and nbytes in (None, self._typed_nbytes):
+            nbytes = self._typed_nbytes
+        elif nbytes is None:
+            nbytes = self.config.capacity
+        elif not 0 <= nbytes <= self.config.capacity:
+            raise ValueError(f"cannot loan {nbytes} bytes of topic {self.topic!r}: capacity is {self.config.capacity} bytes")
+        slot = self._take_free_slot()
+        if slot is None:
+            raise PoolExhaustedError(
+                f"cannot loan a slot of topic {self.topic!r}: all {self.config.pool} slots are held by readers"
+            )
+        _U64.pack_into(self._mm, seg.slot_offsets[slot], 2 * self._seq + 1)
+        view = seg.view(slot, nbytes)
+        return Loan(self, slot, view, stamp_ns)
+
+    def _as_bytes(self, data) -> memoryview:
+        self._check_open()
+        cfg = self.config
+        if isinstance(data, np.ndarray):
+            if cfg.dtype is not None and data.dtype != cfg.dtype:
+                raise ValueError(
+                    f"cannot publish to topic {self.topic!r}: data dtype is {L.dtype_name(data.dtype)}, "
+                    f"the topic's is {L.dtype_name(cfg.dtype)}"
+                )
+            if cfg.shape is not None and data.shape != cfg.shape:
+                raise ValueError(
+                    f"cannot publish to topic {self.topic!r}: data shape is {list(data.shape)}, the topic's is {list(cfg.shape)}"
+                )
+            src = memoryview(np.ascontiguousarray(data)).cast("B")
+        else:
+            src = memoryview(data).cast("B")
+        if src.nbytes > cfg.capacity:
+            raise ValueError(
+                f"cannot publish {src.nbytes} bytes to topic {self.topic!r}: capacity is {cfg.capacity} bytes"
+            )
+        if self._typed_nbytes is not None and src.nbytes != self._typed_nbytes:
+            raise ValueError(
+                f"cannot publish {src.nbytes} bytes to topic {self.topic!r}: its dtype and shape need exactly {self._typed_nbytes}"
+            )
+        return src
+
+    def _take_free_slot(self) -> int | None:
+        """Lock the oldest slot no reader holds. A held slot moves to the back of the order,
+        so a reader that keeps a message does not cost every later publish a failed lock."""
+        locks = self._seg.slot_locks
+        order = self._order
+        for _ in range(len(order)):
+            slot = order[0]
+            if locks[slot].try_exclusive():
+                return slot
+            order.append(order.pop(0))
+        return None
+
+    def _commit(self, slot: int, length: int, stamp_ns: int | None) -> int:
+        self._seq = seq = self._seq + 1
+        mm = self._mm
+        now = time.time_ns()
+        L.SLOT.pack_into(mm, self._seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation)
+        self._seg.slot_locks[slot].release()
+        order = self._order
+        order.remove(slot)
+        order.append(slot)
+        _U64.pack_into(mm, L.LATEST_SEQ_OFFSET, seq)
+        _U32.pack_into(mm, L.WAKE_OFFSET, L.wake_value(seq, slot))
+        futex_wake(self._seg.wake_address)
+        self._published += 1
+        return seq
+
+    def _abandon(self, slot: int) -> None:
+        """A cancelled loan: the slot stays odd (never delivered) and is reused first."""
+        self._seg.slot_locks[slot].release()
+        self._order.remove(slot)
+        self._order.insert(0, slot)
+
+    # ----- state
+    def statistics(self) -> WriterStatistics:
+        return WriterStatistics(self._published, self._dropped, self._seq, self._generation)
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is None
+
+    def _check_open(self) -> None:
+        if self._seg is None:
+            raise ClosedError(f"writer of topic {self.topic!r} is closed")
+
+    def close(self) -> None:
+        """Release this process's mapping and writer ownership. The topic itself stays."""
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+            self._mm = None
+
+    def unlink(self) -> None:
+        """Destroy the topic: remove its segment file and registry entry (once; then close)."""
+        seg = self._seg
+        self._check_open()
+        with locked_registry(self.runtime_dir) as topics:
+            topics.pop(self.topic, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg.path)
+        self.close()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"seq={self._seq}"
+        return f"<Writer {self.topic!r} {self.config.describe()} {state}>"
+
+
+class Loan:
+    """A reserved slot being filled in place; ``with`` publishes it on a clean exit.
+
+    Set ``stamp_ns`` inside the block (e.g. the capture time once the frame is decoded);
+    ``seq`` holds the published sequence number afterwards.
+    """
+
+    __slots__ = ("_writer", "_slot", "data", "stamp_ns", "seq", "_done")
+
+    def __init__(self, writer: Writer, slot: int, data: np.ndarray, stamp_ns: int | None) -> None:
+        self._writer = writer
+        self._slot = slot
+        self.data = data
+        self.stamp_ns = stamp_ns
+        self.seq: int | None = None
+        self._done = False
+
+    def __enter__(self) -> np.ndarray:
+        return self.data
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.publish()
+        else:
+            self.cancel()
+
+    def publish(self) -> int:
+        """Publish the loaned slot now (what a clean exit of the ``with`` block does)."""
+        if not self._done:
+            self._done = True
+            self.seq = self._writer._commit(self._slot, self.data.nbytes, self.stamp_ns)
+        return self.seq
+
+    def cancel(self) -> None:
+        """Give the slot back unpublished (what an exception in the block does)."""
+        if not self._done:
+            self._done = True
+            self._writer._abandon(self._slot)
