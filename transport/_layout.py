@@ -76,12 +76,6 @@ def slot_lock_offset(index: int) -> int:
     return LOCK_SLOT0 + index
 
 
-def wake_value(seq: int, slot: int) -> int:
-    """The futex word for message ``seq`` in ``slot``: changes with every publish, and tells
-    a waking reader which slot to look at with a single atomic 32-bit load."""
-    return ((seq & 0xFFFFFF) << 8) | slot
-
-
 def slot_stride(capacity: int) -> int:
     return -(-(SLOT_HEADER_SIZE + capacity) // ALIGN) * ALIGN
 

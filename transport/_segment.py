@@ -20,12 +20,9 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
-from ._platform import ByteLock, buffer_address
+from ._platform import ByteLock, buffer_address, futex_waker
 from ._registry import config_to_entry, entry_to_config, locked_registry, read_registry
 from ._runtime import segment_file_name, validate_topic_name
-
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 class Segment:
@@ -74,6 +71,7 @@ class Segment:
         self.config = config
         self.wake_address, self._pin = buffer_address(self.mm)
         self.wake_address += L.WAKE_OFFSET
+        self.wake_readers = futex_waker(self.wake_address)
         h = self.header
         self.slot_offsets = [h.slots_offset + i * h.slot_stride for i in range(h.pool)]
         self.slot_locks = [ByteLock(self.fd, L.slot_lock_offset(i)) for i in range(h.pool)]
@@ -95,12 +93,6 @@ class Segment:
         if cfg.dtype is not None:
             return raw[: length - length % cfg.dtype.itemsize].view(cfg.dtype)
         return raw
-
-    def wake_word(self) -> int:
-        return _U32.unpack_from(self.mm, L.WAKE_OFFSET)[0]
-
-    def latest_seq(self) -> int:
-        return _U64.unpack_from(self.mm, L.LATEST_SEQ_OFFSET)[0]
 
     def close(self) -> None:
         """Unmap and drop this process's locks. Views a caller still holds keep the memory alive."""

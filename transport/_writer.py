@@ -19,13 +19,12 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError, PoolExhaustedError
-from ._platform import futex_wake
 from ._registry import locked_registry
 from ._runtime import default_runtime_dir, ensure_runtime_dir
 from ._segment import ensure_topic, normalize_request
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
-_U32 = struct.Struct("<I")  # the wake word
+_ANNOUNCE = struct.Struct("<I4xQ")  # the wake word, then latest_seq (offsets 256 and 264)
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,7 @@ class Writer:
         _, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
         self._generation = generation + 1
         L.WRITER.pack_into(seg.mm, L.WRITER_OFFSET, os.getpid(), self._generation, time.time_ns())
+        self._next_slot: int | None = None
         self._published = 0
         self._dropped = 0
         self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
@@ -131,10 +131,13 @@ class Writer:
         view = seg.view(slot, nbytes)
         return Loan(self, slot, view, stamp_ns)
 
-    def _as_bytes(self, data) -> memoryview:
-        self._check_open()
+    def _as_bytes(self, data):
+        """``data`` as a C-contiguous buffer, checked against the topic (cheap in the common case:
+        this runs on the publish path, often from cold caches)."""
+        if self._seg is None:
+            raise ClosedError(f"writer of topic {self.topic!r} is closed")
         cfg = self.config
-        if isinstance(data, np.ndarray):
+        if type(data) is np.ndarray:
             if cfg.dtype is not None and data.dtype != cfg.dtype:
                 raise ValueError(
                     f"cannot publish to topic {self.topic!r}: data dtype is {L.dtype_name(data.dtype)}, "
@@ -144,44 +147,48 @@ class Writer:
                 raise ValueError(
                     f"cannot publish to topic {self.topic!r}: data shape is {list(data.shape)}, the topic's is {list(cfg.shape)}"
                 )
-            src = memoryview(np.ascontiguousarray(data)).cast("B")
+            src = data if data.flags.c_contiguous else np.ascontiguousarray(data)
         else:
             src = memoryview(data).cast("B")
-        if src.nbytes > cfg.capacity:
-            raise ValueError(
-                f"cannot publish {src.nbytes} bytes to topic {self.topic!r}: capacity is {cfg.capacity} bytes"
-            )
-        if self._typed_nbytes is not None and src.nbytes != self._typed_nbytes:
-            raise ValueError(
-                f"cannot publish {src.nbytes} bytes to topic {self.topic!r}: its dtype and shape need exactly {self._typed_nbytes}"
-            )
+        n = src.nbytes
+        if n > cfg.capacity:
+            raise ValueError(f"cannot publish {n} bytes to topic {self.topic!r}: capacity is {cfg.capacity} bytes")
+        if self._typed_nbytes is not None and n != self._typed_nbytes:
+            raise ValueError(f"cannot publish {n} bytes to topic {self.topic!r}: its dtype and shape need exactly {self._typed_nbytes}")
         return src
 
     def _take_free_slot(self) -> int | None:
-        """Lock the oldest slot no reader holds. A held slot moves to the back of the order,
-        so a reader that keeps a message does not cost every later publish a failed lock."""
+        """The slot to write next: the one locked ahead of time, or the oldest no reader holds."""
+        slot = self._next_slot
+        if slot is not None:
+            self._next_slot = None
+            return slot
+        return self._lock_oldest_free(len(self._order))
+
+    def _lock_oldest_free(self, candidates: int) -> int | None:
         locks = self._seg.slot_locks
-        order = self._order
-        for _ in range(len(order)):
-            slot = order[0]
+        for slot in self._order[:candidates]:
             if locks[slot].try_exclusive():
                 return slot
-            order.append(order.pop(0))
         return None
 
     def _commit(self, slot: int, length: int, stamp_ns: int | None) -> int:
         self._seq = seq = self._seq + 1
-        mm = self._mm
+        seg = self._seg
         now = time.time_ns()
-        L.SLOT.pack_into(mm, self._seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation)
-        self._seg.slot_locks[slot].release()
+        L.SLOT.pack_into(self._mm, seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation)
+        seg.slot_locks[slot].release()
+        _ANNOUNCE.pack_into(self._mm, L.WAKE_OFFSET, ((seq & 0xFFFFFF) << 8) | slot, seq)  # see LAYOUT.md: the wake word names the slot
+        seg.wake_readers()
+        self._published += 1
         order = self._order
         order.remove(slot)
         order.append(slot)
-        _U64.pack_into(mm, L.LATEST_SEQ_OFFSET, seq)
-        _U32.pack_into(mm, L.WAKE_OFFSET, L.wake_value(seq, slot))
-        futex_wake(self._seg.wake_address)
-        self._published += 1
+        if len(order) > 1:
+            # Lock the next slot now, after the wake-up, so the next publish has one system
+            # call less between its caller and its readers. Never the newest slot (readers
+            # want it), and never with a pool of one (readers could not read it at all).
+            self._next_slot = self._lock_oldest_free(len(order) - 1)
         return seq
 
     def _abandon(self, slot: int) -> None:
