@@ -1,0 +1,26 @@
+"""Launch files, the launcher/supervisor and the ``shmlaunch`` command.
+
+Schema: ``_schema.py``; pre-flight check: ``_check.py``; supervision rules:
+``_supervisor.py``; processes and shutdown: ``_launcher.py``; output: ``_printer.py``.
+"""
+
+from ._check import check_graph
+from ._launcher import STOP_TIMEOUT, GraphRunningError, Launcher
+from ._printer import Printer
+from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec, load_launch_file, parse_launch_args
+from ._supervisor import Supervisor
+
+__all__ = [
+    "STOP_TIMEOUT",
+    "Graph",
+    "GraphRunningError",
+    "LaunchFileError",
+    "Launcher",
+    "NodeSpec",
+    "Printer",
+    "Supervisor",
+    "TopicSpec",
+    "check_graph",
+    "load_launch_file",
+    "parse_launch_args",
+]

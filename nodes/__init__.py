@@ -1,0 +1,27 @@
+"""Nodes: the ``Node`` base class and its runtime, and the built-in nodes.
+
+Write a node by subclassing ``Node`` (see ``shmlaunch.nodes._node`` for the lifecycle);
+start it alone with ``shmlaunch run module:Class`` or from a launch file.
+"""
+
+from ._node import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SETUP_FAILED, Node, Subscription, Timer, configure_logging
+from ._params import Param, ParamError, declared_params, parse_cli_value
+from ._runner import NodeClassError, load_node_class, run_node
+
+__all__ = [
+    "EXIT_BAD_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_SETUP_FAILED",
+    "Node",
+    "NodeClassError",
+    "Param",
+    "ParamError",
+    "Subscription",
+    "Timer",
+    "configure_logging",
+    "declared_params",
+    "load_node_class",
+    "parse_cli_value",
+    "run_node",
+]

@@ -54,10 +54,10 @@ def test_layout_document_lists_every_header_field():
 
 def test_public_api_is_pinned():
     assert sorted(transport.__all__) == sorted([
-        "LAYOUT_VERSION", "ClosedError", "Loan", "Message", "OutOfSpaceError", "PoolExhaustedError", "Reader",
+        "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "ClosedError", "Loan", "Message", "OutOfSpaceError", "PoolExhaustedError", "Reader",
         "ReaderStatistics", "SegmentCorruptError", "TopicConfig", "TopicMismatchError", "TopicNotFoundError",
         "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup", "default_runtime_dir",
-        "ensure_runtime_dir", "ensure_topic", "normalize_request", "read_registry", "validate_topic_name",
+        "ensure_runtime_dir", "ensure_topic", "graph_runtime_dir", "normalize_request", "read_registry", "validate_topic_name", "wait_any",
     ])
 
 

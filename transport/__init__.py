@@ -16,13 +16,14 @@ from ._errors import (
     WriterBusyError,
 )
 from ._layout import LAYOUT_VERSION, TopicConfig
-from ._reader import Message, Reader, ReaderStatistics
+from ._reader import Message, Reader, ReaderStatistics, wait_any
 from ._registry import read_registry
-from ._runtime import cleanup, default_runtime_dir, ensure_runtime_dir, validate_topic_name
+from ._runtime import ENV_RUNTIME_DIR, cleanup, default_runtime_dir, ensure_runtime_dir, graph_runtime_dir, validate_topic_name
 from ._segment import ensure_topic, normalize_request
 from ._writer import Loan, Writer, WriterStatistics
 
 __all__ = [
+    "ENV_RUNTIME_DIR",
     "LAYOUT_VERSION",
     "ClosedError",
     "Loan",
@@ -43,7 +44,9 @@ __all__ = [
     "default_runtime_dir",
     "ensure_runtime_dir",
     "ensure_topic",
+    "graph_runtime_dir",
     "normalize_request",
     "read_registry",
     "validate_topic_name",
+    "wait_any",
 ]

@@ -133,6 +133,42 @@ if IS_LINUX:
         """``futex_wake(address)`` as one prebuilt call (the publish path skips a Python frame)."""
         return functools.partial(_syscall, _SYS_FUTEX, address, _FUTEX_WAKE, _INT_MAX, None, None, 0)
 
+    # futex_waitv (Linux 5.16+): sleep until any of several words changes. Same number on
+    # every architecture (it is in the generic syscall table).
+    _SYS_FUTEX_WAITV = 449
+    _FUTEX2_SIZE_U32 = 0x02
+    _CLOCK_MONOTONIC = 1
+
+    class _FutexWaitv(ctypes.Structure):
+        _fields_ = [("val", ctypes.c_uint64), ("uaddr", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+    _waitv = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
+                              ctypes.c_int, use_errno=True)(("syscall", _libc))
+    _has_waitv: bool | None = None
+
+    def futex_wait_any(words: list[tuple[int, int]], timeout: float | None) -> None:
+        """Sleep until any word at ``address`` differs from its ``expected`` value, or timeout.
+
+        ``words`` is a list of (address, expected). Like futex_wait, every return is safe
+        (the caller re-checks). Kernels before 5.16 lack futex_waitv: there the first word
+        is waited on with at most 5 ms per sleep, so the others are looked at every 5 ms.
+        """
+        global _has_waitv
+        if len(words) == 1 or _has_waitv is False:
+            if _has_waitv is False and len(words) > 1:
+                timeout = 0.005 if timeout is None else min(timeout, 0.005)
+            futex_wait(words[0][0], words[0][1], timeout)
+            return
+        arr = (_FutexWaitv * len(words))(*[(val, addr, _FUTEX2_SIZE_U32, 0) for addr, val in words])
+        ts = None
+        if timeout is not None:
+            deadline = time.clock_gettime(time.CLOCK_MONOTONIC) + max(timeout, 0.0)
+            sec = int(deadline)
+            ts = ctypes.byref(_Timespec(sec, int((deadline - sec) * 1e9)))
+        if _waitv(_SYS_FUTEX_WAITV, arr, len(words), 0, ts, _CLOCK_MONOTONIC) < 0 and ctypes.get_errno() == errno.ENOSYS:
+            _has_waitv = False
+            futex_wait_any(words, timeout)
+
 else:  # pragma: no cover - exercised on other platforms only
 
     def futex_wait(address: int, expected: int, timeout: float | None) -> None:
@@ -147,3 +183,10 @@ else:  # pragma: no cover - exercised on other platforms only
 
     def futex_waker(address: int) -> Callable[[], object]:
         return functools.partial(futex_wake, address)
+
+    def futex_wait_any(words: list[tuple[int, int]], timeout: float | None) -> None:
+        """Fallback: poll every word every 200 µs."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cells = [(ctypes.c_uint32.from_address(a), v) for a, v in words]
+        while all(c.value == v for c, v in cells) and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.0002)

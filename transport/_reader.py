@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError
-from ._platform import futex_wait
+from ._platform import futex_wait, futex_wait_any
 from ._runtime import default_runtime_dir
 from ._segment import Segment, normalize_request, open_for_reading
 
@@ -179,6 +179,15 @@ class Reader:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"last_seq={self._last_seq}"
         return f"<Reader {self.topic!r} {self.config.describe()} {state}>"
+
+
+def wait_any(readers: list[Reader], timeout: float | None) -> None:
+    """Sleep until any of ``readers`` may have a new message, or ``timeout`` seconds pass.
+
+    One futex_waitv over all their words: the node runtime waits on every subscription
+    with one system call and no CPU. Returns early at any change; callers re-check.
+    """
+    futex_wait_any([r.wait_word() for r in readers], timeout)
 
 
 class Message:

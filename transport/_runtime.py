@@ -49,12 +49,16 @@ def validate_graph_name(name: object) -> str:
     return name
 
 
-def default_runtime_dir(graph: str = "default") -> Path:
-    """The runtime directory of ``graph`` for this user (``$SHMLAUNCH_RUNTIME_DIR`` wins)."""
-    env = os.environ.get(ENV_RUNTIME_DIR)
-    if env:
-        return Path(env)
+def graph_runtime_dir(graph: str) -> Path:
+    """The runtime directory of ``graph`` for this user: /dev/shm/shmlaunch-<uid>-<graph>."""
     return Path(SHM_ROOT) / f"shmlaunch-{os.getuid()}-{validate_graph_name(graph)}"
+
+
+def default_runtime_dir() -> Path:
+    """Where a node finds its graph: ``$SHMLAUNCH_RUNTIME_DIR`` (set by the launcher), else the
+    runtime directory of the graph named "default"."""
+    env = os.environ.get(ENV_RUNTIME_DIR)
+    return Path(env) if env else graph_runtime_dir("default")
 
 
 def ensure_runtime_dir(path: Path) -> Path:

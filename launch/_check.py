@@ -1,0 +1,120 @@
+"""The pre-flight check: every port against the topics section, before any process starts.
+
+``shmlaunch check FILE`` prints every problem; the launcher runs the same check and refuses
+to start on any. Python node classes are imported here (with the node's ``cwd`` and
+``PYTHONPATH``), so an unknown class or parameter is reported before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from shmlaunch.nodes import NodeClassError, ParamError, load_node_class
+from shmlaunch.nodes._params import resolve_params
+
+from ._schema import Graph, NodeSpec, TopicSpec
+
+
+def node_cwd(graph: Graph, node: NodeSpec) -> Path:
+    """A node's working directory: its ``cwd`` relative to the launch file's folder, else that folder."""
+    base = Path(graph.file).resolve().parent
+    return (base / node.cwd).resolve() if node.cwd else base
+
+
+@contextlib.contextmanager
+def import_context(graph: Graph, node: NodeSpec) -> Iterator[None]:
+    """sys.path as the node process will have it: its cwd and PYTHONPATH first."""
+    extra = [str(node_cwd(graph, node))] + [p for p in node.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    saved = list(sys.path)
+    sys.path[:0] = extra
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _compare(node: NodeSpec, direction: str, port: str, declared: dict, topic: TopicSpec, where: str, errors: list[str]) -> None:
+    verb = "publishes" if direction == "publish" else "subscribes to"
+    for key in ("capacity", "pool", "dtype", "shape", "ndim", "min_capacity"):
+        if key not in declared or declared[key] is None:
+            continue
+        want = declared[key]
+        if key == "dtype":
+            want = np.dtype(want)
+            have, ok = topic.dtype, topic.dtype == want
+        elif key == "shape":
+            have, ok = topic.shape, topic.shape is not None and tuple(want) == topic.shape
+        elif key == "ndim":
+            have = None if topic.shape is None else len(topic.shape)
+            ok = have == want
+        elif key == "min_capacity":
+            have, ok = topic.capacity, topic.capacity >= want
+        else:
+            have, ok = getattr(topic, key), getattr(topic, key) == want
+        if not ok:
+            fmt = (lambda v: str(list(v)) if isinstance(v, tuple) else str(v))  # noqa: E731
+            rel = "at least " if key == "min_capacity" else ""
+            name = "capacity" if key == "min_capacity" else key
+            errors.append(f"{where}: node {node.name!r} {verb} port {port!r} with {name} {rel}{fmt(want)}, "
+                          f"but topic {topic.name!r} ({topic.where}) has {name} {fmt(have) if have is not None else 'unset'}")
+
+
+def check_graph(graph: Graph) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the whole graph; errors stop the launch."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    writers: dict[str, str] = {}
+    readers: set[str] = set()
+    for node in graph.nodes.values():
+        for direction, mapping in (("publish", node.publish), ("subscribe", node.subscribe)):
+            for port, topic_name in mapping.items():
+                topic = graph.topics.get(topic_name)
+                decl = node.port_decls.get((direction, port), {})
+                where = decl.get("where", node.where)
+                if topic is None:
+                    errors.append(f"{where}: node {node.name!r} port {port!r} uses topic {topic_name!r}, "
+                                  f"which the topics section does not declare")
+                    continue
+                _compare(node, direction, port, decl, topic, where, errors)
+                if direction == "publish":
+                    if topic_name in writers:
+                        errors.append(f"{where}: topic {topic_name!r} has two publishers, nodes {writers[topic_name]!r} and "
+                                      f"{node.name!r}; a topic has exactly one writer")
+                    writers[topic_name] = node.name
+                else:
+                    readers.add(topic_name)
+        if node.node_class:
+            _check_python_node(graph, node, errors)
+    for name in sorted(readers - set(writers)):
+        warnings.append(f"{graph.file}: topic {name!r} is subscribed to but no node publishes it (an external writer?)")
+    for name, topic in graph.topics.items():
+        if name not in writers and name not in readers:
+            warnings.append(f"{topic.where}: topic {name!r} is declared but no node uses it")
+    return errors, warnings
+
+
+def _check_python_node(graph: Graph, node: NodeSpec, errors: list[str]) -> None:
+    with import_context(graph, node):
+        try:
+            cls = load_node_class(node.node_class)
+        except NodeClassError as exc:
+            errors.append(f"{node.where}: node {node.name!r}: {exc}")
+            return
+    try:
+        resolve_params(cls, node.name, node.params)
+    except ParamError as exc:
+        errors.append(f"{node.where}: {exc}")
+    for direction, expectations, mapping in (("publish", cls.publishes, node.publish), ("subscribe", cls.subscribes, node.subscribe)):
+        for port, expected in expectations.items():
+            topic = graph.topics.get(mapping.get(port, port))
+            if topic is None:
+                if port not in mapping:
+                    errors.append(f"{node.where}: node {node.name!r} ({node.node_class}) {direction}s port {port!r}, "
+                                  f"which is not mapped and no topic {port!r} is declared")
+                continue
+            _compare(node, direction, port, expected, topic, node.where, errors)

@@ -1,0 +1,125 @@
+"""The ``shmlaunch`` command.
+
+    shmlaunch FILE [key:=value ...] [--duration S]     run a graph (also: shmlaunch launch FILE)
+    shmlaunch check FILE [key:=value ...]              validate a launch file, start nothing
+    shmlaunch run module:Class [--param k=v ...]       run one node alone, for development
+
+Exit codes: 0 clean stop (including SIGINT/SIGTERM and --duration); 1 a node failed or a
+required node died; 2 a bad launch file, argument or parameter (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shmlaunch.nodes import EXIT_BAD_CONFIG, NodeClassError, ParamError, configure_logging, load_node_class, parse_cli_value
+from shmlaunch.nodes._node import describe_params
+from shmlaunch.transport import TransportError
+
+from ._check import check_graph
+from ._launcher import GraphRunningError, Launcher
+from ._schema import LaunchFileError, load_launch_file, parse_launch_args
+
+EXIT_USAGE = 2
+_PACKAGED = Path(__file__).parent
+
+
+def resolve_launch_file(name: str) -> Path:
+    """A path as given, else a launch file shipped with shmlaunch (``launch/hands.yaml`` works
+    from any directory once installed)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    packaged = _PACKAGED / path.name
+    return packaged if packaged.exists() else path
+
+
+def _error(text: str) -> int:
+    for line in text.splitlines():
+        print(f"shmlaunch: error: {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _launch(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch", description="Run a graph from a launch file.")
+    ap.add_argument("file", help="launch file (YAML)")
+    ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
+    ap.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+    ap.add_argument("--runtime-dir", help="override the graph's runtime directory (default /dev/shm/shmlaunch-<uid>-<name>)")
+    ns = ap.parse_intermixed_args(argv)
+    try:
+        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
+        return Launcher(graph, duration=ns.duration, runtime_dir=ns.runtime_dir).run()
+    except (LaunchFileError, GraphRunningError, TransportError) as exc:
+        return _error(str(exc))
+
+
+def _check(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch check", description="Validate a launch file; start nothing.")
+    ap.add_argument("file")
+    ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
+    ns = ap.parse_intermixed_args(argv)
+    try:
+        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
+    except LaunchFileError as exc:
+        return _error(str(exc))
+    errors, warnings = check_graph(graph)
+    for w in warnings:
+        print(f"shmlaunch: warning: {w}", file=sys.stderr)
+    if errors:
+        return _error("\n".join(errors))
+    print(f"{graph.file}: graph {graph.name!r} is consistent: {len(graph.nodes)} nodes, {len(graph.topics)} topics")
+    return 0
+
+
+def _run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch run", description="Run one node alone (topics in the 'default' graph, "
+                                 "or $SHMLAUNCH_RUNTIME_DIR).")
+    ap.add_argument("node", help="module:Class of a Node subclass")
+    ap.add_argument("--name", help="node name (default: the class name in lower case)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="set a parameter (repeatable)")
+    ap.add_argument("--publish", action="append", default=[], metavar="PORT=TOPIC", help="map a publisher port to a topic")
+    ap.add_argument("--subscribe", action="append", default=[], metavar="PORT=TOPIC", help="map a subscription port to a topic")
+    ap.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+    ap.add_argument("--help-params", action="store_true", help="list the node's parameters and exit")
+    ns = ap.parse_intermixed_args(argv)
+    try:
+        cls = load_node_class(ns.node)
+    except NodeClassError as exc:
+        return _error(str(exc))
+    if ns.help_params:
+        print(f"{ns.node} parameters:\n{describe_params(cls)}")
+        return 0
+    pairs = {}
+    for opt, items in (("--param", ns.param), ("--publish", ns.publish), ("--subscribe", ns.subscribe)):
+        pairs[opt] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                return _error(f"{opt} {item!r}: expected KEY=VALUE")
+            pairs[opt][key] = parse_cli_value(value) if opt == "--param" else value
+    name = ns.name or cls.__name__.lower()
+    configure_logging(name)
+    try:
+        node = cls(name, pairs["--param"], publish=pairs["--publish"], subscribe=pairs["--subscribe"])
+    except (ParamError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_BAD_CONFIG
+    return node.run(ns.duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"run": _run, "check": _check, "launch": _launch}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else EXIT_USAGE
+    if argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return _launch(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

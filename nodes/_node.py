@@ -1,0 +1,277 @@
+"""The Node base class: the whole lifecycle of a node lives in this module.
+
+A node is a subclass of ``Node``. It declares parameters with ``Param``, opens publishers and
+subscriptions by *port name* in ``setup()`` (the launch file maps ports to topics, as ROS
+remapping does; an unmapped port uses its own name as the topic), and reacts in callbacks
+and timers. ``run()`` is the whole life: setup, spin, teardown, with SIGINT/SIGTERM ending
+the spin promptly and every held slot released on the way out.
+
+    class Doubler(Node):
+        factor = Param(2.0, "what to multiply by")
+
+        def setup(self):
+            self.out = self.publisher("out", dtype="float32", shape=(4,))
+            self.subscribe("in", self.on_input)
+
+        def on_input(self, msg):
+            self.out.publish(msg.data * self.factor)
+
+Spinning: one thread sleeps on every subscription's futex word at once (futex_waitv) with a
+timeout at the next timer's deadline, so an idle node uses no CPU and a message is handled
+microseconds after it is published. Callbacks run one at a time on that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shmlaunch.transport import Message, Reader, Writer, default_runtime_dir, validate_topic_name, wait_any
+
+from ._params import declared_params, resolve_params
+
+#: Exit codes of a node process (the launcher reads them).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a callback or teardown raised
+EXIT_BAD_CONFIG = 2  # unknown or ill-typed parameter, bad port mapping
+EXIT_SETUP_FAILED = 3  # setup() raised: not respawned, the launcher stops the graph
+
+
+class Subscription:
+    """A port's reader and the callback that gets each new message (newest first, none queued)."""
+
+    def __init__(self, port: str, reader: Reader, callback: Callable[[Message], Any]) -> None:
+        self.port = port
+        self.topic = reader.topic
+        self.reader = reader
+        self.callback = callback
+
+    def statistics(self):
+        return self.reader.statistics()
+
+
+class Timer:
+    """Calls ``callback()`` every ``period`` seconds on the node's thread; ticks missed while a
+    callback ran long are skipped, not queued."""
+
+    def __init__(self, period: float, callback: Callable[[], Any]) -> None:
+        if not period > 0:
+            raise ValueError(f"invalid timer period {period!r}: a positive number of seconds")
+        self.period = float(period)
+        self.callback = callback
+        self.next = time.monotonic() + self.period
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Node:
+    """Base class of every node. Override ``setup()`` (and ``teardown()``); see the module docs.
+
+    ``name`` defaults to the class name in lower case; ``params`` are checked against the
+    class's Param declarations; ``publish`` / ``subscribe`` map port names to topic names;
+    ``runtime_dir`` is the graph's (default: ``$SHMLAUNCH_RUNTIME_DIR``).
+
+    ``publishes`` / ``subscribes`` optionally tell the launcher's pre-flight check what each
+    port needs of its topic: ``{"image": {"dtype": "uint8", "ndim": 3}}`` (keys: dtype,
+    shape, ndim, capacity, min_capacity, pool).
+    """
+
+    publishes: ClassVar[dict[str, dict]] = {}
+    subscribes: ClassVar[dict[str, dict]] = {}
+
+    def __init__(
+        self,
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+        *,
+        publish: dict[str, str] | None = None,
+        subscribe: dict[str, str] | None = None,
+        runtime_dir: str | Path | None = None,
+    ) -> None:
+        self._node_name = name or type(self).__name__.lower()
+        self._param_values = resolve_params(type(self), self._node_name, params or {})
+        self._publish_map = dict(publish or {})
+        self._subscribe_map = dict(subscribe or {})
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
+        self.log = logging.getLogger(f"shmlaunch.node.{self._node_name}")
+        self._writers: list[Writer] = []
+        self._subscriptions: list[Subscription] = []
+        self._timers: list[Timer] = []
+        self._stop_reason: str | None = None
+
+    # ----- hooks
+    def setup(self) -> None:
+        """Open publishers and subscriptions, start timers. Runs once before spinning."""
+
+    def teardown(self) -> None:
+        """Release what setup() acquired beyond ports (devices, files). Runs once at the end."""
+
+    # ----- ports
+    @property
+    def name(self) -> str:
+        return self._node_name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter's value in force (a copy)."""
+        return dict(self._param_values)
+
+    def topic_for(self, port: str, direction: str) -> str:
+        mapping = self._publish_map if direction == "publish" else self._subscribe_map
+        return validate_topic_name(mapping.get(port, port))
+
+    def publisher(self, port: str, *, capacity: int | None = None, pool: int | None = None, dtype=None, shape=None) -> Writer:
+        """The writer of the topic mapped to ``port``. What is declared here must agree with
+        the topic (as the launcher created it), or TopicMismatchError names both values."""
+        writer = Writer(self.topic_for(port, "publish"), capacity, pool, dtype=dtype, shape=shape, runtime_dir=self.runtime_dir)
+        self._writers.append(writer)
+        return writer
+
+    def subscribe(self, port: str, callback: Callable[[Message], Any], *, capacity=None, pool=None, dtype=None, shape=None) -> Subscription:
+        """Call ``callback(msg)`` with each newest message of the topic mapped to ``port``.
+
+        The message is held (its slot is not overwritten) until the callback returns; call
+        ``msg.copy()`` to keep it longer.
+        """
+        reader = Reader(self.topic_for(port, "subscribe"), capacity=capacity, pool=pool, dtype=dtype, shape=shape,
+                        runtime_dir=self.runtime_dir)
+        sub = Subscription(port, reader, callback)
+        self._subscriptions.append(sub)
+        return sub
+
+    def timer(self, period: float, callback: Callable[[], Any]) -> Timer:
+        """Call ``callback()`` every ``period`` seconds."""
+        t = Timer(period, callback)
+        self._timers.append(t)
+        return t
+
+    # ----- running
+    def shutdown(self, reason: str = "requested") -> None:
+        """Ask the spin loop to end after the current callback (safe from callbacks and signals)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    def spin_once(self, timeout: float | None = None) -> bool:
+        """Run every due timer and every subscription with a new message; if none, sleep up to
+        ``timeout`` (None: until the next timer or message). Returns True if anything ran."""
+        ran = False
+        now = time.monotonic()
+        for t in self._timers:
+            if not t.cancelled and now >= t.next:
+                t.next += t.period * (1 + int((now - t.next) // t.period))
+                t.callback()
+                ran = True
+        for sub in self._subscriptions:
+            msg = sub.reader.receive_nowait()
+            if msg is not None:
+                with msg:
+                    sub.callback(msg)
+                ran = True
+            if self._stop_reason is not None:
+                return ran
+        if ran:
+            return True
+        live = [t.next for t in self._timers if not t.cancelled]
+        if live:
+            until_timer = max(min(live) - time.monotonic(), 0.0)
+            timeout = until_timer if timeout is None else min(timeout, until_timer)
+        readers = [s.reader for s in self._subscriptions]
+        if readers:
+            wait_any(readers, timeout)
+        elif timeout is None:
+            signal.pause() if os.name == "posix" else time.sleep(3600)
+        else:
+            time.sleep(timeout)
+        return False
+
+    def spin(self, duration: float | None = None) -> None:
+        """Handle messages and timers until shutdown(), a signal, or ``duration`` seconds."""
+        end = None if duration is None else time.monotonic() + duration
+        while self._stop_reason is None:
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    self.shutdown(f"ran for {duration} s")
+                    break
+                self.spin_once(left)
+            else:
+                self.spin_once()
+
+    def close(self) -> None:
+        """Close every port: held slots are released, the topics stay for the rest of the graph."""
+        for sub in self._subscriptions:
+            sub.reader.close()
+        for w in self._writers:
+            w.close()
+        self._subscriptions.clear()
+        self._writers.clear()
+        self._timers.clear()
+
+    def run(self, duration: float | None = None) -> int:
+        """The node's whole life in this process: setup, spin, teardown. Returns an exit code.
+
+        SIGINT and SIGTERM end the spin (after the running callback); teardown always runs
+        once setup succeeded; ports are closed whatever happens.
+        """
+
+        def on_signal(signum, _frame):
+            self.shutdown(signal.Signals(signum).name)
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            try:
+                self.setup()
+            except Exception:
+                self.log.exception("setup() failed")
+                return EXIT_SETUP_FAILED
+            code = EXIT_OK
+            try:
+                self.spin(duration)
+            except Exception:
+                self.log.exception("a callback raised; stopping")
+                code = EXIT_FAILED
+            try:
+                self.teardown()
+            except Exception:
+                self.log.exception("teardown() failed")
+                code = EXIT_FAILED
+            if code == EXIT_OK:
+                self.log.info("stopped (%s)", self._stop_reason)
+            return code
+        finally:
+            self.close()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+def configure_logging(node_name: str | None = None, level: int = logging.INFO) -> None:
+    """Log lines to stdout: ``LEVEL message``, prefixed with the node name when run alone
+    (under the launcher, the launcher's printer adds the prefix and the time)."""
+    handler = logging.StreamHandler(sys.stdout)
+    prefix = f"{node_name} | " if node_name else ""
+    handler.setFormatter(logging.Formatter(prefix + "%(levelname)s %(message)s"))
+    root = logging.getLogger("shmlaunch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def describe_params(cls) -> str:
+    """One line per declared parameter: name, type, default and help (for ``--help-params``)."""
+    lines = []
+    for name, p in sorted(declared_params(cls).items()):
+        default = "required" if p.required else f"default {p.default!r}"
+        lines.append(f"  {name} ({p.type_name()}, {default}): {p.help}")
+    return "\n".join(lines) or "  (no parameters)"

@@ -1,0 +1,61 @@
+"""Running one node in this process: import its class, build it, run it, exit with its code.
+
+The launcher starts every Python node as ``python -m shmlaunch.nodes '<json spec>'``;
+``shmlaunch run module:Class`` calls ``run_node`` directly. Either way a bad class path or a
+bad parameter is one line on stderr and exit code 2, before anything is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+from ._node import EXIT_BAD_CONFIG, Node, configure_logging
+from ._params import ParamError
+
+
+class NodeClassError(ValueError):
+    """A ``module:Class`` path that does not name an importable Node subclass."""
+
+
+def load_node_class(path: str) -> type[Node]:
+    """The Node subclass named by ``module:Class`` (or NodeClassError saying what is wrong)."""
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise NodeClassError(f"invalid node class {path!r}: expected 'module:Class', e.g. 'shmlaunch.nodes.camera:Camera'")
+    module_name, class_name = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise NodeClassError(f"cannot import node class {path!r}: no module named {exc.name!r}") from exc
+    except Exception as exc:
+        raise NodeClassError(f"cannot import node class {path!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise NodeClassError(f"cannot import node class {path!r}: module {module_name!r} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Node)):
+        raise NodeClassError(f"invalid node class {path!r}: {class_name} is not a subclass of shmlaunch.nodes.Node")
+    return cls
+
+
+def run_node(spec: dict[str, Any], duration: float | None = None) -> int:
+    """Build and run the node ``spec`` describes; returns its exit code."""
+    log = logging.getLogger("shmlaunch.node." + spec["name"])
+    try:
+        cls = load_node_class(spec["class"])
+        node = cls(spec["name"], spec.get("params") or {}, publish=spec.get("publish"), subscribe=spec.get("subscribe"),
+                   runtime_dir=spec.get("runtime_dir"))
+    except (NodeClassError, ParamError) as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_CONFIG
+    return node.run(duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of a node process started by the launcher: one JSON argument, the node's spec."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(args[0])
+    configure_logging(None)
+    return run_node(spec)

@@ -1,0 +1,87 @@
+"""Small nodes the launcher tests run in real processes (importable from the tests folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from shmlaunch.nodes import Node, Param
+
+
+class Counter(Node):
+    """Publishes 0, 1, 2, ... as int64 at ``rate`` Hz."""
+
+    rate = Param(200.0, "messages per second")
+    publishes = {"out": {"dtype": "int64"}}
+
+    def setup(self):
+        self.out = self.publisher("out")
+        self.n = 0
+        self.timer(1.0 / self.rate, self.tick)
+
+    def tick(self):
+        self.out.publish(np.array([self.n], np.int64))
+        self.n += 1
+
+
+class Scale(Node):
+    """Multiplies each value by ``factor``."""
+
+    factor = Param(10, "multiplier")
+
+    def setup(self):
+        self.out = self.publisher("out")
+        self.subscribe("in", self.on_value)
+
+    def on_value(self, msg):
+        self.out.publish(msg.data * self.factor)
+
+
+class Record(Node):
+    """Appends every value it receives to ``path`` as JSON lines; prints a line per message."""
+
+    path = Param("", "where to write")
+
+    def setup(self):
+        self.file = open(self.path, "a")  # noqa: SIM115 - closed in teardown()
+        self.subscribe("in", self.on_value)
+        self.log.info("recording to %s (pid %d)", self.path, os.getpid())
+
+    def on_value(self, msg):
+        self.file.write(json.dumps({"seq": msg.seq, "value": int(msg.data[0])}) + "\n")
+        self.file.flush()
+
+    def teardown(self):
+        self.file.write(json.dumps({"teardown": True}) + "\n")
+        self.file.close()
+
+
+class FailsInSetup(Node):
+    def setup(self):
+        raise RuntimeError("camera 7 is not connected")
+
+
+class DiesAfter(Node):
+    """Exits the process abruptly (os._exit) after ``seconds``: a crash, not a clean stop."""
+
+    seconds = Param(0.5)
+    code = Param(1)
+
+    def setup(self):
+        self.started = time.monotonic()
+        self.timer(0.05, self.check)
+
+    def check(self):
+        if time.monotonic() - self.started > self.seconds:
+            os._exit(self.code)
+
+
+class IgnoresSigterm(Node):
+    """A badly behaved node: ignores SIGTERM, so only SIGKILL stops it."""
+
+    def setup(self):
+        import signal
+
+        self.timer(0.1, lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))

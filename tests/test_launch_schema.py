@@ -1,0 +1,198 @@
+"""Launch files: every kind of bad file gets the right one-line error; supervision rules replayed."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from shmlaunch.launch import LaunchFileError, Printer, Supervisor, check_graph, load_launch_file, parse_launch_args
+from shmlaunch.launch._schema import NodeSpec
+
+TESTS = Path(__file__).parent
+NODE = f"    node: graph_nodes:Counter\n    env: {{PYTHONPATH: {TESTS}}}\n"
+
+GOOD = f"""name: g
+topics:
+  numbers: {{dtype: int64, shape: [1]}}
+nodes:
+  counter:
+    node: graph_nodes:Counter
+    publish: {{out: numbers}}
+    env: {{PYTHONPATH: {TESTS}}}
+"""
+
+BAD_FILES = [
+    ("name: g\nnodes: [\n", r"^{f}:3: invalid YAML: expected the node content, but found '<stream end>'$"),
+    ("name: g\nnodes:\n  a:\n    node: x:Y\n    node: z:W\n", r"^{f}:5: invalid YAML: duplicate key 'node'$"),
+    ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, include, name, nodes, topics; got _LineList$"),
+    ("name: g\ntopcs: {}\nnodes:\n  a: {cmd: [true]}\n",
+     r"^{f}:2: unknown key 'topcs' in the launch file \(allowed: args, include, name, nodes, topics\)$"),
+    ("name: a b\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:1: 'name' must be the graph's name \(letters, digits, '_', '-'\), got 'a b'$"),
+    ("name: g\nnodes: {}\n", r"^{f}:1: the launch file declares no nodes$"),
+    ("name: g\nnodes:\n  a: {cmd: [true], node: 'x:Y'}\n", r"^{f}:3: node 'a': give exactly one of 'node' \(module:Class\) or 'cmd' \(a command\)$"),
+    ("name: g\nnodes:\n  a: {node: not_a_class_path}\n", r"^{f}:3: node 'a': 'node' must be 'module:Class', got 'not_a_class_path'$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respwn: true\n",
+     r"^{f}:5: unknown key 'respwn' in node 'a' \(allowed: cmd, cwd, env, node, params, publish, required, respawn, subscribe\)$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respawn: {max: -1}\n", r"^{f}:5: node 'a': respawn max must be a whole number >= 0, got -1$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    required: yes please\n", r"^{f}:5: node 'a': 'required' must be true or false, got 'yes please'$"),
+    ("name: g\ntopics:\n  t: {capacity: 64, pool: 0}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topic 't': invalid pool size 0: 1 to 256 slots$"),
+    ("name: g\ntopics:\n  t: {pool: 2}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topic 't': needs 'capacity' \(bytes\) or 'dtype' and 'shape'$"),
+    ("name: g\ntopics:\n  ../etc: {capacity: 8}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topics: invalid topic name '\.\./etc': use letters"),
+    ("name: g\ntopics:\n  t: {dtype: uint9, shape: [2]}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topic 't': data type 'uint9' not understood$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    publish: {out: a//b}\n", r"^{f}:5: node 'a' port 'out': invalid topic name 'a//b'"),
+    ("name: g\nnodes:\n  a:\n    cmd: [echo, $(arg who)]\n",
+     r"^{f}:4: \.nodes\.a\.cmd: unknown launch argument 'who' in '\$\(arg who\)' \(declare it under 'args:'\)$"),
+    ("name: g\nnodes:\n  a: {cmd: []}\n", r"^{f}:3: node 'a': 'cmd' must be a non-empty list of strings, got \[\]$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    params: {x: 1}\n", r"^{f}:5: node 'a': 'params' are for Python nodes; pass arguments in 'cmd'$"),
+    ("name: g\ninclude:\n  - {namespace: x}\nnodes:\n  a: {cmd: [true]}\n",
+     r"^{f}:3: include: each entry needs 'file' \(and optionally 'namespace', 'args'\), got \{'namespace': 'x'\}$"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\n  a: {cmd: [false]}\n", r"^{f}:4: invalid YAML: duplicate key 'a'$"),
+]
+
+
+@pytest.mark.parametrize("text,pattern", BAD_FILES, ids=[f"bad{i}" for i in range(len(BAD_FILES))])
+def test_bad_launch_file_gives_one_line_naming_file_and_line(tmp_path, text, pattern):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(LaunchFileError) as info:
+        load_launch_file(path)
+    import re
+
+    assert len(info.value.problems) == 1, info.value.problems
+    assert re.match(pattern.replace("{f}", re.escape(str(path))), info.value.problems[0]), info.value.problems[0]
+
+
+def test_missing_launch_file_is_named():
+    with pytest.raises(LaunchFileError, match=r"^/no/such\.yaml: no such launch file$"):
+        load_launch_file("/no/such.yaml")
+
+
+CHECK_CASES = [
+    (GOOD.replace("{out: numbers}", "{out: numbrs}"),
+     r"node 'counter' port 'out' uses topic 'numbrs', which the topics section does not declare$"),
+    (GOOD.replace("graph_nodes:Counter", "graph_nodes:Nope"),
+     r"node 'counter': cannot import node class 'graph_nodes:Nope': module 'graph_nodes' has no attribute 'Nope'$"),
+    (GOOD.replace("graph_nodes:Counter", "no_such_module:Counter"),
+     r"node 'counter': cannot import node class 'no_such_module:Counter': no module named 'no_such_module'$"),
+    (GOOD.replace("    publish:", "    params: {rte: 5}\n    publish:"),
+     r"node 'counter' \(graph_nodes:Counter\) has no parameter 'rte'; it has: rate$"),
+    (GOOD.replace("    publish:", "    params: {rate: fast}\n    publish:"),
+     r"parameter 'rate' of node 'counter' must be float, got 'fast' \(str\)$"),
+    (GOOD.replace("dtype: int64", "dtype: float32"),
+     r"node 'counter' publishes port 'out' with dtype int64, but topic 'numbers' \(.*:3\) has dtype float32$"),
+    (GOOD.replace("{out: numbers}", "{out: {topic: numbers, shape: [2]}}"),
+     r"node 'counter' publishes port 'out' with shape \[2\], but topic 'numbers' \(.*:3\) has shape \[1\]$"),
+    (GOOD + "  second:\n    cmd: [true]\n    publish: {x: numbers}\n",
+     r"topic 'numbers' has two publishers, nodes 'counter' and 'second'; a topic has exactly one writer$"),
+]
+
+
+@pytest.mark.parametrize("text,pattern", CHECK_CASES, ids=[f"check{i}" for i in range(len(CHECK_CASES))])
+def test_preflight_check_names_every_disagreement(tmp_path, text, pattern):
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    errors, _ = check_graph(load_launch_file(path))
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{path}:")
+    import re
+
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+def test_check_command_prints_every_problem_and_exits_2(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GOOD.replace("{out: numbers}", "{out: numbrs}").replace("    publish:", "    params: {rte: 5}\n    publish:"))
+    res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "check", str(path)], capture_output=True, text=True)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("shmlaunch: error:")]
+    assert len(errors) == 2
+
+
+def test_check_command_accepts_a_consistent_file(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GOOD)
+    res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "check", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "graph 'g' is consistent: 1 nodes, 1 topics" in res.stdout
+
+
+def test_launch_arguments_are_substituted_with_their_yaml_type(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GOOD.replace("name: g\n", "name: g\nargs: {rate: 5.0, label: x}\n").replace(
+        "    publish:", "    params: {rate: $(arg rate)}\n    publish:"))
+    graph = load_launch_file(path, parse_launch_args(["rate:=7.5"]))
+    assert graph.nodes["counter"].params == {"rate": 7.5}
+    with pytest.raises(LaunchFileError, match=r"launch argument 'rat' from the command line is not declared under 'args:' "
+                       r"\(declared: label, rate\)$"):
+        load_launch_file(path, {"rat": 1})
+
+
+def test_include_prefixes_nodes_and_topics_with_its_namespace(tmp_path):
+    (tmp_path / "arm.yaml").write_text("args: {side: none}\ntopics:\n  joints: {capacity: 64}\nnodes:\n  driver:\n"
+                                       "    cmd: [echo, $(arg side)]\n    publish: {out: joints}\n")
+    (tmp_path / "robot.yaml").write_text("name: robot\ninclude:\n  - {file: arm.yaml, namespace: left, args: {side: L}}\n"
+                                         "  - {file: arm.yaml, namespace: right, args: {side: R}}\n")
+    graph = load_launch_file(tmp_path / "robot.yaml")
+    assert sorted(graph.nodes) == ["left/driver", "right/driver"]
+    assert sorted(graph.topics) == ["left/joints", "right/joints"]
+    assert graph.nodes["left/driver"].cmd == ["echo", "L"] and graph.nodes["right/driver"].publish == {"out": "right/joints"}
+
+
+# ----- supervision rules, replayed without processes
+def spec(name, **kw) -> NodeSpec:
+    return NodeSpec(name, node_class=kw.pop("node_class", "m:C"), **kw)
+
+
+def test_supervisor_respawns_with_backoff_then_gives_up():
+    sup = Supervisor([spec("a", respawn_max=2, respawn_delay=1.0)], now=0.0)
+    assert sup.due(0.0) == ["a"]
+    sup.started("a")
+    assert sup.exited("a", -9, 10.0) == "node 'a' exited (killed by SIGKILL (exit code 137)): respawn 1 of 2 in 1 s"
+    assert sup.due(10.5) == [] and sup.due(11.0) == ["a"]
+    sup.started("a")
+    assert sup.exited("a", 1, 20.0) == "node 'a' exited (exit code 1): respawn 2 of 2 in 2 s"
+    assert sup.next_deadline() == 22.0
+    sup.started("a")
+    assert sup.exited("a", 1, 30.0) == "node 'a' exited (exit code 1): gave up after 2 respawns"
+    assert sup.finished() and sup.exit_code() == 1
+
+
+def test_supervisor_stops_the_graph_when_a_required_node_exits():
+    sup = Supervisor([spec("a", required=True), spec("b")], now=0.0)
+    for n in sup.due(0.0):
+        sup.started(n)
+    assert sup.exited("a", 0, 1.0) == "node 'a' exited (exit code 0): it is required, so the graph stops"
+    assert sup.stopping and sup.exit_code() == 0
+    sup2 = Supervisor([spec("a", required=True)], now=0.0)
+    sup2.started("a")
+    sup2.exited("a", 2 + 1, 1.0)
+    assert sup2.exit_code() == 1
+
+
+def test_supervisor_never_respawns_a_node_that_failed_setup():
+    sup = Supervisor([spec("a", respawn_max=5)], now=0.0)
+    sup.started("a")
+    assert sup.exited("a", 3, 1.0) == "node 'a' exited (exit code 3): it could not start, so the graph stops"
+    assert sup.due(100.0) == [] and sup.exit_code() == 1
+
+
+def test_supervisor_ends_the_graph_when_the_last_node_ends_cleanly():
+    sup = Supervisor([spec("a", node_class=None, cmd=["true"])], now=0.0)
+    sup.started("a")
+    assert sup.exited("a", 0, 1.0) == "node 'a' exited (exit code 0)"
+    assert sup.finished() and sup.exit_code() == 0
+
+
+def test_printer_prefixes_lines_and_survives_bad_bytes():
+    out = io.StringIO()
+    p = Printer(["camera", "hands"], stream=out, colour=False)
+    p.feed("camera", b"first line\nsecond ")
+    p.feed("camera", b"half\n\xff\xfe broken\n")
+    p.feed("hands", b"no newline at the end")
+    p.flush("hands")
+    assert out.getvalue().splitlines() == [
+        "camera   | first line", "camera   | second half", "camera   | \ufffd\ufffd broken", "hands    | no newline at the end",
+    ]
