@@ -4,7 +4,17 @@ Write a node by subclassing ``Node`` (see ``shmlaunch.nodes._node`` for the life
 start it alone with ``shmlaunch run module:Class`` or from a launch file.
 """
 
-from ._node import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SETUP_FAILED, Node, Subscription, Timer, configure_logging
+from ._node import (
+    EXIT_BAD_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SETUP_FAILED,
+    Node,
+    NodeSetupError,
+    Subscription,
+    Timer,
+    configure_logging,
+)
 from ._params import Param, ParamError, declared_params, parse_cli_value
 from ._runner import NodeClassError, load_node_class, run_node
 
@@ -15,6 +25,7 @@ __all__ = [
     "EXIT_SETUP_FAILED",
     "Node",
     "NodeClassError",
+    "NodeSetupError",
     "Param",
     "ParamError",
     "Subscription",

@@ -43,6 +43,11 @@ EXIT_BAD_CONFIG = 2  # unknown or ill-typed parameter, bad port mapping
 EXIT_SETUP_FAILED = 3  # setup() raised: not respawned, the launcher stops the graph
 
 
+class NodeSetupError(Exception):
+    """Raise from setup() for an expected failure (a missing camera, a bad source): the node
+    exits with EXIT_SETUP_FAILED and one log line, without a traceback."""
+
+
 class Subscription:
     """A port's reader and the callback that gets each new message (newest first, none queued)."""
 
@@ -233,6 +238,9 @@ class Node:
         try:
             try:
                 self.setup()
+            except NodeSetupError as exc:
+                self.log.error("%s", exc)
+                return EXIT_SETUP_FAILED
             except Exception:
                 self.log.exception("setup() failed")
                 return EXIT_SETUP_FAILED

@@ -1,0 +1,168 @@
+"""The camera node: frames from a device, a video file, a stream URL or a folder of images.
+
+Publishes BGR uint8 frames of the topic's shape (height, width, 3) on port ``image``, each
+stamped with its capture time. Frames are decoded straight into a loaned slot of the topic
+when the source's size matches (``VideoCapture.read(image=slot)``), with one resize into the
+slot otherwise: no other copy. ``source: auto`` takes /dev/video0 when it opens and the
+bundled sample photos otherwise, so a graph runs on a machine with no camera.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from shmlaunch.transport import PoolExhaustedError
+
+from ._node import Node, NodeSetupError
+from ._params import Param
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def letterbox(img: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``img`` scaled to fit ``shape`` with its aspect ratio kept, centred on black: a hand
+    stretched out of proportion is a different hand to a landmark model."""
+    h, w = shape[:2]
+    scale = min(w / img.shape[1], h / img.shape[0])
+    nw, nh = max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))
+    out = np.zeros(shape, np.uint8)
+    y, x = (h - nh) // 2, (w - nw) // 2
+    out[y : y + nh, x : x + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
+
+
+class _Folder:
+    """A folder of images, decoded once and resized to the topic's shape, cycled forever;
+    each image is repeated for ``repeat`` frames (a still scene filmed at the frame rate)."""
+
+    live = False
+
+    def __init__(self, folder: Path, shape: tuple[int, int, int], repeat: int = 1) -> None:
+        files = image_files(folder)
+        if not files:
+            raise NodeSetupError(f"cannot open camera source {str(folder)!r}: the folder has no images")
+        self.frames = []
+        for f in files:
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is None:
+                raise NodeSetupError(f"cannot open camera source {str(folder)!r}: {f.name} is not a readable image")
+            self.frames.append(letterbox(img, shape))
+        self.names = [f.name for f in files]
+        self.repeat = max(1, repeat)
+        self.index = 0
+
+    def read_into(self, out: np.ndarray) -> bool:
+        np.copyto(out, self.frames[(self.index // self.repeat) % len(self.frames)])
+        self.index += 1
+        return True
+
+    def release(self) -> None:
+        self.frames = []
+
+
+class _Capture:
+    """cv2.VideoCapture: a device, a file or a URL. Decodes into the slot when sizes match."""
+
+    def __init__(self, source: str | int, live: bool, loop: bool, width: int, height: int, fps: float) -> None:
+        self.cap = cv2.VideoCapture(source)
+        if not self.cap.isOpened():
+            raise NodeSetupError(f"cannot open camera source {source!r}: no such device, file or stream (or no codec for it)")
+        self.live = live
+        self.loop = loop
+        if live:
+            self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+            self.cap.set(cv2.CAP_PROP_FPS, fps)
+        self.tmp: np.ndarray | None = None
+
+    def read_into(self, out: np.ndarray) -> bool:
+        ok, frame = self.cap.read(image=out)
+        if not ok and self.loop and not self.live:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read(image=out)
+        if not ok:
+            return False
+        if frame is not out and frame.ctypes.data != out.ctypes.data:  # other size: OpenCV allocated a new frame
+            cv2.resize(frame, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
+        return True
+
+    def release(self) -> None:
+        self.cap.release()
+
+
+class Camera(Node):
+    """Publishes camera frames (BGR, the topic's shape) with their capture time."""
+
+    source = Param("auto", "'auto', a device index or /dev/videoN, a video file, an rtsp:// or http:// URL, or a folder of images",
+                   type=(str, int))
+    width = Param(640, "width asked of a live camera (frames are resized to the topic's shape anyway)")
+    height = Param(480, "height asked of a live camera")
+    fps = Param(30.0, "frames per second: the pace for files and folders, asked of a live camera")
+    loop = Param(True, "start a video file again at its end (folders always cycle)")
+    image_seconds = Param(0.0, "for a folder: how long each image is shown (0: one frame each)")
+    publishes = {"image": {"dtype": "uint8", "ndim": 3}}
+
+    def setup(self) -> None:
+        self.out = self.publisher("image")
+        shape = self.out.config.shape
+        if self.out.config.dtype != np.uint8 or shape is None or len(shape) != 3 or shape[2] != 3:
+            raise NodeSetupError(f"topic {self.out.topic!r} must be uint8 with shape [height, width, 3] for a camera")
+        self.src = self._open(self.source, shape)
+        self.log.info("publishing %s frames of %dx%d to %r from %s", "live" if self.src.live else f"{self.fps:g} fps",
+                      shape[1], shape[0], self.out.topic, self.describe)
+        self.frames = self.dropped = 0
+        self.timer(1.0 / self.fps, self.grab)
+
+    def _open(self, source, shape):
+        if source == "auto":
+            if os.path.exists("/dev/video0"):
+                try:
+                    self.describe = "/dev/video0"
+                    return _Capture(0, True, False, self.width, self.height, self.fps)
+                except NodeSetupError:
+                    self.log.warning("/dev/video0 exists but does not open; using the bundled sample")
+            self.describe = f"the bundled sample ({SAMPLE_DIR})"
+            return self._folder(SAMPLE_DIR, shape)
+        if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+            self.describe = f"camera {source}"
+            return _Capture(int(source), True, False, self.width, self.height, self.fps)
+        if "://" in source:
+            self.describe = source
+            return _Capture(source, True, False, self.width, self.height, self.fps)
+        path = Path(source)
+        self.describe = source
+        if path.is_dir():
+            return self._folder(path, shape)
+        if not path.exists():
+            raise NodeSetupError(f"cannot open camera source {source!r}: no such file, device or folder")
+        return _Capture(str(path), source.startswith("/dev/"), self.loop, self.width, self.height, self.fps)
+
+    def _folder(self, path: Path, shape) -> _Folder:
+        return _Folder(path, shape, repeat=round(self.image_seconds * self.fps))
+
+    def grab(self) -> None:
+        try:
+            loan = self.out.loan()
+        except PoolExhaustedError:
+            self.dropped += 1  # every slot is held by slow readers: skip this frame, never wait
+            return
+        with loan as slot:
+            if not self.src.read_into(slot):
+                loan.cancel()
+                self.log.info("end of %s after %d frames", self.describe, self.frames)
+                self.shutdown("end of source")
+                return
+            loan.stamp_ns = time.time_ns()
+        self.frames += 1
+
+    def teardown(self) -> None:
+        self.src.release()

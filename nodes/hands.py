@@ -1,0 +1,54 @@
+"""The hand-landmark node: MediaPipe Hands on the newest camera frame, one message per frame.
+
+Subscribes to ``image`` (BGR uint8, height x width x 3) and publishes ``landmarks`` (the
+LANDMARKS layout of ``shmlaunch.nodes.messages``). It always takes the newest frame: a frame
+that arrived while the model ran on the previous one is skipped, never queued (latency over
+completeness). Frame sequence and capture time travel with the landmarks.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ._mediapipe_hands import HandDetector
+from ._node import Node
+from ._params import Param
+from .messages import LANDMARKS, LANDMARKS_VERSION, MAX_HANDS
+
+
+class HandLandmarks(Node):
+    max_num_hands = Param(2, f"hands to look for, 1 to {MAX_HANDS}")
+    model_complexity = Param(0, "0 (faster) or 1 (more accurate)")
+    min_detection_confidence = Param(0.5, "palm detection threshold")
+    min_tracking_confidence = Param(0.5, "landmark tracking threshold (below it, detection runs again)")
+    static_image_mode = Param(False, "detect on every frame instead of tracking (for unrelated images)")
+    subscribes = {"image": {"dtype": "uint8", "ndim": 3}}
+    publishes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
+
+    def setup(self) -> None:
+        self.detector = HandDetector(
+            max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
+            min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
+            static_image_mode=self.static_image_mode,
+        )
+        self.out = self.publisher("landmarks")
+        self.subscribe("image", self.on_frame)
+        self.rgb: np.ndarray | None = None
+        self.log.info("MediaPipe Hands ready (max_num_hands=%d, model_complexity=%d, %s)", self.max_num_hands,
+                      self.model_complexity, "static images" if self.static_image_mode else "tracking")
+
+    def on_frame(self, msg) -> None:
+        frame = msg.data
+        if self.rgb is None or self.rgb.shape != frame.shape:
+            self.rgb = np.empty_like(frame)
+        cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.rgb)
+        with self.out.loan(nbytes=LANDMARKS.itemsize, stamp_ns=msg.stamp_ns) as buf:
+            rec = buf.view(LANDMARKS)[0]
+            rec["version"] = LANDMARKS_VERSION
+            rec["frame_seq"] = msg.seq
+            rec["capture_ns"] = msg.stamp_ns
+            self.detector.detect_into(self.rgb, rec)
+
+    def teardown(self) -> None:
+        self.detector.close()
