@@ -8,6 +8,8 @@ completeness). Frame sequence and capture time travel with the landmarks.
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
@@ -39,6 +41,7 @@ class HandLandmarks(Node):
                       self.model_complexity, "static images" if self.static_image_mode else "tracking")
 
     def on_frame(self, msg) -> None:
+        received = time.time_ns()
         frame = msg.data
         if self.rgb is None or self.rgb.shape != frame.shape:
             self.rgb = np.empty_like(frame)
@@ -48,6 +51,7 @@ class HandLandmarks(Node):
             rec["version"] = LANDMARKS_VERSION
             rec["frame_seq"] = msg.seq
             rec["capture_ns"] = msg.stamp_ns
+            rec["received_ns"] = received
             self.detector.detect_into(self.rgb, rec)
 
     def teardown(self) -> None:

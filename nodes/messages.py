@@ -22,12 +22,13 @@ HAND = np.dtype([
 ])
 
 LANDMARKS_VERSION = 1
-#: The hand-landmark message: 40-byte header, then MAX_HANDS hands (the first hand_count are valid). 2088 bytes.
+#: The hand-landmark message: 48-byte header, then MAX_HANDS hands (the first hand_count are valid). 2096 bytes.
 LANDMARKS = np.dtype([
     ("version", "<u4"),
     ("hand_count", "<u4"),
     ("frame_seq", "<u8"),  # sequence number of the camera frame it came from
     ("capture_ns", "<i8"),  # that frame's capture time, CLOCK_REALTIME ns
+    ("received_ns", "<i8"),  # when the hand node took the frame, CLOCK_REALTIME ns
     ("inference_ns", "<i8"),  # how long inference took
     ("image_width", "<u4"),
     ("image_height", "<u4"),

@@ -67,14 +67,15 @@ class Recorder(Node):
                 "world": [[round(float(v), 5) for v in p] for p in h["world"]],
             })
         self.write({"type": "landmarks", "frame_seq": int(rec["frame_seq"]), "capture_ns": int(rec["capture_ns"]),
-                    "received_ns": time.time_ns(), "inference_ms": round(int(rec["inference_ns"]) / 1e6, 3),
+                    "frame_received_ns": int(rec["received_ns"]), "published_ns": msg.publish_ns, "received_ns": time.time_ns(),
+                    "inference_ms": round(int(rec["inference_ns"]) / 1e6, 3),
                     "image": [int(rec["image_width"]), int(rec["image_height"])], "hands": hands})
 
     def on_gesture(self, msg) -> None:
         g = gesture_message(msg.data)
         n = int(g["hand_count"])
         self.write({"type": "gesture", "frame_seq": int(g["frame_seq"]), "capture_ns": int(g["capture_ns"]),
-                    "received_ns": time.time_ns(),
+                    "published_ns": msg.publish_ns, "received_ns": time.time_ns(),
                     "hands": [{"gesture": GESTURE_NAMES[g["gesture"][i]], "fingers": int(g["fingers"][i]),
                                "handedness": "Right" if g["handedness"][i] else "Left"} for i in range(n)]})
 

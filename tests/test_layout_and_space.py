@@ -87,3 +87,16 @@ def test_full_shm_is_a_clear_error_at_creation_and_leaves_nothing(small_tmpfs):
     with Writer("small", capacity=1024, runtime_dir=rt) as small, Reader("small", runtime_dir=rt) as reader:
         small.publish(b"ok")  # what fits still works
         assert bytes(reader.receive(timeout=1).copy().data) == b"ok"
+
+
+def test_message_layouts_sit_at_the_documented_offsets():
+    from shmlaunch.nodes.messages import GESTURE, HAND, LANDMARKS
+
+    assert (LANDMARKS.itemsize, HAND.itemsize, GESTURE.itemsize) == (2096, 512, 64)
+    offsets = {name: LANDMARKS.fields[name][1] for name in LANDMARKS.names}
+    assert offsets == {"version": 0, "hand_count": 4, "frame_seq": 8, "capture_ns": 16, "received_ns": 24, "inference_ns": 32,
+                       "image_width": 40, "image_height": 44, "hands": 48}
+    assert {n: HAND.fields[n][1] for n in HAND.names} == {"landmarks": 0, "world": 252, "score": 504, "handedness": 508}
+    assert {n: GESTURE.fields[n][1] for n in GESTURE.names} == {
+        "version": 0, "hand_count": 4, "frame_seq": 8, "capture_ns": 16, "gesture": 24, "fingers": 28, "handedness": 32,
+        "reserved": 36, "score": 40, "reserved2": 56}

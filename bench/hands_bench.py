@@ -1,0 +1,207 @@
+"""Hands pipeline benchmark: the shmlaunch graph against the same work in one process.
+
+From a video made of the real photos (each held for 10 frames, so tracking mode has
+something to track), at 640x480 and 1280x720, MediaPipe model_complexity 0, tracking mode,
+up to 2 hands:
+
+- loop: what a user writes first. read, convert, process(), classify, in one process, as
+  fast as it goes. Latency is capture (the frame decoded) to landmarks / to gesture.
+- graph: camera -> hands -> gestures, recorder via ``shmlaunch``, the camera paced at the
+  loop's measured rate. Latency as received by the recorder; per hop: camera -> hands (the
+  frame's capture stamp to the hand node taking it) and hands -> recorder (publish to
+  receive). CPU% per node process from /proc.
+
+    python bench/hands_bench.py        # writes bench/results/hands.json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from shmlaunch.nodes._mediapipe_hands import HandDetector
+from shmlaunch.nodes.camera import letterbox
+from shmlaunch.nodes.gestures import classify
+from shmlaunch.nodes.messages import LANDMARKS
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT.parent / "shared" / "testdata" / "hands"
+HOLD = 10
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def make_video(path: Path, width: int, height: int) -> int:
+    files = sorted(PHOTOS.glob("*/*.jpg"))
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for f in files:
+        frame = letterbox(cv2.imread(str(f)), (height, width, 3))
+        for _ in range(HOLD):
+            vw.write(frame)
+    vw.release()
+    return len(files) * HOLD
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def single_process_loop(video: Path, frames: int) -> dict:
+    det = HandDetector(max_num_hands=2, model_complexity=0, static_image_mode=False)
+    cap = cv2.VideoCapture(str(video))
+    buf = np.zeros(1, LANDMARKS)
+    rec = buf[0]
+    rgb = None
+    to_landmarks, to_gesture, hands = [], [], []
+    c0, t0 = time.process_time(), time.monotonic()
+    for _ in range(frames):
+        ok, frame = cap.read()
+        if not ok:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = cap.read()
+        captured = time.perf_counter_ns()
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=rgb)
+        n = det.detect_into(rgb, rec)
+        to_landmarks.append(time.perf_counter_ns() - captured)
+        _ = [classify(rec["hands"][i]["world"]) for i in range(n)]
+        to_gesture.append(time.perf_counter_ns() - captured)
+        hands.append(n)
+    wall = time.monotonic() - t0
+    cpu = time.process_time() - c0
+    det.close()
+    return {"fps": frames / wall, "landmarks_p50_ms": pct(to_landmarks, 50) / 1e6, "landmarks_p99_ms": pct(to_landmarks, 99) / 1e6,
+            "gesture_p50_ms": pct(to_gesture, 50) / 1e6, "cpu_pct": 100 * cpu / wall, "hands_per_frame": float(np.mean(hands))}
+
+
+GRAPH = """name: {name}
+topics:
+  camera/image:    {{dtype: uint8, shape: [{h}, {w}, 3], pool: 4}}
+  hands/landmarks: {{capacity: 2096, pool: 8}}
+  hands/gesture:   {{capacity: 64, pool: 8}}
+nodes:
+  camera:
+    node: shmlaunch.nodes.camera:Camera
+    params: {{source: {video}, fps: {fps}, loop: true}}
+    publish: {{image: camera/image}}
+  hands:
+    node: shmlaunch.nodes.hands:HandLandmarks
+    params: {{max_num_hands: 2, model_complexity: 0, static_image_mode: false}}
+    subscribe: {{image: camera/image}}
+    publish: {{landmarks: hands/landmarks}}
+  gestures:
+    node: shmlaunch.nodes.gestures:Gestures
+    subscribe: {{landmarks: hands/landmarks}}
+    publish: {{gesture: hands/gesture}}
+  recorder:
+    node: shmlaunch.nodes.recorder:Recorder
+    params: {{path: {out}}}
+    subscribe: {{landmarks: hands/landmarks, gesture: hands/gesture}}
+"""
+
+
+def node_pids(runtime_dir: str) -> dict[str, int]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SHMLAUNCH_RUNTIME_DIR={runtime_dir}".encode() in env:
+            for item in env:
+                if item.startswith(b"SHMLAUNCH_NODE="):
+                    out[item.split(b"=", 1)[1].decode()] = int(entry.name)
+    return out
+
+
+def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path) -> dict:
+    name = f"hands-bench-{os.getpid()}-{w}"
+    out = tmp / f"{name}.jsonl"
+    launch = tmp / f"{name}.yaml"
+    launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out))
+    rt = f"/dev/shm/shmlaunch-{os.getuid()}-{name}"
+    warmup = 4.0
+    proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", str(warmup + seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(warmup)
+    pids = node_pids(rt)
+    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
+    t0 = time.time_ns()
+    time.sleep(seconds - 0.5)
+    c1 = {n: cpu_seconds(p) for n, p in pids.items()}
+    t1 = time.time_ns()
+    output, _ = proc.communicate(timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"graph exited {proc.returncode}:\n{output}")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    land = [x for x in lines if x["type"] == "landmarks" and t0 <= x["capture_ns"] <= t1]
+    gest = [x for x in lines if x["type"] == "gesture" and t0 <= x["capture_ns"] <= t1]
+    span = (t1 - t0) / 1e9
+    to_land = [(x["received_ns"] - x["capture_ns"]) / 1e6 for x in land]
+    hands_done = [(x["published_ns"] - x["capture_ns"]) / 1e6 for x in land]  # capture -> landmarks published
+    hop1 = [(x["frame_received_ns"] - x["capture_ns"]) / 1e3 for x in land]
+    hop2 = [(x["received_ns"] - x["published_ns"]) / 1e3 for x in land]
+    to_gest = [(x["received_ns"] - x["capture_ns"]) / 1e6 for x in gest]
+    return {
+        "fps": len(land) / span, "camera_fps": fps,
+        "landmarks_published_p50_ms": pct(hands_done, 50),
+        "landmarks_at_consumer_p50_ms": pct(to_land, 50), "landmarks_at_consumer_p99_ms": pct(to_land, 99),
+        "gesture_at_consumer_p50_ms": pct(to_gest, 50),
+        "hop_camera_to_hands_p50_us": pct(hop1, 50), "hop_hands_to_recorder_p50_us": pct(hop2, 50),
+        "cpu_pct": {n: round(100 * (c1[n] - c0[n]) / ((t1 - t0) / 1e9), 1) for n in c0},
+        "hands_per_frame": float(np.mean([len(x["hands"]) for x in land])) if land else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "hands.json"))
+    args = ap.parse_args()
+    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "cpus": os.cpu_count(),
+               "command": " ".join(["python"] + sys.argv), "runs": {}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for w, h in ((640, 480), (1280, 720)):
+            video = tmp / f"hands-{w}x{h}.avi"
+            n = make_video(video, w, h)
+            loop = single_process_loop(video, max(300, n))
+            print(f"{w}x{h} loop: {loop}", flush=True)
+            graph = graph_run(video, w, h, loop["fps"], args.seconds, tmp)
+            print(f"{w}x{h} graph: {graph}", flush=True)
+            results["runs"][f"{w}x{h}"] = {"loop": loop, "graph": graph}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    rows = ["| size | run | fps | capture->landmarks p50 ms | p99 ms | capture->gesture p50 ms | hop camera->hands p50 µs | "
+            "hop hands->consumer p50 µs | CPU % | hands/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for size, r in results["runs"].items():
+        lp, g = r["loop"], r["graph"]
+        rows.append(f"| {size} | one process | {lp['fps']:.1f} | {lp['landmarks_p50_ms']:.1f} | {lp['landmarks_p99_ms']:.1f} | "
+                    f"{lp['gesture_p50_ms']:.1f} | | | {lp['cpu_pct']:.0f} | {lp['hands_per_frame']:.2f} |")
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(g["cpu_pct"].items()))
+        rows.append(f"| {size} | graph | {g['fps']:.1f} | {g['landmarks_at_consumer_p50_ms']:.1f} "
+                    f"(published {g['landmarks_published_p50_ms']:.1f}) | {g['landmarks_at_consumer_p99_ms']:.1f} | "
+                    f"{g['gesture_at_consumer_p50_ms']:.1f} | {g['hop_camera_to_hands_p50_us']:.0f} | {g['hop_hands_to_recorder_p50_us']:.0f} | "
+                    f"{cpu} | {g['hands_per_frame']:.2f} |")
+    md = "\n".join(rows)
+    Path(args.out).with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
