@@ -57,6 +57,7 @@ class Recorder(Node):
         self.file = open(self.file_path, "a", encoding="utf-8")  # noqa: SIM115
 
     def on_landmarks(self, msg) -> None:
+        received = time.time_ns()
         rec = landmarks_message(msg.data)
         hands = []
         for i in range(int(rec["hand_count"])):
@@ -67,15 +68,16 @@ class Recorder(Node):
                 "world": [[round(float(v), 5) for v in p] for p in h["world"]],
             })
         self.write({"type": "landmarks", "frame_seq": int(rec["frame_seq"]), "capture_ns": int(rec["capture_ns"]),
-                    "frame_received_ns": int(rec["received_ns"]), "published_ns": msg.publish_ns, "received_ns": time.time_ns(),
+                    "frame_received_ns": int(rec["received_ns"]), "published_ns": msg.publish_ns, "received_ns": received,
                     "inference_ms": round(int(rec["inference_ns"]) / 1e6, 3),
                     "image": [int(rec["image_width"]), int(rec["image_height"])], "hands": hands})
 
     def on_gesture(self, msg) -> None:
+        received = time.time_ns()
         g = gesture_message(msg.data)
         n = int(g["hand_count"])
         self.write({"type": "gesture", "frame_seq": int(g["frame_seq"]), "capture_ns": int(g["capture_ns"]),
-                    "published_ns": msg.publish_ns, "received_ns": time.time_ns(),
+                    "published_ns": msg.publish_ns, "received_ns": received,
                     "hands": [{"gesture": GESTURE_NAMES[g["gesture"][i]], "fingers": int(g["fingers"][i]),
                                "handedness": "Right" if g["handedness"][i] else "Left"} for i in range(n)]})
 

@@ -425,3 +425,12 @@ def test_invalid_declarations_are_refused(rt):
         Writer("t", capacity=-1, runtime_dir=rt)
     with pytest.raises(TopicNotFoundError, match=r"^cannot open topic 't' for writing: it does not exist yet"):
         Writer("t", runtime_dir=rt)
+
+
+def test_record_dtype_round_trips_through_the_registry(rt):
+    from shmlaunch.nodes.messages import LANDMARKS
+
+    Writer("lm", dtype=LANDMARKS, shape=(1,), runtime_dir=rt).close()
+    r = Reader("lm", runtime_dir=rt)
+    assert r.config.dtype == LANDMARKS and r.config.shape == (1,)
+    assert read_registry(rt)["lm"]["typestr"] == "|V2096"

@@ -6,13 +6,13 @@ half a registry and needs no lock to read it. Example::
 
     layout_version: 1
     topics:
-      camera/image: {segment: camera.image.pool, capacity: 2764800, pool: 4,
-                     dtype: '|u1', shape: [720, 1280, 3]}
+      "camera/image": {"capacity": 2764800, "dtype": "|u1", "pool": 4, "segment": "camera.image.pool", "shape": [720, 1280, 3], "typestr": "|u1"}
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,18 +36,25 @@ def dtype_to_yaml(dtype: np.dtype | None):
     return dtype.str
 
 
+def _descr(value):
+    """numpy's descr from its YAML/JSON form: lists of [name, type(, shape)], nested for records."""
+    if not isinstance(value, list):
+        return value
+    fields = []
+    for name, spec, *shape in value:
+        fields.append((name, _descr(spec), *(tuple(s) for s in shape)))
+    return fields
+
+
 def dtype_from_yaml(value) -> np.dtype | None:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return np.dtype([tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in value])
-    return np.dtype(value)
+    return None if value is None else np.dtype(_descr(value))
 
 
 def config_to_entry(topic: str, config: TopicConfig) -> dict:
     entry = {"segment": segment_file_name(topic), "capacity": config.capacity, "pool": config.pool}
     if config.dtype is not None:
         entry["dtype"] = dtype_to_yaml(config.dtype)
+        entry["typestr"] = config.dtype.str
     if config.shape is not None:
         entry["shape"] = list(config.shape)
     return entry
@@ -59,6 +66,18 @@ def entry_to_config(entry: dict) -> TopicConfig:
         capacity=int(entry["capacity"]), pool=int(entry["pool"]),
         dtype=dtype_from_yaml(entry.get("dtype")), shape=None if shape is None else tuple(shape),
     )
+
+
+def format_registry(topics: dict[str, dict]) -> str:
+    """The registry's text: YAML whose every topic is one line holding a JSON object.
+
+    JSON is valid YAML, so Python reads it with any YAML parser, while a C++ or C# client
+    finds its topic's line and parses one flat JSON object (``typestr`` spares it numpy's
+    record descriptions).
+    """
+    lines = [f"layout_version: {LAYOUT_VERSION}", "topics:" if topics else "topics: {}"]
+    lines += [f"  {json.dumps(name)}: {json.dumps(topics[name], separators=(', ', ': '))}" for name in sorted(topics)]
+    return "\n".join(lines) + "\n"
 
 
 def read_registry(runtime_dir: Path) -> dict[str, dict]:
@@ -88,13 +107,13 @@ def locked_registry(runtime_dir: Path) -> Iterator[dict[str, dict]]:
     try:
         ByteLock(fd, 0).wait_exclusive()
         topics = read_registry(runtime_dir)
-        before = yaml.safe_dump(topics)
+        before = format_registry(topics)
         yield topics
-        if yaml.safe_dump(topics) != before:
+        if format_registry(topics) != before:
             tmp = runtime_dir / f".{REGISTRY_FILE}.{os.getpid()}.tmp"
             fd_tmp = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd_tmp, "w") as f:
-                yaml.safe_dump({"layout_version": LAYOUT_VERSION, "topics": topics}, f, sort_keys=True)
+                f.write(format_registry(topics))
             os.replace(tmp, runtime_dir / REGISTRY_FILE)
     finally:
         os.close(fd)  # closing the descriptor drops its lock

@@ -1,0 +1,302 @@
+// shmlaunch pool topics for C# (Mono or .NET on Linux): Reader and Writer following
+// transport/LAYOUT.md, segment layout version 1, the same protocol as Python and C++:
+// byte-range OFD locks for slot holds and writer ownership, a futex word for wake-ups.
+//
+//   using (var r = new ShmLaunch.Reader("camera/image"))
+//   using (var s = r.Read(1000)) if (s != null) Use(s.Data, s.Length, s.Seq, s.SourceNs);
+//
+// Build: mcs -unsafe -out:app.exe ShmLaunch.cs App.cs
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+
+namespace ShmLaunch
+{
+    public class ShmError : Exception { public ShmError(string m) : base(m) { } }
+    public class TopicNotFound : ShmError { public TopicNotFound(string m) : base(m) { } }
+    public class TopicMismatch : ShmError { public TopicMismatch(string m) : base(m) { } }
+    public class WriterBusy : ShmError { public WriterBusy(string m) : base(m) { } }
+    public class SegmentCorrupt : ShmError { public SegmentCorrupt(string m) : base(m) { } }
+
+    static class Native
+    {
+        [StructLayout(LayoutKind.Sequential)]
+        public struct Flock { public short Type; public short Whence; public long Start; public long Len; public int Pid; }
+        [StructLayout(LayoutKind.Sequential)]
+        public struct Timespec { public long Sec; public long Nsec; }
+
+        public const int O_RDWR = 2, O_CLOEXEC = 0x80000, PROT_RW = 3, MAP_SHARED = 1;
+        public const int F_OFD_GETLK = 36, F_OFD_SETLK = 37;
+        public const short F_RDLCK = 0, F_WRLCK = 1, F_UNLCK = 2;
+        public const long SYS_futex = 202;  // x86_64; aarch64 is 98
+        public const int FUTEX_WAIT = 0, FUTEX_WAKE = 1;
+
+        [DllImport("libc", SetLastError = true)] public static extern int open(string path, int flags);
+        [DllImport("libc", SetLastError = true)] public static extern int close(int fd);
+        [DllImport("libc", SetLastError = true)] public static extern long lseek(int fd, long offset, int whence);
+        [DllImport("libc", SetLastError = true)] public static extern IntPtr mmap(IntPtr addr, UIntPtr len, int prot, int flags, int fd, IntPtr off);
+        [DllImport("libc", SetLastError = true)] public static extern int munmap(IntPtr addr, UIntPtr len);
+        [DllImport("libc", SetLastError = true)] public static extern int fcntl(int fd, int cmd, ref Flock fl);
+        [DllImport("libc", SetLastError = true)] public static extern long syscall(long n, IntPtr addr, int op, uint val, ref Timespec ts, IntPtr a2, int v3);
+        [DllImport("libc", SetLastError = true, EntryPoint = "syscall")] public static extern long syscall_nots(long n, IntPtr addr, int op, uint val, IntPtr ts, IntPtr a2, int v3);
+        [DllImport("libc")] public static extern int getpid();
+        [DllImport("libc")] public static extern uint getuid();
+
+        [DllImport("libc")] static extern int uname(byte[] buf);
+        static long futexNumber;
+        /// <summary>SYS_futex of this machine: 202 on x86_64, 98 on aarch64 (from uname's machine field).</summary>
+        public static long Futex()
+        {
+            if (futexNumber == 0)
+            {
+                var buf = new byte[65 * 6];
+                uname(buf);
+                string machine = System.Text.Encoding.ASCII.GetString(buf, 65 * 4, 65).TrimEnd('\0');
+                futexNumber = machine == "aarch64" ? 98 : SYS_futex;
+            }
+            return futexNumber;
+        }
+    }
+
+    public class TopicConfig
+    {
+        public ulong Capacity; public uint Pool; public string Typestr = ""; public List<ulong> Shape = new List<ulong>(); public string Segment = "";
+    }
+
+    public static class Clock
+    {
+        static readonly long Epoch = new DateTime(1970, 1, 1, 0, 0, 0, DateTimeKind.Utc).Ticks;
+        public static long RealtimeNs() => (DateTime.UtcNow.Ticks - Epoch) * 100;
+        public static long MonotonicMs() => System.Diagnostics.Stopwatch.GetTimestamp() * 1000 / System.Diagnostics.Stopwatch.Frequency;
+    }
+
+    /// <summary>One mapping of a topic's segment and its lock bytes (released when the process dies).</summary>
+    public unsafe class Segment : IDisposable
+    {
+        public const ulong HeaderSize = 512, SlotHeaderSize = 64, WakeOffset = 256, LatestSeqOffset = 264, WriterOffset = 272;
+        public const long LockWriter = 0, LockPresence = 1, LockSlot0 = 64;
+        public readonly TopicConfig Config;
+        public readonly byte* Base;
+        readonly int fd;
+        readonly ulong size, stride;
+
+        public static string RuntimeDir(string graph = "default")
+        {
+            var env = Environment.GetEnvironmentVariable("SHMLAUNCH_RUNTIME_DIR");
+            return string.IsNullOrEmpty(env) ? "/dev/shm/shmlaunch-" + Native.getuid() + "-" + graph : env;
+        }
+
+        public static TopicConfig ReadRegistry(string dir, string topic, string action)
+        {
+            string path = Path.Combine(dir, "registry.yaml");
+            if (!File.Exists(path)) throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
+            string prefix = "  \"" + topic + "\": ";
+            foreach (var line in File.ReadAllLines(path))
+            {
+                if (!line.StartsWith(prefix, StringComparison.Ordinal)) continue;
+                var cfg = new TopicConfig();
+                string body = line.Substring(prefix.Length);
+                cfg.Capacity = ulong.Parse(Regex.Match(body, "\"capacity\": (\\d+)").Groups[1].Value);
+                cfg.Pool = uint.Parse(Regex.Match(body, "\"pool\": (\\d+)").Groups[1].Value);
+                cfg.Segment = Regex.Match(body, "\"segment\": \"([^\"]+)\"").Groups[1].Value;
+                cfg.Typestr = Regex.Match(body, "\"typestr\": \"([^\"]*)\"").Groups[1].Value;
+                var shape = Regex.Match(body, "\"shape\": \\[([0-9, ]*)\\]");
+                if (shape.Success)
+                    foreach (var d in shape.Groups[1].Value.Split(new[] { ',', ' ' }, StringSplitOptions.RemoveEmptyEntries)) cfg.Shape.Add(ulong.Parse(d));
+                return cfg;
+            }
+            throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
+        }
+
+        public Segment(string dir, string topic, ulong expectCapacity, string action)
+        {
+            Config = ReadRegistry(dir, topic, action);
+            if (expectCapacity != 0 && expectCapacity != Config.Capacity)
+                throw new TopicMismatch(action + ": requested capacity is " + expectCapacity + ", the registry says " + Config.Capacity);
+            string path = Path.Combine(dir, Config.Segment);
+            fd = Native.open(path, Native.O_RDWR | Native.O_CLOEXEC);
+            if (fd < 0) throw new TopicNotFound(action + ": its segment " + path + " is missing");
+            size = (ulong)Native.lseek(fd, 0, 2);
+            if (size < HeaderSize) { Native.close(fd); throw new SegmentCorrupt(action + ": segment " + path + " is shorter than a header"); }
+            IntPtr p = Native.mmap(IntPtr.Zero, (UIntPtr)size, Native.PROT_RW, Native.MAP_SHARED, fd, IntPtr.Zero);
+            if (p == new IntPtr(-1)) { Native.close(fd); throw new SegmentCorrupt(action + ": cannot map " + path); }
+            Base = (byte*)p;
+            for (int i = 0; i < 8; i++)
+                if (Base[i] != (byte)"SHMLPOOL"[i]) throw new SegmentCorrupt(action + ": segment " + path + " has no SHMLPOOL magic");
+            uint version = *(uint*)(Base + 8), pool = *(uint*)(Base + 12);
+            ulong capacity = *(ulong*)(Base + 16);
+            stride = *(ulong*)(Base + 24);
+            if (version != 1) throw new SegmentCorrupt(action + ": segment layout_version is " + version + ", this client uses 1");
+            if (capacity != Config.Capacity) throw new TopicMismatch(action + ": the segment header capacity is " + capacity + ", the registry says " + Config.Capacity);
+            if (pool != Config.Pool) throw new TopicMismatch(action + ": the segment header pool is " + pool + ", the registry says " + Config.Pool);
+            if (pool == 0 || pool > 256 || HeaderSize + pool * stride > size) throw new SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
+        }
+
+        public ulong SlotOffset(uint slot) => HeaderSize + slot * stride;
+        public byte* Payload(uint slot) => Base + SlotOffset(slot) + SlotHeaderSize;
+        public uint* Wake => (uint*)(Base + WakeOffset);
+
+        public bool Lock(long b, short type)
+        {
+            var fl = new Native.Flock { Type = type, Whence = 0, Start = b, Len = 1, Pid = 0 };
+            if (Native.fcntl(fd, Native.F_OFD_SETLK, ref fl) == 0) return true;
+            int err = Marshal.GetLastWin32Error();
+            if (err == 11 || err == 13) return false;  // EAGAIN, EACCES: another holder
+            throw new ShmError("lock failed: errno " + err);
+        }
+        public void Unlock(long b) => Lock(b, Native.F_UNLCK);
+        public bool HeldByOthers(long b)
+        {
+            var fl = new Native.Flock { Type = Native.F_WRLCK, Whence = 0, Start = b, Len = 1, Pid = 0 };
+            Native.fcntl(fd, Native.F_OFD_GETLK, ref fl);
+            return fl.Type != Native.F_UNLCK;
+        }
+
+        public void FutexWait(uint expected, long timeoutNs)
+        {
+            if (timeoutNs < 0) { Native.syscall_nots(Native.Futex(), (IntPtr)Wake, Native.FUTEX_WAIT, expected, IntPtr.Zero, IntPtr.Zero, 0); return; }
+            var ts = new Native.Timespec { Sec = timeoutNs / 1000000000, Nsec = timeoutNs % 1000000000 };
+            Native.syscall(Native.Futex(), (IntPtr)Wake, Native.FUTEX_WAIT, expected, ref ts, IntPtr.Zero, 0);
+        }
+        public void FutexWake() => Native.syscall_nots(Native.Futex(), (IntPtr)Wake, Native.FUTEX_WAKE, 0x7fffffff, IntPtr.Zero, IntPtr.Zero, 0);
+
+        public void Dispose()
+        {
+            Native.munmap((IntPtr)Base, (UIntPtr)size);
+            Native.close(fd);  // drops every lock of this open file description
+        }
+    }
+
+    /// <summary>A received message, its slot held until Dispose.</summary>
+    public unsafe class Sample : IDisposable
+    {
+        readonly Reader owner; readonly uint slot; bool released;
+        public readonly byte* Data; public readonly int Length; public readonly ulong Seq; public readonly long SourceNs, PublishNs;
+        internal Sample(Reader owner, uint slot, byte* data, int length, ulong seq, long sourceNs, long publishNs)
+        { this.owner = owner; this.slot = slot; Data = data; Length = length; Seq = seq; SourceNs = sourceNs; PublishNs = publishNs; }
+        public byte[] ToArray() { var a = new byte[Length]; Marshal.Copy((IntPtr)Data, a, 0, Length); return a; }
+        public void Dispose() { if (!released) { released = true; owner.Release(slot); } }
+    }
+
+    /// <summary>Opens an existing topic and receives its newest messages.</summary>
+    public unsafe class Reader : IDisposable
+    {
+        readonly Segment seg; readonly uint[] holds;
+        uint lastWake; ulong lastSeq;
+        public ulong Missed { get; private set; }
+        public TopicConfig Config => seg.Config;
+
+        public Reader(string topic, string dir = null, ulong expectCapacity = 0)
+        {
+            seg = new Segment(dir ?? Segment.RuntimeDir(), topic, expectCapacity, "cannot open topic '" + topic + "' for reading");
+            holds = new uint[seg.Config.Pool];
+            seg.Lock(Segment.LockPresence, Native.F_RDLCK);
+        }
+
+        /// <summary>The newest message not seen yet, waiting up to timeoutMs (negative: forever); null on timeout.</summary>
+        public Sample Read(int timeoutMs)
+        {
+            long deadline = timeoutMs < 0 ? -1 : Clock.MonotonicMs() + timeoutMs;
+            while (true)
+            {
+                uint w = System.Threading.Volatile.Read(ref *seg.Wake);
+                if (w != lastWake)
+                {
+                    var s = Take(w);
+                    if (s != null) return s;
+                    continue;
+                }
+                long left = deadline < 0 ? -1 : deadline - Clock.MonotonicMs();
+                if (deadline >= 0 && left <= 0) return null;
+                seg.FutexWait(w, left < 0 ? -1 : left * 1000000);
+            }
+        }
+
+        Sample Take(uint w)
+        {
+            lastWake = w;
+            uint slot = w & 0xff;
+            if (slot >= holds.Length) return null;
+            if (holds[slot] == 0 && !seg.Lock(Segment.LockSlot0 + slot, Native.F_RDLCK)) return null;
+            byte* h = seg.Base + seg.SlotOffset(slot);
+            ulong state = *(ulong*)h, length = *(ulong*)(h + 8);
+            ulong seq = state >> 1;
+            if ((state & 1) != 0 || seq <= lastSeq || length > seg.Config.Capacity)
+            {
+                if (holds[slot] == 0) seg.Unlock(Segment.LockSlot0 + slot);
+                return null;
+            }
+            holds[slot]++;
+            if (lastSeq != 0 && seq > lastSeq + 1) Missed += seq - lastSeq - 1;
+            lastSeq = seq;
+            return new Sample(this, slot, seg.Payload(slot), (int)length, seq, *(long*)(h + 16), *(long*)(h + 24));
+        }
+
+        internal void Release(uint slot) { if (--holds[slot] == 0) seg.Unlock(Segment.LockSlot0 + slot); }
+        public bool WriterAlive => seg.HeldByOthers(Segment.LockWriter);
+        public void Dispose() => seg.Dispose();
+    }
+
+    /// <summary>The topic's single writer; a second live writer gets WriterBusy.</summary>
+    public unsafe class Writer : IDisposable
+    {
+        readonly Segment seg; readonly List<uint> order = new List<uint>();
+        ulong seq, generation;
+        public TopicConfig Config => seg.Config;
+
+        public Writer(string topic, string dir = null)
+        {
+            seg = new Segment(dir ?? Segment.RuntimeDir(), topic, 0, "cannot open topic '" + topic + "' for writing");
+            if (!seg.Lock(Segment.LockWriter, Native.F_WRLCK))
+            {
+                seg.Dispose();
+                throw new WriterBusy("cannot open topic '" + topic + "' for writing: another writer is alive; a topic has exactly one writer");
+            }
+            var ages = new List<KeyValuePair<ulong, uint>>();
+            for (uint i = 0; i < seg.Config.Pool; i++)
+            {
+                ulong st = *(ulong*)(seg.Base + seg.SlotOffset(i));
+                seq = Math.Max(seq, (st + 1) >> 1);
+                ages.Add(new KeyValuePair<ulong, uint>((st & 1) != 0 ? 0 : st, i));
+            }
+            ages.Sort((a, b) => a.Key.CompareTo(b.Key));
+            foreach (var a in ages) order.Add(a.Value);
+            generation = *(ulong*)(seg.Base + Segment.WriterOffset + 8) + 1;
+            *(ulong*)(seg.Base + Segment.WriterOffset) = (ulong)Native.getpid();
+            *(ulong*)(seg.Base + Segment.WriterOffset + 8) = generation;
+            *(long*)(seg.Base + Segment.WriterOffset + 16) = Clock.RealtimeNs();
+        }
+
+        /// <summary>Copies data into a free slot and publishes it; the sequence number, or 0 when every slot is held.</summary>
+        public ulong Publish(byte[] data, long sourceNs = -1)
+        {
+            if ((ulong)data.Length > seg.Config.Capacity)
+                throw new ArgumentException("cannot publish " + data.Length + " bytes: capacity is " + seg.Config.Capacity + " bytes");
+            int found = -1;
+            foreach (var s in order) if (seg.Lock(Segment.LockSlot0 + s, Native.F_WRLCK)) { found = (int)s; break; }
+            if (found < 0) return 0;
+            uint slot = (uint)found;
+            byte* h = seg.Base + seg.SlotOffset(slot);
+            System.Threading.Volatile.Write(ref *(ulong*)h, 2 * seq + 1);
+            Marshal.Copy(data, 0, (IntPtr)seg.Payload(slot), data.Length);
+            ulong next = ++seq;
+            long now = Clock.RealtimeNs();
+            *(ulong*)(h + 8) = (ulong)data.Length;
+            *(long*)(h + 16) = sourceNs < 0 ? now : sourceNs;
+            *(long*)(h + 24) = now;
+            *(ulong*)(h + 32) = generation;
+            System.Threading.Volatile.Write(ref *(ulong*)h, 2 * next);
+            seg.Unlock(Segment.LockSlot0 + slot);
+            *(ulong*)(seg.Base + Segment.LatestSeqOffset) = next;
+            System.Threading.Volatile.Write(ref *seg.Wake, (uint)(((next & 0xffffff) << 8) | slot));
+            seg.FutexWake();
+            order.Remove(slot);
+            order.Add(slot);
+            return next;
+        }
+
+        public void Dispose() => seg.Dispose();
+    }
+}
