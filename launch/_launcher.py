@@ -27,22 +27,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shmlaunch.transport import ENV_RUNTIME_DIR, cleanup, ensure_runtime_dir, ensure_topic, graph_runtime_dir
-from shmlaunch.transport._platform import ByteLock
+from shmlaunch.nodes._heartbeat import ENV_NODE, HEARTBEAT, ready_file
+from shmlaunch.transport import ENV_RUNTIME_DIR, TopicConfig, cleanup, ensure_runtime_dir, ensure_topic, graph_runtime_dir
+from shmlaunch.transport._platform import SHM_ROOT, ByteLock
 
 from ._check import check_graph, node_cwd
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec
+from ._state import LOCK_FILE, GraphState, NodeState
+from ._status import StatusView
 from ._supervisor import Supervisor
+from ._systemd import notify, watchdog_interval
 
 #: Seconds between SIGTERM and SIGKILL when stopping nodes.
 STOP_TIMEOUT = 5.0
-LOCK_FILE = "launcher.lock"
 _PR_SET_PDEATHSIG = 1
+_MIB = 1 << 20
 
 
 class GraphRunningError(RuntimeError):
     """The graph is already running under another launcher."""
+
+
+class NoRoomError(RuntimeError):
+    """/dev/shm cannot hold the graph's topics (checked before anything is created)."""
 
 
 def _child_setup(parent_pid: int) -> None:  # runs in the child between fork and exec
@@ -62,7 +70,7 @@ class Launcher:
     """Runs one graph until it stops; ``run()`` returns the exit code (0 = clean)."""
 
     def __init__(self, graph: Graph, printer: Printer | None = None, *, duration: float | None = None,
-                 runtime_dir: str | Path | None = None, clock=time.monotonic) -> None:
+                 runtime_dir: str | Path | None = None, clock=time.monotonic, status: bool | None = None) -> None:
         self.graph = graph
         self.printer = printer or Printer(list(graph.nodes))
         self.duration = duration
@@ -72,6 +80,13 @@ class Launcher:
         self._segments = []
         self._lock_fd: int | None = None
         self._watchdog: subprocess.Popen | None = None
+        self.state = GraphState(graph.name, str(Path(graph.file).resolve()), str(self.runtime_dir), os.getpid(), time.time_ns(),
+                                {n: NodeState(kind="python" if s.node_class else "cmd") for n, s in graph.nodes.items()})
+        self._ready_sent = False
+        self._watchdog_every = watchdog_interval()
+        self._next_keepalive = 0.0
+        show = self.printer.colour if status is None else status
+        self.status = StatusView(self.printer, self.runtime_dir, graph) if show else None
 
     def say(self, text: str) -> None:
         self.printer.line("shmlaunch", text)
@@ -90,6 +105,7 @@ class Launcher:
                     raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {rt})")
             self.say(f"flushing {rt}, left by a run that did not stop cleanly")
             cleanup(rt)
+        self._check_room()
         ensure_runtime_dir(rt)
         self._lock_fd = os.open(rt / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if not ByteLock(self._lock_fd, 0).try_exclusive():
@@ -99,6 +115,18 @@ class Launcher:
             seg = ensure_topic(rt, topic.name, topic.request(), writer=False)
             seg.presence_lock.try_shared()
             self._segments.append(seg)
+        self.state.write()
+
+    def _check_room(self) -> None:
+        need = sum(TopicConfig(t.capacity, t.pool).segment_size for t in self.graph.topics.values())
+        st = os.statvfs(self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise NoRoomError(
+                f"not enough room in {self.runtime_dir.parent} for graph {self.graph.name!r}: its topics need "
+                f"{need / _MIB:.1f} MiB, {free / _MIB:.1f} MiB are free ({(need - free) / _MIB:.1f} MiB missing); "
+                f"in Docker, /dev/shm is 64 MiB unless you pass --shm-size"
+            )
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
@@ -117,7 +145,7 @@ class Launcher:
     def _argv_env(self, spec: NodeSpec) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
         env[ENV_RUNTIME_DIR] = str(self.runtime_dir)
-        env["SHMLAUNCH_NODE"] = spec.name
+        env[ENV_NODE] = spec.name
         env["PYTHONUNBUFFERED"] = "1"
         for key, value in spec.env.items():
             if key == "PYTHONPATH" and env.get(key):
@@ -145,6 +173,11 @@ class Launcher:
         sel.register(proc.stdout, selectors.EVENT_READ, name)
         self.children[name] = _Child(name, proc, proc.pid)
         self._tell_watchdog(f"pgid {proc.pid}")
+        node = self.state.nodes[name]
+        node.pid = proc.pid
+        node.state = "running" if spec.cmd else "starting"  # a command has no setup() to wait for
+        ready_file(self.runtime_dir, name).unlink(missing_ok=True)
+        self.state.write()
         return True
 
     # ----- run
@@ -180,14 +213,16 @@ class Launcher:
                     sup.started(name)
                     if not spawned:
                         self.say(sup.exited(name, 127, now))  # as a shell reports "command not found"
-                deadlines = [t for t in (sup.next_deadline(), end) if t is not None]
+                deadlines = [t for t in (sup.next_deadline(), end, self._next_housekeeping()) if t is not None]
                 timeout = max(min(deadlines) - self.clock(), 0.0) if deadlines else None
                 self._pump(sel, timeout, rfd)
                 self._reap(sup)
+                self._housekeeping()
                 if end is not None and self.clock() >= end and not sup.stopping:
                     sup.request_stop(f"ran for {self.duration:g} s")
             if sup.stop_reason:
                 self.say(f"stopping: {sup.stop_reason}")
+            notify("STOPPING=1")
             self._stop_all(sel, rfd, sup)
         finally:
             for s, h in handlers.items():
@@ -227,6 +262,55 @@ class Launcher:
             self._drain(child)
             del self.children[name]
             self.say(sup.exited(name, code, self.clock()))
+            node = self.state.nodes[name]
+            node.last_exit, node.restarts = code, sup.nodes[name].restarts
+            node.state = "waiting" if sup.nodes[name].next_start is not None else ("exited" if code == 0 else "failed")
+            self._write_state()
+
+    def _write_state(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):  # the runtime directory is being removed
+                self.state.write()
+
+    def _next_housekeeping(self) -> float | None:
+        """When readiness, keep-alives or the status view next need a look."""
+        times = []
+        if not self._ready_sent:
+            times.append(self.clock() + 0.2)
+        if self._watchdog_every:
+            times.append(self._next_keepalive)
+        if self.status:
+            times.append(self.status.next_refresh)
+        return min(times) if times else None
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        changed = False
+        fresh = True
+        for name, node in self.state.nodes.items():
+            if node.kind != "python" or name not in self.children:
+                continue
+            try:
+                age = time.time() - ready_file(self.runtime_dir, name).stat().st_mtime
+            except FileNotFoundError:
+                fresh = False
+                continue
+            fresh = fresh and age < 3 * HEARTBEAT
+            if node.state == "starting":
+                node.state = "running"
+                changed = True
+        if changed:
+            self._write_state()
+        if not self._ready_sent and all(n.state == "running" for n in self.state.nodes.values()):
+            self._ready_sent = True
+            notify(f"READY=1\nSTATUS=graph {self.graph.name} running, {len(self.children)} nodes\nMAINPID={os.getpid()}")
+            self.say(f"all {len(self.children)} nodes are up")
+        if self._watchdog_every and now >= self._next_keepalive:
+            self._next_keepalive = now + self._watchdog_every
+            if fresh and self._ready_sent:
+                notify("WATCHDOG=1")
+        if self.status and now >= self.status.next_refresh:
+            self.status.refresh(self.state, now)
 
     def _drain(self, child: _Child) -> None:
         out = child.proc.stdout
@@ -261,6 +345,8 @@ class Launcher:
         sel.close()
         os.close(rfd)
         os.close(wfd)
+        if self.status:
+            self.status.clear()
         for seg in self._segments:
             seg.close()
         if self._lock_fd is not None:

@@ -3,33 +3,66 @@
 On a terminal, each node gets a colour and lines carry the time; otherwise (journald, a log
 file, a pipe) lines are plain ``{node:<w}| {line}``, since those add their own timestamps.
 Bytes are decoded with errors="replace": a node printing garbage never crashes the launcher.
+``quiet`` keeps node output off the screen (the launcher's own lines stay); ``log_dir``
+also appends each node's lines, with the time, to ``<log_dir>/<node>.log``. On a terminal,
+a footer (the live status table) can stay below the scrolling lines.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 _COLOURS = ["36", "33", "32", "35", "34", "91", "96", "93", "92", "95"]
 
 
 class Printer:
-    def __init__(self, names: list[str], stream: TextIO | None = None, colour: bool | None = None, clock=time.time) -> None:
+    def __init__(self, names: list[str], stream: TextIO | None = None, colour: bool | None = None, clock=time.time, *,
+                 quiet: bool = False, log_dir: str | Path | None = None) -> None:
         self.stream = stream or sys.stdout
         self.colour = self.stream.isatty() if colour is None else colour
         self.width = max([len(n) for n in names] + [len("shmlaunch")])
         self._colours = {n: _COLOURS[i % len(_COLOURS)] for i, n in enumerate(["shmlaunch", *names])}
         self._partial: dict[str, bytes] = {}
         self.clock = clock
+        self.quiet = quiet
+        self.log_dir = Path(log_dir) if log_dir else None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._footer: list[str] = []
 
     def line(self, name: str, text: str) -> None:
+        if self.log_dir and name != "shmlaunch":
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock()))
+            with open(self.log_dir / f"{name.replace('/', '.')}.log", "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {text}\n")
+        if self.quiet and name != "shmlaunch":
+            return
         prefix = f"{name:<{self.width}}| "
         if self.colour:
             t = time.strftime("%H:%M:%S", time.localtime(self.clock()))
             prefix = f"\x1b[{self._colours.get(name, '37')}m{t} {prefix}\x1b[0m"
+        self._erase_footer()
         self.stream.write(prefix + text + "\n")
+        self._draw_footer()
         self.stream.flush()
+
+    def set_footer(self, lines: list[str]) -> None:
+        """Replace the block kept below the scrolling lines (a terminal only)."""
+        self._erase_footer()
+        self._footer = list(lines)
+        self._draw_footer()
+        self.stream.flush()
+
+    def _erase_footer(self) -> None:
+        if self._footer:
+            self.stream.write(f"\x1b[{len(self._footer)}F\x1b[J")  # up to the footer's first line, clear below
+
+    def _draw_footer(self) -> None:
+        for row in self._footer:
+            self.stream.write(row + "\n")
 
     def feed(self, name: str, data: bytes) -> None:
         """Bytes read from a node's output; complete lines are printed, the rest waits."""

@@ -1,11 +1,21 @@
 """The ``shmlaunch`` command.
 
     shmlaunch FILE [key:=value ...] [--duration S]     run a graph (also: shmlaunch launch FILE)
+              [--quiet] [--log-dir DIR] [--no-status]
     shmlaunch check FILE [key:=value ...]              validate a launch file, start nothing
     shmlaunch run module:Class [--param k=v ...]       run one node alone, for development
+    shmlaunch list                                     running graphs
+    shmlaunch node list [GRAPH]                        nodes: pid, state, restarts, CPU%, RSS
+    shmlaunch topic list [GRAPH]                       topics: type, writer, last seq, Hz, MB/s, readers
+    shmlaunch topic echo TOPIC [--graph G] [-n N]      messages, decoded where the type is known
+    shmlaunch topic hz TOPIC [--graph G]               publish rate, once a second
+    shmlaunch topic stats TOPIC [--graph G]            writer and per-reader counters
+    shmlaunch stop GRAPH                               stop a running graph cleanly
+    shmlaunch systemd FILE [--user] [-o UNIT]          a systemd unit for the graph
 
 Exit codes: 0 clean stop (including SIGINT/SIGTERM and --duration); 1 a node failed or a
-required node died; 2 a bad launch file, argument or parameter (nothing was started).
+required node died (or, for the tools, no such graph or topic); 2 a bad launch file,
+argument or parameter (nothing was started).
 """
 
 from __future__ import annotations
@@ -18,9 +28,12 @@ from shmlaunch.nodes import EXIT_BAD_CONFIG, NodeClassError, ParamError, configu
 from shmlaunch.nodes._node import describe_params
 from shmlaunch.transport import TransportError
 
+from . import _tools
 from ._check import check_graph
-from ._launcher import GraphRunningError, Launcher
+from ._launcher import GraphRunningError, Launcher, NoRoomError
+from ._printer import Printer
 from ._schema import LaunchFileError, load_launch_file, parse_launch_args
+from ._systemd import unit_text
 
 EXIT_USAGE = 2
 _PACKAGED = Path(__file__).parent
@@ -48,11 +61,16 @@ def _launch(argv: list[str]) -> int:
     ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
     ap.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
     ap.add_argument("--runtime-dir", help="override the graph's runtime directory (default /dev/shm/shmlaunch-<uid>-<name>)")
+    ap.add_argument("--quiet", action="store_true", help="do not print the nodes' output (the launcher's own lines stay)")
+    ap.add_argument("--log-dir", help="also append each node's output to DIR/<node>.log")
+    ap.add_argument("--no-status", action="store_true", help="no live status table, even on a terminal")
     ns = ap.parse_intermixed_args(argv)
     try:
         graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
-        return Launcher(graph, duration=ns.duration, runtime_dir=ns.runtime_dir).run()
-    except (LaunchFileError, GraphRunningError, TransportError) as exc:
+        printer = Printer(list(graph.nodes), quiet=ns.quiet, log_dir=ns.log_dir)
+        return Launcher(graph, printer, duration=ns.duration, runtime_dir=ns.runtime_dir,
+                        status=False if ns.no_status else None).run()
+    except (LaunchFileError, GraphRunningError, NoRoomError, TransportError) as exc:
         return _error(str(exc))
 
 
@@ -110,9 +128,31 @@ def _run(argv: list[str]) -> int:
     return node.run(ns.duration)
 
 
+def _systemd(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch systemd", description="Write a systemd unit that runs the graph.")
+    ap.add_argument("file")
+    ap.add_argument("args", nargs="*", help="launch arguments for the unit's command line, key:=value")
+    ap.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
+    ap.add_argument("-o", "--output", help="write the unit here (default: standard output)")
+    ns = ap.parse_intermixed_args(argv)
+    try:
+        path = resolve_launch_file(ns.file)
+        graph = load_launch_file(path, parse_launch_args(ns.args))
+    except LaunchFileError as exc:
+        return _error(str(exc))
+    text = unit_text(graph, path, ns.args, ns.user)
+    if ns.output:
+        Path(ns.output).write_text(text)
+        print(f"wrote {ns.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": _run, "check": _check, "launch": _launch}
+    commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
+                "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else EXIT_USAGE

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from shmlaunch.transport import Message, Reader, TransportError, Writer, default_runtime_dir, validate_topic_name, wait_any
 
+from ._heartbeat import HEARTBEAT, beat
 from ._params import declared_params, resolve_params
 
 #: Exit codes of a node process (the launcher reads them).
@@ -140,14 +141,16 @@ class Node:
         self._writers.append(writer)
         return writer
 
-    def subscribe(self, port: str, callback: Callable[[Message], Any], *, capacity=None, pool=None, dtype=None, shape=None) -> Subscription:
+    def subscribe(self, port: str, callback: Callable[[Message], Any], *, capacity=None, pool=None, dtype=None, shape=None,
+                  max_age: float | None = None) -> Subscription:
         """Call ``callback(msg)`` with each newest message of the topic mapped to ``port``.
 
         The message is held (its slot is not overwritten) until the callback returns; call
-        ``msg.copy()`` to keep it longer.
+        ``msg.copy()`` to keep it longer. With ``max_age`` (seconds), messages published longer
+        ago than that are skipped and counted as stale (``statistics().stale``).
         """
         reader = Reader(self.topic_for(port, "subscribe"), capacity=capacity, pool=pool, dtype=dtype, shape=shape,
-                        runtime_dir=self.runtime_dir)
+                        runtime_dir=self.runtime_dir, max_age=max_age)
         sub = Subscription(port, reader, callback)
         self._subscriptions.append(sub)
         return sub
@@ -202,17 +205,23 @@ class Node:
         return False
 
     def spin(self, duration: float | None = None) -> None:
-        """Handle messages and timers until shutdown(), a signal, or ``duration`` seconds."""
+        """Handle messages and timers until shutdown(), a signal, or ``duration`` seconds.
+        Wakes at least every HEARTBEAT seconds to tell the launcher it is alive."""
         end = None if duration is None else time.monotonic() + duration
+        next_beat = 0.0
         while self._stop_reason is None:
+            now = time.monotonic()
+            if now >= next_beat:
+                beat(self._node_name)
+                next_beat = now + HEARTBEAT
+            wait = next_beat - now
             if end is not None:
-                left = end - time.monotonic()
+                left = end - now
                 if left <= 0:
                     self.shutdown(f"ran for {duration} s")
                     break
-                self.spin_once(left)
-            else:
-                self.spin_once()
+                wait = min(wait, left)
+            self.spin_once(wait)
 
     def close(self) -> None:
         """Close every port: held slots are released, the topics stay for the rest of the graph."""

@@ -11,7 +11,7 @@ Header (512 bytes)
   12   4     pool              static   u32, number of slots N (1..256)
   16   8     capacity          static   u64, max payload bytes per message
   24   8     slot_stride       static   u64, bytes from one slot to the next (multiple of 64)
-  32   8     slots_offset      static   u64, offset of slot 0 (512)
+  32   8     slots_offset      static   u64, offset of slot 0 (4608)
   40   8     itemsize          static   u64, bytes per element of dtype (0: raw bytes)
   48   4     ndim              static   u32, number of dims in shape (0: no fixed shape)
   52   4     (reserved)
@@ -25,6 +25,17 @@ Header (512 bytes)
   280  8     writer_generation dynamic  u64, +1 each time a writer attaches
   288  8     writer_attach_ns  dynamic  i64, CLOCK_REALTIME ns when it attached
   296  216   (reserved)        dynamic  zero
+
+Reader table (512 .. 4608): MAX_READERS entries of 64 bytes, entry i written only by the
+reader that holds lock byte 1024 + i (so tools can show per-reader figures):
+  0    8     pid               u64
+  8    8     received          u64, messages delivered to this reader
+  16   8     missed            u64, messages overwritten before this reader got to them
+  24   8     last_seq          u64
+  32   8     last_age_ns       i64, publish to receive time of the last message
+  40   8     last_receive_ns   i64, CLOCK_REALTIME ns
+  48   8     stale             u64, messages skipped for being older than the reader's max_age
+  56   8     (reserved)
 
 Slot i starts at slots_offset + i * slot_stride:
   0    8     state             u64: 2*seq when message seq is complete, odd while being written,
@@ -42,6 +53,7 @@ they do not touch the bytes):
   1        presence: shared, held by every live reader (and the launcher) for its life
   64 + i   slot i: shared while a reader holds a message of slot i,
            exclusive while the writer writes slot i
+  1024 + i reader table entry i: exclusive, held by the reader that owns the entry
 """
 
 from __future__ import annotations
@@ -55,6 +67,10 @@ import numpy as np
 MAGIC = b"SHMLPOOL"
 LAYOUT_VERSION = 1
 HEADER_SIZE = 512
+READERS_OFFSET = 512
+MAX_READERS = 64
+READER_ENTRY = struct.Struct("<QQQQqqQ8x")  # pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale
+SLOTS_OFFSET = READERS_OFFSET + MAX_READERS * READER_ENTRY.size  # 4608
 SLOT_HEADER_SIZE = 64
 ALIGN = 64
 MAX_POOL = 256
@@ -70,6 +86,7 @@ SLOT = struct.Struct("<QQqqQ")  # state, length, source_ns, publish_ns, generati
 LOCK_WRITER = 0
 LOCK_PRESENCE = 1
 LOCK_SLOT0 = 64
+LOCK_READER0 = 1024
 
 
 def slot_lock_offset(index: int) -> int:
@@ -91,7 +108,7 @@ class TopicConfig:
 
     @property
     def segment_size(self) -> int:
-        return HEADER_SIZE + self.pool * slot_stride(self.capacity)
+        return SLOTS_OFFSET + self.pool * slot_stride(self.capacity)
 
     def header_bytes(self) -> bytes:
         typestr = b"" if self.dtype is None else self.dtype.str.encode("ascii")
@@ -99,7 +116,7 @@ class TopicConfig:
         shape = list(self.shape or ())
         static = STATIC.pack(
             MAGIC, LAYOUT_VERSION, self.pool, self.capacity, slot_stride(self.capacity),
-            HEADER_SIZE, itemsize, len(shape), typestr, *(shape + [0] * (MAX_NDIM - len(shape))),
+            SLOTS_OFFSET, itemsize, len(shape), typestr, *(shape + [0] * (MAX_NDIM - len(shape))),
         )
         return static + bytes(HEADER_SIZE - len(static))
 

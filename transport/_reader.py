@@ -11,6 +11,7 @@ hands out a zero-copy view. The lock is dropped when the message is released: by
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class ReaderStatistics:
     missed: int  # messages overwritten before this reader got to them (sequence gaps)
     torn: int  # slots found half-written by a writer that died (never delivered)
     busy: int  # looks that found the newest slot being written (pool size 1)
+    stale: int  # messages skipped for being older than max_age
     last_seq: int
     held: int  # messages this reader holds right now
 
@@ -46,6 +48,11 @@ class Reader:
     given here must agree with it (TopicMismatchError names both values). The first
     receive returns the newest message already published, if any; later ones return
     only messages newer than the last one returned.
+
+    ``max_age`` (seconds) skips messages published longer ago than that (counted as stale).
+    A reader takes an entry in the segment's reader table, where ``shmlaunch topic stats``
+    shows its counters; ``observer=True`` takes none and holds no presence lock (tools that
+    must not count as readers).
 
     ``close()`` releases this process's mapping and every slot this reader holds; views
     the caller kept stay readable but may then be overwritten.
@@ -64,16 +71,21 @@ class Reader:
         dtype=None,
         shape=None,
         runtime_dir: str | Path | None = None,
+        max_age: float | None = None,
+        observer: bool = False,
     ) -> None:
         self.topic = topic
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
         request = normalize_request(capacity, pool, dtype, shape)
-        self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request)
+        self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request, observer=observer)
         self.config = self._seg.config
         self._holds = [0] * self.config.pool
         self._last_wake = 0
         self._last_seq = 0
-        self._received = self._missed = self._torn = self._busy = 0
+        self._max_age_ns = None if max_age is None else int(max_age * 1e9)
+        self._received = self._missed = self._torn = self._busy = self._stale = 0
+        self._last_age_ns = self._last_receive_ns = 0
+        self._entry = None if observer else self._seg.claim_reader_entry()
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -120,11 +132,15 @@ class Reader:
         if not held and not lock.try_shared():
             self._busy += 1
             return None
-        state, length, source_ns, publish_ns, _ = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
+        state, length, source_ns, publish_ns, generation = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
         seq = state >> 1
-        if state & 1 or seq <= self._last_seq:
+        now = time.time_ns()
+        if state & 1 or seq <= self._last_seq or (self._max_age_ns is not None and now - publish_ns > self._max_age_ns):
             if state & 1:
                 self._torn += 1
+            elif seq > self._last_seq:
+                self._stale += 1
+                self._last_seq = seq
             if not held:
                 lock.release()
             return None
@@ -133,15 +149,21 @@ class Reader:
             self._missed += seq - self._last_seq - 1
         self._last_seq = seq
         self._received += 1
-        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns)
+        self._last_age_ns = now - publish_ns
+        self._last_receive_ns = now
+        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns, generation)
 
     def _release(self, slot: int) -> None:
-        if self._seg is None:
+        seg = self._seg
+        if seg is None:
             return
         held = self._holds[slot] - 1
         self._holds[slot] = held
         if held == 0:
-            self._seg.slot_locks[slot].release()
+            seg.slot_locks[slot].release()
+        if self._entry is not None:  # after the release: the reader table is off the latency path
+            L.READER_ENTRY.pack_into(seg.mm, self._entry, os.getpid(), self._received, self._missed, self._last_seq,
+                                     self._last_age_ns, self._last_receive_ns, self._stale)
 
     # ----- waiting on several topics at once (used by the node runtime)
     def wait_word(self) -> tuple[int, int]:
@@ -158,7 +180,7 @@ class Reader:
         return self._seg.writer_lock.is_held_by_others()
 
     def statistics(self) -> ReaderStatistics:
-        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._last_seq, sum(self._holds))
+        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._stale, self._last_seq, sum(self._holds))
 
     @property
     def closed(self) -> bool:
@@ -198,15 +220,22 @@ class Message:
     after that ``data`` may be overwritten at any time: ``copy()`` first to keep it.
     """
 
-    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "_reader", "_slot")
+    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "generation", "_reader", "_slot")
 
-    def __init__(self, reader: Reader | None, slot: int, data: np.ndarray, seq: int, stamp_ns: int, publish_ns: int) -> None:
+    def __init__(self, reader: Reader | None, slot: int, data: np.ndarray, seq: int, stamp_ns: int, publish_ns: int,
+                 generation: int = 0) -> None:
         self._reader = reader
         self._slot = slot
         self.data = data
         self.seq = seq
         self.stamp_ns = stamp_ns
         self.publish_ns = publish_ns
+        self.generation = generation  # which writer (1 = the first to attach) published it
+
+    @property
+    def age_ns(self) -> int:
+        """Nanoseconds since the message was published."""
+        return time.time_ns() - self.publish_ns
 
     @property
     def held(self) -> bool:
@@ -221,7 +250,7 @@ class Message:
 
     def copy(self) -> Message:
         """A detached message owning a copy of the data; holds no slot."""
-        return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns)
+        return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns, self.generation)
 
     def __enter__(self) -> Message:
         return self

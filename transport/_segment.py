@@ -63,6 +63,20 @@ class Segment:
             return f"segment {self.path} header is inconsistent (pool {h.pool}, stride {h.slot_stride}, size {self.size})"
         return None
 
+    def claim_reader_entry(self) -> int | None:
+        """Own a free reader-table entry (its lock byte, for this open file's life); its offset."""
+        for i in range(L.MAX_READERS):
+            if ByteLock(self.fd, L.LOCK_READER0 + i).try_exclusive():
+                off = L.READERS_OFFSET + i * L.READER_ENTRY.size
+                L.READER_ENTRY.pack_into(self.mm, off, os.getpid(), 0, 0, 0, 0, 0, 0)
+                return off
+        return None
+
+    def reader_entries(self) -> list[tuple]:
+        """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale)."""
+        return [L.READER_ENTRY.unpack_from(self.mm, L.READERS_OFFSET + i * L.READER_ENTRY.size)
+                for i in range(L.MAX_READERS) if ByteLock(self.fd, L.LOCK_READER0 + i).is_held_by_others()]
+
     def in_use_by_others(self) -> bool:
         return self.writer_lock.is_held_by_others() or self.presence_lock.is_held_by_others()
 
@@ -262,8 +276,9 @@ def _header_config(seg: Segment) -> L.TopicConfig:
     return L.TopicConfig(h.capacity, h.pool, np.dtype(h.typestr) if h.typestr else None, h.shape)
 
 
-def open_for_reading(runtime_dir: Path, topic: str, request: dict) -> Segment:
-    """Open an existing topic: the registry supplies the config, the header must agree."""
+def open_for_reading(runtime_dir: Path, topic: str, request: dict, observer: bool = False) -> Segment:
+    """Open an existing topic: the registry supplies the config, the header must agree.
+    A reader holds the presence lock; an ``observer`` (a tool) does not."""
     action = f"open topic {validate_topic_name(topic)!r} for reading"
     entry = read_registry(runtime_dir).get(topic)
     if entry is None:
@@ -281,7 +296,8 @@ def open_for_reading(runtime_dir: Path, topic: str, request: dict) -> Segment:
         if problem:
             raise SegmentCorruptError(f"cannot {action}: {problem}")
         check_header(seg, config, action)
-        seg.presence_lock.try_shared()
+        if not observer:
+            seg.presence_lock.try_shared()
     except BaseException:
         seg.close()
         raise

@@ -80,7 +80,7 @@ namespace ShmLaunch
         public readonly TopicConfig Config;
         public readonly byte* Base;
         readonly int fd;
-        readonly ulong size, stride;
+        readonly ulong size, stride, slotsOffset;
 
         public static string RuntimeDir(string graph = "default")
         {
@@ -128,13 +128,14 @@ namespace ShmLaunch
             uint version = *(uint*)(Base + 8), pool = *(uint*)(Base + 12);
             ulong capacity = *(ulong*)(Base + 16);
             stride = *(ulong*)(Base + 24);
+            slotsOffset = *(ulong*)(Base + 32);
             if (version != 1) throw new SegmentCorrupt(action + ": segment layout_version is " + version + ", this client uses 1");
             if (capacity != Config.Capacity) throw new TopicMismatch(action + ": the segment header capacity is " + capacity + ", the registry says " + Config.Capacity);
             if (pool != Config.Pool) throw new TopicMismatch(action + ": the segment header pool is " + pool + ", the registry says " + Config.Pool);
-            if (pool == 0 || pool > 256 || HeaderSize + pool * stride > size) throw new SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
+            if (pool == 0 || pool > 256 || slotsOffset < HeaderSize || slotsOffset + pool * stride > size) throw new SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
         }
 
-        public ulong SlotOffset(uint slot) => HeaderSize + slot * stride;
+        public ulong SlotOffset(uint slot) => slotsOffset + slot * stride;
         public byte* Payload(uint slot) => Base + SlotOffset(slot) + SlotHeaderSize;
         public uint* Wake => (uint*)(Base + WakeOffset);
 

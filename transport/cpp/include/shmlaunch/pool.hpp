@@ -265,7 +265,7 @@ class Segment {
 
   const TopicConfig& config() const { return cfg_; }
   uint8_t* base() const { return base_; }
-  uint64_t slot_offset(uint32_t slot) const { return kHeaderSize + uint64_t(slot) * stride_; }
+  uint64_t slot_offset(uint32_t slot) const { return slots_offset_ + uint64_t(slot) * stride_; }
   uint8_t* payload(uint32_t slot) const { return base_ + slot_offset(slot) + kSlotHeaderSize; }
   uint64_t* state(uint32_t slot) const { return reinterpret_cast<uint64_t*>(base_ + slot_offset(slot)); }
   uint32_t* wake() const { return reinterpret_cast<uint32_t*>(base_ + kWakeOffset); }
@@ -304,6 +304,7 @@ class Segment {
     uint32_t pool = u32(12);
     uint64_t capacity = u64(16);
     stride_ = u64(24);
+    slots_offset_ = u64(32);
     std::string typestr(reinterpret_cast<const char*>(b + 56), strnlen(reinterpret_cast<const char*>(b + 56), 32));
     std::vector<uint64_t> shape;
     for (uint32_t k = 0; k < u32(48) && k < 8; ++k) shape.push_back(u64(88 + 8 * k));
@@ -314,7 +315,7 @@ class Segment {
     if (pool != cfg_.pool) mismatch("pool", std::to_string(pool), std::to_string(cfg_.pool));
     if (typestr != cfg_.typestr) mismatch("dtype", typestr.empty() ? "None" : typestr, cfg_.typestr.empty() ? "None" : cfg_.typestr);
     if (shape != cfg_.shape) mismatch("shape", detail::shape_str(shape), detail::shape_str(cfg_.shape));
-    if (pool == 0 || pool > 256 || u64(32) != kHeaderSize || kHeaderSize + pool * stride_ > size_)
+    if (pool == 0 || pool > 256 || slots_offset_ < kHeaderSize || slots_offset_ + pool * stride_ > size_)
       throw SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
   }
 
@@ -324,6 +325,7 @@ class Segment {
   uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint64_t stride_ = 0;
+  uint64_t slots_offset_ = 0;
 };
 
 inline void futex_wait(uint32_t* addr, uint32_t expected, int64_t timeout_ns) {

@@ -1,0 +1,187 @@
+"""Looking at a running graph from outside: nodes, topics, readers, messages.
+
+Everything here attaches as an *observer*: it holds no presence lock, takes no reader-table
+entry, and copies a message out before releasing it, so looking never slows or blocks the
+graph. Used by the ``shmlaunch list / node / topic / stop`` commands and the launcher's live
+status view.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
+from shmlaunch.transport import Reader, read_registry
+from shmlaunch.transport import _layout as L
+from shmlaunch.transport._segment import Segment, open_for_reading
+
+from ._state import GraphState, running_graphs
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class NoGraphError(LookupError):
+    """No running graph matches what was asked."""
+
+
+def find_graph(name: str | None) -> GraphState:
+    """The running graph called ``name``, or the only running graph when ``name`` is None."""
+    graphs = running_graphs()
+    if name is not None:
+        for g in graphs:
+            if g.name == name:
+                return g
+        running = ", ".join(g.name for g in graphs) or "none"
+        raise NoGraphError(f"no graph {name!r} is running (running: {running})")
+    if not graphs:
+        raise NoGraphError("no graph is running (start one with: shmlaunch FILE)")
+    if len(graphs) > 1:
+        raise NoGraphError(f"{len(graphs)} graphs are running ({', '.join(g.name for g in graphs)}): name one with --graph")
+    return graphs[0]
+
+
+def find_topic_graph(topic: str, name: str | None) -> GraphState:
+    """The running graph that has ``topic`` (the named one, or the only one that has it)."""
+    if name is not None:
+        return find_graph(name)
+    having = [g for g in running_graphs() if topic in read_registry(Path(g.runtime_dir))]
+    if len(having) == 1:
+        return having[0]
+    if not having:
+        raise NoGraphError(f"no running graph has topic {topic!r}")
+    raise NoGraphError(f"topic {topic!r} is in {len(having)} running graphs ({', '.join(g.name for g in having)}): name one with --graph")
+
+
+# ----- processes
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    except OSError:
+        return None
+
+
+@dataclass
+class Sampler:
+    """Rates between two looks: CPU% per pid and messages per second per topic."""
+
+    cpu: dict
+    seqs: dict
+    when: float
+
+    @classmethod
+    def start(cls) -> Sampler:
+        return cls({}, {}, time.monotonic())
+
+    def cpu_pct(self, pid: int | None, now: float) -> float | None:
+        if pid is None:
+            return None
+        used = cpu_seconds(pid)
+        before = self.cpu.get(pid)
+        self.cpu[pid] = used
+        if used is None or before is None or now <= self.when:
+            return None
+        return 100 * (used - before) / (now - self.when)
+
+    def rate(self, topic: str, seq: int, now: float) -> float | None:
+        before = self.seqs.get(topic)
+        self.seqs[topic] = seq
+        if before is None or now <= self.when:
+            return None
+        return (seq - before) / (now - self.when)
+
+
+def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]]:
+    rows = [["NODE", "PID", "STATE", "RESTARTS", "CPU%", "RSS MiB", "LAST EXIT"]]
+    for name, n in state.nodes.items():
+        alive = n.pid is not None and n.state in ("starting", "running")
+        cpu = sampler.cpu_pct(n.pid, now) if alive else None
+        rss = rss_bytes(n.pid) if alive else None
+        rows.append([name, str(n.pid or "-"), n.state, str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
+                     "-" if rss is None else f"{rss / 2**20:.0f}", "-" if n.last_exit is None else str(n.last_exit)])
+    return rows
+
+
+# ----- topics
+def observe(runtime_dir: Path, topic: str) -> Segment:
+    return open_for_reading(runtime_dir, topic, {}, observer=True)
+
+
+def segment_facts(seg: Segment) -> dict:
+    latest = struct.unpack_from("<Q", seg.mm, L.LATEST_SEQ_OFFSET)[0]
+    pid, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
+    lengths = [L.SLOT.unpack_from(seg.mm, off)[1] for off in seg.slot_offsets]
+    return {"latest_seq": latest, "writer_pid": pid, "generation": generation, "writer_alive": seg.writer_lock.is_held_by_others(),
+            "readers": seg.reader_entries(), "length": max(lengths) if lengths else 0}
+
+
+def describe_type(seg: Segment) -> str:
+    cfg = seg.config
+    if cfg.dtype is None:
+        return "bytes"
+    dt = L.dtype_name(cfg.dtype)
+    return dt + (str(list(cfg.shape)) if cfg.shape else "")
+
+
+def topic_rows(runtime_dir: Path, sampler: Sampler, now: float) -> list[list[str]]:
+    rows = [["TOPIC", "TYPE", "CAPACITY", "POOL", "WRITER", "LAST SEQ", "HZ", "MB/s", "READERS"]]
+    for topic in sorted(read_registry(runtime_dir)):
+        try:
+            seg = observe(runtime_dir, topic)
+        except Exception as exc:  # a tool must show what it can; the row says what went wrong
+            rows.append([topic, f"unreadable: {exc}", "", "", "", "", "", "", ""])
+            continue
+        try:
+            f = segment_facts(seg)
+            hz = sampler.rate(topic, f["latest_seq"], now)
+            rows.append([topic, describe_type(seg), str(seg.config.capacity), str(seg.config.pool),
+                         f"{f['writer_pid']} (gen {f['generation']})" if f["writer_alive"] else "none",
+                         str(f["latest_seq"]), "-" if hz is None else f"{hz:.1f}",
+                         "-" if hz is None else f"{hz * f['length'] / 1e6:.2f}", str(len(f["readers"]))])
+        finally:
+            seg.close()
+    return rows
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+# ----- messages
+def summarize(reader: Reader, msg, data: np.ndarray) -> str:
+    """One line for one message: landmarks and gestures decoded, frames summarised, the rest as hex."""
+    age_ms = (time.time_ns() - msg.publish_ns) / 1e6
+    head = f"seq {msg.seq} age {age_ms:.1f} ms"
+    raw = data.view(np.uint8).reshape(-1)
+    cfg = reader.config
+    if cfg.dtype is not None and cfg.shape is not None and len(cfg.shape) == 3 and cfg.dtype == np.uint8:
+        return f"{head} frame {list(data.shape)} mean {float(data.mean()):.1f}"
+    version = int(raw[:4].view("<u4")[0]) if raw.nbytes >= 4 else -1
+    if raw.nbytes == LANDMARKS.itemsize and version == 1:
+        rec = raw.view(LANDMARKS)[0]
+        hands = [f"{'right' if h['handedness'] else 'left'} {h['score']:.2f} wrist ({h['landmarks'][0][0]:.3f}, {h['landmarks'][0][1]:.3f})"
+                 for h in rec["hands"][: min(int(rec["hand_count"]), MAX_HANDS)]]
+        return (f"{head} landmarks frame {int(rec['frame_seq'])}: {int(rec['hand_count'])} hand(s)"
+                + "".join(f" | {h}" for h in hands) + f" | inference {int(rec['inference_ns']) / 1e6:.1f} ms")
+    if raw.nbytes == GESTURE.itemsize and version == 1:
+        g = raw.view(GESTURE)[0]
+        n = min(int(g["hand_count"]), MAX_HANDS)
+        names = ", ".join(f"{GESTURE_NAMES[g['gesture'][i]]} ({'right' if g['handedness'][i] else 'left'})" for i in range(n))
+        return f"{head} gesture frame {int(g['frame_seq'])}: {names or 'no hand'}"
+    if cfg.dtype is not None and data.size <= 16:
+        return f"{head} {data.tolist()}"
+    return f"{head} {raw.nbytes} bytes: {raw[:32].tobytes().hex(' ')}{' ...' if raw.nbytes > 32 else ''}"

@@ -1,0 +1,74 @@
+"""systemd integration: the unit file for a graph, and sd_notify without libsystemd.
+
+The unit keeps shared memory alive (``RemoveIPC=no``: systemd's default for system users
+deletes a service user's /dev/shm files under a running service), restarts on failure, and
+uses ``Type=notify``: the launcher sends READY=1 once every node has finished setup(), and
+WATCHDOG=1 while every node's heartbeat is fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from ._schema import Graph
+
+WATCHDOG_SEC = 10
+
+
+def notify(message: str) -> bool:
+    """Send ``message`` (e.g. "READY=1") to $NOTIFY_SOCKET; False when not run by systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.sendto(message.encode(), addr)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half of $WATCHDOG_USEC in seconds, when systemd asks this process for keep-alives."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+def unit_text(graph: Graph, launch_file: Path, args: list[str], user: bool) -> str:
+    exe = shutil.which("shmlaunch") or f"{sys.executable} -m shmlaunch.launch.cli"
+    cmd = " ".join([exe, str(launch_file.resolve()), *args])
+    return f"""# shmlaunch graph {graph.name!r}, from {launch_file.resolve()}
+# Install: copy to {'~/.config/systemd/user/' if user else '/etc/systemd/system/'}shmlaunch-{graph.name}.service, then
+#   systemctl {'--user ' if user else ''}daemon-reload && systemctl {'--user ' if user else ''}enable --now shmlaunch-{graph.name}
+[Unit]
+Description=shmlaunch graph {graph.name}
+After=network.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={cmd}
+WorkingDirectory={launch_file.resolve().parent}
+Restart=on-failure
+RestartSec=2
+# The launcher stops every node on SIGTERM (then SIGKILL after 5 s) and removes its files.
+KillMode=mixed
+TimeoutStopSec=20
+WatchdogSec={WATCHDOG_SEC}
+# Keep the graph's shared memory while it runs (systemd's default removes a user's IPC objects).
+RemoveIPC=no
+Environment=PYTHONUNBUFFERED=1
+StandardOutput=journal
+StandardError=journal
+
+[Install]
+WantedBy={'default.target' if user else 'multi-user.target'}
+"""

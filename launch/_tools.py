@@ -1,0 +1,170 @@
+"""The operator's commands: ``shmlaunch list``, ``node list``, ``topic list/echo/hz/stats``, ``stop``.
+
+They work from another terminal while a graph runs, attach as observers (see _introspect),
+and say clearly when no graph runs. Exit code 1 when the graph or topic does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shmlaunch.transport import Reader, TransportError
+
+from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, observe, segment_facts, summarize, table, topic_rows
+from ._launcher import STOP_TIMEOUT
+from ._state import GraphState, running_graphs, uptime
+
+RATE_WINDOW = 1.0
+
+
+def _fail(text: str) -> int:
+    print(f"shmlaunch: {text}", file=sys.stderr)
+    return 1
+
+
+def list_graphs(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="shmlaunch list", description="Running graphs of this user.").parse_args(argv)
+    graphs = running_graphs()
+    if not graphs:
+        print("no graph is running")
+        return 0
+    rows = [["GRAPH", "LAUNCHER PID", "UPTIME", "NODES UP", "FILE"]]
+    for g in graphs:
+        up = sum(1 for n in g.nodes.values() if n.state == "running")
+        rows.append([g.name, str(g.launcher_pid), uptime(g.started_ns), f"{up}/{len(g.nodes)}", g.file])
+    print("\n".join(table(rows)))
+    return 0
+
+
+def _sampled(rows_fn):
+    """Rows measured over RATE_WINDOW seconds (rates and CPU need two looks)."""
+    sampler = Sampler.start()
+    rows_fn(sampler, sampler.when)
+    time.sleep(RATE_WINDOW)
+    return rows_fn(sampler, time.monotonic())
+
+
+def node(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch node", description="Nodes of a running graph.")
+    ap.add_argument("action", choices=["list"])
+    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ns = ap.parse_args(argv)
+    try:
+        g = find_graph(ns.graph)
+    except NoGraphError as exc:
+        return _fail(str(exc))
+    print(f"graph {g.name!r} (launcher pid {g.launcher_pid}, up {uptime(g.started_ns)})")
+    print("\n".join(table(_sampled(lambda sampler, now: node_rows(g, sampler, now)))))
+    return 0
+
+
+def topic(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch topic", description="Topics of a running graph.")
+    ap.add_argument("action", choices=["list", "echo", "hz", "stats"])
+    ap.add_argument("name", nargs="?", help="topic (echo, hz, stats) or graph (list)")
+    ap.add_argument("--graph", help="graph name (default: the only running graph that has the topic)")
+    ap.add_argument("-n", "--count", type=int, help="echo/hz: stop after this many messages/reports")
+    ns = ap.parse_args(argv)
+    try:
+        if ns.action == "list":
+            g = find_graph(ns.name or ns.graph)
+            print(f"graph {g.name!r}")
+            print("\n".join(table(_sampled(lambda sampler, now: topic_rows(Path(g.runtime_dir), sampler, now)))))
+            return 0
+        if not ns.name:
+            return _fail(f"topic {ns.action} needs a topic name")
+        g = find_topic_graph(ns.name, ns.graph)
+        return {"echo": _echo, "hz": _hz, "stats": _stats}[ns.action](Path(g.runtime_dir), ns.name, ns.count)
+    except NoGraphError as exc:
+        return _fail(str(exc))
+    except TransportError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _echo(rt: Path, name: str, count: int | None) -> int:
+    reader = Reader(name, runtime_dir=rt, observer=True)
+    shown = 0
+    while count is None or shown < count:
+        msg = reader.receive(timeout=1.0)
+        if msg is None:
+            if not reader.writer_alive() and reader.statistics().received:
+                print("(the writer is gone)")
+            continue
+        kept = msg.copy()  # hold the slot for one copy, never longer
+        msg.release()
+        print(summarize(reader, kept, kept.data), flush=True)
+        shown += 1
+    return 0
+
+
+def _hz(rt: Path, name: str, count: int | None) -> int:
+    seg = observe(rt, name)
+    try:
+        reports = 0
+        last = segment_facts(seg)["latest_seq"]
+        t0 = time.monotonic()
+        while count is None or reports < count:
+            time.sleep(RATE_WINDOW)
+            f = segment_facts(seg)
+            now = time.monotonic()
+            rate = (f["latest_seq"] - last) / (now - t0)
+            print(f"{name}: {rate:.2f} Hz (last seq {f['latest_seq']}, writer {'alive' if f['writer_alive'] else 'gone'})",
+                  flush=True)
+            last, t0 = f["latest_seq"], now
+            reports += 1
+    finally:
+        seg.close()
+    return 0
+
+
+def _stats(rt: Path, name: str, _count: int | None) -> int:
+    names = {n.pid: node for node, n in GraphState.read(rt).nodes.items() if n.pid}
+    seg = observe(rt, name)
+    try:
+        f0 = segment_facts(seg)
+        time.sleep(RATE_WINDOW)
+        f = segment_facts(seg)
+        rate = (f["latest_seq"] - f0["latest_seq"]) / RATE_WINDOW
+        writer = f"pid {f['writer_pid']} ({names.get(f['writer_pid'], '?')}), generation {f['generation']}" if f["writer_alive"] else "none"
+        print(f"topic {name!r}: writer {writer}, last seq {f['latest_seq']}, {rate:.1f} Hz, capacity {seg.config.capacity}, "
+              f"pool {seg.config.pool}")
+        rows = [["READER PID", "NODE", "RECEIVED", "OVERWRITTEN BEFORE READ", "STALE SKIPPED", "LAST SEQ", "BEHIND", "AGE AT READ ms",
+                 "LAST READ s AGO"]]
+        now = time.time_ns()
+        for pid, received, missed, last_seq, age_ns, recv_ns, stale in f["readers"]:
+            rows.append([str(pid), names.get(pid, "?"), str(received), str(missed), str(stale), str(last_seq),
+                         str(max(f["latest_seq"] - last_seq, 0)), f"{age_ns / 1e6:.2f}",
+                         "-" if not recv_ns else f"{(now - recv_ns) / 1e9:.1f}"])
+        if len(rows) == 1:
+            print("no reader is attached")
+        else:
+            print("\n".join(table(rows)))
+    finally:
+        seg.close()
+    return 0
+
+
+def stop(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch stop", description="Stop a running graph cleanly (SIGTERM to its launcher).")
+    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ap.add_argument("--timeout", type=float, default=STOP_TIMEOUT + 10, help="seconds to wait for it to finish")
+    ns = ap.parse_args(argv)
+    try:
+        g = find_graph(ns.graph)
+    except NoGraphError as exc:
+        return _fail(str(exc))
+    os.kill(g.launcher_pid, signal.SIGTERM)
+    deadline = time.monotonic() + ns.timeout
+    while Path(g.runtime_dir).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(g.runtime_dir).exists():
+        return _fail(f"graph {g.name!r} is still stopping after {ns.timeout:g} s (launcher pid {g.launcher_pid})")
+    print(f"graph {g.name!r} stopped")
+    return 0
