@@ -101,6 +101,7 @@ nodes:
     params: {{max_num_hands: 2, model_complexity: 0, static_image_mode: false}}
     subscribe: {{image: camera/image}}
     publish: {{landmarks: hands/landmarks}}
+    replicas: {replicas}
   gestures:
     node: shmlaunch.nodes.gestures:Gestures
     subscribe: {{landmarks: hands/landmarks}}
@@ -128,11 +129,11 @@ def node_pids(runtime_dir: str) -> dict[str, int]:
     return out
 
 
-def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path) -> dict:
-    name = f"hands-bench-{os.getpid()}-{w}"
+def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path, replicas: int = 1) -> dict:
+    name = f"hands-bench-{os.getpid()}-{w}-{replicas}"
     out = tmp / f"{name}.jsonl"
     launch = tmp / f"{name}.yaml"
-    launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out))
+    launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out, replicas=replicas))
     rt = f"/dev/shm/shmlaunch-{os.getuid()}-{name}"
     warmup = 4.0
     proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", str(warmup + seconds)],
@@ -156,9 +157,12 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
     hop1 = [(x["frame_received_ns"] - x["capture_ns"]) / 1e3 for x in land]
     # The transport's share of hop 1: from when the frame was there *and* the hand node was
     # free (its previous landmarks published) to the node taking it; the rest is queueing.
+    # (With replicas the previous frame went to another process, so this is only for one.)
     by_seq = sorted(land, key=lambda x: x["frame_seq"])
-    hop1_transport = [(b["frame_received_ns"] - max(b["capture_ns"], a["published_ns"])) / 1e3 for a, b in zip(by_seq, by_seq[1:], strict=False)]
+    hop1_transport = [(b["frame_received_ns"] - max(b["capture_ns"], a["published_ns"])) / 1e3
+                      for a, b in zip(by_seq, by_seq[1:], strict=False)] if replicas == 1 else [float("nan")]
     hop2 = [(x["received_ns"] - x["published_ns"]) / 1e3 for x in land]
+    cpu = {n: round(100 * (c1[n] - c0[n]) / ((t1 - t0) / 1e9), 1) for n in c0}
     to_gest = [(x["received_ns"] - x["capture_ns"]) / 1e6 for x in gest]
     return {
         "fps": len(land) / span, "camera_fps": fps,
@@ -167,7 +171,7 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
         "gesture_at_consumer_p50_ms": pct(to_gest, 50),
         "hop_camera_to_hands_p50_us": pct(hop1, 50), "hop_camera_to_hands_transport_p50_us": pct(hop1_transport, 50),
         "hop_hands_to_recorder_p50_us": pct(hop2, 50),
-        "cpu_pct": {n: round(100 * (c1[n] - c0[n]) / ((t1 - t0) / 1e9), 1) for n in c0},
+        "cpu_pct": cpu, "replicas": replicas,
         "hands_per_frame": float(np.mean([len(x["hands"]) for x in land])) if land else 0.0,
     }
 
@@ -190,7 +194,9 @@ def main() -> None:
             print(f"{w}x{h} graph: {graph}", flush=True)
             graph30 = graph_run(video, w, h, 30.0, args.seconds, tmp)
             print(f"{w}x{h} graph at 30 fps: {graph30}", flush=True)
-            results["runs"][f"{w}x{h}"] = {"loop": loop, "graph": graph, "graph30": graph30}
+            graph2 = graph_run(video, w, h, 2 * loop["fps"], args.seconds, tmp, replicas=2)
+            print(f"{w}x{h} graph, 2 replicas: {graph2}", flush=True)
+            results["runs"][f"{w}x{h}"] = {"loop": loop, "graph": graph, "graph30": graph30, "replicas2": graph2}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     rows = ["| size | run | fps | capture->landmarks p50 ms | p99 ms | capture->gesture p50 ms | hop camera->hands p50 µs "
@@ -199,7 +205,8 @@ def main() -> None:
         lp = r["loop"]
         rows.append(f"| {size} | one process | {lp['fps']:.1f} | {lp['landmarks_p50_ms']:.1f} | {lp['landmarks_p99_ms']:.1f} | "
                     f"{lp['gesture_p50_ms']:.1f} | | | {lp['cpu_pct']:.0f} | {lp['hands_per_frame']:.2f} |")
-        for label, g in ((f"graph, camera at {lp['fps']:.1f} fps", r["graph"]), ("graph, camera at 30 fps", r["graph30"])):
+        for label, g in ((f"graph, camera at {lp['fps']:.1f} fps", r["graph"]), ("graph, camera at 30 fps", r["graph30"]),
+                         (f"graph, 2 hand replicas, camera at {2 * lp['fps']:.0f} fps", r["replicas2"])):
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(g["cpu_pct"].items()))
             rows.append(f"| {size} | {label} | {g['fps']:.1f} | {g['landmarks_at_consumer_p50_ms']:.1f} "
                         f"(published {g['landmarks_published_p50_ms']:.1f}) | {g['landmarks_at_consumer_p99_ms']:.1f} | "

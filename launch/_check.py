@@ -72,7 +72,7 @@ def check_graph(graph: Graph) -> tuple[list[str], list[str]]:
     readers: set[str] = set()
     for node in graph.nodes.values():
         for direction, mapping in (("publish", node.publish), ("subscribe", node.subscribe)):
-            for port, topic_name in mapping.items():
+            for port, topic_name in _ports(node, direction, mapping):
                 topic = graph.topics.get(topic_name)
                 decl = node.port_decls.get((direction, port), {})
                 where = decl.get("where", node.where)
@@ -98,6 +98,16 @@ def check_graph(graph: Graph) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+def _ports(node: NodeSpec, direction: str, mapping: dict[str, str]):
+    """(port, topic) pairs; a subscription to a replicated topic counts as one per replica copy."""
+    for port, topic in mapping.items():
+        if direction == "subscribe" and port in node.merge:
+            for copy in node.merge[port]:
+                yield port, copy
+        else:
+            yield port, topic
+
+
 def _check_python_node(graph: Graph, node: NodeSpec, errors: list[str]) -> None:
     with import_context(graph, node):
         try:
@@ -111,7 +121,7 @@ def _check_python_node(graph: Graph, node: NodeSpec, errors: list[str]) -> None:
         errors.append(f"{node.where}: {exc}")
     for direction, expectations, mapping in (("publish", cls.publishes, node.publish), ("subscribe", cls.subscribes, node.subscribe)):
         for port, expected in expectations.items():
-            topic = graph.topics.get(mapping.get(port, port))
+            topic = graph.topics.get(node.merge[port][0] if direction == "subscribe" and port in node.merge else mapping.get(port, port))
             if topic is None:
                 if port not in mapping:
                     errors.append(f"{node.where}: node {node.name!r} ({node.node_class}) {direction}s port {port!r}, "

@@ -153,7 +153,7 @@ class Launcher:
             env[key] = value
         if spec.node_class:
             node = {"name": spec.name, "class": spec.node_class, "params": spec.params, "publish": spec.publish,
-                    "subscribe": spec.subscribe, "runtime_dir": str(self.runtime_dir)}
+                    "subscribe": spec.subscribe, "groups": spec.groups, "merge": spec.merge, "runtime_dir": str(self.runtime_dir)}
             return [sys.executable, "-m", "shmlaunch.nodes", json.dumps(node)], env
         return list(spec.cmd), env
 

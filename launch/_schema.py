@@ -38,7 +38,9 @@ from shmlaunch.transport import normalize_request, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
-NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd"}
+NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd", "replicas"}
+REPLICA_KEYS = {"count", "ports"}
+MAX_REPLICAS = 16
 PORT_KEYS = {"topic"} | TOPIC_KEYS
 RESPAWN_KEYS = {"max", "delay"}
 INCLUDE_KEYS = {"file", "namespace", "args"}
@@ -85,6 +87,10 @@ class NodeSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     where: str = ""
+    replicas: int = 1
+    replica_ports: list[str] | None = None  # subscribe ports whose messages the replicas share (None: all)
+    groups: dict[str, str] = field(default_factory=dict)  # port -> competing-consumer group (set by expansion)
+    merge: dict[str, list[str]] = field(default_factory=dict)  # port -> replica topics read in input order
 
 
 @dataclass
@@ -294,6 +300,7 @@ def _parse_node(name: str, body, ns: str, problems: _Problems, line: int) -> Nod
             problems.add(rline, f"node {full!r}: respawn delay must be seconds >= 0, got {spec.respawn_delay!r}")
     elif respawn is not False:
         problems.add(rline, f"node {full!r}: 'respawn' must be true, false or {{max: N, delay: S}}, got {respawn!r}")
+    _parse_replicas(full, body, spec, problems)
     required = body.get("required", False)
     if not isinstance(required, bool):
         problems.add(_line_of(body, "required"), f"node {full!r}: 'required' must be true or false, got {required!r}")
@@ -309,6 +316,59 @@ def _parse_node(name: str, body, ns: str, problems: _Problems, line: int) -> Nod
         else:
             spec.cwd = body["cwd"]
     return spec
+
+
+def _parse_replicas(name: str, body: dict, spec: NodeSpec, problems: _Problems) -> None:
+    value = body.get("replicas", 1)
+    line = _line_of(body, "replicas")
+    ports = None
+    if isinstance(value, dict):
+        _unknown_keys(value, REPLICA_KEYS, f"'replicas' of node {name!r}", problems)
+        ports = value.get("ports")
+        value = value.get("count", 1)
+        if ports is not None and (not isinstance(ports, list) or not all(isinstance(p, str) for p in ports)):
+            problems.add(line, f"node {name!r}: replicas ports must be a list of subscribe port names, got {ports!r}")
+            ports = None
+    if not _is_int(value) or not 1 <= value <= MAX_REPLICAS:
+        problems.add(line, f"node {name!r}: replicas must be a whole number from 1 to {MAX_REPLICAS}, got {value!r}")
+        return
+    if value > 1 and spec.cmd is not None:
+        problems.add(line, f"node {name!r}: replicas are for Python nodes (their subscriptions join a group)")
+        return
+    for port in ports or []:
+        if port not in spec.subscribe:
+            problems.add(line, f"node {name!r}: replicas port {port!r} is not one of its subscribe ports")
+    spec.replicas, spec.replica_ports = value, ports
+
+
+def expand_replicas(graph: Graph) -> None:
+    """Turn each node with ``replicas: N`` into N nodes ``name.0`` .. ``name.N-1``.
+
+    Their shared subscriptions join one group named after the node, so each input message
+    goes to one replica; each replica publishes to its own copy of every output topic
+    (``topic/0`` ...), and every subscriber of such a topic reads all copies merged in input
+    order (the ``source_seq`` each output carries)."""
+    replicated: dict[str, list[str]] = {}
+    for name, spec in list(graph.nodes.items()):
+        if spec.replicas <= 1:
+            continue
+        del graph.nodes[name]
+        ports = spec.replica_ports if spec.replica_ports is not None else list(spec.subscribe)
+        for topic in spec.publish.values():
+            base = graph.topics.pop(topic, None)
+            replicated[topic] = [f"{topic}/{i}" for i in range(spec.replicas)]
+            if base is not None:
+                for t in replicated[topic]:
+                    graph.topics[t] = TopicSpec(t, base.capacity, base.pool, base.dtype, base.shape, base.where)
+        for i in range(spec.replicas):
+            copy = NodeSpec(**{**vars(spec), "name": f"{name}.{i}", "replicas": 1})
+            copy.publish = {port: f"{topic}/{i}" for port, topic in spec.publish.items()}
+            copy.groups = {port: name for port in ports}
+            graph.nodes[copy.name] = copy
+    for spec in graph.nodes.values():
+        for port, topic in spec.subscribe.items():
+            if topic in replicated:
+                spec.merge[port] = replicated[topic]
 
 
 def _read_yaml(path: Path, problems: _Problems):
@@ -415,6 +475,7 @@ def load_launch_file(path: str | Path, args: dict[str, Any] | None = None) -> Gr
         problems.add(1, "the launch file declares no nodes")
     if problems.items:
         raise LaunchFileError(problems.items)
+    expand_replicas(graph)
     return graph
 
 

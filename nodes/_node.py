@@ -50,16 +50,40 @@ class NodeSetupError(Exception):
 
 
 class Subscription:
-    """A port's reader and the callback that gets each new message (newest first, none queued)."""
+    """A port's reader and the callback that gets each new message (newest first, none queued).
 
-    def __init__(self, port: str, reader: Reader, callback: Callable[[Message], Any]) -> None:
+    A port subscribed to a replicated topic (the outputs of a node with ``replicas: N``) has
+    one reader per replica's copy and delivers in input order: by each message's
+    ``source_seq``, dropping one that arrives after a newer one was delivered.
+    """
+
+    def __init__(self, port: str, topic: str, readers: list[Reader], callback: Callable[[Message], Any], ordered: bool) -> None:
         self.port = port
-        self.topic = reader.topic
-        self.reader = reader
+        self.topic = topic
+        self.readers = readers
         self.callback = callback
+        self.ordered = ordered
+        self.last_key = 0
+        self.dropped_out_of_order = 0
+
+    def poll(self) -> list[Message]:
+        """The new messages to deliver now, in order."""
+        msgs = [m for r in self.readers if (m := r.receive_nowait()) is not None]
+        if not self.ordered:
+            return msgs
+        out = []
+        for m in sorted(msgs, key=lambda m: m.source_seq or m.seq):
+            key = m.source_seq or m.seq
+            if key <= self.last_key:
+                self.dropped_out_of_order += 1
+                m.release()
+                continue
+            self.last_key = key
+            out.append(m)
+        return out
 
     def statistics(self):
-        return self.reader.statistics()
+        return self.readers[0].statistics() if len(self.readers) == 1 else [r.statistics() for r in self.readers]
 
 
 class Timer:
@@ -83,7 +107,8 @@ class Node:
 
     ``name`` defaults to the class name in lower case; ``params`` are checked against the
     class's Param declarations; ``publish`` / ``subscribe`` map port names to topic names;
-    ``runtime_dir`` is the graph's (default: ``$SHMLAUNCH_RUNTIME_DIR``).
+    ``runtime_dir`` is the graph's (default: ``$SHMLAUNCH_RUNTIME_DIR``); ``groups`` and
+    ``merge`` are set by the launcher for replicated nodes and their consumers.
 
     ``publishes`` / ``subscribes`` optionally tell the launcher's pre-flight check what each
     port needs of its topic: ``{"image": {"dtype": "uint8", "ndim": 3}}`` (keys: dtype,
@@ -93,6 +118,14 @@ class Node:
     publishes: ClassVar[dict[str, dict]] = {}
     subscribes: ClassVar[dict[str, dict]] = {}
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A Param named like a Node attribute (``log``, ``name``, ``timer`` ...) would silently
+        break the node: refuse it when the class is defined."""
+        super().__init_subclass__(**kwargs)
+        for name in declared_params(cls):
+            if name in _NODE_NAMES:
+                raise TypeError(f"Param {name!r} of {cls.__name__} shadows Node.{name}; give the parameter another name")
+
     def __init__(
         self,
         name: str | None = None,
@@ -101,8 +134,12 @@ class Node:
         publish: dict[str, str] | None = None,
         subscribe: dict[str, str] | None = None,
         runtime_dir: str | Path | None = None,
+        groups: dict[str, str] | None = None,
+        merge: dict[str, list[str]] | None = None,
     ) -> None:
         self._node_name = name or type(self).__name__.lower()
+        self._groups = dict(groups or {})  # port -> competing-consumer group (this node is one of several replicas)
+        self._merge = dict(merge or {})  # port -> the copies of a replicated topic, read in input order
         self._param_values = resolve_params(type(self), self._node_name, params or {})
         self._publish_map = dict(publish or {})
         self._subscribe_map = dict(subscribe or {})
@@ -149,9 +186,18 @@ class Node:
         ``msg.copy()`` to keep it longer. With ``max_age`` (seconds), messages published longer
         ago than that are skipped and counted as stale (``statistics().stale``).
         """
-        reader = Reader(self.topic_for(port, "subscribe"), capacity=capacity, pool=pool, dtype=dtype, shape=shape,
-                        runtime_dir=self.runtime_dir, max_age=max_age)
-        sub = Subscription(port, reader, callback)
+        topic = self.topic_for(port, "subscribe")
+        topics = self._merge.get(port, [topic])
+        readers = []
+        try:
+            for t in topics:
+                readers.append(Reader(t, capacity=capacity, pool=pool, dtype=dtype, shape=shape, runtime_dir=self.runtime_dir,
+                                      max_age=max_age, group=self._groups.get(port)))
+        except BaseException:
+            for r in readers:
+                r.close()
+            raise
+        sub = Subscription(port, topic, readers, callback, ordered=port in self._merge)
         self._subscriptions.append(sub)
         return sub
 
@@ -182,8 +228,7 @@ class Node:
                 t.callback()
                 ran = True
         for sub in self._subscriptions:
-            msg = sub.reader.receive_nowait()
-            if msg is not None:
+            for msg in sub.poll():
                 with msg:
                     sub.callback(msg)
                 ran = True
@@ -195,7 +240,7 @@ class Node:
         if live:
             until_timer = max(min(live) - time.monotonic(), 0.0)
             timeout = until_timer if timeout is None else min(timeout, until_timer)
-        readers = [s.reader for s in self._subscriptions]
+        readers = [r for s in self._subscriptions for r in s.readers]
         if readers:
             wait_any(readers, timeout)
         elif timeout is None:
@@ -226,7 +271,8 @@ class Node:
     def close(self) -> None:
         """Close every port: held slots are released, the topics stay for the rest of the graph."""
         for sub in self._subscriptions:
-            sub.reader.close()
+            for r in sub.readers:
+                r.close()
         for w in self._writers:
             w.close()
         self._subscriptions.clear()
@@ -271,6 +317,9 @@ class Node:
             self.close()
             for s, handler in old.items():
                 signal.signal(s, handler)
+
+
+_NODE_NAMES = {n for n in dir(Node) if not n.startswith("__")} | {"log", "runtime_dir"}
 
 
 def configure_logging(node_name: str | None = None, level: int = logging.INFO) -> None:

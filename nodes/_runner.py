@@ -46,7 +46,7 @@ def run_node(spec: dict[str, Any], duration: float | None = None) -> int:
     try:
         cls = load_node_class(spec["class"])
         node = cls(spec["name"], spec.get("params") or {}, publish=spec.get("publish"), subscribe=spec.get("subscribe"),
-                   runtime_dir=spec.get("runtime_dir"))
+                   runtime_dir=spec.get("runtime_dir"), groups=spec.get("groups"), merge=spec.get("merge"))
     except (NodeClassError, ParamError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_CONFIG

@@ -46,7 +46,7 @@ class HandLandmarks(Node):
         if self.rgb is None or self.rgb.shape != frame.shape:
             self.rgb = np.empty_like(frame)
         cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.rgb)
-        with self.out.loan(nbytes=LANDMARKS.itemsize, stamp_ns=msg.stamp_ns) as buf:
+        with self.out.loan(nbytes=LANDMARKS.itemsize, stamp_ns=msg.stamp_ns, source_seq=msg.seq) as buf:
             rec = buf.view(LANDMARKS)[0]
             rec["version"] = LANDMARKS_VERSION
             rec["frame_seq"] = msg.seq

@@ -50,7 +50,7 @@ class Record(Node):
         self.log.info("recording to %s (pid %d)", self.path, os.getpid())
 
     def on_value(self, msg):
-        self.file.write(json.dumps({"seq": msg.seq, "value": int(msg.data[0])}) + "\n")
+        self.file.write(json.dumps({"seq": msg.seq, "source": msg.source_seq, "value": int(msg.data[0])}) + "\n")
         self.file.flush()
 
     def teardown(self):
@@ -85,3 +85,24 @@ class IgnoresSigterm(Node):
         import signal
 
         self.timer(0.1, lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+
+
+class Work(Node):
+    """A slow stage: takes ``work_ms`` per message, notes which input it processed, passes it on."""
+
+    work_ms = Param(30.0)
+    log_path = Param("", "file to append 'pid seq' lines to")
+
+    def setup(self):
+        self.out = self.publisher("out")
+        self.subscribe("in", self.on_value)
+        self.file = open(self.log_path, "a")  # noqa: SIM115 - closed in teardown()
+
+    def on_value(self, msg):
+        self.file.write(f"{os.getpid()} {msg.seq}\n")
+        self.file.flush()
+        time.sleep(self.work_ms / 1000)
+        self.out.publish(msg.data.copy(), stamp_ns=msg.stamp_ns, source_seq=msg.seq)
+
+    def teardown(self):
+        self.file.close()

@@ -64,7 +64,8 @@ def other(request, tmp_path_factory):
 
 
 def env_for(rt: Path) -> dict:
-    return {**os.environ, "SHMLAUNCH_RUNTIME_DIR": str(rt)}
+    # Mono keeps a file in /dev/shm unless told not to; nothing may be left there.
+    return {**os.environ, "SHMLAUNCH_RUNTIME_DIR": str(rt), "MONO_DISABLE_SHARED_AREA": "1"}
 
 
 def test_python_writer_to_other_language_reader_zero_torn(rt, other):
@@ -145,6 +146,7 @@ nodes:
   cs-stats:
     cmd: [mono, {csharp_build / 'FrameStats.exe'}, numbers]
     subscribe: {{in: numbers}}
+    env: {{MONO_DISABLE_SHARED_AREA: "1"}}
 """)
     t0 = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", "4"], capture_output=True, text=True,

@@ -35,7 +35,7 @@ BAD_FILES = [
     ("name: g\nnodes:\n  a: {cmd: [true], node: 'x:Y'}\n", r"^{f}:3: node 'a': give exactly one of 'node' \(module:Class\) or 'cmd' \(a command\)$"),
     ("name: g\nnodes:\n  a: {node: not_a_class_path}\n", r"^{f}:3: node 'a': 'node' must be 'module:Class', got 'not_a_class_path'$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respwn: true\n",
-     r"^{f}:5: unknown key 'respwn' in node 'a' \(allowed: cmd, cwd, env, node, params, publish, required, respawn, subscribe\)$"),
+     r"^{f}:5: unknown key 'respwn' in node 'a' \(allowed: cmd, cwd, env, node, params, publish, replicas, required, respawn, subscribe\)$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respawn: {max: -1}\n", r"^{f}:5: node 'a': respawn max must be a whole number >= 0, got -1$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    required: yes please\n", r"^{f}:5: node 'a': 'required' must be true or false, got 'yes please'$"),
     ("name: g\ntopics:\n  t: {capacity: 64, pool: 0}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topic 't': invalid pool size 0: 1 to 256 slots$"),
@@ -196,3 +196,12 @@ def test_printer_prefixes_lines_and_survives_bad_bytes():
     assert out.getvalue().splitlines() == [
         "camera   | first line", "camera   | second half", "camera   | \ufffd\ufffd broken", "hands    | no newline at the end",
     ]
+
+
+def test_a_parameter_may_not_shadow_the_node_api():
+    from shmlaunch.nodes import Node, Param
+
+    with pytest.raises(TypeError, match=r"^Param 'log' of Bad shadows Node.log; give the parameter another name$"):
+
+        class Bad(Node):
+            log = Param("x")

@@ -24,16 +24,16 @@ def test_header_fields_sit_at_the_documented_offsets(rt):
     u64 = lambda off: struct.unpack_from("<Q", raw, off)[0]  # noqa: E731
     assert raw[0:8] == b"SHMLPOOL"
     assert (u32(8), u32(12), u64(16)) == (1, 3, 60)
-    assert u64(24) == 128 and u64(32) == 4608  # stride: 64 header + 60 payload, rounded to 64; slots after the reader table
+    assert u64(24) == 128 and u64(32) == 21504  # stride: 64 header + 60 payload, rounded to 64; slots after the tables
     assert (u64(40), u32(48)) == (4, 2)
     assert raw[56:88].rstrip(b"\0") == b"<f4"
     assert (u64(88), u64(96), u64(104)) == (3, 5, 0)
     assert u32(256) == (1 << 8) | 0  # wake word: seq 1 in slot 0
     assert (u64(264), u64(272), u64(280)) == (1, os.getpid(), 1)
-    slot0 = 4608
+    slot0 = 21504
     assert (u64(slot0), u64(slot0 + 8), u64(slot0 + 16), u64(slot0 + 32)) == (2, 60, 42, 1)
     assert np.frombuffer(raw, np.float32, 15, slot0 + 64).tolist() == [1.0] * 15
-    assert len(raw) == 4608 + 3 * 128
+    assert len(raw) == 21504 + 3 * 128
 
 
 def test_layout_constants_agree_with_the_structs():
@@ -42,14 +42,16 @@ def test_layout_constants_agree_with_the_structs():
     assert L.WRITER_OFFSET + L.WRITER.size <= L.HEADER_SIZE
     assert L.slot_stride(1) == 128 and L.slot_stride(0) == 64 and L.slot_stride(6220800) % 64 == 0
     assert L.LOCK_SLOT0 + L.MAX_POOL <= L.LOCK_READER0  # lock byte ranges do not overlap
-    assert L.READER_ENTRY.size == 64 and L.SLOTS_OFFSET == L.READERS_OFFSET + 64 * L.MAX_READERS == 4608
+    assert L.READER_ENTRY.size == 64 and L.GROUPS_OFFSET == L.READERS_OFFSET + 64 * L.MAX_READERS == 4608
+    assert L.GROUP_ENTRY_SIZE == 2112 and L.SLOTS_OFFSET == 4608 + 8 * 2112 == 21504 and L.SLOTS_OFFSET % L.ALIGN == 0
+    assert L.LOCK_READER0 + L.MAX_READERS <= L.LOCK_GROUP_TABLE < L.LOCK_CLAIM0
 
 
 def test_layout_document_lists_every_header_field():
     doc = (Path(transport.__file__).parent / "LAYOUT.md").read_text()
     for field in ("magic", "layout_version", "pool", "capacity", "slot_stride", "slots_offset", "itemsize", "ndim",
                   "dtype", "shape", "wake", "latest_seq", "writer_pid", "writer_generation", "writer_attach_ns",
-                  "state", "length", "source_ns", "publish_ns", "generation"):
+                  "state", "length", "source_ns", "publish_ns", "generation", "source_seq", "name", "claims"):
         assert f"`{field}`" in doc, field
 
 
@@ -81,7 +83,7 @@ def small_tmpfs():
 
 def test_full_shm_is_a_clear_error_at_creation_and_leaves_nothing(small_tmpfs):
     rt = small_tmpfs / "graph"
-    expected = r"^\[Errno 28\] cannot create topic 'big': .* has \d+ bytes free, the segment needs 4198976 \(capacity=4194304 pool=1\)$"
+    expected = r"^\[Errno 28\] cannot create topic 'big': .* has \d+ bytes free, the segment needs 4215872 \(capacity=4194304 pool=1\)$"
     with pytest.raises(OutOfSpaceError, match=expected):
         Writer("big", capacity=1 << 22, pool=1, runtime_dir=rt)
     assert sorted(p.name for p in rt.iterdir()) == ["registry.lock"]

@@ -11,7 +11,7 @@ Header (512 bytes)
   12   4     pool              static   u32, number of slots N (1..256)
   16   8     capacity          static   u64, max payload bytes per message
   24   8     slot_stride       static   u64, bytes from one slot to the next (multiple of 64)
-  32   8     slots_offset      static   u64, offset of slot 0 (4608)
+  32   8     slots_offset      static   u64, offset of slot 0 (21504)
   40   8     itemsize          static   u64, bytes per element of dtype (0: raw bytes)
   48   4     ndim              static   u32, number of dims in shape (0: no fixed shape)
   52   4     (reserved)
@@ -37,6 +37,11 @@ reader that holds lock byte 1024 + i (so tools can show per-reader figures):
   48   8     stale             u64, messages skipped for being older than the reader's max_age
   56   8     (reserved)
 
+Group table (4608 .. 21504): MAX_GROUPS entries of 2112 bytes, for competing-consumer reads:
+  0    64    name              ASCII group name, NUL padded (all zero: entry free)
+  64   2048  claims            u64[256]: claims[i] = the sequence number a member of the group
+                               took from slot i (each message goes to at most one member)
+
 Slot i starts at slots_offset + i * slot_stride:
   0    8     state             u64: 2*seq when message seq is complete, odd while being written,
                                0 when never written
@@ -44,7 +49,8 @@ Slot i starts at slots_offset + i * slot_stride:
   16   8     source_ns         i64, source timestamp (e.g. capture time), CLOCK_REALTIME ns
   24   8     publish_ns        i64, when the writer published it, CLOCK_REALTIME ns
   32   8     generation        u64, writer_generation of the writer that wrote it
-  40   24    (reserved)
+  40   8     source_seq        u64, sequence number of the input this message was computed from (0: none)
+  48   16    (reserved)
   64   ...   payload           capacity bytes, 64-byte aligned
 
 Lock bytes (fcntl open-file-description byte-range locks on the segment file; advisory,
@@ -54,6 +60,8 @@ they do not touch the bytes):
   64 + i   slot i: shared while a reader holds a message of slot i,
            exclusive while the writer writes slot i
   1024 + i reader table entry i: exclusive, held by the reader that owns the entry
+  2048     group table: exclusive while a reader adds a group name (short, blocking)
+  4096 + g*256 + i   claim of slot i for group g: exclusive while a member checks and sets it
 """
 
 from __future__ import annotations
@@ -67,13 +75,17 @@ import numpy as np
 MAGIC = b"SHMLPOOL"
 LAYOUT_VERSION = 1
 HEADER_SIZE = 512
+MAX_POOL = 256
 READERS_OFFSET = 512
 MAX_READERS = 64
 READER_ENTRY = struct.Struct("<QQQQqqQ8x")  # pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale
-SLOTS_OFFSET = READERS_OFFSET + MAX_READERS * READER_ENTRY.size  # 4608
+GROUPS_OFFSET = READERS_OFFSET + MAX_READERS * READER_ENTRY.size  # 4608
+MAX_GROUPS = 8
+GROUP_NAME_SIZE = 64  # NUL-padded ASCII; the claims follow
+GROUP_ENTRY_SIZE = GROUP_NAME_SIZE + MAX_POOL * 8  # 2112
+SLOTS_OFFSET = GROUPS_OFFSET + MAX_GROUPS * GROUP_ENTRY_SIZE  # 21504
 SLOT_HEADER_SIZE = 64
 ALIGN = 64
-MAX_POOL = 256
 MAX_NDIM = 8
 
 STATIC = struct.Struct("<8sIIQQQQI4x32s8Q")  # offsets 0..151
@@ -81,12 +93,18 @@ WAKE_OFFSET = 256
 LATEST_SEQ_OFFSET = 264
 WRITER = struct.Struct("<QQq")  # writer_pid, writer_generation, writer_attach_ns at 272
 WRITER_OFFSET = 272
-SLOT = struct.Struct("<QQqqQ")  # state, length, source_ns, publish_ns, generation
+SLOT = struct.Struct("<QQqqQQ")  # state, length, source_ns, publish_ns, generation, source_seq
 
 LOCK_WRITER = 0
 LOCK_PRESENCE = 1
 LOCK_SLOT0 = 64
 LOCK_READER0 = 1024
+LOCK_GROUP_TABLE = 2048
+LOCK_CLAIM0 = 4096  # + group * MAX_POOL + slot
+
+
+def group_claims_offset(group: int) -> int:
+    return GROUPS_OFFSET + group * GROUP_ENTRY_SIZE + GROUP_NAME_SIZE
 
 
 def slot_lock_offset(index: int) -> int:

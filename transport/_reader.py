@@ -21,11 +21,12 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError
-from ._platform import futex_wait, futex_wait_any
+from ._platform import ByteLock, futex_wait, futex_wait_any
 from ._runtime import default_runtime_dir
 from ._segment import Segment, normalize_request, open_for_reading
 
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ReaderStatistics:
     torn: int  # slots found half-written by a writer that died (never delivered)
     busy: int  # looks that found the newest slot being written (pool size 1)
     stale: int  # messages skipped for being older than max_age
+    taken: int  # messages another member of this reader's group took first
     last_seq: int
     held: int  # messages this reader holds right now
 
@@ -50,6 +52,9 @@ class Reader:
     only messages newer than the last one returned.
 
     ``max_age`` (seconds) skips messages published longer ago than that (counted as stale).
+    ``group`` makes this reader a competing consumer: readers of one group share the
+    messages, each going to at most one member (the newest no member has taken); a member
+    that dies loses only the message it held. Readers outside the group are unaffected.
     A reader takes an entry in the segment's reader table, where ``shmlaunch topic stats``
     shows its counters; ``observer=True`` takes none and holds no presence lock (tools that
     must not count as readers).
@@ -73,6 +78,7 @@ class Reader:
         runtime_dir: str | Path | None = None,
         max_age: float | None = None,
         observer: bool = False,
+        group: str | None = None,
     ) -> None:
         self.topic = topic
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
@@ -86,6 +92,12 @@ class Reader:
         self._received = self._missed = self._torn = self._busy = self._stale = 0
         self._last_age_ns = self._last_receive_ns = 0
         self._entry = None if observer else self._seg.claim_reader_entry()
+        self._taken = 0
+        self._claims = None
+        if group is not None:
+            g = self._seg.join_group(group)
+            self._claims = (L.group_claims_offset(g), [ByteLock(self._seg.fd, L.LOCK_CLAIM0 + g * L.MAX_POOL + i)
+                                                        for i in range(self.config.pool)])
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -132,7 +144,7 @@ class Reader:
         if not held and not lock.try_shared():
             self._busy += 1
             return None
-        state, length, source_ns, publish_ns, generation = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
+        state, length, source_ns, publish_ns, generation, source_seq = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
         seq = state >> 1
         now = time.time_ns()
         if state & 1 or seq <= self._last_seq or (self._max_age_ns is not None and now - publish_ns > self._max_age_ns):
@@ -144,14 +156,34 @@ class Reader:
             if not held:
                 lock.release()
             return None
+        if self._claims is not None and not self._claim(slot, seq):
+            self._taken += 1
+            self._last_seq = seq
+            if not held:
+                lock.release()
+            return None
         self._holds[slot] = held + 1
-        if self._last_seq and seq > self._last_seq + 1:
+        if self._last_seq and seq > self._last_seq + 1 and self._claims is None:  # in a group, gaps are the others' share
             self._missed += seq - self._last_seq - 1
         self._last_seq = seq
         self._received += 1
         self._last_age_ns = now - publish_ns
         self._last_receive_ns = now
-        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns, generation)
+        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
+
+    def _claim(self, slot: int, seq: int) -> bool:
+        """Take message ``seq`` of ``slot`` for this reader's group; False if a member has it."""
+        claims_offset, locks = self._claims
+        if not locks[slot].try_exclusive():
+            return False  # another member is taking it right now
+        try:
+            off = claims_offset + 8 * slot
+            if _U64.unpack_from(self._seg.mm, off)[0] == seq:
+                return False
+            _U64.pack_into(self._seg.mm, off, seq)
+            return True
+        finally:
+            locks[slot].release()
 
     def _release(self, slot: int) -> None:
         seg = self._seg
@@ -180,7 +212,8 @@ class Reader:
         return self._seg.writer_lock.is_held_by_others()
 
     def statistics(self) -> ReaderStatistics:
-        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._stale, self._last_seq, sum(self._holds))
+        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._stale, self._taken, self._last_seq,
+                                sum(self._holds))
 
     @property
     def closed(self) -> bool:
@@ -220,10 +253,10 @@ class Message:
     after that ``data`` may be overwritten at any time: ``copy()`` first to keep it.
     """
 
-    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "generation", "_reader", "_slot")
+    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "generation", "source_seq", "_reader", "_slot")
 
     def __init__(self, reader: Reader | None, slot: int, data: np.ndarray, seq: int, stamp_ns: int, publish_ns: int,
-                 generation: int = 0) -> None:
+                 generation: int = 0, source_seq: int = 0) -> None:
         self._reader = reader
         self._slot = slot
         self.data = data
@@ -231,6 +264,7 @@ class Message:
         self.stamp_ns = stamp_ns
         self.publish_ns = publish_ns
         self.generation = generation  # which writer (1 = the first to attach) published it
+        self.source_seq = source_seq  # the input message it was computed from (0: none)
 
     @property
     def age_ns(self) -> int:
@@ -250,7 +284,7 @@ class Message:
 
     def copy(self) -> Message:
         """A detached message owning a copy of the data; holds no slot."""
-        return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns, self.generation)
+        return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns, self.generation, self.source_seq)
 
     def __enter__(self) -> Message:
         return self

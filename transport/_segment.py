@@ -72,6 +72,30 @@ class Segment:
                 return off
         return None
 
+    def join_group(self, name: str) -> int:
+        """The index of group ``name`` in the group table, adding it if new (competing consumers)."""
+        raw = name.encode("ascii", "strict") if name.isascii() else b""
+        if not raw or len(raw) > L.GROUP_NAME_SIZE or b"\0" in raw:
+            raise ValueError(f"invalid group name {name!r}: 1 to {L.GROUP_NAME_SIZE} ASCII characters")
+        table_lock = ByteLock(self.fd, L.LOCK_GROUP_TABLE)
+        table_lock.wait_exclusive()
+        try:
+            free = None
+            for g in range(L.MAX_GROUPS):
+                off = L.GROUPS_OFFSET + g * L.GROUP_ENTRY_SIZE
+                stored = bytes(self.mm[off : off + L.GROUP_NAME_SIZE]).rstrip(b"\0")
+                if stored == raw:
+                    return g
+                if not stored and free is None:
+                    free = g
+            if free is None:
+                raise TopicMismatchError(f"cannot join group {name!r} of topic {self.topic!r}: it has {L.MAX_GROUPS} groups already")
+            off = L.GROUPS_OFFSET + free * L.GROUP_ENTRY_SIZE
+            self.mm[off : off + L.GROUP_NAME_SIZE] = raw.ljust(L.GROUP_NAME_SIZE, b"\0")
+            return free
+        finally:
+            table_lock.release()
+
     def reader_entries(self) -> list[tuple]:
         """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale)."""
         return [L.READER_ENTRY.unpack_from(self.mm, L.READERS_OFFSET + i * L.READER_ENTRY.size)

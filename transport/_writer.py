@@ -83,13 +83,14 @@ class Writer:
         self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
 
     # ----- publishing
-    def publish(self, data, stamp_ns: int | None = None) -> int | None:
+    def publish(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
         """Copy ``data`` (bytes-like or ndarray) into a free slot and publish it.
 
         Returns the message's sequence number, or None when every slot is held by a reader
         (the message is dropped; never waits). ``stamp_ns`` is the source timestamp
-        (default: now). Data over capacity, or not of a typed topic's dtype and shape,
-        raises ValueError and publishes nothing.
+        (default: now); ``source_seq`` the sequence number of the input it was computed from
+        (what lets consumers of several replicas restore input order). Data over capacity, or
+        not of a typed topic's dtype and shape, raises ValueError and publishes nothing.
         """
         src = self._as_bytes(data)
         n = src.nbytes
@@ -101,9 +102,9 @@ class Writer:
         _U64.pack_into(self._mm, off, 2 * self._seq + 1)
         start = off + L.SLOT_HEADER_SIZE
         self._mm[start : start + n] = src
-        return self._commit(slot, n, stamp_ns)
+        return self._commit(slot, n, stamp_ns, source_seq)
 
-    def loan(self, nbytes: int | None = None, stamp_ns: int | None = None) -> Loan:
+    def loan(self, nbytes: int | None = None, stamp_ns: int | None = None, source_seq: int = 0) -> Loan:
         """Reserve a free slot to fill in place; publish it when the ``with`` block ends.
 
         The block gets a writable typed view of the slot (the topic's shape when declared,
@@ -129,7 +130,7 @@ class Writer:
             )
         _U64.pack_into(self._mm, seg.slot_offsets[slot], 2 * self._seq + 1)
         view = seg.view(slot, nbytes)
-        return Loan(self, slot, view, stamp_ns)
+        return Loan(self, slot, view, stamp_ns, source_seq)
 
     def _as_bytes(self, data):
         """``data`` as a C-contiguous buffer, checked against the topic (cheap in the common case:
@@ -172,11 +173,12 @@ class Writer:
                 return slot
         return None
 
-    def _commit(self, slot: int, length: int, stamp_ns: int | None) -> int:
+    def _commit(self, slot: int, length: int, stamp_ns: int | None, source_seq: int = 0) -> int:
         self._seq = seq = self._seq + 1
         seg = self._seg
         now = time.time_ns()
-        L.SLOT.pack_into(self._mm, seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation)
+        L.SLOT.pack_into(self._mm, seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation,
+                         source_seq)
         seg.slot_locks[slot].release()
         _ANNOUNCE.pack_into(self._mm, L.WAKE_OFFSET, ((seq & 0xFFFFFF) << 8) | slot, seq)  # see LAYOUT.md: the wake word names the slot
         seg.wake_readers()
@@ -244,13 +246,14 @@ class Loan:
     ``seq`` holds the published sequence number afterwards.
     """
 
-    __slots__ = ("_writer", "_slot", "data", "stamp_ns", "seq", "_done")
+    __slots__ = ("_writer", "_slot", "data", "stamp_ns", "source_seq", "seq", "_done")
 
-    def __init__(self, writer: Writer, slot: int, data: np.ndarray, stamp_ns: int | None) -> None:
+    def __init__(self, writer: Writer, slot: int, data: np.ndarray, stamp_ns: int | None, source_seq: int = 0) -> None:
         self._writer = writer
         self._slot = slot
         self.data = data
         self.stamp_ns = stamp_ns
+        self.source_seq = source_seq
         self.seq: int | None = None
         self._done = False
 
@@ -267,7 +270,7 @@ class Loan:
         """Publish the loaned slot now (what a clean exit of the ``with`` block does)."""
         if not self._done:
             self._done = True
-            self.seq = self._writer._commit(self._slot, self.data.nbytes, self.stamp_ns)
+            self.seq = self._writer._commit(self._slot, self.data.nbytes, self.stamp_ns, self.source_seq)
         return self.seq
 
     def cancel(self) -> None:

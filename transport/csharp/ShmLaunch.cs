@@ -288,6 +288,7 @@ namespace ShmLaunch
             *(long*)(h + 16) = sourceNs < 0 ? now : sourceNs;
             *(long*)(h + 24) = now;
             *(ulong*)(h + 32) = generation;
+            *(ulong*)(h + 40) = 0;  // source_seq: none
             System.Threading.Volatile.Write(ref *(ulong*)h, 2 * next);
             seg.Unlock(Segment.LockSlot0 + slot);
             *(ulong*)(seg.Base + Segment.LatestSeqOffset) = next;

@@ -535,6 +535,7 @@ class Writer {
     std::memcpy(h + 16, &src, 8);
     std::memcpy(h + 24, &now, 8);
     std::memcpy(h + 32, &generation_, 8);
+    std::memset(h + 40, 0, 8);  // source_seq: none
     __atomic_store_n(seg_.state(slot), 2 * seq, __ATOMIC_RELEASE);
     seg_.unlock(kLockSlot0 + slot);
     uint64_t latest = seq;
