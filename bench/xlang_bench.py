@@ -53,7 +53,8 @@ def run(reader: str, case: str) -> dict:
     }[reader]
     with runtime_dir() as rt:
         w = Writer("x", capacity=size, pool=4, runtime_dir=rt)
-        proc = subprocess.Popen(argv, env={"SHMLAUNCH_RUNTIME_DIR": str(rt), "PATH": "/usr/bin:/bin", "MONO_DISABLE_SHARED_AREA": "1"}, stdout=subprocess.PIPE, text=True)
+        env = {"SHMLAUNCH_RUNTIME_DIR": str(rt), "PATH": "/usr/bin:/bin", "MONO_DISABLE_SHARED_AREA": "1"}
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)
         frames = [np.full(size, k, np.uint8) for k in range(4)]

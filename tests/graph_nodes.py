@@ -106,3 +106,26 @@ class Work(Node):
 
     def teardown(self):
         self.file.close()
+
+
+class FakeHands(Node):
+    """A black frame and one hand whose 21 points lie on a horizontal line (for viewer tests)."""
+
+    def setup(self):
+        from shmlaunch.nodes.messages import LANDMARKS
+
+        self.image = self.publisher("image")
+        self.landmarks = self.publisher("landmarks")
+        self.msg = np.zeros(1, LANDMARKS)
+        rec = self.msg[0]
+        rec["version"], rec["hand_count"] = 1, 1
+        rec["hands"][0]["landmarks"][:, 0] = [0.1 + 0.04 * i for i in range(21)]
+        rec["hands"][0]["landmarks"][:, 1] = 0.5
+        rec["hands"][0]["handedness"], rec["hands"][0]["score"] = 1, 0.9
+        self.timer(0.05, self.tick)
+
+    def tick(self):
+        with self.image.loan() as frame:
+            frame[:] = 0
+        self.msg[0]["frame_seq"] = self.image.statistics().last_seq
+        self.landmarks.publish(self.msg.view(np.uint8))

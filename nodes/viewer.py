@@ -1,0 +1,256 @@
+"""The viewer node: what the camera sees, with hand skeletons and gestures, in a plain browser.
+
+Serves over HTTP (standard library only):
+  /             a page with the live image and a table of topics and nodes
+  /frame.jpg    the next annotated frame (``?after=N``: newer than frame N; waits up to 5 s)
+  /stream.mjpg  the same as an MJPEG stream, for VLC, ffplay or an <img> tag
+  /snapshot.jpg one annotated frame
+  /status.json  the table's data
+
+The page pulls frames one after another (each request waits for the next frame), which
+works in every browser, shows the frame rate the viewer can really deliver, and makes each
+displayed frame observable (a test can count them); the MJPEG stream is for other clients.
+Frames are drawn and JPEG-encoded only while somebody is looking: with no client connected,
+the viewer takes each newest frame and lets it go at once. It binds to 127.0.0.1 unless told
+otherwise; with ``token`` set, every request needs ``?token=...`` or an ``X-Token`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import cv2
+import numpy as np
+
+from ._node import Node
+from ._params import Param
+from .messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS, gesture_message, landmarks_message
+
+#: MediaPipe's 21-point hand skeleton (wrist 0; thumb 1-4; index 5-8; middle 9-12; ring 13-16; little 17-20).
+HAND_CONNECTIONS = (
+    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+    (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20),
+)
+BONE_BGR = (255, 255, 255)
+POINT_BGR = (0, 0, 255)
+WAIT_FOR_FRAME = 5.0
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>shmlaunch viewer</title>
+<style>body{font-family:sans-serif;background:#111;color:#ddd;margin:1em}img{max-width:100%;border:1px solid #444}
+table{border-collapse:collapse;margin-top:1em}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #333}</style></head>
+<body data-frames="0"><h3>shmlaunch viewer <span id="info"></span></h3>
+<img id="live" alt="live view">
+<table id="topics"></table><table id="nodes"></table>
+<script>
+const q = new URLSearchParams(location.search); const tok = q.get("token") ? "&token=" + encodeURIComponent(q.get("token")) : "";
+let last = 0; const img = document.getElementById("live");
+img.onload = () => { document.body.dataset.frames = +document.body.dataset.frames + 1; next(); };
+img.onerror = () => setTimeout(next, 500);
+function next() { fetch("/frame.seq?after=" + last + tok).then(r => r.text()).then(s => { last = +s;
+  img.src = "/frame.jpg?at=" + s + tok; }).catch(() => setTimeout(next, 500)); }
+function rows(el, head, data) { el.innerHTML = "<tr>" + head.map(h => "<th>" + h + "</th>").join("") + "</tr>" +
+  data.map(r => "<tr>" + r.map(c => "<td>" + c + "</td>").join("") + "</tr>").join(""); }
+function status() { fetch("/status.json?" + tok).then(r => r.json()).then(s => {
+  document.getElementById("info").textContent = s.graph ? "- graph " + s.graph : "";
+  rows(document.getElementById("topics"), ["topic", "rate Hz", "latency ms", "last seq"],
+       s.topics.map(t => [t.topic, t.hz.toFixed(1), t.latency_ms.toFixed(1), t.seq]));
+  rows(document.getElementById("nodes"), ["node", "pid", "state", "restarts"], s.nodes.map(n => [n.name, n.pid, n.state, n.restarts]));
+}).catch(() => {}); }
+next(); status(); setInterval(status, 1000);
+</script></body></html>
+"""
+
+
+class _Rate:
+    """Messages per second and latency of one subscription, over the last second."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.latency_ms = 0.0
+        self.seq = 0
+
+    def add(self, msg) -> None:
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < 1.0] + [now]
+        self.latency_ms = (time.time_ns() - msg.stamp_ns) / 1e6
+        self.seq = msg.seq
+
+    def hz(self) -> float:
+        now = time.monotonic()
+        return float(sum(1 for t in self.times if now - t < 1.0))
+
+
+class Viewer(Node):
+    host = Param("127.0.0.1", "address to listen on; 0.0.0.0 exposes the view to the network")
+    port = Param(8080, "TCP port (0: any free port, printed in the log)")
+    width = Param(640, "width of the served image (height follows the frame's aspect)")
+    quality = Param(80, "JPEG quality, 1-100")
+    token = Param("", "if set, required as ?token= or an X-Token header")
+    subscribes = {"image": {"dtype": "uint8", "ndim": 3}, "landmarks": {"min_capacity": LANDMARKS.itemsize},
+                  "gesture": {"min_capacity": GESTURE.itemsize}}
+
+    def setup(self) -> None:
+        self.cond = threading.Condition()
+        self.watchers = 0  # requests waiting for a frame
+        self.jpeg: bytes | None = None
+        self.frame_no = 0
+        self.hands: np.ndarray | None = None
+        self.gesture: np.ndarray | None = None
+        self.rates = {"image": _Rate()}
+        self.subscribe("image", self.on_image)
+        for port, handler in (("landmarks", self.on_landmarks), ("gesture", self.on_gesture)):
+            if port in self._subscribe_map:
+                self.rates[port] = _Rate()
+                self.subscribe(port, handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="viewer-http", daemon=True).start()
+        host, port = self.server.server_address[:2]
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            self.log.warning("the view is exposed on %s:%d to the network%s", host, port, "" if self.token else " WITHOUT a token")
+        self.log.info("serving the view at http://%s:%d/", host, port)
+
+    # ----- messages
+    def on_landmarks(self, msg) -> None:
+        self.rates["landmarks"].add(msg)
+        self.hands = landmarks_message(msg.data).copy()
+
+    def on_gesture(self, msg) -> None:
+        self.rates["gesture"].add(msg)
+        self.gesture = gesture_message(msg.data).copy()
+
+    def on_image(self, msg) -> None:
+        self.rates["image"].add(msg)
+        if not self.watchers:
+            return  # nobody is looking: no copy, no drawing, no encoding
+        frame = msg.data
+        h = round(frame.shape[0] * self.width / frame.shape[1])
+        out = cv2.resize(frame, (self.width, h), interpolation=cv2.INTER_AREA)
+        self.draw(out)
+        ok, jpeg = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(self.quality)])
+        if ok:
+            with self.cond:
+                self.jpeg = jpeg.tobytes()
+                self.frame_no += 1
+                self.cond.notify_all()
+
+    def draw(self, img: np.ndarray) -> None:
+        """The newest landmarks (normalised coordinates) and gesture, drawn onto ``img``."""
+        rec = self.hands
+        if rec is None:
+            return
+        h, w = img.shape[:2]
+        names = {}
+        g = self.gesture
+        if g is not None and g["frame_seq"] == rec["frame_seq"]:
+            names = {i: GESTURE_NAMES[g["gesture"][i]] for i in range(min(int(g["hand_count"]), MAX_HANDS))}
+        for i in range(min(int(rec["hand_count"]), MAX_HANDS)):
+            hand = rec["hands"][i]
+            pts = [(int(round(x * w)), int(round(y * h))) for x, y, _ in hand["landmarks"]]
+            for a, b in HAND_CONNECTIONS:
+                cv2.line(img, pts[a], pts[b], BONE_BGR, 2, cv2.LINE_AA)
+            for p in pts:
+                cv2.circle(img, p, 4, POINT_BGR, -1, cv2.LINE_AA)
+            label = f"{'Right' if hand['handedness'] else 'Left'} {hand['score']:.2f}" + (f" {names[i]}" if i in names else "")
+            x, y = pts[0]
+            cv2.putText(img, label, (max(0, x - 40), min(h - 5, y + 25)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
+
+    def next_frame(self, after: int) -> tuple[int, bytes] | None:
+        """Wait (as a watcher) for a frame newer than ``after``; (number, JPEG) or None."""
+        with self.cond:
+            self.watchers += 1
+            try:
+                if self.cond.wait_for(lambda: self.frame_no > after and self.jpeg is not None, WAIT_FOR_FRAME):
+                    return self.frame_no, self.jpeg
+                return None
+            finally:
+                self.watchers -= 1
+
+    def status(self) -> dict:
+        nodes = []
+        state_file = Path(self.runtime_dir) / "graph.json"
+        graph = None
+        if state_file.exists():
+            try:
+                doc = json.loads(state_file.read_text())
+                graph = doc["name"]
+                nodes = [{"name": n, "pid": v["pid"], "state": v["state"], "restarts": v["restarts"]} for n, v in doc["nodes"].items()]
+            except (OSError, ValueError, KeyError):
+                pass
+        topics = [{"topic": self.topic_for(p, "subscribe"), "hz": r.hz(), "latency_ms": r.latency_ms, "seq": r.seq}
+                  for p, r in self.rates.items()]
+        return {"graph": graph, "topics": topics, "nodes": nodes, "frame": self.frame_no}
+
+    def teardown(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(viewer: Viewer):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "shmlaunch-viewer"
+
+        def log_message(self, fmt, *args) -> None:  # the node's log, not stderr noise per request
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            url = urlparse(self.path)
+            q = parse_qs(url.query)
+            if viewer.token and viewer.token not in (q.get("token", [""])[0], self.headers.get("X-Token", "")):
+                self._send(HTTPStatus.UNAUTHORIZED, b"a token is required: ?token=... or an X-Token header\n", "text/plain")
+                return
+            after = int(q.get("after", q.get("at", ["0"]))[0] or 0)
+            try:
+                if url.path == "/":
+                    self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+                elif url.path == "/frame.seq":
+                    got = viewer.next_frame(after)
+                    self._send(HTTPStatus.OK if got else HTTPStatus.SERVICE_UNAVAILABLE, str(got[0] if got else after).encode(), "text/plain")
+                elif url.path in ("/frame.jpg", "/snapshot.jpg"):
+                    got = viewer.next_frame(after - 1 if url.path == "/frame.jpg" and after else viewer.frame_no)
+                    if got is None:
+                        self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
+                    else:
+                        self._send(HTTPStatus.OK, got[1], "image/jpeg", {"X-Frame": str(got[0])})
+                elif url.path == "/stream.mjpg":
+                    self._stream()
+                elif url.path == "/status.json":
+                    self._send(HTTPStatus.OK, json.dumps(viewer.status()).encode(), "application/json")
+                else:
+                    self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _stream(self) -> None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            seen = viewer.frame_no
+            while not viewer.stopping:
+                got = viewer.next_frame(seen)
+                if got is None:
+                    continue
+                seen, jpeg = got
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode() + b"\r\n\r\n"
+                                 + jpeg + b"\r\n")
+
+    return Handler
+
