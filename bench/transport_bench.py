@@ -38,7 +38,9 @@ def subscriber(kind, case, rt, conn, ready, go, done, results):
     t = TRANSPORTS[kind](case, size, rt, conn)
     t.setup_subscriber()
     ready.set()
-    # Idle CPU: one blocking receive of 1 s with nothing published, as an idle node waits.
+    # Idle CPU: one blocking receive of 1 s with nothing published, as an idle node waits
+    # (after 0.3 s to settle: the first moments of a new process are not idle time).
+    t.receive(0.3)
     c0, w0 = time.process_time(), time.monotonic()
     t.receive(1.0)
     idle_cpu = (time.process_time() - c0) / (time.monotonic() - w0)
@@ -112,7 +114,7 @@ def run_one(kind: str, case: str, seconds: float) -> dict:
         ready.wait(60)
         pub = ctx.Process(target=publisher, args=(kind, case, seconds, str(rt), b, go, done, sent))
         pub.start()
-        time.sleep(1.5)  # publisher set-up, during the subscriber's 1 s idle receive
+        time.sleep(1.8)  # publisher set-up, during the subscriber's settling and 1 s idle receive
         go.set()
         out = results.get(timeout=seconds + 120)
         pub.join(30)

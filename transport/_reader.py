@@ -11,6 +11,7 @@ hands out a zero-copy view. The lock is dropped when the message is released: by
 
 from __future__ import annotations
 
+import array
 import os
 import struct
 import time
@@ -21,11 +22,10 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError
-from ._platform import ByteLock, futex_wait, futex_wait_any
+from ._platform import ByteLock, futex_wait, futex_wait_any, take
 from ._runtime import default_runtime_dir
 from ._segment import Segment, normalize_request, open_for_reading
 
-_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
@@ -85,7 +85,7 @@ class Reader:
         request = normalize_request(capacity, pool, dtype, shape)
         self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request, observer=observer)
         self.config = self._seg.config
-        self._holds = [0] * self.config.pool
+        self._holds = array.array("I", bytes(4 * self.config.pool))  # messages held per slot (read by _fastpath.take)
         self._last_wake = 0
         self._last_seq = 0
         self._max_age_ns = None if max_age is None else int(max_age * 1e9)
@@ -111,40 +111,35 @@ class Reader:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            wake = _U32.unpack_from(seg.mm, L.WAKE_OFFSET)[0]
-            if wake != self._last_wake:
-                msg = self._take(wake)
-                if msg is not None:
-                    return msg
-                continue
+            msg = self._take()
+            if msg is not None:
+                return msg
+            # Sleep while the word still says what we last saw; a publish since the look
+            # above changed it, and the wait returns at once.
             if deadline is None:
-                futex_wait(seg.wake_address, wake, None)
+                futex_wait(seg.wake_address, self._last_wake, None)
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                futex_wait(seg.wake_address, wake, remaining)
+                futex_wait(seg.wake_address, self._last_wake, remaining)
 
     def receive_nowait(self) -> Message | None:
         """The newest message not yet seen, or None at once (also when it is being written)."""
-        seg = self._seg
-        if seg is None:
+        if self._seg is None:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
-        wake = _U32.unpack_from(seg.mm, L.WAKE_OFFSET)[0]
-        if wake == self._last_wake:
-            return None
-        return self._take(wake)
+        return self._take()
 
-    def _take(self, wake: int) -> Message | None:
-        self._last_wake = wake
-        slot = wake & 0xFF
+    def _take(self) -> Message | None:
         seg = self._seg
-        held = self._holds[slot]
-        lock = seg.slot_locks[slot]
-        if not held and not lock.try_shared():
-            self._busy += 1
+        got = take(seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self._last_wake, self._holds)
+        if got is None:
+            return None  # the word has not moved: nothing new
+        wake, slot, locked, state, length, source_ns, publish_ns, generation, source_seq = got
+        self._last_wake = wake
+        if locked < 0:
+            self._busy += 1  # the writer is rewriting it: a newer word follows
             return None
-        state, length, source_ns, publish_ns, generation, source_seq = L.SLOT.unpack_from(seg.mm, seg.slot_offsets[slot])
         seq = state >> 1
         now = time.time_ns()
         if state & 1 or seq <= self._last_seq or (self._max_age_ns is not None and now - publish_ns > self._max_age_ns):
@@ -153,16 +148,16 @@ class Reader:
             elif seq > self._last_seq:
                 self._stale += 1
                 self._last_seq = seq
-            if not held:
-                lock.release()
+            if locked:
+                seg.slot_locks[slot].release()
             return None
         if self._claims is not None and not self._claim(slot, seq):
             self._taken += 1
             self._last_seq = seq
-            if not held:
-                lock.release()
+            if locked:
+                seg.slot_locks[slot].release()
             return None
-        self._holds[slot] = held + 1
+        self._holds[slot] += 1
         if self._last_seq and seq > self._last_seq + 1 and self._claims is None:  # in a group, gaps are the others' share
             self._missed += seq - self._last_seq - 1
         self._last_seq = seq
@@ -201,10 +196,6 @@ class Reader:
     def wait_word(self) -> tuple[int, int]:
         """(address, value) of the futex word to sleep on while nothing is new."""
         return self._seg.wake_address, self._last_wake
-
-    def has_new(self) -> bool:
-        """True when the futex word moved since this reader last looked."""
-        return _U32.unpack_from(self._seg.mm, L.WAKE_OFFSET)[0] != self._last_wake
 
     # ----- state
     def writer_alive(self) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
-from ._platform import ByteLock, buffer_address, futex_waker
+from ._platform import ByteLock, buffer_address
 from ._registry import config_to_entry, entry_to_config, locked_registry, read_registry
 from ._runtime import segment_file_name, validate_topic_name
 
@@ -107,10 +107,10 @@ class Segment:
     def attach(self, config: L.TopicConfig) -> None:
         """Build the per-slot views (the header has been checked against ``config``)."""
         self.config = config
-        self.wake_address, self._pin = buffer_address(self.mm)
-        self.wake_address += L.WAKE_OFFSET
-        self.wake_readers = futex_waker(self.wake_address)
+        self.address, self._pin = buffer_address(self.mm)
+        self.wake_address = self.address + L.WAKE_OFFSET
         h = self.header
+        self.slots_offset, self.slot_stride = h.slots_offset, h.slot_stride
         self.slot_offsets = [h.slots_offset + i * h.slot_stride for i in range(h.pool)]
         self.slot_locks = [ByteLock(self.fd, L.slot_lock_offset(i)) for i in range(h.pool)]
         self.payloads = [

@@ -19,12 +19,12 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError, PoolExhaustedError
+from ._platform import commit
 from ._registry import locked_registry
 from ._runtime import default_runtime_dir, ensure_runtime_dir
 from ._segment import ensure_topic, normalize_request
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
-_ANNOUNCE = struct.Struct("<I4xQ")  # the wake word, then latest_seq (offsets 256 and 264)
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,9 @@ class Writer:
     def _commit(self, slot: int, length: int, stamp_ns: int | None, source_seq: int = 0) -> int:
         self._seq = seq = self._seq + 1
         seg = self._seg
-        now = time.time_ns()
-        L.SLOT.pack_into(self._mm, seg.slot_offsets[slot], 2 * seq, length, now if stamp_ns is None else stamp_ns, now, self._generation,
-                         source_seq)
-        seg.slot_locks[slot].release()
-        _ANNOUNCE.pack_into(self._mm, L.WAKE_OFFSET, ((seq & 0xFFFFFF) << 8) | slot, seq)  # see LAYOUT.md: the wake word names the slot
-        seg.wake_readers()
+        # header, state even, unlock, wake word, futex wake: one C call (see _fastpath.c)
+        commit(seg.address, seg.fd, seg.slot_offsets[slot], slot, seq, length, -1 if stamp_ns is None else stamp_ns,
+               self._generation, source_seq)
         self._published += 1
         order = self._order
         order.remove(slot)
