@@ -162,6 +162,36 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def targets(results: dict) -> str:
+    """The DESIGN.md section 5 targets, checked against the rows of this run."""
+    runs = results["runs"]
+
+    def p50(kind, case):
+        return runs[f"{kind}|{case}"]["p50_us"]
+
+    pool, loan, iox, floor = "shmlaunch pool topic", "shmlaunch pool topic, loan", "iceoryx2 0.10", "bare floor (mmap + futex)"
+    checks = [
+        ("small p50 <= 0.8x iceoryx2", p50(pool, "small"), 0.8 * p50(iox, "small"), "µs"),
+        ("small p50 within 10 µs of the bare floor", p50(pool, "small"), p50(floor, "small") + 10, "µs"),
+        ("small idle CPU 0%", runs[f"{pool}|small"]["cpu_idle_pct"], 0.05, "%"),
+        ("frame30 p50 (copy) <= iceoryx2", p50(pool, "frame30"), p50(iox, "frame30"), "µs"),
+        ("frame30 p50 (copy) <= 1.05x the bare floor", p50(pool, "frame30"), 1.05 * p50(floor, "frame30"), "µs"),
+        ("frame30 loan p50 <= 0.3x the copying frame30 p50", p50(loan, "frame30"), 0.3 * p50(pool, "frame30"), "µs"),
+        ("framemax loan p50 <= 2x the small p50", p50(loan, "framemax"), 2 * p50(pool, "small"), "µs"),
+    ]
+    lines = ["| target | measured | limit | |", "|---|---|---|---|"]
+    for name, got, limit, unit in checks:
+        lines.append(f"| {name} | {got:.1f} {unit} | {limit:.1f} {unit} | {'met' if got <= limit else f'missed by {got - limit:.1f} {unit}'} |")
+    fps, fps_iox = runs[f"{pool}|framemax"]["fps"], runs[f"{iox}|framemax"]["fps"]
+    lines.append(f"| framemax delivered fps >= iceoryx2 | {fps:.0f} | {fps_iox:.0f} | "
+                 f"{'met' if fps >= fps_iox else f'missed by {fps_iox - fps:.0f} fps ({100 * (1 - fps / fps_iox):.0f}%)'} |")
+    torn = sum(r.get("torn", 0) for k, r in runs.items() if k.startswith("shmlaunch"))
+    dups = sum(r.get("duplicates", 0) for k, r in runs.items() if k.startswith("shmlaunch"))
+    verdict = "met" if torn == dups == 0 else "missed"
+    lines.append(f"| zero torn, zero duplicated (pool topic rows) | {torn} torn, {dups} duplicated | 0 | {verdict} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one second per case")
@@ -169,7 +199,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each row; the row keeps the run with the median p50")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "transport.json"))
     ap.add_argument("--only", nargs="*", help="transport names to run (default all)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the .md tables from the existing JSON")
     args = ap.parse_args()
+    if args.report:
+        results = json.loads(Path(args.out).read_text())
+        md = table(results) + "\n\n" + targets(results)
+        Path(args.out).with_suffix(".md").write_text(md + "\n")
+        print(md)
+        return
     results = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "command": " ".join(["python"] + sys.argv), "runs": {},
@@ -192,6 +229,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     md = table(results)
+    if not args.only and args.cases == list(CASES):
+        md += "\n\n" + targets(results)
     Path(args.out).with_suffix(".md").write_text(md + "\n")
     print(md)
 

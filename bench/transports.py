@@ -178,7 +178,9 @@ class Iceoryx2:
     """iceoryx2 0.10 publish-subscribe (Slice[u8], one memmove into a loaned sample) + event wake-up."""
 
     def __init__(self, name: str, size: int, rt: str, conn=None) -> None:
-        self.name, self.size = f"shmlaunch-bench/{name}", size
+        # one service per run (the runtime directory's name is unique): a service left by an
+        # interrupted run can otherwise make the next one fail with HangsInCreation
+        self.name, self.size = f"shmlaunch-bench/{os.path.basename(rt)}/{name}", size
 
     def create(self) -> None:
         pass

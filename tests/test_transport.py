@@ -434,3 +434,13 @@ def test_record_dtype_round_trips_through_the_registry(rt):
     r = Reader("lm", runtime_dir=rt)
     assert r.config.dtype == LANDMARKS and r.config.shape == (1,)
     assert read_registry(rt)["lm"]["typestr"] == "|V2096"
+
+
+def test_received_views_are_read_only(rt):
+    w = Writer("t", dtype="uint8", shape=(2, 2), runtime_dir=rt)
+    r = Reader("t", runtime_dir=rt)
+    w.publish(np.ones((2, 2), np.uint8))
+    msg = r.receive(timeout=1)
+    with pytest.raises(ValueError, match="read-only"):
+        msg.data[0, 0] = 7  # a consumer must not change what other readers see
+    assert msg.copy().data.flags.writeable

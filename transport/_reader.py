@@ -164,7 +164,7 @@ class Reader:
         self._received += 1
         self._last_age_ns = now - publish_ns
         self._last_receive_ns = now
-        return Message(self, slot, seg.view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
+        return Message(self, slot, seg.read_view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
 
     def _claim(self, slot: int, seq: int) -> bool:
         """Take message ``seq`` of ``slot`` for this reader's group; False if a member has it."""

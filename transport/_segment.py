@@ -121,20 +121,33 @@ class Segment:
             self.typed = [p[:nbytes].view(config.dtype).reshape(config.shape) for p in self.payloads]
         else:
             self.typed = None
+        # What readers get: read-only (a consumer must not scribble on what others read), and
+        # built once per slot for the common full-size message (no new array per message).
+        self.ro_raw = [p.view() for p in self.payloads]
+        for p in self.ro_raw:
+            p.flags.writeable = False
+        self.full_nbytes = self.typed[0].nbytes if self.typed else h.capacity
+        self.ro_full = [self._shape(raw, self.full_nbytes) for raw in self.ro_raw]
 
-    def view(self, slot: int, length: int) -> np.ndarray:
-        """The payload of ``slot`` as the topic's type: typed array, 1-D dtype array or bytes."""
+    def _shape(self, raw: np.ndarray, length: int) -> np.ndarray:
         cfg = self.config
-        if self.typed is not None and length == self.typed[slot].nbytes:
-            return self.typed[slot]
-        raw = self.payloads[slot][:length]
+        if self.typed is not None and length == self.full_nbytes:
+            return raw[:length].view(cfg.dtype).reshape(cfg.shape)
         if cfg.dtype is not None:
             return raw[: length - length % cfg.dtype.itemsize].view(cfg.dtype)
-        return raw
+        return raw[:length]
+
+    def view(self, slot: int, length: int) -> np.ndarray:
+        """A writable view of ``slot``'s payload as the topic's type (the writer's loans)."""
+        return self._shape(self.payloads[slot], length)
+
+    def read_view(self, slot: int, length: int) -> np.ndarray:
+        """A read-only view of a received message: typed array, 1-D dtype array or bytes."""
+        return self.ro_full[slot] if length == self.full_nbytes else self._shape(self.ro_raw[slot], length)
 
     def close(self) -> None:
         """Unmap and drop this process's locks. Views a caller still holds keep the memory alive."""
-        self.payloads = []
+        self.payloads = self.ro_raw = self.ro_full = []
         self.typed = None
         self._pin = None
         with contextlib.suppress(BufferError):  # views still exported: the mapping goes with the last one
