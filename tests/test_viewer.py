@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -73,8 +74,14 @@ def viewer_graph(tmp_path, request):
         assert_nothing_left(graph)
 
 
+def landmarks_seen(base: str) -> bool:
+    doc = json.loads(get(base + "/status.json")[1])
+    return any(t["topic"] == "hands/landmarks" and t["seq"] > 0 for t in doc["topics"])
+
+
 def test_snapshot_is_a_jpeg_of_the_configured_size_with_the_skeleton_drawn(viewer_graph):
     base, _ = viewer_graph
+    wait_for(lambda: landmarks_seen(base), 20, "the viewer to have landmarks to draw")
     code, body = get(base + "/snapshot.jpg")
     assert code == 200
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -92,7 +99,7 @@ def test_page_and_status_are_served(viewer_graph):
     code, page = get(base + "/")
     assert code == 200 and b"<img id=\"live\"" in page
     code, status = get(base + "/status.json")
-    doc = __import__("json").loads(status)
+    doc = json.loads(status)
     assert doc["graph"] == graph and {t["topic"] for t in doc["topics"]} == {"camera/image", "hands/landmarks"}
     assert {n["name"] for n in doc["nodes"]} == {"fake", "viewer"}
 
