@@ -1,0 +1,20 @@
+"""The public surface of each layer is pinned: an accidental change of __all__ fails here."""
+
+import shmlaunch.launch as launch
+import shmlaunch.nodes as nodes
+
+
+def test_nodes_public_api_is_pinned():
+    assert sorted(nodes.__all__) == sorted([
+        "EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_SETUP_FAILED", "Node", "NodeClassError", "NodeSetupError", "Param",
+        "ParamError", "Subscription", "Timer", "configure_logging", "declared_params", "load_node_class", "parse_cli_value", "run_node",
+    ])
+    assert all(hasattr(nodes, name) for name in nodes.__all__)
+
+
+def test_launch_public_api_is_pinned():
+    assert sorted(launch.__all__) == sorted([
+        "STOP_TIMEOUT", "Graph", "GraphRunningError", "LaunchFileError", "Launcher", "NodeSpec", "Printer", "Supervisor", "TopicSpec",
+        "check_graph", "load_launch_file", "parse_launch_args",
+    ])
+    assert all(hasattr(launch, name) for name in launch.__all__)
