@@ -59,6 +59,7 @@ static PyObject *py_lock(PyObject *self, PyObject *args) {
     return PyBool_FromLong(r);
 }
 
+
 static int64_t realtime_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -83,7 +84,7 @@ static PyObject *py_take(PyObject *self, PyObject *args) {
     int locked;
     if ((Py_ssize_t)(slot * 4 + 4) > held.len) {
         PyBuffer_Release(&held);
-        return Py_BuildValue("(IIiKKLLKK)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL);
+        return Py_BuildValue("(IIiKKLLKKL)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL, 0LL);
     }
     uint32_t already = ((uint32_t *)held.buf)[slot];
     PyBuffer_Release(&held);
@@ -92,7 +93,7 @@ static PyObject *py_take(PyObject *self, PyObject *args) {
     } else {
         int r = ofd_lock(fd, LOCK_SLOT0 + slot, F_RDLCK);
         if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
-        if (r == 0) return Py_BuildValue("(IIiKKLLKK)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL);
+        if (r == 0) return Py_BuildValue("(IIiKKLLKKL)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL, 0LL);
         locked = 1;
     }
     const uint8_t *h = (const uint8_t *)(uintptr_t)(base + slots_offset + slot * stride);
@@ -103,8 +104,9 @@ static PyObject *py_take(PyObject *self, PyObject *args) {
     memcpy(&publish_ns, h + 24, 8);
     memcpy(&generation, h + 32, 8);
     memcpy(&source_seq, h + 40, 8);
-    return Py_BuildValue("(IIiKKLLKK)", wake, slot, locked, (unsigned long long)state, (unsigned long long)length,
-                         (long long)source_ns, (long long)publish_ns, (unsigned long long)generation, (unsigned long long)source_seq);
+    return Py_BuildValue("(IIiKKLLKKL)", wake, slot, locked, (unsigned long long)state, (unsigned long long)length,
+                         (long long)source_ns, (long long)publish_ns, (unsigned long long)generation, (unsigned long long)source_seq,
+                         (long long)realtime_ns());
 }
 
 /* commit(base, fd, slot_offset, slot, seq, length, source_ns (-1: now), generation, source_seq) -> publish_ns */

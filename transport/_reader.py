@@ -12,6 +12,7 @@ hands out a zero-copy view. The lock is dropped when the message is released: by
 from __future__ import annotations
 
 import array
+import functools
 import os
 import struct
 import time
@@ -92,12 +93,16 @@ class Reader:
         self._received = self._missed = self._torn = self._busy = self._stale = 0
         self._last_age_ns = self._last_receive_ns = 0
         self._entry = None if observer else self._seg.claim_reader_entry()
+        self._pid = os.getpid()
+        seg = self._seg
+        self._look = functools.partial(take, seg.address, seg.fd, seg.slots_offset, seg.slot_stride)
         self._taken = 0
         self._claims = None
         if group is not None:
             g = self._seg.join_group(group)
             self._claims = (L.group_claims_offset(g), [ByteLock(self._seg.fd, L.LOCK_CLAIM0 + g * L.MAX_POOL + i)
                                                         for i in range(self.config.pool)])
+        self._filtered = self._max_age_ns is not None or self._claims is not None
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -131,40 +136,50 @@ class Reader:
         return self._take()
 
     def _take(self) -> Message | None:
-        seg = self._seg
-        got = take(seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self._last_wake, self._holds)
+        """One look: the newest message if it is new, whole and ours to take (the hot path:
+        kept short, since after an idle moment it runs from cold caches)."""
+        got = self._look(self._last_wake, self._holds)
         if got is None:
             return None  # the word has not moved: nothing new
-        wake, slot, locked, state, length, source_ns, publish_ns, generation, source_seq = got
+        wake, slot, locked, state, length, source_ns, publish_ns, generation, source_seq, now = got
         self._last_wake = wake
-        if locked < 0:
-            self._busy += 1  # the writer is rewriting it: a newer word follows
-            return None
         seq = state >> 1
-        now = time.time_ns()
-        if state & 1 or seq <= self._last_seq or (self._max_age_ns is not None and now - publish_ns > self._max_age_ns):
-            if state & 1:
-                self._torn += 1
-            elif seq > self._last_seq:
-                self._stale += 1
-                self._last_seq = seq
-            if locked:
-                seg.slot_locks[slot].release()
-            return None
-        if self._claims is not None and not self._claim(slot, seq):
-            self._taken += 1
-            self._last_seq = seq
-            if locked:
-                seg.slot_locks[slot].release()
+        last = self._last_seq
+        if (locked < 0 or state & 1 or seq <= last or self._filtered) and not self._accept(slot, locked, state, seq, now - publish_ns):
             return None
         self._holds[slot] += 1
-        if self._last_seq and seq > self._last_seq + 1 and self._claims is None:  # in a group, gaps are the others' share
-            self._missed += seq - self._last_seq - 1
+        if last and seq > last + 1 and self._claims is None:  # in a group, gaps are the others' share
+            self._missed += seq - last - 1
         self._last_seq = seq
         self._received += 1
         self._last_age_ns = now - publish_ns
         self._last_receive_ns = now
-        return Message(self, slot, seg.read_view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
+        return Message(self, slot, self._seg.read_view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
+
+    def _accept(self, slot: int, locked: int, state: int, seq: int, age_ns: int) -> bool:
+        """The rare cases: busy, half-written, already seen, too old, or taken by the group."""
+        if locked < 0:
+            self._busy += 1  # the writer is rewriting it: a newer word follows
+            return False
+        reason = None
+        if state & 1:
+            self._torn += 1
+            reason = "torn"
+        elif seq <= self._last_seq:
+            reason = "seen"
+        elif self._max_age_ns is not None and age_ns > self._max_age_ns:
+            self._stale += 1
+            reason = "stale"
+        elif self._claims is not None and not self._claim(slot, seq):
+            self._taken += 1
+            reason = "taken"
+        if reason is None:
+            return True
+        if reason in ("stale", "taken"):
+            self._last_seq = seq
+        if locked:
+            self._seg.slot_locks[slot].release()
+        return False
 
     def _claim(self, slot: int, seq: int) -> bool:
         """Take message ``seq`` of ``slot`` for this reader's group; False if a member has it."""
@@ -189,7 +204,7 @@ class Reader:
         if held == 0:
             seg.slot_locks[slot].release()
         if self._entry is not None:  # after the release: the reader table is off the latency path
-            L.READER_ENTRY.pack_into(seg.mm, self._entry, os.getpid(), self._received, self._missed, self._last_seq,
+            L.READER_ENTRY.pack_into(seg.mm, self._entry, self._pid, self._received, self._missed, self._last_seq,
                                      self._last_age_ns, self._last_receive_ns, self._stale)
 
     # ----- waiting on several topics at once (used by the node runtime)
