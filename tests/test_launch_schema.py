@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +60,6 @@ def test_bad_launch_file_gives_one_line_naming_file_and_line(tmp_path, text, pat
     path.write_text(text)
     with pytest.raises(LaunchFileError) as info:
         load_launch_file(path)
-    import re
-
     assert len(info.value.problems) == 1, info.value.problems
     assert re.match(pattern.replace("{f}", re.escape(str(path))), info.value.problems[0]), info.value.problems[0]
 
@@ -97,8 +96,6 @@ def test_preflight_check_names_every_disagreement(tmp_path, text, pattern):
     errors, _ = check_graph(load_launch_file(path))
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"{path}:")
-    import re
-
     assert re.search(pattern, errors[0]), errors[0]
 
 
