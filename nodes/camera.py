@@ -2,8 +2,8 @@
 
 Publishes BGR uint8 frames of the topic's shape (height, width, 3) on port ``image``, each
 stamped with its capture time. Frames are decoded straight into a loaned slot of the topic
-when the source's size matches (``VideoCapture.read(image=slot)``), with one resize into the
-slot otherwise: no other copy. ``source: auto`` takes /dev/video0 when it opens and the
+when the source's size matches (``VideoCapture.read(image=slot)``); otherwise they are
+letterboxed into it (scaled with their aspect ratio kept). ``source: auto`` takes /dev/video0 when it opens and the
 bundled sample photos otherwise, so a graph runs on a machine with no camera.
 """
 
@@ -92,7 +92,7 @@ class _Capture:
         if not ok:
             return False
         if frame is not out and frame.ctypes.data != out.ctypes.data:  # other size: OpenCV allocated a new frame
-            cv2.resize(frame, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
+            np.copyto(out, letterbox(frame, out.shape))
         return True
 
     def release(self) -> None:

@@ -196,3 +196,19 @@ def test_full_graph_recorder_gestures_match_the_photos(graph_run):
     assert right / len(gestures) >= 0.85, f"{right}/{len(gestures)}"
     assert all(h["gesture"] in GESTURE_NAMES for g in gestures for h in g["hands"])
     assert "console  | INFO" in stdout and " fps | capture->landmarks p50 " in stdout
+
+
+@needs_photos
+def test_camera_letterboxes_frames_of_another_size(rt, tmp_path):
+    clip = tmp_path / "clip.avi"
+    frame = letterbox(cv2.imread(str(photos()[0][1])), (240, 320, 3))
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    vw.write(frame)
+    vw.release()
+    Writer("camera/image", dtype="uint8", shape=(240, 480, 3), runtime_dir=rt).close()
+    cam = Camera("camera", {"source": str(clip), "fps": 100.0, "loop": False}, publish={"image": "camera/image"}, runtime_dir=rt)
+    r = Reader("camera/image", runtime_dir=rt)
+    assert cam.run(duration=10) == 0
+    got = r.receive(timeout=1).data
+    assert got[:, :75].max() < 20 and got[:, -75:].max() < 20  # black bars left and right, aspect kept
+    assert np.abs(got[:, 80:400].astype(int) - frame.astype(int)).mean() < 8
