@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from shmlaunch.launch._introspect import cpu_seconds
 from shmlaunch.nodes._mediapipe_hands import HandDetector
 from shmlaunch.nodes.camera import letterbox
 from shmlaunch.nodes.gestures import classify
@@ -36,7 +37,6 @@ from shmlaunch.nodes.messages import LANDMARKS
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "testdata" / "hands"
 HOLD = 10
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def make_video(path: Path, width: int, height: int) -> int:
@@ -48,11 +48,6 @@ def make_video(path: Path, width: int, height: int) -> int:
             vw.write(frame)
     vw.release()
     return len(files) * HOLD
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pct(values, q) -> float:

@@ -166,3 +166,5 @@ class Camera(Node):
 
     def teardown(self) -> None:
         self.src.release()
+        if self.dropped:  # a slow reader held every slot: say how often that cost a frame
+            self.log.info("published %d frames; skipped %d because every slot was held by readers", self.frames, self.dropped)
