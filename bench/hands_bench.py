@@ -1,15 +1,23 @@
 """Hands pipeline benchmark: the shmlaunch graph against the same work in one process.
 
-From a video made of the real photos (each held for 10 frames, so tracking mode has
-something to track), at 640x480 and 1280x720, MediaPipe model_complexity 0, tracking mode,
-up to 2 hands:
+From a video made of the real photos, at 640x480 and 1280x720, MediaPipe model_complexity 0,
+tracking mode, up to 2 hands:
 
 - loop: what a user writes first. read, convert, process(), classify, in one process, as
   fast as it goes. Latency is capture (the frame decoded) to landmarks / to gesture.
-- graph: camera -> hands -> gestures, recorder via ``shmlaunch``, the camera paced at the
-  loop's measured rate. Latency as received by the recorder; per hop: camera -> hands (the
-  frame's capture stamp to the hand node taking it) and hands -> recorder (publish to
-  receive). CPU% per node process from /proc.
+- graph: camera -> hands -> gestures, recorder via ``shmlaunch``, the camera paced at a set
+  rate. Latency as received by the recorder; per hop: camera -> hands (the frame's capture
+  stamp to the hand node taking it) and hands -> recorder (publish to receive). CPU% per
+  node process from /proc.
+- replicas: the same graph with ``replicas: 2`` on the hand node, pinned one per CPU
+  (``cpus: all``) unless the row says otherwise.
+
+The scene moves at the same speed in every run: each photo stays in view for HOLD frames of
+the loop, i.e. HOLD / loop-fps seconds, so a camera running at F fps holds it for
+HOLD * F / loop-fps frames. (A faster camera sees a hand move less between frames; holding
+it for 10 frames at every rate would show the replicas, which each see every other frame, a
+scene changing twice as fast as the loop sees, and tracking mode would re-detect twice as
+often. One row per size keeps the loop's video to show that cost.)
 
     python bench/hands_bench.py        # writes bench/results/hands.json and .md
 """
@@ -37,17 +45,20 @@ from shmlaunch.nodes.messages import LANDMARKS
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "testdata" / "hands"
 HOLD = 10
+#: Camera rates for the replica runs, as multiples of the loop's rate: just above the 1.6x
+#: target (replicas mostly free when a frame comes), and faster than two replicas can go.
+REPLICA_CAMERA_RATES = (1.7, 2.0)
 
 
-def make_video(path: Path, width: int, height: int) -> int:
+def make_video(path: Path, width: int, height: int, hold: int = HOLD) -> int:
     files = sorted(PHOTOS.glob("*/*.jpg"))
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
     for f in files:
         frame = letterbox(cv2.imread(str(f)), (height, width, 3))
-        for _ in range(HOLD):
+        for _ in range(hold):
             vw.write(frame)
     vw.release()
-    return len(files) * HOLD
+    return len(files) * hold
 
 
 def pct(values, q) -> float:
@@ -97,6 +108,7 @@ nodes:
     subscribe: {{image: camera/image}}
     publish: {{landmarks: hands/landmarks}}
     replicas: {replicas}
+    cpus: {cpus}
   gestures:
     node: shmlaunch.nodes.gestures:Gestures
     subscribe: {{landmarks: hands/landmarks}}
@@ -124,11 +136,12 @@ def node_pids(runtime_dir: str) -> dict[str, int]:
     return out
 
 
-def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path, replicas: int = 1) -> dict:
+def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path, replicas: int = 1, pinned: bool = False) -> dict:
     name = f"hands-bench-{os.getpid()}-{w}-{replicas}"
     out = tmp / f"{name}.jsonl"
     launch = tmp / f"{name}.yaml"
-    launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out, replicas=replicas))
+    launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out, replicas=replicas,
+                                   cpus="all" if pinned else "null"))
     rt = f"/dev/shm/shmlaunch-{os.getuid()}-{name}"
     warmup = 4.0
     proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", str(warmup + seconds)],
@@ -166,9 +179,35 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
         "gesture_at_consumer_p50_ms": pct(to_gest, 50),
         "hop_camera_to_hands_p50_us": pct(hop1, 50), "hop_camera_to_hands_transport_p50_us": pct(hop1_transport, 50),
         "hop_hands_to_recorder_p50_us": pct(hop2, 50),
-        "cpu_pct": cpu, "replicas": replicas,
+        "cpu_pct": cpu, "replicas": replicas, "pinned": pinned, "video": video.name,
         "hands_per_frame": float(np.mean([len(x["hands"]) for x in land])) if land else 0.0,
     }
+
+
+def size_runs(w: int, h: int, tmp: Path, seconds: float) -> dict:
+    """Every run at one frame size: the loop first, since the graph runs' rates and videos follow its rate."""
+    loop_video = tmp / f"hands-{w}x{h}-hold{HOLD}.avi"
+    n = make_video(loop_video, w, h)
+    loop = single_process_loop(loop_video, max(300, n))
+    print(f"{w}x{h} loop: {loop}", flush=True)
+    runs = {"loop": loop}
+
+    def run(key: str, fps: float, replicas: int = 1, pinned: bool = False, same_scene: bool = True) -> None:
+        hold = max(1, round(HOLD * fps / loop["fps"])) if same_scene else HOLD
+        video = tmp / f"hands-{w}x{h}-hold{hold}.avi"
+        if not video.exists():
+            make_video(video, w, h, hold)
+        runs[key] = {**graph_run(video, w, h, fps, seconds, tmp, replicas, pinned), "hold": hold}
+        print(f"{w}x{h} {key}: {runs[key]}", flush=True)
+
+    first = REPLICA_CAMERA_RATES[0]
+    run("graph", loop["fps"])
+    run("graph30", 30.0)
+    for factor in REPLICA_CAMERA_RATES:
+        run(f"replicas2_x{factor}", factor * loop["fps"], replicas=2, pinned=True)
+    run(f"replicas2_x{first}_unpinned", first * loop["fps"], replicas=2)
+    run(f"replicas2_x{first}_loop_video", first * loop["fps"], replicas=2, pinned=True, same_scene=False)
+    return runs
 
 
 def main() -> None:
@@ -181,17 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for w, h in ((640, 480), (1280, 720)):
-            video = tmp / f"hands-{w}x{h}.avi"
-            n = make_video(video, w, h)
-            loop = single_process_loop(video, max(300, n))
-            print(f"{w}x{h} loop: {loop}", flush=True)
-            graph = graph_run(video, w, h, loop["fps"], args.seconds, tmp)
-            print(f"{w}x{h} graph: {graph}", flush=True)
-            graph30 = graph_run(video, w, h, 30.0, args.seconds, tmp)
-            print(f"{w}x{h} graph at 30 fps: {graph30}", flush=True)
-            graph2 = graph_run(video, w, h, 2 * loop["fps"], args.seconds, tmp, replicas=2)
-            print(f"{w}x{h} graph, 2 replicas: {graph2}", flush=True)
-            results["runs"][f"{w}x{h}"] = {"loop": loop, "graph": graph, "graph30": graph30, "replicas2": graph2}
+            results["runs"][f"{w}x{h}"] = size_runs(w, h, tmp, args.seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     rows = ["| size | run | fps | capture->landmarks p50 ms | p99 ms | capture->gesture p50 ms | hop camera->hands p50 µs "
@@ -200,10 +229,14 @@ def main() -> None:
         lp = r["loop"]
         rows.append(f"| {size} | one process | {lp['fps']:.1f} | {lp['landmarks_p50_ms']:.1f} | {lp['landmarks_p99_ms']:.1f} | "
                     f"{lp['gesture_p50_ms']:.1f} | | | {lp['cpu_pct']:.0f} | {lp['hands_per_frame']:.2f} |")
-        for label, g in ((f"graph, camera at {lp['fps']:.1f} fps", r["graph"]), ("graph, camera at 30 fps", r["graph30"]),
-                         (f"graph, 2 hand replicas, camera at {2 * lp['fps']:.0f} fps", r["replicas2"])):
+        for key, g in r.items():
+            if key == "loop":
+                continue
+            label = (f"graph, camera at {g['camera_fps']:.0f} fps" if g["replicas"] == 1 else
+                     f"2 hand replicas{'' if g['pinned'] else ', not pinned'}, camera at {g['camera_fps']:.0f} fps"
+                     f"{', the loop video' if key.endswith('loop_video') else ''}")
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(g["cpu_pct"].items()))
-            rows.append(f"| {size} | {label} | {g['fps']:.1f} | {g['landmarks_at_consumer_p50_ms']:.1f} "
+            rows.append(f"| {size} | {label} | {g['fps']:.1f} ({g['fps'] / lp['fps']:.2f}x) | {g['landmarks_at_consumer_p50_ms']:.1f} "
                         f"(published {g['landmarks_published_p50_ms']:.1f}) | {g['landmarks_at_consumer_p99_ms']:.1f} | "
                         f"{g['gesture_at_consumer_p50_ms']:.1f} | {g['hop_camera_to_hands_p50_us']:.0f} "
                         f"({g['hop_camera_to_hands_transport_p50_us']:.0f}) | {g['hop_hands_to_recorder_p50_us']:.0f} | "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,12 +91,44 @@ def check_graph(graph: Graph) -> tuple[list[str], list[str]]:
                     readers.add(topic_name)
         if node.node_class:
             _check_python_node(graph, node, errors)
+        _check_placement(node, errors)
     for name in sorted(readers - set(writers)):
         warnings.append(f"{graph.file}: topic {name!r} is subscribed to but no node publishes it (an external writer?)")
     for name, topic in graph.topics.items():
         if name not in writers and name not in readers:
             warnings.append(f"{topic.where}: topic {name!r} is declared but no node uses it")
     return errors, warnings
+
+
+def _cpu_text(cpus) -> str:
+    return ", ".join(str(c) for c in sorted(cpus))
+
+
+def _check_placement(node: NodeSpec, errors: list[str]) -> None:
+    """CPUs this launcher may not use, or a priority it may not give, fail here, not in the child."""
+    if node.cpus:
+        allowed = os.sched_getaffinity(0)
+        missing = [c for c in node.cpus if c not in allowed]
+        if missing:
+            errors.append(f"{node.where}: node {node.name!r}: cpus {_cpu_text(missing)} are not available here "
+                          f"(this launcher may use CPUs {_cpu_text(allowed)})")
+    if node.nice is not None and node.nice < os.getpriority(os.PRIO_PROCESS, 0) and not _may_raise_priority(node.nice):
+        errors.append(f"{node.where}: node {node.name!r}: nice {node.nice} is a higher priority than this launcher's "
+                      f"({os.getpriority(os.PRIO_PROCESS, 0)}) and raising it needs root, CAP_SYS_NICE or RLIMIT_NICE")
+
+
+_CAP_SYS_NICE = 23
+
+
+def _may_raise_priority(nice: int) -> bool:
+    """setpriority(2): lowering nice needs CAP_SYS_NICE (root in a container may lack it), or an
+    RLIMIT_NICE of at least 20 - nice."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        if int(next(x for x in status if x.startswith("CapEff:")).split()[1], 16) >> _CAP_SYS_NICE & 1:
+            return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
 
 
 def _ports(node: NodeSpec, direction: str, mapping: dict[str, str]):

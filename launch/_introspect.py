@@ -74,6 +74,17 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
+def placement(pid: int) -> tuple[str, str] | None:
+    """(CPUs the process may run on, its nice value), as the launch file's cpus/nice set them."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return None
+    cpus = next((x.split(":", 1)[1].strip() for x in status.splitlines() if x.startswith("Cpus_allowed_list:")), "?")
+    return cpus, str(nice)
+
+
 @dataclass
 class Sampler:
     """Rates between two looks: CPU% per pid and messages per second per topic."""
@@ -105,13 +116,14 @@ class Sampler:
 
 
 def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]]:
-    rows = [["NODE", "PID", "STATE", "RESTARTS", "CPU%", "RSS MiB", "LAST EXIT"]]
+    rows = [["NODE", "PID", "STATE", "RESTARTS", "CPU%", "RSS MiB", "CPUS", "NICE", "LAST EXIT"]]
     for name, n in state.nodes.items():
         alive = n.pid is not None and n.state in ("starting", "running")
         cpu = sampler.cpu_pct(n.pid, now) if alive else None
         rss = rss_bytes(n.pid) if alive else None
+        cpus, nice = (placement(n.pid) if alive else None) or ("-", "-")
         rows.append([name, str(n.pid or "-"), n.state, str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
-                     "-" if rss is None else f"{rss / 2**20:.0f}", "-" if n.last_exit is None else str(n.last_exit)])
+                     "-" if rss is None else f"{rss / 2**20:.0f}", cpus, nice, "-" if n.last_exit is None else str(n.last_exit)])
     return rows
 
 

@@ -53,10 +53,20 @@ class NoRoomError(RuntimeError):
     """/dev/shm cannot hold the graph's topics (checked before anything is created)."""
 
 
-def _child_setup(parent_pid: int) -> None:  # runs in the child between fork and exec
+def _child_setup(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
+    """Runs in the child between fork and exec. Affinity and priority are set here, before the
+    node starts any thread, so every thread it makes (MediaPipe's, OpenCV's) inherits them."""
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:  # the launcher died before prctl: do not outlive it
         os._exit(1)
+    try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:  # the pre-flight check makes this rare (a cpuset changed since): say it and stop
+        os.write(2, f"cannot set cpus {list(cpus or [])} / nice {nice}: {exc.strerror}\n".encode())
+        os._exit(126)
 
 
 @dataclass
@@ -164,7 +174,7 @@ class Launcher:
             proc = subprocess.Popen(
                 argv, env=env, cwd=node_cwd(self.graph, spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
+                preexec_fn=functools.partial(_child_setup, os.getpid(), spec.cpus, spec.nice),
             )
         except OSError as exc:
             self.say(f"node {name!r}: cannot start {argv[0]!r}: {exc.strerror or exc}")

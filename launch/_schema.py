@@ -18,6 +18,9 @@ A launch file is YAML::
         required: false                          # its death stops the graph
         env: {OMP_NUM_THREADS: "1"}
         cwd: .
+        cpus: [2, 3]                             # CPUs it may run on ("0-3,6", or "all"); with
+                                                 #   replicas, replica i is pinned to the i-th one
+        nice: 10                                 # scheduling priority, -20 (first) to 19 (last)
     include:
       - {file: arm.yaml, namespace: left, args: {side: left}}
 
@@ -28,6 +31,7 @@ files' nodes and topics are prefixed with ``namespace/``. Every error names file
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +42,7 @@ from shmlaunch.transport import normalize_request, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
-NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd", "replicas"}
+NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd", "replicas", "cpus", "nice"}
 REPLICA_KEYS = {"count", "ports"}
 MAX_REPLICAS = 16
 PORT_KEYS = {"topic"} | TOPIC_KEYS
@@ -48,6 +52,7 @@ DEFAULT_POOL = 4
 DEFAULT_RESPAWN_MAX = 5
 DEFAULT_RESPAWN_DELAY = 1.0
 _ARG_RE = re.compile(r"\$\(arg ([A-Za-z_][A-Za-z0-9_]*)\)")
+_CPU_LIST_RE = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(/[A-Za-z0-9_][A-Za-z0-9_\-]*)*")
 
 
@@ -91,6 +96,8 @@ class NodeSpec:
     replica_ports: list[str] | None = None  # subscribe ports whose messages the replicas share (None: all)
     groups: dict[str, str] = field(default_factory=dict)  # port -> competing-consumer group (set by expansion)
     merge: dict[str, list[str]] = field(default_factory=dict)  # port -> replica topics read in input order
+    cpus: tuple[int, ...] | None = None  # CPU affinity of the process (None: wherever the launcher may run)
+    nice: int | None = None  # scheduling priority (None: the launcher's)
 
 
 @dataclass
@@ -301,6 +308,7 @@ def _parse_node(name: str, body, ns: str, problems: _Problems, line: int) -> Nod
     elif respawn is not False:
         problems.add(rline, f"node {full!r}: 'respawn' must be true, false or {{max: N, delay: S}}, got {respawn!r}")
     _parse_replicas(full, body, spec, problems)
+    _parse_placement(full, body, spec, problems)
     required = body.get("required", False)
     if not isinstance(required, bool):
         problems.add(_line_of(body, "required"), f"node {full!r}: 'required' must be true or false, got {required!r}")
@@ -341,13 +349,49 @@ def _parse_replicas(name: str, body: dict, spec: NodeSpec, problems: _Problems) 
     spec.replicas, spec.replica_ports = value, ports
 
 
+def parse_cpu_list(value) -> tuple[int, ...]:
+    """CPU numbers from a YAML list of ints or a cpuset string ("0-3,6", as taskset and systemd
+    take them); "all" is every CPU this process may use. ValueError names what is wrong."""
+    if value == "all":
+        return tuple(sorted(os.sched_getaffinity(0)))
+    if isinstance(value, list) and value and all(_is_int(c) and c >= 0 for c in value):
+        return tuple(dict.fromkeys(value))
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return (value,)
+    if isinstance(value, str) and _CPU_LIST_RE.fullmatch(value.replace(" ", "")):
+        cpus: list[int] = []
+        for part in value.replace(" ", "").split(","):
+            first, _, last = part.partition("-")
+            lo, hi = int(first), int(last or first)
+            if hi < lo:
+                raise ValueError(f"cpus: range {part!r} runs backwards")
+            cpus.extend(range(lo, hi + 1))
+        return tuple(dict.fromkeys(cpus))
+    raise ValueError(f"cpus must be a list of CPU numbers, a cpuset string such as '0-3,6', or 'all'; got {value!r}")
+
+
+def _parse_placement(name: str, body: dict, spec: NodeSpec, problems: _Problems) -> None:
+    if body.get("cpus") is not None:
+        try:
+            spec.cpus = parse_cpu_list(body["cpus"])
+        except ValueError as exc:
+            problems.add(_line_of(body, "cpus"), f"node {name!r}: {exc}")
+    nice = body.get("nice")
+    if nice is not None:
+        if not _is_int(nice) or not -20 <= nice <= 19:
+            problems.add(_line_of(body, "nice"), f"node {name!r}: nice must be a whole number from -20 to 19, got {nice!r}")
+        else:
+            spec.nice = nice
+
+
 def expand_replicas(graph: Graph) -> None:
     """Turn each node with ``replicas: N`` into N nodes ``name.0`` .. ``name.N-1``.
 
     Their shared subscriptions join one group named after the node, so each input message
     goes to one replica; each replica publishes to its own copy of every output topic
     (``topic/0`` ...), and every subscriber of such a topic reads all copies merged in input
-    order (the ``source_seq`` each output carries)."""
+    order (the ``source_seq`` each output carries). With ``cpus``, replica i is pinned to the
+    i-th CPU of the list (round robin), so replicas do not queue behind each other on one core."""
     replicated: dict[str, list[str]] = {}
     for name, spec in list(graph.nodes.items()):
         if spec.replicas <= 1:
@@ -362,6 +406,8 @@ def expand_replicas(graph: Graph) -> None:
                     graph.topics[t] = TopicSpec(t, base.capacity, base.pool, base.dtype, base.shape, base.where)
         for i in range(spec.replicas):
             copy = NodeSpec(**{**vars(spec), "name": f"{name}.{i}", "replicas": 1})
+            if spec.cpus:
+                copy.cpus = (spec.cpus[i % len(spec.cpus)],)
             copy.publish = {port: f"{topic}/{i}" for port, topic in spec.publish.items()}
             copy.groups = {port: name for port in ports}
             graph.nodes[copy.name] = copy

@@ -5,7 +5,7 @@
     shmlaunch check FILE [key:=value ...]              validate a launch file, start nothing
     shmlaunch run module:Class [--param k=v ...]       run one node alone, for development
     shmlaunch list                                     running graphs
-    shmlaunch node list [GRAPH]                        nodes: pid, state, restarts, CPU%, RSS
+    shmlaunch node list [GRAPH]                        nodes: pid, state, restarts, CPU%, RSS, CPUs, nice
     shmlaunch topic list [GRAPH]                       topics: type, writer, last seq, Hz, MB/s, readers
     shmlaunch topic echo TOPIC [--graph G] [-n N]      messages, decoded where the type is known
     shmlaunch topic hz TOPIC [--graph G]               publish rate, once a second

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from shmlaunch.launch import LaunchFileError, Printer, Supervisor, check_graph, load_launch_file, parse_launch_args
-from shmlaunch.launch._schema import NodeSpec
+from shmlaunch.launch._schema import NodeSpec, parse_cpu_list
 
 TESTS = Path(__file__).parent
 NODE = f"    node: graph_nodes:Counter\n    env: {{PYTHONPATH: {TESTS}}}\n"
@@ -36,7 +38,8 @@ BAD_FILES = [
     ("name: g\nnodes:\n  a: {cmd: [true], node: 'x:Y'}\n", r"^{f}:3: node 'a': give exactly one of 'node' \(module:Class\) or 'cmd' \(a command\)$"),
     ("name: g\nnodes:\n  a: {node: not_a_class_path}\n", r"^{f}:3: node 'a': 'node' must be 'module:Class', got 'not_a_class_path'$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respwn: true\n",
-     r"^{f}:5: unknown key 'respwn' in node 'a' \(allowed: cmd, cwd, env, node, params, publish, replicas, required, respawn, subscribe\)$"),
+     r"^{f}:5: unknown key 'respwn' in node 'a' \(allowed: cmd, cpus, cwd, env, nice, node, params, publish, replicas, required, "
+     r"respawn, subscribe\)$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    respawn: {max: -1}\n", r"^{f}:5: node 'a': respawn max must be a whole number >= 0, got -1$"),
     ("name: g\nnodes:\n  a:\n    cmd: [true]\n    required: yes please\n", r"^{f}:5: node 'a': 'required' must be true or false, got 'yes please'$"),
     ("name: g\ntopics:\n  t: {capacity: 64, pool: 0}\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:3: topic 't': invalid pool size 0: 1 to 256 slots$"),
@@ -51,6 +54,10 @@ BAD_FILES = [
     ("name: g\ninclude:\n  - {namespace: x}\nnodes:\n  a: {cmd: [true]}\n",
      r"^{f}:3: include: each entry needs 'file' \(and optionally 'namespace', 'args'\), got \{'namespace': 'x'\}$"),
     ("name: g\nnodes:\n  a: {cmd: [true]}\n  a: {cmd: [false]}\n", r"^{f}:4: invalid YAML: duplicate key 'a'$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    cpus: [zero]\n",
+     r"^{f}:5: node 'a': cpus must be a list of CPU numbers, a cpuset string such as '0-3,6', or 'all'; got \['zero'\]$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    cpus: 3-1\n", r"^{f}:5: node 'a': cpus: range '3-1' runs backwards$"),
+    ("name: g\nnodes:\n  a:\n    cmd: [true]\n    nice: 20\n", r"^{f}:5: node 'a': nice must be a whole number from -20 to 19, got 20$"),
 ]
 
 
@@ -84,6 +91,8 @@ CHECK_CASES = [
      r"node 'counter' publishes port 'out' with dtype int64, but topic 'numbers' \(.*:3\) has dtype float32$"),
     (GOOD.replace("{out: numbers}", "{out: {topic: numbers, shape: [2]}}"),
      r"node 'counter' publishes port 'out' with shape \[2\], but topic 'numbers' \(.*:3\) has shape \[1\]$"),
+    (GOOD + "    cpus: 0,4095\n",
+     r"node 'counter': cpus 4095 are not available here \(this launcher may use CPUs [0-9, ]+\)$"),
     (GOOD + "  second:\n    cmd: [true]\n    publish: {x: numbers}\n",
      r"topic 'numbers' has two publishers, nodes 'counter' and 'second'; a topic has exactly one writer$"),
 ]
@@ -114,6 +123,27 @@ def test_check_command_accepts_a_consistent_file(tmp_path):
     res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "check", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "graph 'g' is consistent: 1 nodes, 1 topics" in res.stdout
+
+
+def test_cpu_lists_read_as_taskset_and_systemd_write_them():
+    assert parse_cpu_list("0-2,5") == (0, 1, 2, 5)
+    assert parse_cpu_list([3, 1, 3]) == (3, 1)
+    assert parse_cpu_list(2) == (2,)
+    assert parse_cpu_list("all") == tuple(sorted(os.sched_getaffinity(0)))
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_a_priority_the_launcher_may_not_give_is_refused_before_anything_starts(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GOOD + "    nice: -5\n")
+    # without CAP_SYS_NICE (and with the usual RLIMIT_NICE of 0) a negative nice would fail in the child
+    res = subprocess.run(["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", sys.executable, "-m", "shmlaunch.launch.cli",
+                          "check", str(path)], capture_output=True, text=True)
+    if "setpriv:" in res.stderr:
+        pytest.skip(f"cannot drop CAP_SYS_NICE here: {res.stderr.strip()}")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert re.search(r"node 'counter': nice -5 is a higher priority than this launcher's \([-0-9]+\) and raising it needs root, "
+                     r"CAP_SYS_NICE or RLIMIT_NICE$", res.stderr.strip()), res.stderr
 
 
 def test_launch_arguments_are_substituted_with_their_yaml_type(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +108,29 @@ def test_three_replicas_process_each_message_at_most_once_in_order(tmp_path):
     assert "node 'work.0' exited (killed by SIGKILL (exit code 137)): respawn 1 of 2" in output or "exited (killed by SIGKILL" in output
     assert_nothing_left(graph)
     time.sleep(0)
+
+
+def test_replicas_are_pinned_one_per_cpu_and_nice_is_applied(tmp_path):
+    body = (GRAPH.replace("WORKLOG", "/dev/null").replace("OUT", "/dev/null").replace("replicas: 3", "replicas: 3\n    cpus: all")
+            .replace("    params: {rate: 60.0}", "    params: {rate: 60.0}\n    nice: 7"))
+    path, graph = write_graph(tmp_path, body)
+    proc = start(path, "--duration", 30)
+    try:
+        wait_for(lambda: len(node_pids(graph)) >= 6, what="the nodes to start")  # launcher, watchdog and five nodes
+        rows = {}
+
+        def listed() -> bool:
+            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "node", "list", graph], capture_output=True, text=True)
+            rows.update({r.split()[0]: r.split() for r in res.stdout.splitlines()[2:]})
+            return all(rows.get(n, ["", "", ""])[2] == "running" for n in ("counter", "work.0", "work.1", "work.2", "record"))
+
+        wait_for(listed, what="every node running")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    cpus = sorted(os.sched_getaffinity(0))
+    for i in range(3):  # round robin over the launcher's CPUs, each replica on one
+        assert rows[f"work.{i}"][6:8] == [str(cpus[i % len(cpus)]), "0"]
+    assert rows["counter"][7] == "7" and rows["record"][7] == "0"
+    assert_nothing_left(graph)
