@@ -129,7 +129,7 @@ def test_page_updates_in_a_real_headless_chromium(tmp_path):
         pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     port = free_port()
-    proc = start(ROOT / "launch" / "hands_view.yaml", f"port:={port}", "--duration", "120")
+    proc = start(ROOT / "launch" / "hands_view.yaml", f"port:={port}", f"record:={tmp_path / 'hands.jsonl'}", "--duration", "120")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
