@@ -76,13 +76,32 @@ def read_checked(runtime_dir, topic, ready, results, stop_after_idle=2.0):
     r.close()
 
 
-def hold_one(runtime_dir, topic, held):
+def hold_one(runtime_dir, topic, held, group=None):
     """Receive one message, tell the parent, and hold it until killed."""
-    r = Reader(topic, runtime_dir=runtime_dir)
+    r = Reader(topic, runtime_dir=runtime_dir, group=group)
     msg = r.receive(timeout=10)
     assert msg is not None
     held.set()
     time.sleep(3600)
+
+
+def read_group_checked(runtime_dir, topic, group, ready, results, stop_after_idle=2.0):
+    """A competing-consumer member under load: report (seqs taken in order, torn count)."""
+    r = Reader(topic, runtime_dir=runtime_dir, group=group)
+    ready.set()
+    seqs, torn = [], 0
+    while True:
+        msg = r.receive(timeout=stop_after_idle)
+        if msg is None:
+            break
+        with msg:
+            seq = verify(msg.data)
+        if seq < 0:
+            torn += 1
+        else:
+            seqs.append(seq)
+    results.put((seqs, torn))
+    r.close()
 
 
 def second_writer(runtime_dir, topic, results):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 from shmlaunch.launch import LaunchFileError, load_launch_file
 from shmlaunch.transport import Reader, Writer
@@ -60,6 +61,61 @@ def test_group_members_share_messages_and_others_see_everything(rt):
     assert got_plain == list(range(1, 41))  # an ordinary reader is unaffected
     assert not set(got_a) & set(got_b) and sorted(got_a + got_b) == list(range(1, 41))
     assert a.statistics().taken + b.statistics().taken == 40
+
+
+def test_group_members_under_load_never_share_a_message_and_never_see_a_torn_one(rt, ctx):
+    Writer("t", capacity=4096, pool=4, runtime_dir=rt).close()  # the topic exists before the members open it
+    ready = [ctx.Event() for _ in range(3)]
+    results = ctx.Queue()
+    members = [ctx.Process(target=procs.read_group_checked, args=(rt, "t", "g", ready[i], results)) for i in range(3)]
+    for m in members:
+        m.start()
+    writer = ctx.Process(target=procs.write_checked, args=(rt, "t", 4096, 5000, None, 20000))
+    assert all(e.wait(30) for e in ready)
+    writer.start()
+    writer.join(60)
+    taken = [results.get(timeout=30) for _ in members]
+    for m in members:
+        m.join(10)
+    all_seqs = [s for seqs, _ in taken for s in seqs]
+    assert sum(torn for _, torn in taken) == 0
+    assert len(all_seqs) == len(set(all_seqs))  # each message to at most one member
+    assert all(seqs == sorted(seqs) for seqs, _ in taken)  # each member's share in publish order
+    assert sum(1 for seqs, _ in taken if len(seqs) > 50) >= 2, [len(seqs) for seqs, _ in taken]  # really shared
+
+
+def test_a_group_member_killed_holding_a_message_gives_the_slot_back_and_the_message_stays_taken(rt, ctx):
+    w = Writer("t", capacity=8, pool=1, runtime_dir=rt)
+    other = Reader("t", runtime_dir=rt, group="g")
+    plain = Reader("t", runtime_dir=rt)
+    w.publish(b"held")
+    held = ctx.Event()
+    p = ctx.Process(target=procs.hold_one, args=(rt, "t", held, "g"))
+    p.start()
+    assert held.wait(30)
+    assert other.receive_nowait() is None  # the dying member took it
+    with plain.receive_nowait() as msg:  # ordinary readers still see it, zero copy and read-only
+        assert bytes(msg.data) == b"held" and not msg.data.flags.writeable and not msg.data.flags.owndata
+    assert w.publish(b"blocked") is None  # the only slot is held
+    p.kill()
+    p.join(10)
+    assert other.receive_nowait() is None  # the dead member's message is not handed to another
+    assert w.publish(b"free") == 2  # its slot came back with its process
+    with other.receive(timeout=5) as msg:
+        assert msg.seq == 2 and bytes(msg.data) == b"free"
+
+
+def test_a_held_group_message_is_never_overwritten(rt):
+    w = Writer("t", capacity=8, pool=3, runtime_dir=rt)
+    member = Reader("t", runtime_dir=rt, group="g")
+    w.publish(np.array([1], np.int64))
+    msg = member.receive(timeout=5)
+    for i in range(2, 40):
+        w.publish(np.array([i], np.int64))
+    assert msg.data.view(np.int64)[0] == 1 and msg.seq == 1
+    msg.release()
+    with member.receive(timeout=5) as newest:
+        assert newest.data.view(np.int64)[0] == 39
 
 
 def test_replicas_expand_into_grouped_nodes_with_merged_outputs(tmp_path):
