@@ -136,12 +136,13 @@ def _stats(rt: Path, name: str, _count: int | None) -> int:
         print(f"topic {name!r}: writer {writer}, last seq {f['latest_seq']}, {rate:.1f} Hz, capacity {seg.config.capacity}, "
               f"pool {seg.config.pool}")
         rows = [["READER PID", "NODE", "RECEIVED", "OVERWRITTEN BEFORE READ", "STALE SKIPPED", "LAST SEQ", "BEHIND", "AGE AT READ ms",
-                 "LAST READ s AGO"]]
+                 "LAST READ s AGO", "GROUP"]]
         now = time.time_ns()
-        for pid, received, missed, last_seq, age_ns, recv_ns, stale in f["readers"]:
-            rows.append([str(pid), names.get(pid, "?"), str(received), str(missed), str(stale), str(last_seq),
-                         str(max(f["latest_seq"] - last_seq, 0)), f"{age_ns / 1e6:.2f}",
-                         "-" if not recv_ns else f"{(now - recv_ns) / 1e9:.1f}"])
+        for pid, received, missed, last_seq, age_ns, recv_ns, stale, group in f["readers"]:
+            # A group member's gaps are the other members' share: neither missed nor behind.
+            rows.append([str(pid), names.get(pid, "?"), str(received), "-" if group else str(missed), str(stale), str(last_seq),
+                         "-" if group else str(max(f["latest_seq"] - last_seq, 0)), f"{age_ns / 1e6:.2f}",
+                         "-" if not recv_ns else f"{(now - recv_ns) / 1e9:.1f}", seg.group_name(group - 1) if group else "-"])
         if len(rows) == 1:
             print("no reader is attached")
         else:

@@ -181,6 +181,8 @@ def test_replicas_are_pinned_one_per_cpu_and_nice_is_applied(tmp_path):
             return all(rows.get(n, ["", "", ""])[2] == "running" for n in ("counter", "work.0", "work.1", "work.2", "record"))
 
         wait_for(listed, what="every node running")
+        stats = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "topic", "stats", "numbers", "--graph", graph],
+                               capture_output=True, text=True).stdout.splitlines()[2:]
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
@@ -189,4 +191,8 @@ def test_replicas_are_pinned_one_per_cpu_and_nice_is_applied(tmp_path):
     for i in range(3):  # round robin over the launcher's CPUs, each replica on one
         assert rows[f"work.{i}"][6:8] == [str(cpus[i % len(cpus)]), "0"]
     assert rows["counter"][7] == "7" and rows["record"][7] == "0"
+    readers = {r.split()[1]: r.split() for r in stats}
+    assert set(readers) == {"work.0", "work.1", "work.2"}, stats
+    for cells in readers.values():  # each member names its group; its gaps are the others' share, not losses
+        assert cells[-1] == "work" and cells[3] == "-" and cells[6] == "-"
     assert_nothing_left(graph)

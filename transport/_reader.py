@@ -98,10 +98,13 @@ class Reader:
         self._look = functools.partial(take, seg.address, seg.fd, seg.slots_offset, seg.slot_stride)
         self._taken = 0
         self._claims = None
+        self._group_field = 0
         if group is not None:
             g = self._seg.join_group(group)
             self._claims = (L.group_claims_offset(g), [ByteLock(self._seg.fd, L.LOCK_CLAIM0 + g * L.MAX_POOL + i)
                                                         for i in range(self.config.pool)])
+            self._group_field = g + 1
+            self._write_entry()  # tools show the membership before the first message
         self._filtered = self._max_age_ns is not None or self._claims is not None
 
     # ----- receiving
@@ -203,9 +206,12 @@ class Reader:
         self._holds[slot] = held
         if held == 0:
             seg.slot_locks[slot].release()
-        if self._entry is not None:  # after the release: the reader table is off the latency path
-            L.READER_ENTRY.pack_into(seg.mm, self._entry, self._pid, self._received, self._missed, self._last_seq,
-                                     self._last_age_ns, self._last_receive_ns, self._stale)
+        self._write_entry()  # after the release: the reader table is off the latency path
+
+    def _write_entry(self) -> None:
+        if self._entry is not None:
+            L.READER_ENTRY.pack_into(self._seg.mm, self._entry, self._pid, self._received, self._missed, self._last_seq,
+                                     self._last_age_ns, self._last_receive_ns, self._stale, self._group_field)
 
     # ----- waiting on several topics at once (used by the node runtime)
     def wait_word(self) -> tuple[int, int]:

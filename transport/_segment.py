@@ -68,7 +68,7 @@ class Segment:
         for i in range(L.MAX_READERS):
             if ByteLock(self.fd, L.LOCK_READER0 + i).try_exclusive():
                 off = L.READERS_OFFSET + i * L.READER_ENTRY.size
-                L.READER_ENTRY.pack_into(self.mm, off, os.getpid(), 0, 0, 0, 0, 0, 0)
+                L.READER_ENTRY.pack_into(self.mm, off, os.getpid(), 0, 0, 0, 0, 0, 0, 0)
                 return off
         return None
 
@@ -96,8 +96,13 @@ class Segment:
         finally:
             table_lock.release()
 
+    def group_name(self, index: int) -> str:
+        """The name of group ``index`` of the group table (as readers' ``group`` field names it, minus one)."""
+        off = L.GROUPS_OFFSET + index * L.GROUP_ENTRY_SIZE
+        return bytes(self.mm[off : off + L.GROUP_NAME_SIZE]).rstrip(b"\0").decode("ascii", "replace")
+
     def reader_entries(self) -> list[tuple]:
-        """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale)."""
+        """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale, group)."""
         return [L.READER_ENTRY.unpack_from(self.mm, L.READERS_OFFSET + i * L.READER_ENTRY.size)
                 for i in range(L.MAX_READERS) if ByteLock(self.fd, L.LOCK_READER0 + i).is_held_by_others()]
 
