@@ -7,9 +7,11 @@ tracking mode, up to 2 hands:
   fast as it goes. Latency is capture (the frame decoded) to landmarks / to gesture.
 - graph: camera -> hands -> gestures, probe via ``shmlaunch``, the camera paced at a set
   rate. Latency as received by the probe (bench/latency_probe.py: it keeps the times in
-  memory, as the loop does, so measuring costs the graph no more than it costs the loop); per hop: camera -> hands (the frame's capture
-  stamp to the hand node taking it) and hands -> probe (publish to receive). CPU% per
-  node process from /proc.
+  memory, as the loop does, so measuring costs the graph no more than it costs the loop);
+  per hop: camera -> hands (the frame's capture stamp to the hand node taking it) and
+  hands -> probe (publish to receive). CPU% per node process from /proc.
+- target pairs: the loop and 2 pinned replicas back to back, ``--pairs`` times (the issue-9
+  target; the median over pairs is what to quote, since the VM's speed drifts).
 - replicas: the same graph with ``replicas: 2`` on the hand node, pinned one per CPU
   (``cpus: all``) unless the row says otherwise.
 
@@ -20,7 +22,7 @@ it for 10 frames at every rate would show the replicas, which each see every oth
 scene changing twice as fast as the loop sees, and tracking mode would re-detect twice as
 often. One row per size keeps the loop's video to show that cost.)
 
-    python bench/hands_bench.py        # writes bench/results/hands.json and .md
+    python bench/hands_bench.py        # about 10 minutes; writes bench/results/hands.json and .md
 """
 
 from __future__ import annotations
