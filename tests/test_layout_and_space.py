@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -103,3 +104,49 @@ def test_message_layouts_sit_at_the_documented_offsets():
     assert {n: GESTURE.fields[n][1] for n in GESTURE.names} == {
         "version": 0, "hand_count": 4, "frame_seq": 8, "capture_ns": 16, "gesture": 24, "fingers": 28, "handedness": 32,
         "reserved": 36, "score": 40, "reserved2": 56}
+
+
+def _doc_table(start: str) -> list[tuple[int, int, str | None]]:
+    """(offset, size, field) rows of the first table after the LAYOUT.md line starting with ``start``."""
+    lines = (Path(transport.__file__).parent / "LAYOUT.md").read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    rows: list[tuple[int, int, str | None]] = []
+    for line in lines[i + 1 :]:
+        m = re.match(r"\| (\d+) \| (\d+) \| (?:`(\w+)`)? ?\|", line)
+        if m:
+            rows.append((int(m[1]), int(m[2]), m[3]))
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def _tiles(rows: list[tuple[int, int, str | None]], size: int) -> bool:
+    ends = [0] + [off + n for off, n, _ in rows]
+    return [off for off, _, _ in rows] == ends[:-1] and ends[-1] == size
+
+
+@pytest.mark.parametrize("start,dtype_name,size", [("### Gesture", "GESTURE", 64), ("Hand `h`", "HAND", 512),
+                                                   ("### Hand landmarks", "LANDMARKS", 48)])
+def test_layout_document_tables_match_the_message_dtypes(start, dtype_name, size):
+    from shmlaunch.nodes import messages
+
+    dtype = getattr(messages, dtype_name)
+    rows = _doc_table(start)
+    assert _tiles(rows, size), rows  # every byte documented once, in order (LANDMARKS: the 48-byte header)
+    by_offset = {off: (name, sub.itemsize) for name, (sub, off, *_) in dtype.fields.items()}
+    for off, n, name in rows:
+        field, itemsize = by_offset[off]
+        assert itemsize == n and (field == name if name else field.startswith("reserved")), (off, n, name, field)
+
+
+@pytest.mark.parametrize("start,fmt,size,names", [
+    ("### Reader table", L.READER_ENTRY.format, L.READER_ENTRY.size,
+     ["pid", "received", "missed", "last_seq", "last_age_ns", "last_receive_ns", "stale", "group"]),
+    ("### Slots", L.SLOT.format + "16x", L.SLOT_HEADER_SIZE, ["state", "length", "source_ns", "publish_ns", "generation", "source_seq", None]),
+])
+def test_layout_document_tables_match_the_structs(start, fmt, size, names):
+    rows = _doc_table(start)
+    assert _tiles(rows, size), rows  # every byte documented once, in order
+    assert [name for _, _, name in rows] == names
+    fields = re.findall(r"\d*[a-zA-Z]", fmt.lstrip("<"))
+    assert [n for _, n, _ in rows] == [struct.calcsize("<" + c) for c in fields]
