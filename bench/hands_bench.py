@@ -51,9 +51,11 @@ HOLD = 10
 #: Camera rates for the replica runs, as multiples of the loop's rate: just above the 1.6x
 #: target, below it (the replicas idle a third of the time), and faster than two can go.
 REPLICA_CAMERA_RATES = (1.7, 1.4, 2.0)
+#: Frames the single-process loop runs for (more than the 24 photos x HOLD of its video).
+LOOP_FRAMES = 300
 
 
-def make_video(path: Path, width: int, height: int, hold: int = HOLD) -> int:
+def make_video(path: Path, width: int, height: int, hold: int) -> None:
     files = sorted(PHOTOS.glob("*/*.jpg"))
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
     for f in files:
@@ -61,7 +63,14 @@ def make_video(path: Path, width: int, height: int, hold: int = HOLD) -> int:
         for _ in range(hold):
             vw.write(frame)
     vw.release()
-    return len(files) * hold
+
+
+def scene_video(tmp: Path, width: int, height: int, hold: int) -> Path:
+    """The video of the photos held ``hold`` frames each, made once per size and hold."""
+    video = tmp / f"hands-{width}x{height}-hold{hold}.avi"
+    if not video.exists():
+        make_video(video, width, height, hold)
+    return video
 
 
 def pct(values, q) -> float:
@@ -191,18 +200,13 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
 
 def size_runs(w: int, h: int, tmp: Path, seconds: float) -> dict:
     """Every run at one frame size: the loop first, since the graph runs' rates and videos follow its rate."""
-    loop_video = tmp / f"hands-{w}x{h}-hold{HOLD}.avi"
-    n = make_video(loop_video, w, h)
-    loop = single_process_loop(loop_video, max(300, n))
+    loop = single_process_loop(scene_video(tmp, w, h, HOLD), LOOP_FRAMES)
     print(f"{w}x{h} loop: {loop}", flush=True)
     runs = {"loop": loop}
 
     def run(key: str, fps: float, replicas: int = 1, pinned: bool = False, same_scene: bool = True) -> None:
         hold = max(1, round(HOLD * fps / loop["fps"])) if same_scene else HOLD
-        video = tmp / f"hands-{w}x{h}-hold{hold}.avi"
-        if not video.exists():
-            make_video(video, w, h, hold)
-        runs[key] = {**graph_run(video, w, h, fps, seconds, tmp, replicas, pinned), "hold": hold}
+        runs[key] = {**graph_run(scene_video(tmp, w, h, hold), w, h, fps, seconds, tmp, replicas, pinned), "hold": hold}
         print(f"{w}x{h} {key}: {runs[key]}", flush=True)
 
     first = REPLICA_CAMERA_RATES[0]
@@ -221,16 +225,11 @@ def target_pairs(tmp: Path, seconds: float, repeat: int) -> list[dict]:
     drifts by several percent between minutes on this VM; a pair taken back to back is what
     can be compared, and the median over pairs is what is reported."""
     factor = REPLICA_CAMERA_RATES[0]
-    loop_video = tmp / f"hands-640x480-hold{HOLD}.avi"
-    if not loop_video.exists():
-        make_video(loop_video, 640, 480)
+    loop_video = scene_video(tmp, 640, 480, HOLD)
+    video = scene_video(tmp, 640, 480, round(HOLD * factor))  # the same scene speed, as in size_runs
     pairs = []
     for i in range(repeat):
-        loop = single_process_loop(loop_video, 300)
-        hold = round(HOLD * factor)  # the same scene speed, as in size_runs
-        video = tmp / f"hands-640x480-hold{hold}.avi"
-        if not video.exists():
-            make_video(video, 640, 480, hold)
+        loop = single_process_loop(loop_video, LOOP_FRAMES)
         rep = graph_run(video, 640, 480, factor * loop["fps"], seconds, tmp, 2, True)
         pairs.append({"loop_fps": loop["fps"], "loop_p50_ms": loop["landmarks_p50_ms"], "replicas_fps": rep["fps"],
                       "replicas_p50_ms": rep["landmarks_at_consumer_p50_ms"], "replicas_published_p50_ms": rep["landmarks_published_p50_ms"]})

@@ -112,9 +112,10 @@ def _check_placement(node: NodeSpec, errors: list[str]) -> None:
         if missing:
             errors.append(f"{node.where}: node {node.name!r}: cpus {_cpu_text(missing)} are not available here "
                           f"(this launcher may use CPUs {_cpu_text(allowed)})")
-    if node.nice is not None and node.nice < os.getpriority(os.PRIO_PROCESS, 0) and not _may_raise_priority(node.nice):
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    if node.nice is not None and node.nice < own and not _may_raise_priority(node.nice):
         errors.append(f"{node.where}: node {node.name!r}: nice {node.nice} is a higher priority than this launcher's "
-                      f"({os.getpriority(os.PRIO_PROCESS, 0)}) and raising it needs root, CAP_SYS_NICE or RLIMIT_NICE")
+                      f"({own}) and raising it needs root, CAP_SYS_NICE or RLIMIT_NICE")
 
 
 _CAP_SYS_NICE = 23

@@ -356,7 +356,7 @@ def parse_cpu_list(value) -> tuple[int, ...]:
         return tuple(sorted(os.sched_getaffinity(0)))
     if isinstance(value, list) and value and all(_is_int(c) and c >= 0 for c in value):
         return tuple(dict.fromkeys(value))
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if _is_int(value) and value >= 0:
         return (value,)
     if isinstance(value, str) and _CPU_LIST_RE.fullmatch(value.replace(" ", "")):
         cpus: list[int] = []

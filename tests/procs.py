@@ -54,18 +54,23 @@ def write_forever(runtime_dir, topic, size, started):
         i += 1
 
 
+def verified_seqs(reader, stop_after_idle):
+    """Each received message's own seq (-1: torn), until nothing comes for ``stop_after_idle`` s."""
+    while True:
+        msg = reader.receive(timeout=stop_after_idle)
+        if msg is None:
+            return
+        with msg:
+            yield verify(msg.data)
+
+
 def read_checked(runtime_dir, topic, ready, results, stop_after_idle=2.0):
     """Receive until the writer goes quiet; report (received, torn, out_of_order, last_seq)."""
     r = Reader(topic, runtime_dir=runtime_dir)
     ready.set()
     received = torn = disorder = 0
     last = -1
-    while True:
-        msg = r.receive(timeout=stop_after_idle)
-        if msg is None:
-            break
-        with msg:
-            seq = verify(msg.data)
+    for seq in verified_seqs(r, stop_after_idle):
         if seq < 0:
             torn += 1
         elif seq <= last:
@@ -90,12 +95,7 @@ def read_group_checked(runtime_dir, topic, group, ready, results, stop_after_idl
     r = Reader(topic, runtime_dir=runtime_dir, group=group)
     ready.set()
     seqs, torn = [], 0
-    while True:
-        msg = r.receive(timeout=stop_after_idle)
-        if msg is None:
-            break
-        with msg:
-            seq = verify(msg.data)
+    for seq in verified_seqs(r, stop_after_idle):
         if seq < 0:
             torn += 1
         else:

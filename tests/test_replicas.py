@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import procs
 import pytest
 from shmlaunch.launch import LaunchFileError, load_launch_file
 from shmlaunch.transport import Reader, Writer
+from test_introspection import cli
 from test_launcher import assert_nothing_left, node_pids, records, start, wait_for, write_graph
 
 GRAPH = """
@@ -176,13 +175,12 @@ def test_replicas_are_pinned_one_per_cpu_and_nice_is_applied(tmp_path):
         rows = {}
 
         def listed() -> bool:
-            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "node", "list", graph], capture_output=True, text=True)
+            res = cli("node", "list", graph)
             rows.update({r.split()[0]: r.split() for r in res.stdout.splitlines()[2:]})
             return all(rows.get(n, ["", "", ""])[2] == "running" for n in ("counter", "work.0", "work.1", "work.2", "record"))
 
         wait_for(listed, what="every node running")
-        stats = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "topic", "stats", "numbers", "--graph", graph],
-                               capture_output=True, text=True).stdout.splitlines()[2:]
+        stats = cli("topic", "stats", "numbers", "--graph", graph).stdout.splitlines()[2:]
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
