@@ -14,8 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from shmlaunch.transport import cleanup
-from shmlaunch.transport._platform import SHM_ROOT
+from shmlaunch.transport import cleanup, ensure_runtime_dir, graph_runtime_dir
 
 _counter = itertools.count()
 
@@ -27,10 +26,11 @@ def unique_name(prefix: str = "test") -> str:
 
 @contextlib.contextmanager
 def runtime_dir(graph: str | None = None) -> Iterator[Path]:
-    """A fresh private runtime directory for one graph, removed afterwards whatever happens."""
-    path = Path(SHM_ROOT) / f"shmlaunch-{os.getuid()}-{graph or unique_name()}"
+    """A fresh private runtime directory for one graph, removed afterwards whatever happens
+    (as any shmlaunch directory is: its own files and itself, never a file it did not create)."""
+    path = graph_runtime_dir(graph or unique_name())
     cleanup(path)
-    path.mkdir(mode=0o700)
+    ensure_runtime_dir(path)
     try:
         yield path
     finally:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from shmlaunch.nodes._heartbeat import HEARTBEAT, ready_name
 from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
-from shmlaunch.transport import Reader, read_registry
+from shmlaunch.transport import Reader, RuntimeDir, TransportError, read_registry
 from shmlaunch.transport import _layout as L
 from shmlaunch.transport._segment import Segment, open_for_reading
 
@@ -24,6 +25,8 @@ from ._state import GraphState, running_graphs
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: A Python node beats every HEARTBEAT s while it spins; this much silence means it is stuck.
+STALE_HEARTBEAT = 5 * HEARTBEAT
 
 
 class NoGraphError(LookupError):
@@ -50,7 +53,13 @@ def find_topic_graph(topic: str, name: str | None) -> GraphState:
     """The running graph that has ``topic`` (the named one, or the only one that has it)."""
     if name is not None:
         return find_graph(name)
-    having = [g for g in running_graphs() if topic in read_registry(Path(g.runtime_dir))]
+    having = []
+    for g in running_graphs():
+        try:
+            if topic in read_registry(Path(g.runtime_dir)):
+                having.append(g)
+        except (OSError, TransportError):
+            continue
     if len(having) == 1:
         return having[0]
     if not having:
@@ -115,6 +124,37 @@ class Sampler:
         return (seq - before) / (now - self.when)
 
 
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (R, S, D, T stopped, t traced, Z zombie...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def heartbeat_age(runtime_dir: str, node: str) -> float | None:
+    """Seconds since ``node`` last touched its heartbeat file (None: it has none)."""
+    try:
+        with RuntimeDir.open(runtime_dir) as rd:
+            return time.time() - rd.lstat(ready_name(node)).st_mtime
+    except (OSError, TransportError):
+        return None
+
+
+def live_state(state: GraphState, name: str, n) -> str:
+    """What graph.json says, corrected by what can be seen now: a node stopped by a signal
+    (SIGSTOP, a debugger) is "stopped"; a Python node whose heartbeat is stale is "unresponsive"."""
+    if n.pid is None or n.state not in ("starting", "running"):
+        return n.state
+    if process_state(n.pid) in ("T", "t"):
+        return "stopped"
+    if n.state == "running" and n.kind == "python":
+        age = heartbeat_age(state.runtime_dir, name)
+        if age is not None and age > STALE_HEARTBEAT:
+            return "unresponsive"
+    return n.state
+
+
 def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]]:
     rows = [["NODE", "PID", "STATE", "RESTARTS", "CPU%", "RSS MiB", "CPUS", "NICE", "LAST EXIT"]]
     for name, n in state.nodes.items():
@@ -122,13 +162,13 @@ def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]
         cpu = sampler.cpu_pct(n.pid, now) if alive else None
         rss = rss_bytes(n.pid) if alive else None
         cpus, nice = (placement(n.pid) if alive else None) or ("-", "-")
-        rows.append([name, str(n.pid or "-"), n.state, str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
+        rows.append([name, str(n.pid or "-"), live_state(state, name, n), str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
                      "-" if rss is None else f"{rss / 2**20:.0f}", cpus, nice, "-" if n.last_exit is None else str(n.last_exit)])
     return rows
 
 
 # ----- topics
-def observe(runtime_dir: Path, topic: str) -> Segment:
+def observe(runtime_dir: Path | RuntimeDir, topic: str) -> Segment:
     return open_for_reading(runtime_dir, topic, {}, observer=True)
 
 
@@ -148,23 +188,34 @@ def describe_type(seg: Segment) -> str:
     return dt + (str(list(cfg.shape)) if cfg.shape else "")
 
 
-def topic_rows(runtime_dir: Path, sampler: Sampler, now: float) -> list[list[str]]:
+def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str, Segment] | None = None) -> list[list[str]]:
+    """One row per topic. With ``cache`` (topic -> open observer segment), segments stay open
+    between calls (the live view refreshes every second); otherwise each is opened and closed."""
     rows = [["TOPIC", "TYPE", "CAPACITY", "POOL", "WRITER", "LAST SEQ", "HZ", "MB/s", "READERS"]]
-    for topic in sorted(read_registry(runtime_dir)):
-        try:
-            seg = observe(runtime_dir, topic)
-        except Exception as exc:  # a tool must show what it can; the row says what went wrong
-            rows.append([topic, f"unreadable: {exc}", "", "", "", "", "", "", ""])
-            continue
-        try:
-            f = segment_facts(seg)
-            hz = sampler.rate(topic, f["latest_seq"], now)
-            rows.append([topic, describe_type(seg), str(seg.config.capacity), str(seg.config.pool),
-                         f"{f['writer_pid']} (gen {f['generation']})" if f["writer_alive"] else "none",
-                         str(f["latest_seq"]), "-" if hz is None else f"{hz:.1f}",
-                         "-" if hz is None else f"{hz * f['length'] / 1e6:.2f}", str(len(f["readers"]))])
-        finally:
-            seg.close()
+    with RuntimeDir.open(runtime_dir) as rd:
+        registry = read_registry(rd)
+        for topic in sorted(registry):
+            seg = cache.get(topic) if cache is not None else None
+            if seg is None:
+                try:
+                    seg = observe(rd, topic)
+                except Exception as exc:  # a tool must show what it can; the row says what went wrong
+                    rows.append([topic, f"unreadable: {exc}", "", "", "", "", "", "", ""])
+                    continue
+                if cache is not None:
+                    cache[topic] = seg
+            try:
+                f = segment_facts(seg)
+                hz = sampler.rate(topic, f["latest_seq"], now)
+                rows.append([topic, describe_type(seg), str(seg.config.capacity), str(seg.config.pool),
+                             f"{f['writer_pid']} (gen {f['generation']})" if f["writer_alive"] else "none",
+                             str(f["latest_seq"]), "-" if hz is None else f"{hz:.1f}",
+                             "-" if hz is None else f"{hz * f['length'] / 1e6:.2f}", str(len(f["readers"]))])
+            finally:
+                if cache is None:
+                    seg.close()
+    for topic in set(cache or ()) - set(registry):
+        cache.pop(topic).close()
     return rows
 
 

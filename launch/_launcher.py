@@ -1,15 +1,21 @@
 """The launcher: create a graph's topics, start its nodes, supervise them, stop cleanly.
 
-Start: the pre-flight check; the graph's runtime directory, locked for the launcher's life
-(a second launch of the same graph is refused; a directory left by a crashed run is flushed);
-every topic of the launch file created, with the launcher holding each one's presence lock
-(so no writer mistakes a live topic for a stale one); a watchdog process that cleans up if
-the launcher itself is killed; then every node, each in its own session and process group,
-with SIGTERM as its parent-death signal, its output piped through the one printer.
+Start: the pre-flight check; the graph's runtime directory, checked (ours, 0700, a real
+directory, holding only shmlaunch's files) and locked for the launcher's life (a second
+launch of the same graph is refused; the files of a run that did not stop cleanly are
+flushed, anything else is a refusal); a watchdog process that cleans up if the launcher
+itself is killed, started before the first byte of a segment is reserved; every topic of the
+launch file created under one registry lock, with the launcher holding each one's presence
+lock (so no writer mistakes a live topic for a stale one); then every node, each in its own
+session and process group, with SIGTERM as its parent-death signal, its output piped
+through the one printer. The launcher is a child subreaper: a node's orphaned background
+processes become its children, so none outlives the graph.
 
-Stop (SIGINT, SIGTERM, ``--duration``, a required node's exit, the last node's exit):
-SIGTERM to every node's process group, SIGKILL to what is left after STOP_TIMEOUT, every
-child reaped, the runtime directory removed. Nothing is left behind in processes or /dev/shm.
+Stop (SIGINT, SIGTERM, ``--duration``, a required node's exit, the last node's exit, its
+standard output closed): SIGTERM to every node's process group and every orphan, SIGKILL to
+what is left after STOP_TIMEOUT, every child reaped, this run's files removed. Nothing is
+left behind in processes or /dev/shm. The launcher's own bookkeeping (the state file, the
+status view) never takes the graph down: a failure there is one logged line.
 """
 
 from __future__ import annotations
@@ -27,14 +33,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shmlaunch.nodes._heartbeat import ENV_NODE, HEARTBEAT, ready_file
-from shmlaunch.transport import ENV_RUNTIME_DIR, TopicConfig, cleanup, ensure_runtime_dir, ensure_topic, graph_runtime_dir
-from shmlaunch.transport._platform import SHM_ROOT, ByteLock
+from shmlaunch.nodes._heartbeat import ENV_NODE, HEARTBEAT, ready_name
+from shmlaunch.transport import (
+    ENV_RUNTIME_DIR,
+    SHM_ROOT,
+    RuntimeDir,
+    TopicConfig,
+    cleanup,
+    ensure_topics,
+    graph_runtime_dir,
+    new_run_id,
+)
 
 from ._check import check_graph, node_cwd
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec
-from ._state import LOCK_FILE, GraphState, NodeState
+from ._state import LOCK_FILE, GraphState, NodeState, process_start_time, try_launcher_lock
 from ._status import StatusView
 from ._supervisor import Supervisor
 from ._systemd import notify, watchdog_interval
@@ -42,7 +56,10 @@ from ._systemd import notify, watchdog_interval
 #: Seconds between SIGTERM and SIGKILL when stopping nodes.
 STOP_TIMEOUT = 5.0
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _MIB = 1 << 20
+#: How long a new launcher waits for a dead run's watchdog that is removing that run's files.
+LOCK_WAIT = 2.0
 
 
 class GraphRunningError(RuntimeError):
@@ -88,10 +105,14 @@ class Launcher:
         self.clock = clock
         self.children: dict[str, _Child] = {}
         self._segments = []
+        self._rd: RuntimeDir | None = None
         self._lock_fd: int | None = None
         self._watchdog: subprocess.Popen | None = None
+        self.run_id = new_run_id()
         self.state = GraphState(graph.name, str(Path(graph.file).resolve()), str(self.runtime_dir), os.getpid(), time.time_ns(),
-                                {n: NodeState(kind="python" if s.node_class else "cmd") for n, s in graph.nodes.items()})
+                                {n: NodeState(kind="python" if s.node_class else "cmd") for n, s in graph.nodes.items()},
+                                launcher_start=process_start_time(os.getpid()) or 0, run=self.run_id)
+        self._state_error: str | None = None
         self._ready_sent = False
         self._watchdog_every = watchdog_interval()
         self._next_keepalive = 0.0
@@ -104,32 +125,37 @@ class Launcher:
     # ----- start
     def _prepare_runtime_dir(self) -> None:
         rt = self.runtime_dir
-        if rt.exists():
-            fd = os.open(rt / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if rt.is_dir() else None
-            if fd is not None:
-                lock = ByteLock(fd, 0)
-                busy = not lock.try_exclusive()
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                os.close(fd)
-                if busy:
-                    raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {rt})")
-            self.say(f"flushing {rt}, left by a run that did not stop cleanly")
-            cleanup(rt)
-        self._check_room()
-        ensure_runtime_dir(rt)
-        self._lock_fd = os.open(rt / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if not ByteLock(self._lock_fd, 0).try_exclusive():
-            raise GraphRunningError(f"graph {self.graph.name!r} is already running ({rt})")
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        for topic in self.graph.topics.values():
-            seg = ensure_topic(rt, topic.name, topic.request(), writer=False)
+        try:
+            self._rd = rd = RuntimeDir.open(rt)
+        except FileNotFoundError:
+            self._check_room()
+            self._rd = rd = RuntimeDir.create(rt, self.run_id)
+            marker = None
+        else:
+            marker = rd.check_reusable()
+        self._lock_fd = rd.open_file(LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        if not try_launcher_lock(self._lock_fd, LOCK_WAIT):
+            pid = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+            raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {rt})")
+        if marker is not None or rd.entries() != [LOCK_FILE]:
+            if any(name not in (LOCK_FILE, ".shmlaunch-runtime") for name in rd.entries()):
+                self.say(f"flushing {rt}, left by a run that did not stop cleanly")
+            rd.remove_own_files(keep=(LOCK_FILE,))
+            # An empty directory found under the default name is removed at stop; one named
+            # with --runtime-dir that existed before stays (only its files go).
+            rd.write_marker(self.run_id, marker["remove_dir"] if marker else rt == graph_runtime_dir(self.graph.name))
+            self._check_room()
+        os.pwrite(self._lock_fd, f"{os.getpid():<19}\n".encode(), 0)
+        self._start_watchdog()  # before the first byte of a segment is reserved
+        requests = {topic.name: topic.request() for topic in self.graph.topics.values()}
+        self._segments = ensure_topics(rd, requests, writer=False) if requests else []
+        for seg in self._segments:
             seg.presence_lock.try_shared()
-            self._segments.append(seg)
-        self.state.write()
+        self._write_state()
 
     def _check_room(self) -> None:
         need = sum(TopicConfig(t.capacity, t.pool).segment_size for t in self.graph.topics.values())
-        st = os.statvfs(self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT)
+        st = os.statvfs(self._rd.fd if self._rd else self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT)
         free = st.f_bavail * st.f_frsize
         if need > free:
             raise NoRoomError(
@@ -140,7 +166,7 @@ class Launcher:
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "shmlaunch.launch._watchdog", str(self.runtime_dir)],
+            [sys.executable, "-m", "shmlaunch.launch._watchdog", str(self.runtime_dir), self.run_id],
             stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
         )
 
@@ -186,8 +212,9 @@ class Launcher:
         node = self.state.nodes[name]
         node.pid = proc.pid
         node.state = "running" if spec.cmd else "starting"  # a command has no setup() to wait for
-        ready_file(self.runtime_dir, name).unlink(missing_ok=True)
-        self.state.write()
+        with contextlib.suppress(OSError):
+            self._rd.unlink(ready_name(name))
+        self._write_state()
         return True
 
     # ----- run
@@ -210,9 +237,11 @@ class Launcher:
         handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector
         sel = selectors.DefaultSelector()
         sel.register(rfd, selectors.EVENT_READ, None)
+        # A node's orphaned background processes are re-parented to us, not to init: at stop they
+        # are found and ended too (what setsid plus a double fork can still escape: README).
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
         try:
             self._prepare_runtime_dir()
-            self._start_watchdog()
             self.say(f"graph {self.graph.name!r}: {len(self.graph.topics)} topics in {self.runtime_dir}, "
                      f"starting {len(self.graph.nodes)} nodes")
             end = None if self.duration is None else self.clock() + self.duration
@@ -230,6 +259,8 @@ class Launcher:
                 self._housekeeping()
                 if end is not None and self.clock() >= end and not sup.stopping:
                     sup.request_stop(f"ran for {self.duration:g} s")
+                if self.printer.broken and not sup.stopping:
+                    sup.request_stop("its standard output was closed")
             if sup.stop_reason:
                 self.say(f"stopping: {sup.stop_reason}")
             notify("STOPPING=1")
@@ -265,6 +296,7 @@ class Launcher:
                 self.printer.flush(name)
 
     def _reap(self, sup: Supervisor) -> None:
+        self._reap_orphans()
         for name, child in list(self.children.items()):
             code = child.proc.poll()
             if code is None:
@@ -278,9 +310,21 @@ class Launcher:
             self._write_state()
 
     def _write_state(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):  # the runtime directory is being removed
-                self.state.write()
+        """Publish graph.json for the tools. Never fatal: a full /dev/shm (or any other failure)
+        costs the tools a fresh view, not the graph its life; said once, and once when it recovers."""
+        if self._rd is None:
+            return
+        try:
+            self.state.write(self._rd)
+        except OSError as exc:
+            if self._state_error is None:
+                self._state_error = exc.strerror or str(exc)
+                self.say(f"warning: cannot update {self.runtime_dir}/graph.json ({self._state_error}); the graph goes on, "
+                         f"shmlaunch node list may show an old state")
+            return
+        if self._state_error is not None:
+            self._state_error = None
+            self.say(f"{self.runtime_dir}/graph.json is up to date again")
 
     def _next_housekeeping(self) -> float | None:
         """When readiness, keep-alives or the status view next need a look."""
@@ -301,8 +345,8 @@ class Launcher:
             if node.kind != "python" or name not in self.children:
                 continue
             try:
-                age = time.time() - ready_file(self.runtime_dir, name).stat().st_mtime
-            except FileNotFoundError:
+                age = time.time() - self._rd.lstat(ready_name(name)).st_mtime
+            except OSError:
                 fresh = False
                 continue
             fresh = fresh and age < 3 * HEARTBEAT
@@ -320,7 +364,13 @@ class Launcher:
             if fresh and self._ready_sent:
                 notify("WATCHDOG=1")
         if self.status and now >= self.status.next_refresh:
-            self.status.refresh(self.state, now)
+            try:
+                self.status.refresh(self.state, now)
+            except Exception as exc:  # a view must never take the graph down
+                self.say(f"warning: the live status view stopped ({type(exc).__name__}: {exc}); the graph goes on")
+                with contextlib.suppress(Exception):
+                    self.status.clear()
+                self.status = None
 
     def _drain(self, child: _Child) -> None:
         out = child.proc.stdout
@@ -332,6 +382,60 @@ class Launcher:
         except (BlockingIOError, ValueError):
             pass
         self.printer.flush(child.name)
+
+    def _known_pids(self) -> set[int]:
+        known = {c.proc.pid for c in self.children.values()}
+        if self._watchdog is not None:
+            known.add(self._watchdog.pid)
+        return known
+
+    def _reap_orphans(self) -> None:
+        """Reap exited orphans re-parented to us (we are a subreaper), leaving our own Popen
+        children to their Popen objects: peek with WNOWAIT, reap only what is not ours."""
+        known = self._known_pids()
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in known:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
+    def _orphans(self) -> list[int]:
+        """Live processes whose parent is this launcher but that it did not start (a node's
+        background children, re-parented here). A child cannot be another process by the time
+        we signal it: its pid is not reused before we reap it."""
+        me, known, found = os.getpid(), self._known_pids(), []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in known:
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                found.append(int(entry.name))
+        return found
+
+    def _stop_orphans(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self._orphans()
+            if not pids:
+                return
+            if sig == signal.SIGTERM:
+                self.say(f"stopping {len(pids)} background process(es) the nodes left: pids {', '.join(map(str, pids))}")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = self.clock() + STOP_TIMEOUT
+            while self.clock() < deadline:
+                self._reap_orphans()
+                if not self._orphans():
+                    return
+                time.sleep(0.05)
 
     def _stop_all(self, sel: selectors.BaseSelector, rfd: int, sup: Supervisor) -> None:
         for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
@@ -352,6 +456,8 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.pgid, signal.SIGKILL)
             child.proc.wait()
+        with contextlib.suppress(OSError):
+            self._stop_orphans()
         sel.close()
         os.close(rfd)
         os.close(wfd)
@@ -360,8 +466,10 @@ class Launcher:
         for seg in self._segments:
             seg.close()
         if self._lock_fd is not None:
+            cleanup(self.runtime_dir, run=self.run_id)  # while still holding the launcher lock
             os.close(self._lock_fd)
-            cleanup(self.runtime_dir)
+        if self._rd is not None:
+            self._rd.close()
         if self._watchdog is not None:
             self._tell_watchdog("done")
             self._watchdog.stdin.close()

@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from shmlaunch.transport import Reader, TransportError
+from shmlaunch.transport import Reader, RuntimeDir, TransportError
 
 from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, observe, segment_facts, summarize, table, topic_rows
 from ._launcher import STOP_TIMEOUT
-from ._state import GraphState, running_graphs, uptime
+from ._state import BadStateError, GraphState, is_launcher, running_graphs, uptime
 
 RATE_WINDOW = 1.0
 
@@ -125,7 +125,11 @@ def _hz(rt: Path, name: str, count: int | None) -> int:
 
 
 def _stats(rt: Path, name: str, _count: int | None) -> int:
-    names = {n.pid: node for node, n in GraphState.read(rt).nodes.items() if n.pid}
+    try:
+        with RuntimeDir.open(rt) as rd:
+            names = {n.pid: node for node, n in GraphState.read(rd).nodes.items() if n.pid}
+    except (OSError, BadStateError):
+        names = {}
     seg = observe(rt, name)
     try:
         f0 = segment_facts(seg)
@@ -159,8 +163,15 @@ def stop(argv: list[str]) -> int:
     ns = ap.parse_args(argv)
     try:
         g = find_graph(ns.graph)
-    except NoGraphError as exc:
+        with RuntimeDir.open(g.runtime_dir) as rd:
+            genuine = is_launcher(g, rd)
+    except (NoGraphError, TransportError) as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot open {g.runtime_dir}: {exc.strerror}")
+    if not genuine:
+        return _fail(f"graph {g.name!r}: pid {g.launcher_pid} is not its launcher (not holding the graph's lock, or started at "
+                     f"another time than graph.json says); not signalling it")
     os.kill(g.launcher_pid, signal.SIGTERM)
     deadline = time.monotonic() + ns.timeout
     while Path(g.runtime_dir).exists() and time.monotonic() < deadline:

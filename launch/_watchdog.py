@@ -3,9 +3,14 @@
 The launcher starts it in its own session with a pipe on stdin, and writes one line per node
 process group it starts (``pgid N``), and ``done`` when it has cleaned up by itself. If the
 pipe ends without ``done`` (the launcher was SIGKILLed or crashed), the watchdog stops every
-group (SIGTERM, then SIGKILL after the grace period) and removes the graph's runtime
-directory: nothing is left in /dev/shm, even then. Nodes also get SIGTERM from the kernel
-when the launcher dies (PR_SET_PDEATHSIG), so they usually stop cleanly before this.
+group (SIGTERM, then SIGKILL after the grace period) and removes its run's files: nothing is
+left in /dev/shm, even then. Nodes also get SIGTERM from the kernel when the launcher dies
+(PR_SET_PDEATHSIG), so they usually stop cleanly before this.
+
+It cleans only the run it belongs to: it takes the graph's launcher lock first (a new launcher
+of the same graph that already holds it owns the directory now) and checks that the
+directory's marker still names its run id. The launcher starts it before it reserves the
+first byte of a segment, so even a launcher killed while creating topics leaves nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import signal
 import sys
 import time
 
-from shmlaunch.transport import cleanup
+from shmlaunch.transport import RuntimeDir, TransportError, cleanup
+
+from ._state import LOCK_FILE
+from ._state import try_launcher_lock as take_lock
 
 STOP_TIMEOUT = 5.0
 
@@ -37,8 +45,24 @@ def _signal_all(groups: set[int], sig: int) -> None:
             os.killpg(pgid, sig)
 
 
+def clean_run(runtime_dir: str, run: str) -> bool:
+    """Remove run ``run``'s files from ``runtime_dir``, holding the launcher lock meanwhile;
+    False (nothing touched) when another launcher holds it or the directory is another run's."""
+    try:
+        with RuntimeDir.open(runtime_dir) as rd:
+            fd = rd.open_file(LOCK_FILE, os.O_RDWR)
+            try:
+                if not take_lock(fd, 0):
+                    return False
+                return cleanup(runtime_dir, run=run)
+            finally:
+                os.close(fd)
+    except (OSError, TransportError):
+        return False
+
+
 def main() -> int:
-    runtime_dir = sys.argv[1]
+    runtime_dir, run = sys.argv[1], sys.argv[2]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the launcher's death ends us
     groups: set[int] = set()
     for raw in sys.stdin:
@@ -52,7 +76,7 @@ def main() -> int:
     while any(_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.05)
     _signal_all({g for g in groups if _alive(g)}, signal.SIGKILL)
-    cleanup(runtime_dir)
+    clean_run(runtime_dir, run)
     return 0
 
 

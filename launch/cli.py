@@ -21,6 +21,8 @@ argument or parameter (nothing was started).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +74,8 @@ def _launch(argv: list[str]) -> int:
                         status=False if ns.no_status else None).run()
     except (LaunchFileError, GraphRunningError, NoRoomError, TransportError) as exc:
         return _error(str(exc))
+    except OSError as exc:  # e.g. the runtime directory's parent is not writable
+        return _error(f"{exc.filename or 'shmlaunch'}: {exc.strerror or exc}")
 
 
 def _check(argv: list[str]) -> int:
@@ -156,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else EXIT_USAGE
-    if argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return _launch(argv)
+    command = commands.get(argv[0], _launch)
+    try:
+        return command(argv[1:] if argv[0] in commands else argv)
+    except BrokenPipeError:  # `shmlaunch topic echo T | head`: the reader has all it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,23 +2,24 @@
 
 Created once setup() has succeeded, touched again at least every HEARTBEAT seconds while the
 node spins. The launcher turns these into ``graph.json`` states and, under systemd, into
-READY=1 and WATCHDOG=1. Only nodes started by a launcher (SHMLAUNCH_NODE set) write it.
+READY=1 and WATCHDOG=1. Only nodes started by a launcher (SHMLAUNCH_NODE set) write it; the
+file is opened relative to the checked runtime directory (0600, never through a symlink).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
-from shmlaunch.transport import ENV_RUNTIME_DIR
+from shmlaunch.transport import ENV_RUNTIME_DIR, RuntimeDir, TransportError
 
 HEARTBEAT = 1.0
 ENV_NODE = "SHMLAUNCH_NODE"
 
 
-def ready_file(runtime_dir: Path, node: str) -> Path:
-    return Path(runtime_dir) / f"ready.{node.replace('/', '.')}"
+def ready_name(node: str) -> str:
+    """The heartbeat file's name in the runtime directory."""
+    return f"ready.{node.replace('/', '.')}"
 
 
 def beat(node: str) -> None:
@@ -26,9 +27,10 @@ def beat(node: str) -> None:
     rt = os.environ.get(ENV_RUNTIME_DIR)
     if not rt or os.environ.get(ENV_NODE) != node:
         return
-    path = ready_file(Path(rt), node)
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        with contextlib.suppress(OSError):  # the graph is being removed
-            path.touch()
+    # the graph is being removed, or /dev/shm is full: the launcher sees a stale heartbeat
+    with contextlib.suppress(OSError, TransportError), RuntimeDir.open(rt) as rd:
+        fd = rd.open_file(ready_name(node), os.O_WRONLY | os.O_CREAT)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from shmlaunch.transport import PoolExhaustedError
 
 from ._node import Node, NodeSetupError
 from ._params import Param
@@ -150,9 +149,8 @@ class Camera(Node):
         return _Folder(path, shape, repeat=round(self.image_seconds * self.fps))
 
     def grab(self) -> None:
-        try:
-            loan = self.out.loan()
-        except PoolExhaustedError:
+        loan = self.out.loan()
+        if loan.dropped:
             self.dropped += 1  # every slot is held by slow readers: skip this frame, never wait
             return
         with loan as slot:

@@ -16,8 +16,13 @@ import numpy as np
 import pytest
 from shmlaunch.launch import Printer
 from shmlaunch.launch._state import GraphState
-from shmlaunch.transport import Reader, Writer, graph_runtime_dir
+from shmlaunch.transport import Reader, RuntimeDir, Writer, graph_runtime_dir
 from test_launcher import THREE, assert_nothing_left, node_pids, records, start, wait_for, write_graph
+
+
+def graph_state(graph: str) -> GraphState:
+    with RuntimeDir.open(graph_runtime_dir(graph)) as rd:
+        return GraphState.read(rd)
 
 
 def cli(*args, timeout=60, env=None) -> subprocess.CompletedProcess:
@@ -35,8 +40,7 @@ def running(tmp_path):
     proc = start(path)
     try:
         wait_for(lambda: len(records(out)) > 5, what="the graph to run")
-        wait_for(lambda: all(n.state == "running" for n in GraphState.read(graph_runtime_dir(graph)).nodes.values()),
-                 what="every node to report ready")
+        wait_for(lambda: all(n.state == "running" for n in graph_state(graph).nodes.values()), what="every node to report ready")
         yield graph, out, proc
     finally:
         if proc.poll() is None:
@@ -173,7 +177,7 @@ def test_launcher_notifies_systemd_ready_and_watchdog(tmp_path):
 
 
 def test_launcher_says_how_much_room_is_missing_before_starting(tmp_path):
-    path, graph = write_graph(tmp_path, "topics:\n  huge: {capacity: 4000000000000, pool: 8}\nnodes:\n  a: {cmd: [true], publish: {o: huge}}\n")
+    path, graph = write_graph(tmp_path, "topics:\n  huge: {capacity: 400000000000, pool: 8}\nnodes:\n  a: {cmd: [true], publish: {o: huge}}\n")
     res = cli(path)
     assert res.returncode == 2
     assert res.stderr.startswith(f"shmlaunch: error: not enough room in /dev/shm for graph {graph!r}: its topics need ")

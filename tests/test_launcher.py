@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from shmlaunch.testing import unique_name
-from shmlaunch.transport import graph_runtime_dir
+from shmlaunch.transport import ensure_runtime_dir, graph_runtime_dir
 
 TESTS = Path(__file__).parent
 
@@ -240,8 +240,7 @@ def test_second_launch_of_a_running_graph_is_refused(tmp_path):
 
 def test_runtime_directory_left_by_a_crashed_run_is_flushed(tmp_path):
     path, graph = write_graph(tmp_path, THREE.replace("OUT", str(tmp_path / "o.jsonl")))
-    stale = graph_runtime_dir(graph)
-    stale.mkdir(mode=0o700)
+    stale = ensure_runtime_dir(graph_runtime_dir(graph))  # marked as shmlaunch's, as a crashed run leaves it
     (stale / "numbers.pool").write_bytes(b"garbage from a crash")
     res = shmlaunch(path, "--duration", 1)
     assert res.returncode == 0, res.stdout + res.stderr

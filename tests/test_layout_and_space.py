@@ -58,10 +58,11 @@ def test_layout_document_lists_every_header_field():
 
 def test_public_api_is_pinned():
     assert sorted(transport.__all__) == sorted([
-        "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "ClosedError", "Loan", "Message", "OutOfSpaceError", "PoolExhaustedError", "Reader",
-        "ReaderStatistics", "SegmentCorruptError", "TopicConfig", "TopicMismatchError", "TopicNotFoundError",
-        "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup", "default_runtime_dir",
-        "ensure_runtime_dir", "ensure_topic", "graph_runtime_dir", "normalize_request", "read_registry", "validate_topic_name", "wait_any",
+        "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "SHM_ROOT", "ClosedError", "Loan", "Message", "OutOfSpaceError", "Reader",
+        "ReaderStatistics", "RegistryBusyError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "TopicConfig",
+        "TopicMismatchError", "TopicNotFoundError", "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup",
+        "default_runtime_dir", "ensure_runtime_dir", "ensure_topic", "ensure_topics", "graph_runtime_dir", "new_run_id",
+        "normalize_request", "read_registry", "validate_graph_name", "validate_topic_name", "wait_any",
     ])
 
 
@@ -87,7 +88,7 @@ def test_full_shm_is_a_clear_error_at_creation_and_leaves_nothing(small_tmpfs):
     expected = r"^\[Errno 28\] cannot create topic 'big': .* has \d+ bytes free, the segment needs 4215872 \(capacity=4194304 pool=1\)$"
     with pytest.raises(OutOfSpaceError, match=expected):
         Writer("big", capacity=1 << 22, pool=1, runtime_dir=rt)
-    assert sorted(p.name for p in rt.iterdir()) == ["registry.lock"]
+    assert sorted(p.name for p in rt.iterdir()) == [".shmlaunch-runtime", "registry.lock"]
     with Writer("small", capacity=1024, runtime_dir=rt) as small, Reader("small", runtime_dir=rt) as reader:
         small.publish(b"ok")  # what fits still works
         assert bytes(reader.receive(timeout=1).copy().data) == b"ok"

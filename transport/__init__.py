@@ -8,7 +8,8 @@ that C++ and C# readers follow.
 from ._errors import (
     ClosedError,
     OutOfSpaceError,
-    PoolExhaustedError,
+    RegistryBusyError,
+    RuntimeDirError,
     SegmentCorruptError,
     TopicMismatchError,
     TopicNotFoundError,
@@ -16,10 +17,21 @@ from ._errors import (
     WriterBusyError,
 )
 from ._layout import LAYOUT_VERSION, TopicConfig
+from ._platform import SHM_ROOT
 from ._reader import Message, Reader, ReaderStatistics, wait_any
 from ._registry import read_registry
-from ._runtime import ENV_RUNTIME_DIR, cleanup, default_runtime_dir, ensure_runtime_dir, graph_runtime_dir, validate_topic_name
-from ._segment import ensure_topic, normalize_request
+from ._runtime import (
+    ENV_RUNTIME_DIR,
+    RuntimeDir,
+    cleanup,
+    default_runtime_dir,
+    ensure_runtime_dir,
+    graph_runtime_dir,
+    new_run_id,
+    validate_graph_name,
+    validate_topic_name,
+)
+from ._segment import ensure_topic, ensure_topics, normalize_request
 from ._writer import Loan, Writer, WriterStatistics
 
 __all__ = [
@@ -28,10 +40,13 @@ __all__ = [
     "ClosedError",
     "Loan",
     "Message",
+    "SHM_ROOT",
     "OutOfSpaceError",
-    "PoolExhaustedError",
     "Reader",
     "ReaderStatistics",
+    "RegistryBusyError",
+    "RuntimeDir",
+    "RuntimeDirError",
     "SegmentCorruptError",
     "TopicConfig",
     "TopicMismatchError",
@@ -44,9 +59,12 @@ __all__ = [
     "default_runtime_dir",
     "ensure_runtime_dir",
     "ensure_topic",
+    "ensure_topics",
     "graph_runtime_dir",
+    "new_run_id",
     "normalize_request",
     "read_registry",
+    "validate_graph_name",
     "validate_topic_name",
     "wait_any",
 ]

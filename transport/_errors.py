@@ -21,16 +21,21 @@ class WriterBusyError(TransportError):
     """A second writer tried to open a topic whose writer is alive (one writer per topic)."""
 
 
-class PoolExhaustedError(TransportError):
-    """Every slot of a topic is held by readers, so a loan has nowhere to go."""
-
-
 class SegmentCorruptError(TransportError):
     """A segment file is not a pool topic of this layout (the OSError, if any, is the cause)."""
 
 
 class OutOfSpaceError(TransportError, OSError):
     """The shared-memory file system cannot hold a new segment (reserved up front)."""
+
+
+class RuntimeDirError(TransportError):
+    """A runtime directory that must not be trusted: another user's, a symlink, open to others,
+    or holding files shmlaunch did not create (refused, never used or cleared)."""
+
+
+class RegistryBusyError(TransportError):
+    """The registry lock stayed held longer than a bounded wait (its holder is stopped or hung)."""
 
 
 class ClosedError(TransportError):

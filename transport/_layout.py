@@ -87,6 +87,11 @@ SLOTS_OFFSET = GROUPS_OFFSET + MAX_GROUPS * GROUP_ENTRY_SIZE  # 21504
 SLOT_HEADER_SIZE = 64
 ALIGN = 64
 MAX_NDIM = 8
+#: The largest capacity a topic may have (1 TiB): far beyond any frame, small enough that no
+#: size computed from a header can overflow 64 bits in C++ or C#.
+MAX_CAPACITY = 1 << 40
+#: Slot state words at or above this are corrupt (a sequence number of 2**62 is never reached).
+MAX_STATE = 1 << 63
 
 STATIC = struct.Struct("<8sIIQQQQI4x32s8Q")  # offsets 0..151
 WAKE_OFFSET = 256
@@ -160,6 +165,7 @@ class HeaderView:
     itemsize: int
     typestr: str
     shape: tuple[int, ...] | None
+    ndim: int
 
     @classmethod
     def parse(cls, buf) -> HeaderView:
@@ -168,8 +174,30 @@ class HeaderView:
         return cls(
             magic=f[0], layout_version=f[1], pool=f[2], capacity=f[3], slot_stride=f[4],
             slots_offset=f[5], itemsize=f[6], typestr=f[8].rstrip(b"\0").decode("ascii", "replace"),
-            shape=tuple(f[9 : 9 + min(ndim, MAX_NDIM)]) if ndim else None,
+            shape=tuple(f[9 : 9 + min(ndim, MAX_NDIM)]) if ndim else None, ndim=ndim,
         )
+
+
+def header_problem(h: HeaderView, size: int) -> str | None:
+    """What is wrong with a segment's static header read back from a file of ``size`` bytes
+    (None: it can be mapped safely). Every field is bounded before any product is formed, so
+    the same checks in C++ and C# cannot overflow."""
+    if h.magic != MAGIC:
+        return f"magic is {h.magic!r}, expected {MAGIC!r}"
+    if h.layout_version != LAYOUT_VERSION:
+        return f"layout_version is {h.layout_version}, this shmlaunch uses {LAYOUT_VERSION}"
+    if not 1 <= h.pool <= MAX_POOL:
+        return f"pool {h.pool} is outside 1..{MAX_POOL}"
+    if not 1 <= h.capacity <= MAX_CAPACITY:
+        return f"capacity {h.capacity} is outside 1..{MAX_CAPACITY}"
+    if h.slots_offset < SLOTS_OFFSET or h.slots_offset % ALIGN or h.slots_offset > size:
+        return f"slots_offset {h.slots_offset} is not a multiple of {ALIGN} from {SLOTS_OFFSET} to the file size {size}"
+    if h.slot_stride < slot_stride(h.capacity) or h.slot_stride % ALIGN or h.slot_stride > (size - h.slots_offset) // h.pool:
+        return (f"slot_stride {h.slot_stride} does not fit: capacity {h.capacity} needs at least {slot_stride(h.capacity)}, "
+                f"and {h.pool} slots from offset {h.slots_offset} must end within the file size {size}")
+    if h.ndim > MAX_NDIM:
+        return f"ndim {h.ndim} is above {MAX_NDIM}"
+    return None
 
 
 def dtype_name(dtype: np.dtype) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import functools
+import math
 import os
 import struct
 import time
@@ -28,6 +29,19 @@ from ._runtime import default_runtime_dir
 from ._segment import Segment, normalize_request, open_for_reading
 
 _U64 = struct.Struct("<Q")
+#: Timeouts at or above this many seconds (about 116 days; inf too) mean "wait forever": the
+#: kernel's timeout cannot take them, and nobody means them literally.
+FOREVER = 1e7
+
+
+def wait_seconds(timeout: float | None) -> float | None:
+    """A caller's timeout as the futex calls take it: None (forever) or seconds >= 0."""
+    if timeout is None:
+        return None
+    t = float(timeout)
+    if math.isnan(t):
+        raise ValueError("invalid timeout nan: give seconds >= 0, or None (or inf) to wait forever")
+    return None if t >= FOREVER else max(t, 0.0)
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,12 @@ class Reader:
 
         Returns None on timeout. Sleeps on the futex while nothing is new (0% CPU). A
         message whose slot is being written is not returned; the next one is waited for.
+        ``inf`` (or any timeout of 10**7 s or more) waits forever; ``nan`` is a ValueError.
         """
         seg = self._seg
         if seg is None:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        timeout = wait_seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             msg = self._take()
@@ -254,7 +270,7 @@ def wait_any(readers: list[Reader], timeout: float | None) -> None:
     One futex_waitv over all their words: the node runtime waits on every subscription
     with one system call and no CPU. Returns early at any change; callers re-check.
     """
-    futex_wait_any([r.wait_word() for r in readers], timeout)
+    futex_wait_any([r.wait_word() for r in readers], wait_seconds(timeout))
 
 
 class Message:

@@ -1,31 +1,44 @@
-"""The registry file: one small YAML file per graph listing every topic's static config.
+"""The registry file: one small file per graph listing every topic's static config.
 
 Writers and the launcher add entries under an exclusive lock on ``registry.lock`` and
-replace the file atomically (write a temporary file, then rename), so a reader never sees
-half a registry and needs no lock to read it. Example::
+replace the file atomically (write a fresh temporary file, then rename), so a reader never
+sees half a registry and needs no lock to read it. Example::
 
     layout_version: 1
     topics:
       "camera/image": {"capacity": 2764800, "dtype": "|u1", "pool": 4, "segment": "camera.image.pool", "shape": [720, 1280, 3], "typestr": "|u1"}
+
+The text is valid YAML, but it is read as what it is, lines of JSON: no YAML feature (an
+alias, a tag) can make reading it slow or large, and a C++ or C# client finds its topic's
+line and parses one flat JSON object. Every entry is checked field by field; a bad one is a
+SegmentCorruptError naming the file, line, topic and value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ._errors import SegmentCorruptError
+from . import _layout as L
+from ._errors import RegistryBusyError, SegmentCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
 from ._platform import ByteLock
-from ._runtime import REGISTRY_FILE, segment_file_name
+from ._runtime import REGISTRY_FILE, RuntimeDir, segment_file_name, validate_segment_name, validate_topic_name
 
 LOCK_FILE = "registry.lock"
+#: How long a registry update waits for another one before naming the holder.
+LOCK_WAIT = 5.0
+#: Bounds on what a registry may hold (1000s of topics fit many times over).
+MAX_REGISTRY_BYTES = 16 << 20
+MAX_LINE = 8192
+_FIELDS = {"segment", "capacity", "pool", "dtype", "typestr", "shape"}
 
 
 def dtype_to_yaml(dtype: np.dtype | None):
@@ -37,7 +50,7 @@ def dtype_to_yaml(dtype: np.dtype | None):
 
 
 def _descr(value):
-    """numpy's descr from its YAML/JSON form: lists of [name, type(, shape)], nested for records."""
+    """numpy's descr from its JSON form: lists of [name, type(, shape)], nested for records."""
     if not isinstance(value, list):
         return value
     fields = []
@@ -60,60 +73,142 @@ def config_to_entry(topic: str, config: TopicConfig) -> dict:
     return entry
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def entry_to_config(entry: dict) -> TopicConfig:
-    shape = entry.get("shape")
-    return TopicConfig(
-        capacity=int(entry["capacity"]), pool=int(entry["pool"]),
-        dtype=dtype_from_yaml(entry.get("dtype")), shape=None if shape is None else tuple(shape),
-    )
+    """The TopicConfig of a registry entry; ValueError names the first field that is wrong."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"the entry is a {type(entry).__name__}, not a mapping")
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}")
+    validate_segment_name(entry.get("segment"))
+    capacity, pool, shape = entry.get("capacity"), entry.get("pool"), entry.get("shape")
+    if not _whole(capacity) or not 1 <= capacity <= L.MAX_CAPACITY:
+        raise ValueError(f"capacity {capacity!r} is not a whole number of bytes from 1 to {L.MAX_CAPACITY}")
+    if not _whole(pool) or not 1 <= pool <= L.MAX_POOL:
+        raise ValueError(f"pool {pool!r} is not a whole number from 1 to {L.MAX_POOL}")
+    if shape is not None and (not isinstance(shape, list) or not 1 <= len(shape) <= L.MAX_NDIM
+                              or not all(_whole(x) and 0 < x <= L.MAX_CAPACITY for x in shape)):
+        raise ValueError(f"shape {shape!r} is not 1 to {L.MAX_NDIM} positive whole numbers")
+    try:
+        dtype = dtype_from_yaml(entry.get("dtype"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dtype {entry.get('dtype')!r} is not a numpy dtype ({exc})") from None
+    if shape is not None and dtype is None:
+        raise ValueError("shape is given without a dtype")
+    if shape is not None and dtype.itemsize * math.prod(shape) > capacity:
+        raise ValueError(f"dtype x shape {dtype.itemsize * math.prod(shape)} bytes exceeds capacity {capacity}")
+    return TopicConfig(capacity=capacity, pool=pool, dtype=dtype, shape=None if shape is None else tuple(shape))
 
 
 def format_registry(topics: dict[str, dict]) -> str:
-    """The registry's text: YAML whose every topic is one line holding a JSON object.
-
-    JSON is valid YAML, so Python reads it with any YAML parser, while a C++ or C# client
-    finds its topic's line and parses one flat JSON object (``typestr`` spares it numpy's
-    record descriptions).
-    """
+    """The registry's text: a header, then each topic on one line holding a JSON object."""
     lines = [f"layout_version: {LAYOUT_VERSION}", "topics:" if topics else "topics: {}"]
     lines += [f"  {json.dumps(name)}: {json.dumps(topics[name], separators=(', ', ': '))}" for name in sorted(topics)]
     return "\n".join(lines) + "\n"
 
 
-def read_registry(runtime_dir: Path) -> dict[str, dict]:
+def parse_registry(text: str, where: str) -> dict[str, dict]:
+    """Every topic entry of a registry's text (as ``format_registry`` writes it), checked.
+
+    Strict on purpose: anything else is a SegmentCorruptError naming ``where``:line."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+
+    def bad(lineno: int, why: str) -> SegmentCorruptError:
+        return SegmentCorruptError(f"cannot read registry {where}:{lineno}: {why}")
+
+    head = lines[0].strip() if lines else ""
+    if not head.startswith("layout_version:"):
+        raise bad(1, f"expected 'layout_version: {LAYOUT_VERSION}', got {head[:60]!r}")
+    version = head.partition(":")[2].strip()
+    if version != str(LAYOUT_VERSION):
+        raise bad(1, f"layout_version is {version[:20]!r}, this shmlaunch reads {LAYOUT_VERSION}")
+    if len(lines) < 2 or lines[1].strip() not in ("topics:", "topics: {}"):
+        raise bad(2, "expected 'topics:'")
+    topics: dict[str, dict] = {}
+    for lineno, line in enumerate(lines[2:], start=3):
+        if len(line) > MAX_LINE:
+            raise bad(lineno, f"line longer than {MAX_LINE} characters")
+        name_text, sep, body = line.strip().partition(": ")
+        try:
+            name = json.loads(name_text) if sep else None
+            entry = json.loads(body) if sep else None
+        except ValueError:
+            name = entry = None
+        if not isinstance(name, str):
+            raise bad(lineno, f"expected '\"topic\": {{...}}', got {line.strip()[:60]!r}")
+        try:
+            validate_topic_name(name)
+            entry_to_config(entry)
+        except ValueError as exc:
+            raise bad(lineno, f"topic {name[:60]!r}: {exc}") from None
+        if name in topics:
+            raise bad(lineno, f"topic {name!r} is listed twice")
+        topics[name] = entry
+    return topics
+
+
+def read_registry(runtime_dir: Path | RuntimeDir) -> dict[str, dict]:
     """Every topic entry of the graph's registry ({} when there is no registry yet)."""
-    path = Path(runtime_dir) / REGISTRY_FILE
+    if isinstance(runtime_dir, RuntimeDir):
+        return _read(runtime_dir)
+    with RuntimeDir.open(runtime_dir) as rd:
+        return _read(rd)
+
+
+def _read(rd: RuntimeDir) -> dict[str, dict]:
+    where = rd.path / REGISTRY_FILE
     try:
-        text = path.read_text()
+        raw = rd.read_bytes(REGISTRY_FILE, MAX_REGISTRY_BYTES)
     except FileNotFoundError:
         return {}
+    except ValueError as exc:
+        raise SegmentCorruptError(f"cannot read registry: {exc}") from None
+    except OSError as exc:
+        raise SegmentCorruptError(f"cannot read registry {where}: {exc.strerror}") from exc
     try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise SegmentCorruptError(f"cannot read registry {path}: {exc}") from exc
-    version = doc.get("layout_version")
-    if version != LAYOUT_VERSION:
-        raise SegmentCorruptError(
-            f"cannot read registry {path}: layout_version is {version!r}, this shmlaunch reads {LAYOUT_VERSION}"
-        )
-    return doc.get("topics") or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SegmentCorruptError(f"cannot read registry {where}: not UTF-8 text") from None
+    return parse_registry(text, str(where))
+
+
+def lock_exclusive(lock: ByteLock, timeout: float, what: str, holder) -> None:
+    """Take ``lock``, waiting at most ``timeout`` s; RegistryBusyError names ``holder()`` after that.
+
+    Polls with a growing sleep (1 ms to 50 ms): the critical sections it waits for take
+    microseconds, so a wait this long means the holder is stopped or hung."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while not lock.try_exclusive():
+        if time.monotonic() >= deadline:
+            raise RegistryBusyError(f"{what} has been held for more than {timeout:g} s by {holder()} "
+                                    f"(stopped or hung? end it, and the lock goes with it)")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 @contextlib.contextmanager
-def locked_registry(runtime_dir: Path) -> Iterator[dict[str, dict]]:
+def locked_registry(rd: RuntimeDir, timeout: float = LOCK_WAIT) -> Iterator[dict[str, dict]]:
     """Hold the registry lock; yield the topics dict; write it back atomically on success."""
-    runtime_dir = Path(runtime_dir)
-    fd = os.open(runtime_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = rd.open_file(LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
-        ByteLock(fd, 0).wait_exclusive()
-        topics = read_registry(runtime_dir)
+        def holder() -> str:
+            pid = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+            return f"pid {pid}" if pid.isdigit() else "another process"
+
+        lock_exclusive(ByteLock(fd, 0), timeout, f"the registry lock {rd.path / LOCK_FILE}", holder)
+        os.pwrite(fd, f"{os.getpid():<19}\n".encode(), 0)  # who holds it, for the message above
+        topics = _read(rd)
         before = format_registry(topics)
         yield topics
-        if format_registry(topics) != before:
-            tmp = runtime_dir / f".{REGISTRY_FILE}.{os.getpid()}.tmp"
-            fd_tmp = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd_tmp, "w") as f:
-                f.write(format_registry(topics))
-            os.replace(tmp, runtime_dir / REGISTRY_FILE)
+        after = format_registry(topics)
+        if after != before:
+            rd.write_atomic(REGISTRY_FILE, after.encode())
     finally:
         os.close(fd)  # closing the descriptor drops its lock

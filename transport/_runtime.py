@@ -1,30 +1,56 @@
-"""Where a graph's files live: its private runtime directory, topic names and segment paths.
+"""Where a graph's files live: its private runtime directory, topic names and segment names.
 
 A graph's runtime directory is ``/dev/shm/shmlaunch-<uid>-<graph>`` (mode 0700, files 0600):
 per user so two users never collide, per graph so two graphs never collide, flat so that
 removing it leaves nothing behind in /dev/shm. ``SHMLAUNCH_RUNTIME_DIR`` (set by the
 launcher for every node) overrides the default.
+
+Why every file is opened through :class:`RuntimeDir` (a directory file descriptor): /dev/shm
+is writable by every user, so anything under it may have been planted. The directory itself
+is opened with ``O_DIRECTORY | O_NOFOLLOW`` and checked (a real directory, owned by this
+user, no access for others) before anything else; every file is then opened relative to that
+descriptor with ``O_NOFOLLOW``, so a symlink swapped in later is never followed either.
+A directory is recognised as shmlaunch's by its marker file (``.shmlaunch-runtime``), and
+removing one deletes only the kinds of file shmlaunch creates, never anything else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-import shutil
+import secrets
+import stat
 from pathlib import Path
 
+from ._errors import RuntimeDirError
 from ._platform import SHM_ROOT
 
 ENV_RUNTIME_DIR = "SHMLAUNCH_RUNTIME_DIR"
 REGISTRY_FILE = "registry.yaml"
 SEGMENT_SUFFIX = ".pool"
+MARKER_FILE = ".shmlaunch-runtime"
+MAX_GRAPH_LEN = 100
+#: The marker is tiny; anything larger is not ours.
+_MARKER_LIMIT = 4096
 
 # ROS-like names: segments of letters, digits, '_' and '-', joined by '/'. Mapping '/' to '.'
 # for the file name is then one-to-one, and no name can step out of the runtime directory.
 _TOPIC_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(/[A-Za-z0-9_][A-Za-z0-9_\-]*)*")
 _GRAPH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+# A segment name as a registry may give it: a plain file name in the runtime directory.
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool")
 MAX_TOPIC_LEN = 200
+
+#: Every kind of file a shmlaunch run creates in a runtime directory (and nothing else may be
+#: there): the marker, registry and its lock, the launcher's lock and state, node heartbeats,
+#: segments, and the temporary files these are built in before an atomic rename.
+OWN_FILES = re.compile(
+    r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|ready\.[A-Za-z0-9_.\-]+"
+    r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool"
+    r"|\.(\.shmlaunch-runtime|registry\.yaml|graph\.json|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool)\.\d+(\.[0-9a-f]+)?\.tmp)"
+)
 
 
 def validate_topic_name(name: object) -> str:
@@ -44,14 +70,23 @@ def validate_topic_name(name: object) -> str:
 
 
 def validate_graph_name(name: object) -> str:
-    if not isinstance(name, str) or not _GRAPH_RE.fullmatch(name) or len(name) > 100:
-        raise ValueError(f"invalid graph name {name!r}: use letters, digits, '_' and '-' only")
+    """Return ``name`` if it can name a graph (and so a runtime directory), else raise ValueError."""
+    if not isinstance(name, str) or not _GRAPH_RE.fullmatch(name) or len(name) > MAX_GRAPH_LEN:
+        shown = name[:40] + "..." if isinstance(name, str) and len(name) > 40 else name
+        raise ValueError(f"invalid graph name {shown!r}: 1 to {MAX_GRAPH_LEN} letters, digits, '_' and '-'")
+    return name
+
+
+def validate_segment_name(name: object) -> str:
+    """A registry's ``segment`` field must be a plain ``*.pool`` file name (no '/', no '..')."""
+    if not isinstance(name, str) or len(name) > MAX_TOPIC_LEN + len(SEGMENT_SUFFIX) or not _SEGMENT_RE.fullmatch(name):
+        raise ValueError(f"segment {str(name)[:60]!r} is not a plain segment file name (NAME.pool, no '/' or '..')")
     return name
 
 
 def graph_runtime_dir(graph: str) -> Path:
     """The runtime directory of ``graph`` for this user: /dev/shm/shmlaunch-<uid>-<graph>."""
-    return Path(SHM_ROOT) / f"shmlaunch-{os.getuid()}-{validate_graph_name(graph)}"
+    return Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{validate_graph_name(graph)}"
 
 
 def default_runtime_dir() -> Path:
@@ -61,27 +96,218 @@ def default_runtime_dir() -> Path:
     return Path(env) if env else graph_runtime_dir("default")
 
 
-def ensure_runtime_dir(path: Path) -> Path:
-    """Create the runtime directory (0700) if needed and check that only we can enter it."""
-    path = Path(path)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=False)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"runtime directory {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
 def segment_file_name(topic: str) -> str:
     return validate_topic_name(topic).replace("/", ".") + SEGMENT_SUFFIX
 
 
-def cleanup(runtime_dir: Path | str) -> None:
-    """Remove a graph's runtime directory: every segment and the registry, once.
+def _check_dir_stat(path: Path, st: os.stat_result) -> None:
+    """The one rule for trusting a runtime directory: a real directory, ours, closed to others."""
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is a symlink; shmlaunch never follows one (remove it)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); refusing it")
+    if st.st_mode & 0o077:
+        raise RuntimeDirError(f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (others could "
+                              f"plant or read files there); refusing it")
 
-    Processes that still map a segment keep their memory until they close it; new
-    openers no longer find the topic.
+
+class RuntimeDir:
+    """An open, checked runtime directory; every file in it is opened relative to its fd.
+
+    ``open`` takes an existing directory and checks it (``RuntimeDirError`` says what is
+    wrong, in one line); ``create`` makes it (0700, with the marker) when missing, then opens
+    it. ``close()`` releases the descriptor. Use as a context manager.
     """
-    shutil.rmtree(runtime_dir, ignore_errors=True)
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str | Path) -> RuntimeDir:
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                _check_dir_stat(path, os.lstat(path))  # the precise reason, when there is one
+            raise RuntimeDirError(f"cannot open runtime directory {path}: {exc.strerror}") from exc
+        try:
+            _check_dir_stat(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    @classmethod
+    def create(cls, path: str | Path, run: str | None = None) -> RuntimeDir:
+        """Open ``path``, creating it (0700, marked as shmlaunch's) when it does not exist."""
+        path = Path(path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            return cls.open(path)
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot create runtime directory {path}: {exc.strerror}") from exc
+        rd = cls.open(path)
+        rd.write_marker(run or new_run_id(), remove_dir=True)
+        return rd
+
+    # ----- files
+    def open_file(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """``os.open`` of ``name`` in this directory; never follows a symlink."""
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+
+    def read_bytes(self, name: str, limit: int) -> bytes:
+        """The file's bytes; SegmentCorrupt-style callers get ValueError past ``limit`` bytes."""
+        fd = self.open_file(name, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"{self.path / name} is not a regular file")
+            chunks, total = [], 0
+            while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise ValueError(f"{self.path / name} is larger than {limit} bytes")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Replace ``name`` by a file holding ``data`` (0600), through a fresh temporary file
+        (``O_EXCL``: a planted file or symlink at the temporary name is an error, never a target)."""
+        tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = self.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            self.unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            self.unlink(tmp)
+            raise
+
+    def unlink(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def entries(self) -> list[str]:
+        return sorted(os.listdir(self.fd))
+
+    # ----- ownership of the directory by a run
+    def marker(self) -> dict | None:
+        """The marker's contents ({"run": id, "remove_dir": bool}), None if there is none (or it is not ours)."""
+        try:
+            doc = json.loads(self.read_bytes(MARKER_FILE, _MARKER_LIMIT))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("run"), str) or not isinstance(doc.get("remove_dir"), bool):
+            return None
+        return doc
+
+    def write_marker(self, run: str, remove_dir: bool) -> None:
+        self.write_atomic(MARKER_FILE, json.dumps({"run": run, "remove_dir": remove_dir}).encode())
+
+    def first_foreign_entry(self) -> str | None:
+        """The first entry that no shmlaunch run creates (or one that is not a regular file)."""
+        for name in self.entries():
+            if not OWN_FILES.fullmatch(name):
+                return name
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISREG(self.lstat(name).st_mode):
+                    return name
+        return None
+
+    def check_reusable(self) -> dict | None:
+        """Refuse (RuntimeDirError) a directory that is not empty and not wholly shmlaunch's;
+        return its marker (None for an empty, unmarked directory)."""
+        marker = self.marker()
+        entries = self.entries()
+        if marker is None and entries:
+            raise RuntimeDirError(f"runtime directory {self.path} was not made by shmlaunch (no {MARKER_FILE} marker) and is not "
+                                  f"empty (first entry: {entries[0]!r}); refusing to use or clear it")
+        foreign = self.first_foreign_entry()
+        if foreign is not None:
+            raise RuntimeDirError(f"runtime directory {self.path} holds {foreign!r}, which shmlaunch did not create; "
+                                  f"refusing to use or clear it")
+        return marker
+
+    def remove_own_files(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete every file of a kind shmlaunch creates (but the marker and ``keep``); anything else stays."""
+        for name in self.entries():
+            if name == MARKER_FILE or name in keep or not OWN_FILES.fullmatch(name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(self.lstat(name).st_mode):
+                    self.unlink(name)
+
+    # -----
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RuntimeDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def new_run_id() -> str:
+    """A fresh identifier for one run of a graph (what a watchdog checks before it deletes)."""
+    return secrets.token_hex(8)
+
+
+def ensure_runtime_dir(path: str | Path) -> Path:
+    """Create the runtime directory (0700, marked) if needed and check that only we can enter it."""
+    RuntimeDir.create(path).close()
+    return Path(path)
+
+
+def cleanup(runtime_dir: Path | str, run: str | None = None) -> bool:
+    """Remove a graph's runtime directory: every segment, the registry and the other files a
+    shmlaunch run creates, then the directory itself if a shmlaunch run made it.
+
+    Nothing else is ever deleted: a directory that is not marked as shmlaunch's, belongs to
+    another user or is a symlink is left alone, and so is any file of another kind. With
+    ``run``, only a directory whose marker names that run is touched (a watchdog must not
+    clean a newer run). Returns True when the directory is gone. Processes that still map a
+    segment keep their memory until they close it; new openers no longer find the topic.
+    """
+    try:
+        rd = RuntimeDir.open(runtime_dir)
+    except (FileNotFoundError, RuntimeDirError):
+        return not os.path.lexists(runtime_dir)
+    with rd:
+        marker = rd.marker()
+        if marker is None or (run is not None and marker["run"] != run):
+            return False
+        rd.remove_own_files()
+        if not marker["remove_dir"]:
+            rd.unlink(MARKER_FILE)
+            return False
+        if rd.entries() != [MARKER_FILE]:
+            return False
+        rd.unlink(MARKER_FILE)
+    try:
+        os.rmdir(runtime_dir)
+    except OSError:
+        return False
+    return True

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import secrets
+import stat
 import struct
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from . import _layout as L
 from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
 from ._platform import ByteLock, buffer_address
 from ._registry import config_to_entry, entry_to_config, locked_registry, read_registry
-from ._runtime import segment_file_name, validate_topic_name
+from ._runtime import RuntimeDir, segment_file_name, validate_topic_name
 
 
 class Segment:
@@ -46,6 +48,7 @@ class Segment:
             raise
         self.header = L.HeaderView.parse(self.mm)
         self.size = size
+        self.config: L.TopicConfig | None = None
         self.writer_lock = ByteLock(fd, L.LOCK_WRITER)
         self.presence_lock = ByteLock(fd, L.LOCK_PRESENCE)
         self._pin = None
@@ -53,15 +56,8 @@ class Segment:
 
     # ----- checks
     def layout_problem(self) -> str | None:
-        h = self.header
-        if h.magic != L.MAGIC:
-            return f"segment {self.path} has magic {h.magic!r}, expected {L.MAGIC!r}"
-        if h.layout_version != L.LAYOUT_VERSION:
-            return f"segment layout_version is {h.layout_version}, this shmlaunch uses {L.LAYOUT_VERSION}"
-        need = h.slots_offset + h.pool * h.slot_stride
-        if not 1 <= h.pool <= L.MAX_POOL or h.slot_stride < L.slot_stride(h.capacity) or need > self.size:
-            return f"segment {self.path} header is inconsistent (pool {h.pool}, stride {h.slot_stride}, size {self.size})"
-        return None
+        problem = L.header_problem(self.header, self.size)
+        return None if problem is None else f"segment {self.path} is corrupt: its header's {problem}"
 
     def claim_reader_entry(self) -> int | None:
         """Own a free reader-table entry (its lock byte, for this open file's life); its offset."""
@@ -102,9 +98,16 @@ class Segment:
         return bytes(self.mm[off : off + L.GROUP_NAME_SIZE]).rstrip(b"\0").decode("ascii", "replace")
 
     def reader_entries(self) -> list[tuple]:
-        """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale, group)."""
-        return [L.READER_ENTRY.unpack_from(self.mm, L.READERS_OFFSET + i * L.READER_ENTRY.size)
-                for i in range(L.MAX_READERS) if ByteLock(self.fd, L.LOCK_READER0 + i).is_held_by_others()]
+        """The live readers' table entries (pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale, group).
+
+        An entry never claimed has pid 0 and needs no lock probe (a tool refreshing hundreds
+        of topics a second makes one system call per claimed entry, not 64 per topic)."""
+        out = []
+        for i in range(L.MAX_READERS):
+            entry = L.READER_ENTRY.unpack_from(self.mm, L.READERS_OFFSET + i * L.READER_ENTRY.size)
+            if entry[0] and ByteLock(self.fd, L.LOCK_READER0 + i).is_held_by_others():
+                out.append(entry)
+        return out
 
     def in_use_by_others(self) -> bool:
         return self.writer_lock.is_held_by_others() or self.presence_lock.is_held_by_others()
@@ -141,6 +144,10 @@ class Segment:
         if cfg.dtype is not None:
             return raw[: length - length % cfg.dtype.itemsize].view(cfg.dtype)
         return raw[:length]
+
+    def shape_view(self, raw: np.ndarray, length: int) -> np.ndarray:
+        """``raw`` bytes seen as ``length`` bytes of the topic's type (a dropped loan's scratch)."""
+        return self._shape(raw, length)
 
     def view(self, slot: int, length: int) -> np.ndarray:
         """A writable view of ``slot``'s payload as the topic's type (the writer's loans)."""
@@ -214,42 +221,59 @@ def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
             raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
         capacity = int(capacity)
+        if capacity > L.MAX_CAPACITY:
+            raise ValueError(f"invalid capacity {capacity}: at most {L.MAX_CAPACITY} bytes (1 TiB) per message")
         if shp is not None and capacity < L.nbytes_of(dt, shp):
             raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {L.nbytes_of(dt, shp)} bytes")
     elif shp is not None:
         capacity = L.nbytes_of(dt, shp)
+        if capacity > L.MAX_CAPACITY:
+            raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {L.MAX_CAPACITY} bytes (1 TiB) per message")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= L.MAX_POOL):
         raise ValueError(f"invalid pool size {pool!r}: 1 to {L.MAX_POOL} slots")
     return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp}
 
 
-def _open_fd(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+def _as_runtime_dir(runtime_dir: Path | RuntimeDir, create: bool) -> contextlib.AbstractContextManager[RuntimeDir]:
+    """An open RuntimeDir for ``runtime_dir`` (closed at the end only when opened here)."""
+    if isinstance(runtime_dir, RuntimeDir):
+        return contextlib.nullcontext(runtime_dir)
+    return RuntimeDir.create(runtime_dir) if create else RuntimeDir.open(runtime_dir)
 
 
-def _create_file(topic: str, path: Path, config: L.TopicConfig) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def _open_segment(rd: RuntimeDir, topic: str, name: str) -> Segment:
+    fd = rd.open_file(name, os.O_RDWR)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SegmentCorruptError(f"cannot open topic {topic!r}: {rd.path / name} is not a regular file")
+    return Segment(topic, rd.path / name, fd)
+
+
+def _create_file(rd: RuntimeDir, topic: str, name: str, config: L.TopicConfig) -> None:
+    """Build the segment under a fresh temporary name (O_EXCL, never a planted file), reserve its
+    space, write its header, then rename it into place."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = rd.open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         try:
             os.posix_fallocate(fd, 0, config.segment_size)
         except OSError as exc:
-            st = os.statvfs(path.parent)
+            st = os.statvfs(rd.fd)
             raise OutOfSpaceError(
                 exc.errno,
-                f"cannot create topic {topic!r}: {path.parent} has {st.f_bavail * st.f_frsize} bytes free, "
+                f"cannot create topic {topic!r}: {rd.path} has {st.f_bavail * st.f_frsize} bytes free, "
                 f"the segment needs {config.segment_size} ({config.describe()})",
             ) from exc
         os.pwrite(fd, config.header_bytes(), 0)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=rd.fd, dst_dir_fd=rd.fd)
     except BaseException:
-        os.unlink(tmp)
+        rd.unlink(tmp)
         raise
     finally:
         os.close(fd)
 
 
-def ensure_topic(runtime_dir: Path, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
+def ensure_topic(runtime_dir: Path | RuntimeDir, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
     """Open ``topic`` (creating or flushing its segment as needed) under the registry lock.
 
     With ``writer=True`` the returned segment holds the writer lock byte, taken inside the
@@ -257,37 +281,64 @@ def ensure_topic(runtime_dir: Path, topic: str, request: dict, *, writer: bool, 
     reader, no launcher) that is corrupt or whose config differs from the request is left
     over from a crashed run: it is flushed and re-created. One in use is an error.
     """
-    action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"create topic {topic!r}"
-    path = Path(runtime_dir) / segment_file_name(topic)
-    with locked_registry(runtime_dir) as topics:
-        entry = topics.get(topic)
-        seg = _reuse_existing(path, topic, entry, request, action, writer) if path.exists() else None
-        if seg is None:
-            fields = {"pool": default_pool}
-            if entry:
-                fields.update(vars(entry_to_config(entry)))
-            fields.update({k: v for k, v in request.items() if v is not None})
-            if fields.get("capacity") is None:
-                raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
-            config = L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"), fields.get("shape"))
-            _create_file(topic, path, config)
-            seg = Segment(topic, path, _open_fd(path))
-        else:
-            config = seg.config
-        if writer and not seg.writer_lock.try_exclusive():
+    return ensure_topics(runtime_dir, {topic: request}, writer=writer, default_pool=default_pool)[0]
+
+
+def ensure_topics(runtime_dir: Path | RuntimeDir, requests: dict[str, dict], *, writer: bool = False,
+                  default_pool: int = 4) -> list[Segment]:
+    """``ensure_topic`` for many topics under one registry lock and one registry write (the
+    launcher creates a graph's topics this way: 1000 topics cost one registry update, not 1000)."""
+    segs: list[Segment] = []
+    try:
+        with _as_runtime_dir(runtime_dir, create=writer) as rd, locked_registry(rd) as topics:
+            for topic, request in requests.items():
+                segs.append(_ensure_locked(rd, topics, topic, request, writer, default_pool))
+    except BaseException:
+        for seg in segs:
             seg.close()
-            raise WriterBusyError(f"cannot {action}: another writer is alive; a topic has exactly one writer")
-        topics[topic] = config_to_entry(topic, config)
-    seg.attach(config)
+        raise
+    for seg in segs:
+        seg.attach(seg.config)
+    return segs
+
+
+def _ensure_locked(rd: RuntimeDir, topics: dict, topic: str, request: dict, writer: bool, default_pool: int) -> Segment:
+    action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"create topic {topic!r}"
+    name = segment_file_name(topic)
+    entry = topics.get(topic)
+    try:
+        rd.lstat(name)
+        seg = _reuse_existing(rd, name, topic, entry, request, action, writer)
+    except FileNotFoundError:
+        seg = None
+    if seg is None:
+        fields = {"pool": default_pool}
+        if entry:
+            fields.update(vars(entry_to_config(entry)))
+        fields.update({k: v for k, v in request.items() if v is not None})
+        if fields.get("capacity") is None:
+            raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
+        config = L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"), fields.get("shape"))
+        _create_file(rd, topic, name, config)
+        seg = _open_segment(rd, topic, name)
+        seg.config = config
+    if writer and not seg.writer_lock.try_exclusive():
+        seg.close()
+        raise WriterBusyError(f"cannot {action}: another writer is alive; a topic has exactly one writer")
+    topics[topic] = config_to_entry(topic, seg.config)
     return seg
 
 
-def _reuse_existing(path: Path, topic: str, entry: dict | None, request: dict, action: str, writer: bool) -> Segment | None:
+def _reuse_existing(rd: RuntimeDir, name: str, topic: str, entry: dict | None, request: dict, action: str,
+                    writer: bool) -> Segment | None:
     """The existing segment if it can serve ``request``; None after flushing a stale one."""
-    seg = Segment(topic, path, _open_fd(path))
+    seg = _open_segment(rd, topic, name)
     try:
         if writer and seg.writer_lock.is_held_by_others():
-            pid = struct.unpack_from("<Q", seg.mm, L.WRITER_OFFSET)[0]
+            pid = struct.unpack_from("<Q", seg.mm, L.WRITER_OFFSET)[0] if seg.size >= L.HEADER_SIZE else 0
+            if pid == os.getpid():
+                raise WriterBusyError(f"cannot {action}: another Writer of this topic is open in this process (pid {pid}); "
+                                      f"close() it first")
             raise WriterBusyError(f"cannot {action}: another writer (pid {pid}) is alive; a topic has exactly one writer")
         busy = seg.in_use_by_others()
         problem = seg.layout_problem()
@@ -307,7 +358,7 @@ def _reuse_existing(path: Path, topic: str, entry: dict | None, request: dict, a
         raise
     if problem is not None:  # nobody uses it: a crashed run's leftover
         seg.close()
-        os.unlink(path)
+        rd.unlink(name)
         return None
     seg.config = existing
     return seg
@@ -315,24 +366,33 @@ def _reuse_existing(path: Path, topic: str, entry: dict | None, request: dict, a
 
 def _header_config(seg: Segment) -> L.TopicConfig:
     h = seg.header
-    return L.TopicConfig(h.capacity, h.pool, np.dtype(h.typestr) if h.typestr else None, h.shape)
+    try:
+        dtype = np.dtype(h.typestr) if h.typestr else None
+    except TypeError:
+        dtype = np.dtype(np.uint8)  # an unreadable type never matches a request: the segment is re-created
+    return L.TopicConfig(h.capacity, h.pool, dtype, h.shape)
 
 
-def open_for_reading(runtime_dir: Path, topic: str, request: dict, observer: bool = False) -> Segment:
+def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, observer: bool = False) -> Segment:
     """Open an existing topic: the registry supplies the config, the header must agree.
     A reader holds the presence lock; an ``observer`` (a tool) does not."""
     action = f"open topic {validate_topic_name(topic)!r} for reading"
-    entry = read_registry(runtime_dir).get(topic)
-    if entry is None:
-        raise TopicNotFoundError(f"cannot {action}: the registry in {runtime_dir} does not list it")
-    config = entry_to_config(entry)
-    check_agreement(action, config, "the registry", request, "requested")
-    path = Path(runtime_dir) / entry.get("segment", segment_file_name(topic))
     try:
-        fd = _open_fd(path)
-    except FileNotFoundError as exc:
-        raise TopicNotFoundError(f"cannot {action}: its segment {path} is missing") from exc
-    seg = Segment(topic, path, fd)
+        ctx = _as_runtime_dir(runtime_dir, create=False)
+    except FileNotFoundError:
+        raise TopicNotFoundError(f"cannot {action}: there is no runtime directory {runtime_dir} (is the graph running?)") from None
+    with ctx as rd:
+        entry = read_registry(rd).get(topic)
+        if entry is None:
+            raise TopicNotFoundError(f"cannot {action}: the registry in {rd.path} does not list it")
+        config = entry_to_config(entry)
+        check_agreement(action, config, "the registry", request, "requested")
+        try:
+            seg = _open_segment(rd, topic, entry["segment"])
+        except FileNotFoundError:
+            raise TopicNotFoundError(f"cannot {action}: its segment {rd.path / entry['segment']} is missing") from None
+        except OSError as exc:
+            raise SegmentCorruptError(f"cannot {action}: cannot open {rd.path / entry['segment']}: {exc.strerror}") from exc
     try:
         problem = seg.layout_problem()
         if problem:

@@ -8,21 +8,21 @@ announces the slot in the futex word and wakes every waiting reader.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import _layout as L
-from ._errors import ClosedError, PoolExhaustedError
+from ._errors import ClosedError, SegmentCorruptError
 from ._platform import commit
 from ._registry import locked_registry
-from ._runtime import default_runtime_dir, ensure_runtime_dir
-from ._segment import ensure_topic, normalize_request
+from ._runtime import RuntimeDir, default_runtime_dir
+from ._segment import Segment, ensure_topic, normalize_request
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
 
@@ -32,7 +32,7 @@ class WriterStatistics:
     """Counters of one writer since it attached."""
 
     published: int
-    dropped: int  # publish calls that found every slot held by readers
+    dropped: int  # publishes and loans that found every slot held by readers (nothing was published)
     last_seq: int
     generation: int
 
@@ -47,7 +47,8 @@ class Writer:
     next one, which continues the sequence. A second live writer gets WriterBusyError.
 
     ``close()`` releases this process's mapping and writer ownership; the topic stays for
-    readers and a later writer. ``unlink()`` destroys the segment and its registry entry.
+    readers and a later writer. A writer dropped without ``close()`` releases them when it is
+    garbage-collected. ``unlink()`` destroys the segment and its registry entry.
 
     >>> w = Writer("demo/topic", capacity=4096, pool=4)          # doctest: +SKIP
     >>> seq = w.publish(np.arange(10, dtype=np.uint8))             # doctest: +SKIP
@@ -64,14 +65,21 @@ class Writer:
         runtime_dir: str | Path | None = None,
     ) -> None:
         self.topic = topic
-        self.runtime_dir = ensure_runtime_dir(Path(runtime_dir) if runtime_dir else default_runtime_dir())
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
         request = normalize_request(capacity, pool, dtype, shape)
-        self._seg = seg = ensure_topic(self.runtime_dir, topic, request, writer=True)
+        with RuntimeDir.create(self.runtime_dir) as rd:
+            self._seg = seg = ensure_topic(rd, topic, request, writer=True)
+        # Released when this object is garbage, so a writer dropped without close() frees the topic.
+        self._finalizer = weakref.finalize(self, Segment.close, seg)
         self.config = seg.config
         self._mm = seg.mm
         # Resume after whatever the previous writer left: the highest sequence in any slot.
         # Slots left odd (a writer died mid-write) or empty go first in the reuse order.
         states = [_U64.unpack_from(seg.mm, off)[0] for off in seg.slot_offsets]
+        if max(states) >= L.MAX_STATE:
+            self.close()
+            raise SegmentCorruptError(f"cannot open topic {topic!r} for writing: segment {seg.path} is corrupt: a slot's state "
+                                      f"word is {max(states)}, beyond any sequence number")
         self._seq = max((s + 1) >> 1 for s in states)
         self._order = sorted(range(len(states)), key=lambda i: -1 if states[i] & 1 else states[i])
         _, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
@@ -81,6 +89,7 @@ class Writer:
         self._published = 0
         self._dropped = 0
         self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
+        self._scratch: np.ndarray | None = None  # what a dropped loan fills (never published)
 
     # ----- publishing
     def publish(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
@@ -109,8 +118,11 @@ class Writer:
 
         The block gets a writable typed view of the slot (the topic's shape when declared,
         else ``nbytes`` or ``capacity`` bytes, as the dtype when declared). If the block
-        raises or calls ``loan.cancel()``, nothing is published. Raises PoolExhaustedError
-        when every slot is held by readers.
+        raises or calls ``loan.cancel()``, nothing is published. When every slot is held by
+        readers the loan is *dropped*, exactly as ``publish`` drops a message: the block still
+        runs (on a private scratch buffer), nothing is published, ``loan.dropped`` is True,
+        ``loan.seq`` stays None and the writer's ``dropped`` counter grows. The writer never
+        blocks and never fails because of its readers.
 
         >>> with w.loan() as frame:          # doctest: +SKIP
         ...     cap.read(image=frame)
@@ -125,9 +137,10 @@ class Writer:
             raise ValueError(f"cannot loan {nbytes} bytes of topic {self.topic!r}: capacity is {self.config.capacity} bytes")
         slot = self._take_free_slot()
         if slot is None:
-            raise PoolExhaustedError(
-                f"cannot loan a slot of topic {self.topic!r}: all {self.config.pool} slots are held by readers"
-            )
+            self._dropped += 1
+            if self._scratch is None:
+                self._scratch = np.zeros(self.config.capacity, np.uint8)
+            return Loan(self, -1, seg.shape_view(self._scratch, nbytes), stamp_ns, source_seq)
         _U64.pack_into(self._mm, seg.slot_offsets[slot], 2 * self._seq + 1)
         view = seg.view(slot, nbytes)
         return Loan(self, slot, view, stamp_ns, source_seq)
@@ -211,7 +224,7 @@ class Writer:
     def close(self) -> None:
         """Release this process's mapping and writer ownership. The topic itself stays."""
         if self._seg is not None:
-            self._seg.close()
+            self._finalizer()
             self._seg = None
             self._mm = None
 
@@ -219,10 +232,9 @@ class Writer:
         """Destroy the topic: remove its segment file and registry entry (once; then close)."""
         seg = self._seg
         self._check_open()
-        with locked_registry(self.runtime_dir) as topics:
+        with RuntimeDir.open(self.runtime_dir) as rd, locked_registry(rd) as topics:
             topics.pop(self.topic, None)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(seg.path)
+            rd.unlink(seg.path.name)
         self.close()
 
     def __enter__(self) -> Writer:
@@ -240,7 +252,8 @@ class Loan:
     """A reserved slot being filled in place; ``with`` publishes it on a clean exit.
 
     Set ``stamp_ns`` inside the block (e.g. the capture time once the frame is decoded);
-    ``seq`` holds the published sequence number afterwards.
+    ``seq`` holds the published sequence number afterwards. A dropped loan (every slot was
+    held by readers) has ``dropped`` True: its block fills a scratch buffer and publishes nothing.
     """
 
     __slots__ = ("_writer", "_slot", "data", "stamp_ns", "source_seq", "seq", "_done")
@@ -263,8 +276,15 @@ class Loan:
         else:
             self.cancel()
 
-    def publish(self) -> int:
-        """Publish the loaned slot now (what a clean exit of the ``with`` block does)."""
+    @property
+    def dropped(self) -> bool:
+        """True when no slot was free: nothing this loan holds will be published."""
+        return self._slot < 0
+
+    def publish(self) -> int | None:
+        """Publish the loaned slot now (what a clean exit of the ``with`` block does); None if dropped."""
+        if not self._done and self._slot < 0:
+            self._done = True
         if not self._done:
             self._done = True
             self.seq = self._writer._commit(self._slot, self.data.nbytes, self.stamp_ns, self.source_seq)
@@ -274,4 +294,5 @@ class Loan:
         """Give the slot back unpublished (what an exception in the block does)."""
         if not self._done:
             self._done = True
-            self._writer._abandon(self._slot)
+            if self._slot >= 0:
+                self._writer._abandon(self._slot)
