@@ -22,8 +22,10 @@ from ._schema import Graph, NodeSpec, TopicSpec
 
 
 def node_cwd(graph: Graph, node: NodeSpec) -> Path:
-    """A node's working directory: its ``cwd`` relative to the launch file's folder, else that folder."""
-    base = Path(graph.file).resolve().parent
+    """A node's working directory: its ``cwd`` relative to the folder of the launch file that
+    declares the node (an included file's nodes start from the included file's folder), else
+    that folder."""
+    base = Path(node.base_dir) if node.base_dir != "." else Path(graph.file).resolve().parent
     return (base / node.cwd).resolve() if node.cwd else base
 
 
@@ -89,7 +91,10 @@ def check_graph(graph: Graph) -> tuple[list[str], list[str]]:
                     writers[topic_name] = node.name
                 else:
                     readers.add(topic_name)
-        if node.node_class:
+        cwd = node_cwd(graph, node)
+        if not cwd.is_dir():
+            errors.append(f"{node.where}: node {node.name!r}: its cwd {cwd} is not a directory")
+        elif node.node_class:
             _check_python_node(graph, node, errors)
         _check_placement(node, errors)
     for name in sorted(readers - set(writers)):

@@ -196,9 +196,13 @@ class Launcher:
     def _spawn(self, name: str, sel: selectors.BaseSelector) -> bool:
         spec = self.graph.nodes[name]
         argv, env = self._argv_env(spec)
+        cwd = node_cwd(self.graph, spec)
+        if not cwd.is_dir():  # checked before the start; a folder may vanish while the graph runs
+            self.say(f"node {name!r}: cannot start: its cwd {cwd} is not a directory")
+            return False
         try:
             proc = subprocess.Popen(
-                argv, env=env, cwd=node_cwd(self.graph, spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 preexec_fn=functools.partial(_child_setup, os.getpid(), spec.cpus, spec.nice),
             )

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from shmlaunch.transport import normalize_request, validate_topic_name
+from shmlaunch.transport import normalize_request, validate_graph_name, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
@@ -51,6 +52,12 @@ INCLUDE_KEYS = {"file", "namespace", "args"}
 DEFAULT_POOL = 4
 DEFAULT_RESPAWN_MAX = 5
 DEFAULT_RESPAWN_DELAY = 1.0
+# Bounds on what a launch file may cost to read: its size, what its YAML aliases expand to
+# (an "alias bomb" of a few hundred bytes can otherwise expand to gigabytes), and its includes.
+MAX_FILE_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 100_000
+MAX_INCLUDE_DEPTH = 8
+MAX_INCLUDES = 64
 _ARG_RE = re.compile(r"\$\(arg ([A-Za-z_][A-Za-z0-9_]*)\)")
 _CPU_LIST_RE = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(/[A-Za-z0-9_][A-Za-z0-9_\-]*)*")
@@ -98,6 +105,7 @@ class NodeSpec:
     merge: dict[str, list[str]] = field(default_factory=dict)  # port -> replica topics read in input order
     cpus: tuple[int, ...] | None = None  # CPU affinity of the process (None: wherever the launcher may run)
     nice: int | None = None  # scheduling priority (None: the launcher's)
+    base_dir: str = "."  # the folder of the launch file that declares the node: its cwd and relative paths start here
 
 
 @dataclass
@@ -150,9 +158,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 class _Problems:
     """Collects every problem of a file, so one run reports them all."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, includes: list[int] | None = None) -> None:
         self.file = file
         self.items: list[str] = []
+        self.includes = includes if includes is not None else [0]  # shared by a file and its includes
 
     def at(self, line: int) -> str:
         return f"{self.file}:{line}"
@@ -417,9 +426,26 @@ def expand_replicas(graph: Graph) -> None:
                 spec.merge[port] = replicated[topic]
 
 
-def _read_yaml(path: Path, problems: _Problems):
+def _expanded_size(node, memo: dict) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (computed in linear
+    time over the composed graph: a shared node is sized once)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts as nothing more while it is being sized
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = min(size, MAX_EXPANDED_NODES + 1)
+    return memo[key]
+
+
+def _read_text(path: Path, problems: _Problems) -> str | None:
+    """The file's text, read with bounds: a regular file of at most MAX_FILE_BYTES of UTF-8."""
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         problems.items.append(f"{path}: no such launch file")
         return None
@@ -427,7 +453,38 @@ def _read_yaml(path: Path, problems: _Problems):
         problems.items.append(f"{path}: cannot read launch file: {exc.strerror}")
         return None
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            problems.items.append(f"{path}: not a regular file (a launch file is a YAML file)")
+            return None
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        problems.items.append(f"{path}: cannot read launch file: {exc.strerror}")
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        problems.items.append(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; a launch file is a small YAML file")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.add(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+        return None
+
+
+def _read_yaml(path: Path, problems: _Problems):
+    text = _read_text(path, problems)
+    if text is None:
+        return None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            problems.add(node.start_mark.line + 1, f"the YAML expands to more than {MAX_EXPANDED_NODES} values through its "
+                         f"aliases (&anchor / *alias); refusing to read it")
+            return None
+        doc = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problems.add(mark.line + 1 if mark else 0, f"invalid YAML: {exc.problem or exc}")
@@ -435,6 +492,11 @@ def _read_yaml(path: Path, problems: _Problems):
     except yaml.YAMLError as exc:
         problems.items.append(f"{path}: invalid YAML: {exc}")
         return None
+    except RecursionError:
+        problems.items.append(f"{path}: invalid YAML: nested too deeply")
+        return None
+    finally:
+        loader.dispose()
     if not isinstance(doc, dict):
         problems.add(1, f"a launch file is a mapping with {', '.join(sorted(TOP_KEYS))}; got {type(doc).__name__}")
         return None
@@ -459,11 +521,10 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
     used: set = set()
     doc = _substitute(doc, args, used, problems, 1, "")
     if top:
-        name = doc.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", name):
-            problems.add(_line_of(doc, "name"), f"'name' must be the graph's name (letters, digits, '_', '-'), got {name!r}")
-        else:
-            graph.name = name
+        try:
+            graph.name = validate_graph_name(doc.get("name"))
+        except ValueError as exc:
+            problems.add(_line_of(doc, "name"), f"'name' must be the graph's name: {exc}")
     topics = doc.get("topics") or {}
     if not isinstance(topics, dict):
         problems.add(_line_of(doc, "topics"), f"'topics' must be a mapping of topic names, got {topics!r}")
@@ -485,6 +546,7 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
         spec = _parse_node(str(nname), body, ns, problems, line)
         if spec is None:
             continue
+        spec.base_dir = str(path.resolve().parent)
         if spec.name in graph.nodes:
             problems.add(line, f"node {spec.name!r} is declared twice (first at {graph.nodes[spec.name].where})")
         graph.nodes[spec.name] = spec
@@ -498,15 +560,20 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
             problems.add(line, f"include: each entry needs 'file' (and optionally 'namespace', 'args'), got {inc!r}")
             continue
         _unknown_keys(inc, INCLUDE_KEYS, "an include", problems)
-        if depth >= 8:
-            problems.add(line, f"include: {inc['file']!r} nested more than 8 deep (an include loop?)")
+        if depth >= MAX_INCLUDE_DEPTH:
+            problems.add(line, f"include: {inc['file']!r} nested more than {MAX_INCLUDE_DEPTH} deep (an include loop?)")
             continue
+        problems.includes[0] += 1
+        if problems.includes[0] > MAX_INCLUDES:
+            problems.add(line, f"include: {inc['file']!r} would be include number {problems.includes[0]}; a graph may include "
+                         f"at most {MAX_INCLUDES} files in all (an include loop?)")
+            return
         inc_ns = inc.get("namespace") or ""
         if inc_ns and not _NODE_NAME_RE.fullmatch(str(inc_ns)):
             problems.add(line, f"include: invalid namespace {inc_ns!r}")
             continue
         inc_args = inc.get("args") or {}
-        sub = _Problems(str(path.parent / str(inc["file"])))
+        sub = _Problems(str(path.parent / str(inc["file"])), problems.includes)
         _load(path.parent / str(inc["file"]), dict(inc_args), _ns(ns, str(inc_ns)), graph, sub, depth + 1, top=False)
         problems.items.extend(sub.items)
 

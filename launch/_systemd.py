@@ -9,6 +9,7 @@ WATCHDOG=1 while every node's heartbeat is fresh.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
@@ -42,9 +43,20 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
+def exec_word(word: str) -> str:
+    """One word of an ExecStart= line as systemd parses it: ``%`` (specifiers) and ``$``
+    (variables) doubled, and quoted with C escapes when it holds a space, quote or backslash."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not re.search(r"[\s\"'\\;]", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def unit_text(graph: Graph, launch_file: Path, args: list[str], user: bool) -> str:
-    exe = shutil.which("shmlaunch") or f"{sys.executable} -m shmlaunch.launch.cli"
-    cmd = " ".join([exe, str(launch_file.resolve()), *args])
+    exe = shutil.which("shmlaunch")
+    argv = [exe] if exe else [sys.executable, "-m", "shmlaunch.launch.cli"]
+    cmd = " ".join(exec_word(w) for w in [*argv, str(launch_file.resolve()), *args])
+    workdir = str(launch_file.resolve().parent).replace("%", "%%")
     return f"""# shmlaunch graph {graph.name!r}, from {launch_file.resolve()}
 # Install: copy to {'~/.config/systemd/user/' if user else '/etc/systemd/system/'}shmlaunch-{graph.name}.service, then
 #   systemctl {'--user ' if user else ''}daemon-reload && systemctl {'--user ' if user else ''}enable --now shmlaunch-{graph.name}
@@ -56,7 +68,7 @@ After=network.target
 Type=notify
 NotifyAccess=main
 ExecStart={cmd}
-WorkingDirectory={launch_file.resolve().parent}
+WorkingDirectory={workdir}
 Restart=on-failure
 RestartSec=2
 # The launcher stops every node on SIGTERM (then SIGKILL after 5 s) and removes its files.

@@ -17,6 +17,7 @@ otherwise; with ``token`` set, every request needs ``?token=...`` or an ``X-Toke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -40,6 +41,10 @@ HAND_CONNECTIONS = (
 BONE_BGR = (255, 255, 255)
 POINT_BGR = (0, 0, 255)
 WAIT_FOR_FRAME = 5.0
+#: A connection that neither sends its request nor takes our bytes for this long is closed.
+CONNECTION_TIMEOUT = 30.0
+#: At most this many connections at once (one thread each); more get 503 at once.
+MAX_CONNECTIONS = 32
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>shmlaunch viewer</title>
@@ -109,8 +114,7 @@ class Viewer(Node):
             if port in self._subscribe_map:
                 self.rates[port] = _Rate()
                 self.subscribe(port, handler)
-        self.server = ThreadingHTTPServer((self.host, self.port), _handler(self))
-        self.server.daemon_threads = True
+        self.server = _BoundedServer((self.host, self.port), _handler(self))
         threading.Thread(target=self.server.serve_forever, name="viewer-http", daemon=True).start()
         host, port = self.server.server_address[:2]
         if self.host not in ("127.0.0.1", "localhost", "::1"):
@@ -193,9 +197,36 @@ class Viewer(Node):
         self.server.server_close()
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server with a cap on concurrent connections: a client that opens
+    hundreds of slow connections cannot make the viewer start hundreds of threads."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 22\r\nConnection: close\r\n\r\n"
+                                b"too many connections\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def _handler(viewer: Viewer):
     class Handler(BaseHTTPRequestHandler):
         server_version = "shmlaunch-viewer"
+        timeout = CONNECTION_TIMEOUT  # a socket timeout: slow or silent clients are dropped
 
         def log_message(self, fmt, *args) -> None:  # the node's log, not stderr noise per request
             pass
@@ -216,7 +247,11 @@ def _handler(viewer: Viewer):
             if viewer.token and viewer.token not in (q.get("token", [""])[0], self.headers.get("X-Token", "")):
                 self._send(HTTPStatus.UNAUTHORIZED, b"a token is required: ?token=... or an X-Token header\n", "text/plain")
                 return
-            after = int(q.get("after", q.get("at", ["0"]))[0] or 0)
+            raw_after = q.get("after", q.get("at", ["0"]))[0] or "0"
+            if not raw_after.isdigit() or len(raw_after) > 18:
+                self._send(HTTPStatus.BAD_REQUEST, f"after/at must be a frame number, got {raw_after[:40]!r}\n".encode(), "text/plain")
+                return
+            after = int(raw_after)
             try:
                 if url.path == "/":
                     self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
@@ -235,7 +270,7 @@ def _handler(viewer: Viewer):
                     self._send(HTTPStatus.OK, json.dumps(viewer.status()).encode(), "application/json")
                 else:
                     self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 pass
 
         def _stream(self) -> None:

@@ -108,10 +108,11 @@ def test_cpp_reader_refuses_a_mismatched_capacity_naming_both(rt, cpp_build):
 
 def test_second_writer_in_another_language_is_refused(rt, other):
     kind, build = other
-    Writer("x", capacity=64, runtime_dir=rt)
+    w = Writer("x", capacity=64, runtime_dir=rt)
     res = subprocess.run(peer(kind, build, "write", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert res.stderr.strip().endswith("error: cannot open topic 'x' for writing: another writer is alive; a topic has exactly one writer")
+    w.close()
 
 
 def test_cpp_landmark_reader_decodes_the_landmark_message(rt, cpp_build):

@@ -27,13 +27,18 @@ namespace ShmLaunch
         [StructLayout(LayoutKind.Sequential)]
         public struct Timespec { public long Sec; public long Nsec; }
 
-        public const int O_RDWR = 2, O_CLOEXEC = 0x80000, PROT_RW = 3, MAP_SHARED = 1;
+        public const int O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0x800, O_DIRECTORY = 0x10000, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000;
+        public const int PROT_RW = 3, MAP_SHARED = 1;
         public const int F_OFD_GETLK = 36, F_OFD_SETLK = 37;
         public const short F_RDLCK = 0, F_WRLCK = 1, F_UNLCK = 2;
         public const long SYS_futex = 202;  // x86_64; aarch64 is 98
         public const int FUTEX_WAIT = 0, FUTEX_WAKE = 1;
 
         [DllImport("libc", SetLastError = true)] public static extern int open(string path, int flags);
+        [DllImport("libc", SetLastError = true)] public static extern int openat(int dirfd, string path, int flags);
+        [DllImport("libc", SetLastError = true)] public static extern IntPtr read(int fd, byte[] buf, UIntPtr count);
+        [DllImport("libc", SetLastError = true)] public static extern int fstat(int fd, byte[] buf);
+        [DllImport("libc")] public static extern uint geteuid();
         [DllImport("libc", SetLastError = true)] public static extern int close(int fd);
         [DllImport("libc", SetLastError = true)] public static extern long lseek(int fd, long offset, int whence);
         [DllImport("libc", SetLastError = true)] public static extern IntPtr mmap(IntPtr addr, UIntPtr len, int prot, int flags, int fd, IntPtr off);
@@ -46,16 +51,32 @@ namespace ShmLaunch
 
         [DllImport("libc")] static extern int uname(byte[] buf);
         static long futexNumber;
-        /// <summary>SYS_futex of this machine: 202 on x86_64, 98 on aarch64 (from uname's machine field).</summary>
-        public static long Futex()
+        static string machine;
+        static string Machine()
         {
-            if (futexNumber == 0)
+            if (machine == null)
             {
                 var buf = new byte[65 * 6];
                 uname(buf);
-                string machine = System.Text.Encoding.ASCII.GetString(buf, 65 * 4, 65).TrimEnd('\0');
-                futexNumber = machine == "aarch64" ? 98 : SYS_futex;
+                machine = System.Text.Encoding.ASCII.GetString(buf, 65 * 4, 65).TrimEnd('\0');
             }
+            return machine;
+        }
+
+        /// <summary>(mode, uid, size) of an open file: struct stat's layout differs between x86_64 and aarch64.</summary>
+        public static void Stat(int fd, out uint mode, out uint uid, out long size)
+        {
+            var b = new byte[256];
+            if (fstat(fd, b) != 0) throw new ShmError("fstat failed: errno " + Marshal.GetLastWin32Error());
+            bool arm = Machine() == "aarch64";
+            mode = BitConverter.ToUInt32(b, arm ? 16 : 24);
+            uid = BitConverter.ToUInt32(b, arm ? 24 : 28);
+            size = BitConverter.ToInt64(b, 48);
+        }
+        /// <summary>SYS_futex of this machine: 202 on x86_64, 98 on aarch64 (from uname's machine field).</summary>
+        public static long Futex()
+        {
+            if (futexNumber == 0) futexNumber = Machine() == "aarch64" ? 98 : SYS_futex;
             return futexNumber;
         }
     }
@@ -76,35 +97,88 @@ namespace ShmLaunch
     public unsafe class Segment : IDisposable
     {
         public const ulong HeaderSize = 512, SlotHeaderSize = 64, WakeOffset = 256, LatestSeqOffset = 264, WriterOffset = 272;
+        public const ulong SlotsOffset = 21504, Align = 64, MaxCapacity = 1UL << 40;
+        public const uint MaxPool = 256;
+        const int MaxRegistryBytes = 16 << 20;
         public const long LockWriter = 0, LockPresence = 1, LockSlot0 = 64;
         public readonly TopicConfig Config;
         public readonly byte* Base;
         readonly int fd;
-        readonly ulong size, stride, slotsOffset;
+        readonly ulong size;
+        ulong stride, slotsOffset;
 
         public static string RuntimeDir(string graph = "default")
         {
             var env = Environment.GetEnvironmentVariable("SHMLAUNCH_RUNTIME_DIR");
-            return string.IsNullOrEmpty(env) ? "/dev/shm/shmlaunch-" + Native.getuid() + "-" + graph : env;
+            return string.IsNullOrEmpty(env) ? "/dev/shm/shmlaunch-" + Native.geteuid() + "-" + graph : env;
         }
 
-        public static TopicConfig ReadRegistry(string dir, string topic, string action)
+        /// <summary>Open a runtime directory that is a real directory (never a symlink), this user's, closed to others.</summary>
+        public static int OpenRuntimeDir(string dir, string action)
         {
-            string path = Path.Combine(dir, "registry.yaml");
-            if (!File.Exists(path)) throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
+            int fd = Native.open(dir, Native.O_RDONLY | Native.O_DIRECTORY | Native.O_NOFOLLOW | Native.O_CLOEXEC);
+            if (fd < 0)
+            {
+                int err = Marshal.GetLastWin32Error();
+                if (err == 2) throw new TopicNotFound(action + ": there is no runtime directory " + dir + " (is the graph running?)");
+                throw new ShmError(action + ": runtime directory " + dir + " is a symlink or cannot be opened (errno " + err + "); shmlaunch never follows one");
+            }
+            Native.Stat(fd, out uint mode, out uint uid, out long _);
+            string why = null;
+            if (uid != Native.geteuid()) why = "belongs to uid " + uid + ", not to this user (" + Native.geteuid() + ")";
+            else if ((mode & 0x3f) != 0) why = "is open to other users (mode " + Convert.ToString(mode & 0x1ff, 8) + "; it must be 700)";
+            if (why != null) { Native.close(fd); throw new ShmError(action + ": runtime directory " + dir + " " + why + "; refusing it"); }
+            return fd;
+        }
+
+        /// <summary>A registry's segment must be a plain file name: NAME.pool, no '/' or '..'.</summary>
+        public static bool PlainSegmentName(string name) =>
+            name.Length > 5 && name.Length <= 205 && Regex.IsMatch(name, "^[A-Za-z0-9_][A-Za-z0-9_.\\-]*\\.pool$");
+
+        static string ReadBounded(int dirFd, string name)
+        {
+            int fd = Native.openat(dirFd, name, Native.O_RDONLY | Native.O_NONBLOCK | Native.O_NOFOLLOW | Native.O_CLOEXEC);
+            if (fd < 0) return null;
+            try
+            {
+                var ms = new MemoryStream();
+                var buf = new byte[65536];
+                long n;
+                while ((n = (long)Native.read(fd, buf, (UIntPtr)buf.Length)) > 0 && ms.Length <= MaxRegistryBytes) ms.Write(buf, 0, (int)n);
+                if (ms.Length > MaxRegistryBytes) throw new SegmentCorrupt("cannot read registry " + name + ": larger than 16 MiB");
+                return System.Text.Encoding.UTF8.GetString(ms.ToArray());
+            }
+            finally { Native.close(fd); }
+        }
+
+        public static TopicConfig ReadRegistry(int dirFd, string dir, string topic, string action)
+        {
+            string text = ReadBounded(dirFd, "registry.yaml");
+            if (text == null) throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
             string prefix = "  \"" + topic + "\": ";
-            foreach (var line in File.ReadAllLines(path))
+            foreach (var line in text.Split('\n'))
             {
                 if (!line.StartsWith(prefix, StringComparison.Ordinal)) continue;
                 var cfg = new TopicConfig();
                 string body = line.Substring(prefix.Length);
-                cfg.Capacity = ulong.Parse(Regex.Match(body, "\"capacity\": (\\d+)").Groups[1].Value);
-                cfg.Pool = uint.Parse(Regex.Match(body, "\"pool\": (\\d+)").Groups[1].Value);
+                try
+                {
+                    cfg.Capacity = ulong.Parse(Regex.Match(body, "\"capacity\": (\\d+)").Groups[1].Value);
+                    cfg.Pool = uint.Parse(Regex.Match(body, "\"pool\": (\\d+)").Groups[1].Value);
+                    var shape = Regex.Match(body, "\"shape\": \\[([0-9, ]*)\\]");
+                    if (shape.Success)
+                        foreach (var d in shape.Groups[1].Value.Split(new[] { ',', ' ' }, StringSplitOptions.RemoveEmptyEntries)) cfg.Shape.Add(ulong.Parse(d));
+                }
+                catch (Exception e) when (e is FormatException || e is OverflowException)
+                {
+                    throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': capacity, pool or shape is not a number");
+                }
                 cfg.Segment = Regex.Match(body, "\"segment\": \"([^\"]+)\"").Groups[1].Value;
                 cfg.Typestr = Regex.Match(body, "\"typestr\": \"([^\"]*)\"").Groups[1].Value;
-                var shape = Regex.Match(body, "\"shape\": \\[([0-9, ]*)\\]");
-                if (shape.Success)
-                    foreach (var d in shape.Groups[1].Value.Split(new[] { ',', ' ' }, StringSplitOptions.RemoveEmptyEntries)) cfg.Shape.Add(ulong.Parse(d));
+                if (cfg.Capacity < 1 || cfg.Capacity > MaxCapacity || cfg.Pool < 1 || cfg.Pool > MaxPool || cfg.Shape.Count > 8)
+                    throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': capacity " + cfg.Capacity + " or pool " + cfg.Pool + " is out of range");
+                if (!PlainSegmentName(cfg.Segment))
+                    throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': segment '" + cfg.Segment + "' is not a plain segment file name (NAME.pool, no '/' or '..')");
                 return cfg;
             }
             throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
@@ -112,27 +186,53 @@ namespace ShmLaunch
 
         public Segment(string dir, string topic, ulong expectCapacity, string action)
         {
-            Config = ReadRegistry(dir, topic, action);
-            if (expectCapacity != 0 && expectCapacity != Config.Capacity)
-                throw new TopicMismatch(action + ": requested capacity is " + expectCapacity + ", the registry says " + Config.Capacity);
+            int dirFd = OpenRuntimeDir(dir, action);
+            try
+            {
+                Config = ReadRegistry(dirFd, dir, topic, action);
+                if (expectCapacity != 0 && expectCapacity != Config.Capacity)
+                    throw new TopicMismatch(action + ": requested capacity is " + expectCapacity + ", the registry says " + Config.Capacity);
+                fd = Native.openat(dirFd, Config.Segment, Native.O_RDWR | Native.O_NOFOLLOW | Native.O_CLOEXEC);
+            }
+            finally { Native.close(dirFd); }
             string path = Path.Combine(dir, Config.Segment);
-            fd = Native.open(path, Native.O_RDWR | Native.O_CLOEXEC);
             if (fd < 0) throw new TopicNotFound(action + ": its segment " + path + " is missing");
-            size = (ulong)Native.lseek(fd, 0, 2);
-            if (size < HeaderSize) { Native.close(fd); throw new SegmentCorrupt(action + ": segment " + path + " is shorter than a header"); }
+            Native.Stat(fd, out uint mode, out uint _, out long fileSize);
+            size = (ulong)fileSize;
+            if ((mode & 0xf000) != 0x8000 || size < HeaderSize) { Native.close(fd); throw new SegmentCorrupt(action + ": segment " + path + " is not a regular file of at least a header's size"); }
             IntPtr p = Native.mmap(IntPtr.Zero, (UIntPtr)size, Native.PROT_RW, Native.MAP_SHARED, fd, IntPtr.Zero);
             if (p == new IntPtr(-1)) { Native.close(fd); throw new SegmentCorrupt(action + ": cannot map " + path); }
             Base = (byte*)p;
+            try { CheckHeader(action, path); }
+            catch { Dispose(); throw; }
+        }
+
+        void CheckHeader(string action, string path)
+        {
             for (int i = 0; i < 8; i++)
                 if (Base[i] != (byte)"SHMLPOOL"[i]) throw new SegmentCorrupt(action + ": segment " + path + " has no SHMLPOOL magic");
-            uint version = *(uint*)(Base + 8), pool = *(uint*)(Base + 12);
+            uint version = *(uint*)(Base + 8), pool = *(uint*)(Base + 12), ndim = *(uint*)(Base + 48);
             ulong capacity = *(ulong*)(Base + 16);
-            stride = *(ulong*)(Base + 24);
-            slotsOffset = *(ulong*)(Base + 32);
+            ulong stride = *(ulong*)(Base + 24), slotsOffset = *(ulong*)(Base + 32);
             if (version != 1) throw new SegmentCorrupt(action + ": segment layout_version is " + version + ", this client uses 1");
             if (capacity != Config.Capacity) throw new TopicMismatch(action + ": the segment header capacity is " + capacity + ", the registry says " + Config.Capacity);
             if (pool != Config.Pool) throw new TopicMismatch(action + ": the segment header pool is " + pool + ", the registry says " + Config.Pool);
-            if (pool == 0 || pool > 256 || slotsOffset < HeaderSize || slotsOffset + pool * stride > size) throw new SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
+            string typestr = "";
+            for (int i = 56; i < 88 && Base[i] != 0; i++) typestr += (char)Base[i];
+            if (typestr != Config.Typestr)
+                throw new TopicMismatch(action + ": the segment header dtype is " + (typestr == "" ? "None" : typestr) + ", the registry says " + (Config.Typestr == "" ? "None" : Config.Typestr));
+            var shape = new List<ulong>();
+            for (int k = 0; k < ndim && k < 8; k++) shape.Add(*(ulong*)(Base + 88 + 8 * k));
+            if (string.Join(",", shape) != string.Join(",", Config.Shape))
+                throw new TopicMismatch(action + ": the segment header shape is [" + string.Join(", ", shape) + "], the registry says [" + string.Join(", ", Config.Shape) + "]");
+            // Every field bounded before any product is formed: no overflow, whatever the file says.
+            ulong minStride = (SlotHeaderSize + capacity + Align - 1) / Align * Align;
+            if (pool == 0 || pool > MaxPool || capacity == 0 || capacity > MaxCapacity || slotsOffset < SlotsOffset || slotsOffset % Align != 0
+                || slotsOffset > size || stride < minStride || stride % Align != 0 || stride > (size - slotsOffset) / pool)
+                throw new SegmentCorrupt(action + ": segment " + path + " is corrupt: its header (pool " + pool + ", capacity " + capacity + ", slots_offset "
+                                         + slotsOffset + ", slot_stride " + stride + ") does not fit the file size " + size);
+            this.stride = stride;
+            this.slotsOffset = slotsOffset;
         }
 
         public ulong SlotOffset(uint slot) => slotsOffset + slot * stride;
@@ -163,8 +263,11 @@ namespace ShmLaunch
         }
         public void FutexWake() => Native.syscall_nots(Native.Futex(), (IntPtr)Wake, Native.FUTEX_WAKE, 0x7fffffff, IntPtr.Zero, IntPtr.Zero, 0);
 
+        bool disposed;
         public void Dispose()
         {
+            if (disposed) return;
+            disposed = true;
             Native.munmap((IntPtr)Base, (UIntPtr)size);
             Native.close(fd);  // drops every lock of this open file description
         }

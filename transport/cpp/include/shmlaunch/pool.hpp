@@ -29,7 +29,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -48,6 +47,11 @@ constexpr uint64_t kWriterOffset = 272;
 constexpr off_t kLockWriter = 0;
 constexpr off_t kLockPresence = 1;
 constexpr off_t kLockSlot0 = 64;
+constexpr uint64_t kSlotsOffset = 21504;            // slot 0 of layout version 1 (after the reader and group tables)
+constexpr uint64_t kAlign = 64;
+constexpr uint32_t kMaxPool = 256;
+constexpr uint64_t kMaxCapacity = uint64_t(1) << 40;  // bounds every size computed from a header (no overflow)
+constexpr size_t kMaxRegistryBytes = size_t(16) << 20;
 
 // Base of every error; the subclasses say whose fault it is, as in Python.
 struct Error : std::runtime_error {
@@ -79,10 +83,59 @@ inline int64_t monotonic_ns() {
 }
 
 // The graph's runtime directory: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it for every node),
-// else /dev/shm/shmlaunch-<uid>-<graph>.
+// else /dev/shm/shmlaunch-<euid>-<graph>.
 inline std::string runtime_dir(const std::string& graph = "default") {
   if (const char* env = std::getenv("SHMLAUNCH_RUNTIME_DIR"); env && *env) return env;
-  return "/dev/shm/shmlaunch-" + std::to_string(getuid()) + "-" + graph;
+  return "/dev/shm/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
+}
+
+// An open, checked runtime directory: a real directory (never a symlink), owned by this user,
+// closed to others. Every file in it is opened relative to this descriptor with O_NOFOLLOW.
+class RuntimeDir {
+ public:
+  RuntimeDir(const std::string& path, const std::string& action) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd_ < 0) {
+      int err = errno;
+      if (err == ENOENT) throw TopicNotFound(action + ": there is no runtime directory " + path + " (is the graph running?)");
+      if (err == ELOOP || err == ENOTDIR)
+        throw Error(action + ": runtime directory " + path + " is a symlink or not a directory; shmlaunch never follows one");
+      throw Error(action + ": cannot open runtime directory " + path + ": " + std::strerror(err));
+    }
+    struct stat st {};
+    fstat(fd_, &st);
+    std::string why;
+    if (st.st_uid != geteuid())
+      why = "belongs to uid " + std::to_string(st.st_uid) + ", not to this user (" + std::to_string(geteuid()) + ")";
+    else if (st.st_mode & 077)
+      why = "is open to other users (mode " + std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+            std::to_string(st.st_mode & 7) + "; it must be 700)";
+    if (!why.empty()) {
+      ::close(fd_);
+      throw Error(action + ": runtime directory " + path + " " + why + "; refusing it");
+    }
+  }
+  ~RuntimeDir() { ::close(fd_); }
+  RuntimeDir(const RuntimeDir&) = delete;
+  RuntimeDir& operator=(const RuntimeDir&) = delete;
+  int open_file(const std::string& name, int flags) const { return ::openat(fd_, name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+// A registry's segment name must be a plain file name in the runtime directory: NAME.pool of
+// letters, digits, '_', '-' and '.', not starting with '.', so never a path ('/', '..').
+inline bool plain_segment_name(const std::string& name) {
+  const std::string suffix = ".pool";
+  if (name.size() <= suffix.size() || name.size() > 205 || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return false;
+  if (!(std::isalnum(static_cast<unsigned char>(name[0])) || name[0] == '_')) return false;
+  for (char ch : name)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.')) return false;
+  return true;
 }
 
 // ---------------------------------------------------------------- registry
@@ -161,9 +214,17 @@ inline std::string topic_action(const std::string& verb, const std::string& topi
 
 }  // namespace detail
 
-inline TopicConfig read_registry_entry(const std::string& dir, const std::string& topic, const std::string& action) {
-  std::ifstream in(dir + "/registry.yaml");
-  if (!in) throw TopicNotFound(action + ": the registry in " + dir + " does not list it");
+inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string& topic, const std::string& action) {
+  const std::string where = dir.path() + "/registry.yaml";
+  int fd = dir.open_file("registry.yaml", O_RDONLY | O_NONBLOCK);
+  if (fd < 0) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it");
+  std::string text;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0 && text.size() <= kMaxRegistryBytes) text.append(buf, size_t(n));
+  ::close(fd);
+  if (text.size() > kMaxRegistryBytes) throw SegmentCorrupt("cannot read registry " + where + ": larger than 16 MiB");
+  std::istringstream in(text);
   std::string line, prefix = "  \"" + topic + "\": ";
   while (std::getline(in, line)) {
     if (line.compare(0, prefix.size(), prefix) != 0) continue;
@@ -177,7 +238,7 @@ inline TopicConfig read_registry_entry(const std::string& dir, const std::string
         if (key == "capacity") {
           cfg.capacity = std::stoull(c.number());
         } else if (key == "pool") {
-          cfg.pool = uint32_t(std::stoul(c.number()));
+          cfg.pool = uint32_t(std::min<unsigned long long>(std::stoull(c.number()), kMaxPool + 1));
         } else if (key == "segment") {
           cfg.segment = c.string();
         } else if (key == "typestr") {
@@ -185,6 +246,7 @@ inline TopicConfig read_registry_entry(const std::string& dir, const std::string
         } else if (key == "shape") {
           if (!c.eat('[')) throw std::runtime_error("expected a list");
           while (!c.eat(']')) {
+            if (cfg.shape.size() == 8) throw std::runtime_error("shape has more than 8 dimensions");
             cfg.shape.push_back(std::stoull(c.number()));
             c.eat(',');
           }
@@ -193,12 +255,17 @@ inline TopicConfig read_registry_entry(const std::string& dir, const std::string
         }
         c.eat(',');
       }
+      if (cfg.capacity < 1 || cfg.capacity > kMaxCapacity)
+        throw std::runtime_error("capacity " + std::to_string(cfg.capacity) + " is outside 1.." + std::to_string(kMaxCapacity));
+      if (cfg.pool < 1 || cfg.pool > kMaxPool) throw std::runtime_error("pool is outside 1..256");
+      if (!plain_segment_name(cfg.segment))
+        throw std::runtime_error("segment '" + cfg.segment + "' is not a plain segment file name (NAME.pool, no '/' or '..')");
     } catch (const std::exception& e) {
-      throw SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': " + e.what());
+      throw SegmentCorrupt("cannot read registry " + where + ": topic '" + topic + "': " + e.what());
     }
     return cfg;
   }
-  throw TopicNotFound(action + ": the registry in " + dir + " does not list it");
+  throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it");
 }
 
 // What a caller declares about a topic; unset fields (0 / empty) are not checked.
@@ -230,23 +297,24 @@ inline std::string shape_str(const std::vector<uint64_t>& shape) {
 // by the kernel when the process dies).
 class Segment {
  public:
-  Segment(const std::string& dir, const std::string& topic, const Expect& expect, const std::string& action)
+  Segment(const std::string& dir_path, const std::string& topic, const Expect& expect, const std::string& action)
       : topic_(topic) {
+    RuntimeDir dir(dir_path, action);
     cfg_ = read_registry_entry(dir, topic, action);
     detail::check_field(action, "capacity", expect.capacity, cfg_.capacity);
     detail::check_field(action, "pool", expect.pool, cfg_.pool);
     if (!expect.typestr.empty() && expect.typestr != cfg_.typestr)
       throw TopicMismatch(action + ": requested dtype is " + expect.typestr + ", the registry says " +
                           (cfg_.typestr.empty() ? "None" : cfg_.typestr));
-    std::string path = dir + "/" + cfg_.segment;
-    fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    std::string path = dir.path() + "/" + cfg_.segment;
+    fd_ = dir.open_file(cfg_.segment, O_RDWR);
     if (fd_ < 0) throw TopicNotFound(action + ": its segment " + path + " is missing");
     struct stat st {};
     fstat(fd_, &st);
     size_ = size_t(st.st_size);
-    if (size_ < kHeaderSize) {
+    if (!S_ISREG(st.st_mode) || size_ < kHeaderSize) {
       ::close(fd_);
-      throw SegmentCorrupt(action + ": segment " + path + " is shorter than a header");
+      throw SegmentCorrupt(action + ": segment " + path + " is not a regular file of at least a header's size");
     }
     void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) {
@@ -254,7 +322,13 @@ class Segment {
       throw SegmentCorrupt(action + ": cannot map " + path + ": " + std::strerror(errno));
     }
     base_ = static_cast<uint8_t*>(p);
-    check_header(action, path);
+    try {
+      check_header(action, path);
+    } catch (...) {
+      munmap(base_, size_);
+      ::close(fd_);
+      throw;
+    }
   }
   ~Segment() {
     if (base_) munmap(base_, size_);
@@ -315,8 +389,15 @@ class Segment {
     if (pool != cfg_.pool) mismatch("pool", std::to_string(pool), std::to_string(cfg_.pool));
     if (typestr != cfg_.typestr) mismatch("dtype", typestr.empty() ? "None" : typestr, cfg_.typestr.empty() ? "None" : cfg_.typestr);
     if (shape != cfg_.shape) mismatch("shape", detail::shape_str(shape), detail::shape_str(cfg_.shape));
-    if (pool == 0 || pool > 256 || slots_offset_ < kHeaderSize || slots_offset_ + pool * stride_ > size_)
-      throw SegmentCorrupt(action + ": segment " + path + " header is inconsistent");
+    // Every field bounded before any product is formed: no overflow, whatever the file says.
+    const uint64_t size = size_;
+    auto min_stride = (kSlotHeaderSize + capacity + kAlign - 1) / kAlign * kAlign;
+    if (pool == 0 || pool > kMaxPool || capacity == 0 || capacity > kMaxCapacity || slots_offset_ < kSlotsOffset ||
+        slots_offset_ % kAlign || slots_offset_ > size || stride_ < min_stride || stride_ % kAlign ||
+        stride_ > (size - slots_offset_) / pool)
+      throw SegmentCorrupt(action + ": segment " + path + " is corrupt: its header (pool " + std::to_string(pool) + ", capacity " +
+                           std::to_string(capacity) + ", slots_offset " + std::to_string(slots_offset_) + ", slot_stride " +
+                           std::to_string(stride_) + ") does not fit the file size " + std::to_string(size));
   }
 
   std::string topic_;
