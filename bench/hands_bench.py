@@ -39,6 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from shmlaunch.launch._introspect import cpu_seconds
 from shmlaunch.nodes._mediapipe_hands import HandDetector
 from shmlaunch.nodes.camera import letterbox

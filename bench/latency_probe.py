@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from shmlaunch.nodes import Node, Param
 from shmlaunch.nodes.messages import GESTURE, LANDMARKS, gesture_message, landmarks_message
 

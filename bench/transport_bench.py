@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from shmlaunch.testing import runtime_dir  # noqa: E402
 from transports import HEADER, TRANSPORTS, Pipe  # noqa: E402
+
+from shmlaunch.testing import runtime_dir  # noqa: E402
 
 FRAME = 1920 * 1080 * 3
 CASES = {  # name: (message bytes, rate Hz or None for flat out, seconds)

@@ -15,6 +15,7 @@ import struct
 import time
 
 import numpy as np
+
 from shmlaunch.transport import Reader, Writer
 from shmlaunch.transport._platform import buffer_address, futex_wait, futex_wake
 

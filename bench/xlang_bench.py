@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from shmlaunch.testing import runtime_dir
 from shmlaunch.transport import Reader, Writer
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
 from shmlaunch.nodes import NodeClassError, ParamError, load_node_class
 from shmlaunch.nodes._params import resolve_params
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from shmlaunch.nodes._heartbeat import ENV_NODE, HEARTBEAT, ready_name
 from shmlaunch.transport import (
     ENV_RUNTIME_DIR,
+    MARKER_FILE,
     SHM_ROOT,
     RuntimeDir,
     TopicConfig,
@@ -125,24 +126,24 @@ class Launcher:
     # ----- start
     def _prepare_runtime_dir(self) -> None:
         rt = self.runtime_dir
+        created = False
         try:
             self._rd = rd = RuntimeDir.open(rt)
         except FileNotFoundError:
             self._check_room()
             self._rd = rd = RuntimeDir.create(rt, self.run_id)
-            marker = None
-        else:
-            marker = rd.check_reusable()
+            created = True
+        marker = None if created else rd.check_reusable()
         self._lock_fd = rd.open_file(LOCK_FILE, os.O_RDWR | os.O_CREAT)
         if not try_launcher_lock(self._lock_fd, LOCK_WAIT):
             pid = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
             raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {rt})")
-        if marker is not None or rd.entries() != [LOCK_FILE]:
-            if any(name not in (LOCK_FILE, ".shmlaunch-runtime") for name in rd.entries()):
+        if not created:
+            if any(name not in (LOCK_FILE, MARKER_FILE) for name in rd.entries()):
                 self.say(f"flushing {rt}, left by a run that did not stop cleanly")
             rd.remove_own_files(keep=(LOCK_FILE,))
-            # An empty directory found under the default name is removed at stop; one named
-            # with --runtime-dir that existed before stays (only its files go).
+            # A directory shmlaunch made is removed at stop, and so is an empty one found under
+            # the graph's default name; one the user named with --runtime-dir stays (its files go).
             rd.write_marker(self.run_id, marker["remove_dir"] if marker else rt == graph_runtime_dir(self.graph.name))
             self._check_room()
         os.pwrite(self._lock_fd, f"{os.getpid():<19}\n".encode(), 0)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from shmlaunch.transport import normalize_request, validate_graph_name, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}

@@ -1,6 +1,7 @@
 import multiprocessing
 
 import pytest
+
 from shmlaunch.testing import runtime_dir
 
 

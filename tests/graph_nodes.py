@@ -7,7 +7,9 @@ import os
 import time
 
 import numpy as np
+
 from shmlaunch.nodes import Node, Param
+from shmlaunch.transport import Reader
 
 
 class Counter(Node):
@@ -129,3 +131,21 @@ class FakeHands(Node):
             frame[:] = 0
         self.msg[0]["frame_seq"] = self.image.statistics().last_seq
         self.landmarks.publish(self.msg.view(np.uint8))
+
+
+class Hoarder(Node):
+    """Keeps every message it receives and never releases one (the slowest consumer there is).
+
+    It reads with its own Reader: the node runtime releases a subscription's message when the
+    callback returns, so a subscription could not hold one."""
+
+    def setup(self):
+        self.kept = []
+        self.reader = Reader(self.topic_for("in", "subscribe"), runtime_dir=self.runtime_dir)
+        self.timer(0.01, self.take)
+
+    def take(self):
+        msg = self.reader.receive_nowait()
+        if msg is not None:
+            self.kept.append(msg)
+            self.log.info("holding %d messages", len(self.kept))

@@ -7,6 +7,7 @@ import struct
 import time
 
 import numpy as np
+
 from shmlaunch.transport import Reader, Writer
 
 CHECK = struct.Struct("<Q16s")  # seq, then the md5 of the rest of the message

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from shmlaunch.nodes.messages import LANDMARKS, LANDMARKS_VERSION
 from shmlaunch.testing import unique_name
 from shmlaunch.transport import Reader, Writer

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_launcher import THREE, assert_nothing_left, node_pids, records, start, wait_for, write_graph
+
 from shmlaunch.launch import Printer
 from shmlaunch.launch._state import GraphState
 from shmlaunch.transport import Reader, RuntimeDir, Writer, graph_runtime_dir
-from test_launcher import THREE, assert_nothing_left, node_pids, records, start, wait_for, write_graph
 
 
 def graph_state(graph: str) -> GraphState:

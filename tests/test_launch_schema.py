@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from shmlaunch.launch import LaunchFileError, Printer, Supervisor, check_graph, load_launch_file, parse_launch_args
 from shmlaunch.launch._schema import NodeSpec, parse_cpu_list
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from shmlaunch.testing import unique_name
 from shmlaunch.transport import ensure_runtime_dir, graph_runtime_dir
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import shmlaunch.transport as transport
 from shmlaunch.transport import OutOfSpaceError, Reader, Writer
 from shmlaunch.transport import _layout as L
@@ -58,7 +59,7 @@ def test_layout_document_lists_every_header_field():
 
 def test_public_api_is_pinned():
     assert sorted(transport.__all__) == sorted([
-        "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "SHM_ROOT", "ClosedError", "Loan", "Message", "OutOfSpaceError", "Reader",
+        "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "MARKER_FILE", "SHM_ROOT", "ClosedError", "Loan", "Message", "OutOfSpaceError", "Reader",
         "ReaderStatistics", "RegistryBusyError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "TopicConfig",
         "TopicMismatchError", "TopicNotFoundError", "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup",
         "default_runtime_dir", "ensure_runtime_dir", "ensure_topic", "ensure_topics", "graph_runtime_dir", "new_run_id",

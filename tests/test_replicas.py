@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
-from shmlaunch.launch import LaunchFileError, load_launch_file
-from shmlaunch.transport import Reader, Writer
 from test_introspection import cli
 from test_launcher import assert_nothing_left, node_pids, records, start, wait_for, write_graph
+
+from shmlaunch.launch import LaunchFileError, load_launch_file
+from shmlaunch.transport import Reader, Writer
 
 GRAPH = """
 topics:

