@@ -156,13 +156,21 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+@dataclass
+class _IncludeBudget:
+    """Includes read so far in one launch; once over a bound, no file reads any more (one error)."""
+
+    count: int = 0
+    exhausted: bool = False
+
+
 class _Problems:
     """Collects every problem of a file, so one run reports them all."""
 
-    def __init__(self, file: str, includes: list[int] | None = None) -> None:
+    def __init__(self, file: str, includes: _IncludeBudget | None = None) -> None:
         self.file = file
         self.items: list[str] = []
-        self.includes = includes if includes is not None else [0]  # shared by a file and its includes
+        self.includes = includes or _IncludeBudget()  # shared by a file and all its includes
 
     def at(self, line: int) -> str:
         return f"{self.file}:{line}"
@@ -522,10 +530,12 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
     used: set = set()
     doc = _substitute(doc, args, used, problems, 1, "")
     if top:
+        name = doc.get("name")
         try:
-            graph.name = validate_graph_name(doc.get("name"))
-        except ValueError as exc:
-            problems.add(_line_of(doc, "name"), f"'name' must be the graph's name: {exc}")
+            graph.name = validate_graph_name(name)
+        except ValueError:
+            shown = name[:40] + "..." if isinstance(name, str) and len(name) > 40 else name
+            problems.add(_line_of(doc, "name"), f"'name' must be the graph's name (1 to 100 letters, digits, '_', '-'), got {shown!r}")
     topics = doc.get("topics") or {}
     if not isinstance(topics, dict):
         problems.add(_line_of(doc, "topics"), f"'topics' must be a mapping of topic names, got {topics!r}")
@@ -556,18 +566,20 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
         problems.add(_line_of(doc, "include"), f"'include' must be a list of {{file, namespace, args}}, got {includes!r}")
         includes = []
     for inc in includes:
+        if problems.includes.exhausted:
+            return
         line = getattr(inc, "line", _line_of(doc, "include"))
         if not isinstance(inc, dict) or "file" not in inc:
             problems.add(line, f"include: each entry needs 'file' (and optionally 'namespace', 'args'), got {inc!r}")
             continue
         _unknown_keys(inc, INCLUDE_KEYS, "an include", problems)
-        if depth >= MAX_INCLUDE_DEPTH:
-            problems.add(line, f"include: {inc['file']!r} nested more than {MAX_INCLUDE_DEPTH} deep (an include loop?)")
-            continue
-        problems.includes[0] += 1
-        if problems.includes[0] > MAX_INCLUDES:
-            problems.add(line, f"include: {inc['file']!r} would be include number {problems.includes[0]}; a graph may include "
-                         f"at most {MAX_INCLUDES} files in all (an include loop?)")
+        budget = problems.includes
+        budget.count += 1
+        if depth >= MAX_INCLUDE_DEPTH or budget.count > MAX_INCLUDES:
+            budget.exhausted = True
+            why = (f"nested more than {MAX_INCLUDE_DEPTH} deep" if depth >= MAX_INCLUDE_DEPTH
+                   else f"would be include number {budget.count}; a graph may include at most {MAX_INCLUDES} files in all")
+            problems.add(line, f"include: {inc['file']!r} {why} (an include loop?)")
             return
         inc_ns = inc.get("namespace") or ""
         if inc_ns and not _NODE_NAME_RE.fullmatch(str(inc_ns)):

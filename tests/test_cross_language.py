@@ -161,3 +161,45 @@ nodes:
     assert max(rates) > 30  # the 50 Hz counter arrives in both languages
     assert "cpp-stats| frame_stats: topic numbers, capacity 8, pool 4, dtype <i8, shape [1]" in res.stdout
     assert time.monotonic() - t0 < 30
+
+
+# ----- hardening (issue 13): the same refusals in every language, one line each, never a crash
+def test_other_language_refuses_a_registry_segment_that_is_a_path(rt, other, tmp_path):
+    kind, build = other
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SHADOW" * 1000)
+    Writer("x", capacity=64, runtime_dir=rt).close()
+    reg = rt / "registry.yaml"
+    reg.write_text(reg.read_text().replace('"x.pool"', f'"../../../../..{secret}"'))
+    res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and "SHADOW" not in line
+    assert line.endswith(f"topic 'x': segment '../../../../..{secret}' is not a plain segment file name (NAME.pool, no '/' or '..')")
+
+
+def test_other_language_refuses_another_users_runtime_directory(rt, other):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the directory to another uid")
+    kind, build = other
+    Writer("x", capacity=64, runtime_dir=rt).close()
+    os.chown(rt, 12345, 12345)
+    try:
+        res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
+    finally:
+        os.chown(rt, 0, 0)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip().endswith(f"cannot open topic 'x' for reading: runtime directory {rt} belongs to uid 12345, "
+                                       f"not to this user (0); refusing it")
+
+
+@pytest.mark.parametrize(("offset", "value"), [(24, 1 << 62), (32, 0), (32, 64), (24, 1 << 63)])
+def test_other_language_refuses_a_corrupt_header_without_crashing(rt, other, offset, value):
+    kind, build = other
+    Writer("x", capacity=64, pool=2, runtime_dir=rt).close()
+    with open(rt / "x.pool", "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack("<Q", value))
+    res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stdout + res.stderr  # not a segfault (-11) or an unhandled exception
+    assert f"segment {rt}/x.pool is corrupt: its header" in res.stderr and "does not fit the file size" in res.stderr

@@ -614,3 +614,221 @@ def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error
     with pytest.raises(SegmentCorruptError, match=r"^cannot open topic 't' for writing: segment .* is corrupt: a slot's state word is "
                        r"18446744073709551614, beyond any sequence number$"):
         Writer("t", runtime_dir=rt)
+
+
+# ----- 18. YAML bombs and include loops
+BOMB = """name: bomb
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+nodes: {n: {cmd: [true], params: *g}}
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: the YAML expands to more than 100000 values through its aliases "
+                                   f"(&anchor / *alias); refusing to read it")
+
+
+def test_anchors_and_aliases_of_ordinary_size_still_work(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nnodes:\n  a: {cmd: [sleep, '1'], env: &env {A: '1'}}\n  b: {cmd: [sleep, '1'], env: *env}\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_file_that_includes_itself_many_times_is_refused_at_once(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: loop\nnodes: {n: {cmd: [true]}}\ninclude:\n" + "  - {file: loop.yaml, namespace: x}\n" * 6)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:4: include: 'loop.yaml' nested more than 8 deep (an include loop?)")
+
+
+def test_a_registry_with_yaml_aliases_is_refused_at_once(rt):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    (rt / "registry.yaml").write_text("layout_version: 1\ntopics:\n" + BOMB)
+    with pytest.raises(SegmentCorruptError, match=r"^cannot read registry .*registry\.yaml:3: expected '\"topic\": \{\.\.\.\}', got "):
+        Reader("t", runtime_dir=rt)
+
+
+# ----- 19. many topics
+def test_a_graph_of_a_thousand_topics_starts_and_stops_cleanly(tmp_path):
+    topics = "".join(f"  t{i}: {{capacity: 64, pool: 2}}\n" for i in range(1000))
+    path, graph = write_graph(tmp_path, "topics:\n" + topics + "nodes:\n  idle: {cmd: [sleep, '30']}\n")
+    res = shmlaunch(path, "--duration", 1, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert f"graph {graph!r}: 1000 topics in " in res.stdout
+    assert_nothing_left(graph)
+
+
+# ----- 20. a stopped registry-lock holder
+def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(rt):
+    from shmlaunch.transport import RegistryBusyError
+
+    Writer("a", capacity=8, runtime_dir=rt).close()
+    code = ("import os, signal\nfrom shmlaunch.transport import RuntimeDir\nfrom shmlaunch.transport._registry import locked_registry\n"
+            f"with RuntimeDir.open({str(rt)!r}) as rd, locked_registry(rd):\n"
+            "    print('locked', flush=True)\n    os.kill(os.getpid(), signal.SIGSTOP)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(RegistryBusyError, match=rf"^the registry lock {rt}/registry.lock has been held for more than 5 s by pid "
+                           rf"{holder.pid} \(stopped or hung\? end it, and the lock goes with it\)$"):
+            Writer("b", capacity=8, runtime_dir=rt)
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ----- 21. smaller ones: one line each, never a traceback
+@pytest.mark.parametrize(("entry", "why"), [
+    ('["capacity", 8]', "the entry is a list, not a mapping"),
+    ('{"capacity": "abc", "pool": 4, "segment": "t.pool"}', "capacity 'abc' is not a whole number of bytes"),
+    ('{"capacity": 8, "pool": 0, "segment": "t.pool"}', "pool 0 is not a whole number from 1 to 256"),
+    ('{"capacity": 8, "pool": 4, "segment": "t.pool", "dtype": "not-a-type"}', "dtype 'not-a-type' is not a numpy dtype"),
+])
+def test_a_malformed_registry_entry_is_one_line_naming_file_line_and_topic(rt, entry, why):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    (rt / "registry.yaml").write_text(f'layout_version: 1\ntopics:\n  "t": {entry}\n')
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot read registry {rt}/registry.yaml:3: topic 't': ") as err:
+        Reader("t", runtime_dir=rt)
+    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_huge_capacity_is_a_value_error_not_an_overflow(rt):
+    with pytest.raises(ValueError, match=r"^invalid capacity 4611686018427387904: at most 1099511627776 bytes \(1 TiB\) per message$"):
+        Writer("t", capacity=1 << 62, runtime_dir=rt)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "not a regular file (a launch file is a YAML file)"),
+    (b"name: g\nnodes: {n: {cmd: [true]}}\n# caf\xe9\n", ":3: not UTF-8 text (byte 0xe9 at offset"),
+    (b"name: g\n" + b"#" * (2 << 20), "larger than 1024 KiB; a launch file is a small YAML file"),
+])
+def test_unreadable_launch_files_are_one_line(tmp_path, content, expected):
+    path = tmp_path / "g.yaml"
+    if content is None:
+        path.write_text("name: g\nnodes: {n: {cmd: [true]}}\ninclude: [{file: /dev/zero}]\n")
+    else:
+        path.write_bytes(content)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2 and expected in one_line_error(res)
+
+
+def test_a_missing_cwd_is_reported_by_check_and_by_the_launcher(tmp_path):
+    path, _ = write_graph(tmp_path, "nodes:\n  n:\n    cmd: [sleep, '1']\n    cwd: nowhere\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 2
+    assert one_line_error(res) == f"shmlaunch: error: {path}:3: node 'n': its cwd {tmp_path / 'nowhere'} is not a directory"
+
+
+def test_an_included_files_relative_cmd_and_cwd_start_from_its_own_folder(tmp_path):
+    sub = tmp_path / "arm"
+    (sub / "work").mkdir(parents=True)
+    script = sub / "work" / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
+    script.chmod(0o755)
+    (sub / "arm.yaml").write_text("nodes:\n  hello:\n    cmd: [./hello.sh]\n    cwd: work\n")
+    path, _ = write_graph(tmp_path, "include:\n  - {file: arm/arm.yaml, namespace: left}\n")
+    res = shmlaunch(path, "--duration", 2)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"hello from {sub / 'work'}" in res.stdout
+
+
+def test_a_graph_name_too_long_for_a_runtime_directory_fails_check(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: {'g' * 101}\nnodes: {{n: {{cmd: [true]}}}}\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: 'name' must be the graph's name (1 to 100 letters, digits, '_', '-'), "
+                                   f"got '{'g' * 40}...'")
+
+
+def test_graph_state_and_heartbeat_files_are_private_and_a_stopped_node_shows_stopped(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    proc = start(path, "--duration", 30)
+    rt = graph_runtime_dir(graph)
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 100 and (rt / "ready.scale").exists(), what="the graph to run")
+        for p in rt.iterdir():
+            assert stat.S_IMODE(p.lstat().st_mode) == 0o600, p
+        with RuntimeDir.open(rt) as rd:
+            pid = GraphState.read(rd).nodes["scale"].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: " stopped " in node_row(graph, "scale"), 10, "node list to show the stopped node")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert_nothing_left(graph)
+
+
+def node_row(graph: str, node: str) -> str:
+    res = shmlaunch("node", "list", graph)
+    return next((line for line in res.stdout.splitlines() if line.startswith(node + " ")), "")
+
+
+def test_systemd_unit_quotes_paths_with_spaces_and_escapes_percent(tmp_path):
+    folder = tmp_path / "my robot 100%"
+    folder.mkdir()
+    path = folder / "g.yaml"
+    path.write_text("name: g\nargs: {note: x}\nnodes: {n: {cmd: [true], env: {NOTE: $(arg note)}}}\n")
+    res = shmlaunch("systemd", path, "note:=a b")
+    assert res.returncode == 0, res.stderr
+    exec_line = next(line for line in res.stdout.splitlines() if line.startswith("ExecStart="))
+    assert f'"{str(path).replace("%", "%%")}"' in exec_line and exec_line.endswith('"note:=a b"')
+    assert f"WorkingDirectory={str(folder).replace('%', '%%')}" in res.stdout
+    if shutil.which("systemd-analyze"):
+        unit = tmp_path / "shmlaunch-g.service"
+        unit.write_text(res.stdout)
+        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert "ExecStart" not in check.stderr and "WorkingDirectory" not in check.stderr, check.stderr
+
+
+def test_a_closed_output_pipe_stops_the_graph_cleanly_without_a_traceback(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli {path} --duration 30 | head -2; echo \"status ${{PIPESTATUS[0]}}\"",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
+    assert res.stdout.splitlines()[-1] == "status 0"
+    assert_nothing_left(graph)
+
+
+def test_a_closed_pipe_ends_a_tool_quietly():
+    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli --help | head -1", shell=True, capture_output=True, text=True)
+    assert res.stderr == ""
+
+
+# ----- 22. lint result independent of the clone's folder name
+def test_ruff_gives_the_same_result_whatever_the_clones_folder_is_called(tmp_path):
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    results = []
+    for name in ("shmlaunch", "some-other-name"):
+        dest = tmp_path / name
+        for rel in files.stdout.splitlines():
+            if rel.endswith((".py", ".toml")):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / rel, dest / rel)
+        res = subprocess.run([ruff, "check", "--no-cache", "."], cwd=dest, capture_output=True, text=True)
+        results.append((res.returncode, res.stdout))
+    assert results[0] == results[1] and results[0][0] == 0, results

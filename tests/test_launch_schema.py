@@ -34,7 +34,7 @@ BAD_FILES = [
     ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, include, name, nodes, topics; got _LineList$"),
     ("name: g\ntopcs: {}\nnodes:\n  a: {cmd: [true]}\n",
      r"^{f}:2: unknown key 'topcs' in the launch file \(allowed: args, include, name, nodes, topics\)$"),
-    ("name: a b\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:1: 'name' must be the graph's name \(letters, digits, '_', '-'\), got 'a b'$"),
+    ("name: a b\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:1: 'name' must be the graph's name \(1 to 100 letters, digits, '_', '-'\), got 'a b'$"),
     ("name: g\nnodes: {}\n", r"^{f}:1: the launch file declares no nodes$"),
     ("name: g\nnodes:\n  a: {cmd: [true], node: 'x:Y'}\n", r"^{f}:3: node 'a': give exactly one of 'node' \(module:Class\) or 'cmd' \(a command\)$"),
     ("name: g\nnodes:\n  a: {node: not_a_class_path}\n", r"^{f}:3: node 'a': 'node' must be 'module:Class', got 'not_a_class_path'$"),
