@@ -23,11 +23,12 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import cv2
 import numpy as np
+
+from shmlaunch.transport import RuntimeDir, TransportError
 
 from ._node import Node
 from ._params import Param
@@ -179,15 +180,14 @@ class Viewer(Node):
 
     def status(self) -> dict:
         nodes = []
-        state_file = Path(self.runtime_dir) / "graph.json"
         graph = None
-        if state_file.exists():
-            try:
-                doc = json.loads(state_file.read_text())
-                graph = doc["name"]
-                nodes = [{"name": n, "pid": v["pid"], "state": v["state"], "restarts": v["restarts"]} for n, v in doc["nodes"].items()]
-            except (OSError, ValueError, KeyError):
-                pass
+        try:  # the launcher's graph.json, read as the tools read it: in the checked directory, bounded
+            with RuntimeDir.open(self.runtime_dir) as rd:
+                doc = json.loads(rd.read_bytes("graph.json", 4 << 20))
+            graph = doc["name"]
+            nodes = [{"name": n, "pid": v["pid"], "state": v["state"], "restarts": v["restarts"]} for n, v in doc["nodes"].items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, TransportError):
+            pass
         topics = [{"topic": self.topic_for(p, "subscribe"), "hz": r.hz(), "latency_ms": r.latency_ms, "seq": r.seq}
                   for p, r in self.rates.items()]
         return {"graph": graph, "topics": topics, "nodes": nodes, "frame": self.frame_no}

@@ -104,6 +104,53 @@ def test_page_and_status_are_served(viewer_graph):
     assert {n["name"] for n in doc["nodes"]} == {"fake", "viewer"}
 
 
+def test_a_bad_frame_number_is_a_400_and_the_viewer_goes_on(viewer_graph):
+    base, _ = viewer_graph
+    assert get(base + "/frame.jpg?after=abc") == (400, b"after/at must be a frame number, got 'abc'\n")
+    assert get(base + "/frame.seq?after=-1")[0] == 400
+    assert get(base + "/status.json")[0] == 200
+
+
+def test_connections_are_capped_and_silent_ones_time_out(monkeypatch):
+    """The viewer's HTTP server alone: past MAX_CONNECTIONS a client gets 503 at once, and a
+    connection that never sends its request is closed after CONNECTION_TIMEOUT."""
+    import threading
+
+    from shmlaunch.nodes import viewer as v
+
+    monkeypatch.setattr(v, "MAX_CONNECTIONS", 3)
+
+    class Slow(v.BaseHTTPRequestHandler):
+        timeout = 1.0
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = v._BoundedServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # send nothing: each holds a slot
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(5)
+        assert extra.recv(100).startswith(b"HTTP/1.1 503 Service Unavailable")
+        started = time.monotonic()
+        idle[0].settimeout(10)
+        assert idle[0].recv(100) == b""  # closed by the server's timeout
+        assert time.monotonic() - started < 5
+        for s in idle + [extra]:
+            s.close()
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/")[0] == 200, 10, "a slot to come back")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("viewer_graph", ["s3cret"], indirect=True)
 def test_token_is_enforced_when_set(viewer_graph):
     base, _ = viewer_graph
