@@ -69,14 +69,14 @@ def cpu_seconds(pid: int) -> float:
 def launcher_cpu_percent(path: Path, view: str, window: float) -> float:
     """The launcher's CPU over ``window`` seconds once the graph runs (the view refreshes every second)."""
     # Output to a file, not a pipe nobody reads (a full pipe would block the launcher: 0% CPU).
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-c", VIEW_CODE, str(path), str(window + 6), view], stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(4)  # start-up and the first refreshes are not the steady state
-    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-    time.sleep(window)
-    c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-    proc.wait(timeout=60)
-    log.close()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-c", VIEW_CODE, str(path), str(window + 6), view], stdout=log,
+                                stderr=subprocess.STDOUT)
+        time.sleep(4)  # start-up and the first refreshes are not the steady state
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(window)
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        proc.wait(timeout=60)
     if proc.returncode != 0:
         raise SystemExit(f"the status-view run ended with exit code {proc.returncode}")
     return 100 * (c1 - c0) / (t1 - t0)
