@@ -155,18 +155,23 @@ def _systemd(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:  # `shmlaunch topic echo T | head`: the reader has all it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor complain at exit
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
                 "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop}
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(__doc__.strip(), flush=True)
         return 0 if argv else EXIT_USAGE
-    command = commands.get(argv[0], _launch)
-    try:
-        return command(argv[1:] if argv[0] in commands else argv)
-    except BrokenPipeError:  # `shmlaunch topic echo T | head`: the reader has all it wanted
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    if argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return _launch(argv)
 
 
 if __name__ == "__main__":

@@ -149,3 +149,19 @@ class Hoarder(Node):
         if msg is not None:
             self.kept.append(msg)
             self.log.info("holding %d messages", len(self.kept))
+
+
+class Stuck(Node):
+    """Runs normally for ``after`` seconds, then blocks inside a callback (a hung node: alive,
+    not stopped, but its heartbeat goes stale)."""
+
+    after = Param(1.0, "seconds before it hangs")
+
+    def setup(self):
+        self.started = time.monotonic()
+        self.timer(0.1, self.tick)
+
+    def tick(self):
+        if time.monotonic() - self.started > self.after:
+            self.log.info("hanging now")
+            time.sleep(120)

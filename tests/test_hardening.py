@@ -268,15 +268,21 @@ def test_tools_ignore_another_users_planted_graph_and_never_signal_its_pid(other
         shutil.rmtree(planted)
 
 
-def lock_holder(path: Path) -> subprocess.Popen:
-    """A process that holds the launcher lock byte of ``path`` (as a live launcher does)."""
-    code = ("import fcntl, os, struct, sys, time\n"
+def byte_lock_holder(path: Path, byte: int, exclusive: bool) -> subprocess.Popen:
+    """A process holding an open-file-description lock on one byte of ``path`` (F_OFD_SETLK)."""
+    kind = "fcntl.F_WRLCK" if exclusive else "fcntl.F_RDLCK"
+    code = ("import fcntl, os, struct, time\n"
             f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
-            "fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 1, 0))\n"
+            f"fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', {kind}, 0, {byte}, 1, 0))\n"
             "print('held', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+def lock_holder(path: Path) -> subprocess.Popen:
+    """A process holding the graph's launcher lock (byte 0 of launcher.lock), as a live launcher does."""
+    return byte_lock_holder(path, 0, exclusive=True)
 
 
 def test_stop_refuses_to_signal_a_pid_that_is_not_the_graphs_launcher():
@@ -588,24 +594,15 @@ def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value,
     corrupt(rt, "t.pool", offset, "<Q", value)
     with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for reading: segment {rt}/t.pool is corrupt: its header's {why}"):
         Reader("t", runtime_dir=rt)
-    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
-        held = Reader  # noqa: F841 - a reader is not needed: an unused corrupt segment is re-created, so hold it busy
-        blocker = _presence_holder(rt / "t.pool")
-        try:
+    # A corrupt segment nobody uses is a crashed run's leftover and is re-created; one in use (a
+    # reader's presence lock, byte 1) is refused.
+    reader = byte_lock_holder(rt / "t.pool", 1, exclusive=False)
+    try:
+        with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
             Writer("t", runtime_dir=rt)
-        finally:
-            blocker.kill()
-
-
-def _presence_holder(path: Path) -> subprocess.Popen:
-    """A process holding the segment's presence lock, as a live reader does (the segment is in use)."""
-    code = ("import fcntl, os, struct, time\n"
-            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
-            "fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', fcntl.F_RDLCK, 0, 1, 1, 0))\n"
-            "print('held', flush=True)\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    finally:
+        reader.kill()
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()  # once nobody uses it, a writer re-creates it
 
 
 def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error(rt):
@@ -832,3 +829,22 @@ def test_ruff_gives_the_same_result_whatever_the_clones_folder_is_called(tmp_pat
         res = subprocess.run([ruff, "check", "--no-cache", "."], cwd=dest, capture_output=True, text=True)
         results.append((res.returncode, res.stdout))
     assert results[0] == results[1] and results[0][0] == 0, results
+
+
+def test_a_hung_python_node_shows_unresponsive_in_node_list(tmp_path):
+    body = """
+nodes:
+  stuck:
+    node: graph_nodes:Stuck
+    params: {after: 1.0}
+    env: {PYTHONPATH: PYTHONPATH_HERE}
+"""
+    path, graph = write_graph(tmp_path, body)
+    proc = start(path, "--duration", 40)
+    try:
+        wait_for(lambda: " running " in node_row(graph, "stuck"), 20, "the node to run")
+        wait_for(lambda: " unresponsive " in node_row(graph, "stuck"), 20, "node list to call the hung node unresponsive")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert_nothing_left(graph)
