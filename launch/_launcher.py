@@ -243,7 +243,8 @@ class Launcher:
         sel = selectors.DefaultSelector()
         sel.register(rfd, selectors.EVENT_READ, None)
         # A node's orphaned background processes are re-parented to us, not to init: at stop they
-        # are found and ended too (what setsid plus a double fork can still escape: README).
+        # are found and ended too (what escapes only when the launcher itself is killed: README,
+        # "Security model").
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
         try:
             self._prepare_runtime_dir()

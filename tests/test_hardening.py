@@ -602,6 +602,7 @@ def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value,
             Writer("t", runtime_dir=rt)
     finally:
         reader.kill()
+        reader.wait()  # its locks go with it
     Writer("t", capacity=64, pool=2, runtime_dir=rt).close()  # once nobody uses it, a writer re-creates it
 
 
