@@ -42,12 +42,11 @@ class Printer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         self._footer: list[str] = []
         self.broken = False
+        self._log_failed = False
 
     def line(self, name: str, text: str) -> None:
         if self.log_dir and name != "shmlaunch":
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock()))
-            with open(self.log_dir / f"{name.replace('/', '.')}.log", "a", encoding="utf-8") as f:
-                f.write(f"{stamp} {text}\n")
+            self._log(name, text)
         if self.broken or (self.quiet and name != "shmlaunch"):
             return
         prefix = f"{name:<{self.width}}| "
@@ -61,6 +60,19 @@ class Printer:
             self.stream.flush()
         except BrokenPipeError:
             self._close_stream()
+
+    def _log(self, name: str, text: str) -> None:
+        """Append to the node's log file; a full or vanished disk costs one warning, not the graph."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock()))
+        try:
+            with open(self.log_dir / f"{name.replace('/', '.')}.log", "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {text}\n")
+        except OSError as exc:
+            if not self._log_failed:
+                self._log_failed = True
+                self.line("shmlaunch", f"warning: cannot write to {self.log_dir} ({exc.strerror or exc}); the lines are still printed here")
+        else:
+            self._log_failed = False
 
     def _close_stream(self) -> None:
         """The reader of our output went away: write nothing more (not even at exit)."""

@@ -849,3 +849,18 @@ nodes:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert_nothing_left(graph)
+
+
+def test_a_log_directory_that_cannot_be_written_costs_one_warning(tmp_path):
+    import io
+
+    from shmlaunch.launch import Printer
+
+    out = io.StringIO()
+    printer = Printer(["a"], stream=out, colour=False, log_dir=tmp_path / "logs")
+    (tmp_path / "logs" / "a.log").mkdir()  # the log file's name is taken: every append fails
+    printer.line("a", "hello")
+    printer.line("a", "again")
+    assert out.getvalue().splitlines() == [
+        f"shmlaunch| warning: cannot write to {tmp_path / 'logs'} (Is a directory); the lines are still printed here",
+        "a        | hello", "a        | again"]
