@@ -670,7 +670,7 @@ def test_a_graph_of_a_thousand_topics_starts_and_stops_cleanly(tmp_path):
 
 # ----- 20. a stopped registry-lock holder
 def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(rt):
-    from shmlaunch.transport import RegistryBusyError
+    from shmlaunch.transport import LockBusyError
 
     Writer("a", capacity=8, runtime_dir=rt).close()
     code = ("import os, signal\nfrom shmlaunch.transport import RuntimeDir\nfrom shmlaunch.transport._registry import locked_registry\n"
@@ -680,7 +680,7 @@ def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(r
     try:
         assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
-        with pytest.raises(RegistryBusyError, match=rf"^the registry lock {rt}/registry.lock has been held for more than 5 s by pid "
+        with pytest.raises(LockBusyError, match=rf"^the registry lock {rt}/registry.lock has been held for more than 5 s by pid "
                            rf"{holder.pid} \(stopped or hung\? end it, and the lock goes with it\)$"):
             Writer("b", capacity=8, runtime_dir=rt)
         assert time.monotonic() - started < 30
@@ -864,3 +864,16 @@ def test_a_log_directory_that_cannot_be_written_costs_one_warning(tmp_path):
     assert out.getvalue().splitlines() == [
         f"shmlaunch| warning: cannot write to {tmp_path / 'logs'} (Is a directory); the lines are still printed here",
         "a        | hello", "a        | again"]
+
+
+def test_a_group_table_lock_held_by_a_stopped_process_is_a_bounded_wait(rt):
+    from shmlaunch.transport import LockBusyError
+
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    holder = byte_lock_holder(rt / "t.pool", 2048, exclusive=True)  # the group table's lock byte (LAYOUT.md)
+    try:
+        with pytest.raises(LockBusyError, match=r"^the group table lock of topic 't' has been held for more than 5 s by another reader"):
+            Reader("t", runtime_dir=rt, group="workers")
+    finally:
+        holder.kill()
+        holder.wait()

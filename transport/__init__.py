@@ -7,8 +7,8 @@ that C++ and C# readers follow.
 
 from ._errors import (
     ClosedError,
+    LockBusyError,
     OutOfSpaceError,
-    RegistryBusyError,
     RuntimeDirError,
     SegmentCorruptError,
     TopicMismatchError,
@@ -46,7 +46,7 @@ __all__ = [
     "OutOfSpaceError",
     "Reader",
     "ReaderStatistics",
-    "RegistryBusyError",
+    "LockBusyError",
     "RuntimeDir",
     "RuntimeDirError",
     "SegmentCorruptError",

@@ -34,8 +34,9 @@ class RuntimeDirError(TransportError):
     or holding files shmlaunch did not create (refused, never used or cleared)."""
 
 
-class RegistryBusyError(TransportError):
-    """The registry lock stayed held longer than a bounded wait (its holder is stopped or hung)."""
+class LockBusyError(TransportError):
+    """A short critical section's lock (the registry's, a group table's) stayed held longer than
+    a bounded wait: its holder is stopped or hung. The message names it where it can."""
 
 
 class ClosedError(TransportError):

@@ -38,15 +38,14 @@ SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
 # struct flock on 64-bit Linux, for the rare blocking and probing calls made from Python.
 _FLOCK = struct.Struct("hhqqi4x")
 _F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
-_F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 _SHARED, _EXCLUSIVE, _UNLOCK = 0, 1, 2
 _lock = _fastpath.lock
 
 
 class ByteLock:
     """One lock byte of a file. ``try_shared`` / ``try_exclusive`` never block: False when
-    another open file description holds a conflicting lock. ``wait_exclusive`` blocks (only
-    for the registry's and the group table's short critical sections)."""
+    another open file description holds a conflicting lock (the short critical sections of the
+    registry and the group table wait by retrying, for a bounded time)."""
 
     __slots__ = ("fd", "offset", "release")
 
@@ -60,9 +59,6 @@ class ByteLock:
 
     def try_exclusive(self) -> bool:
         return _lock(self.fd, self.offset, _EXCLUSIVE)
-
-    def wait_exclusive(self) -> None:
-        fcntl.fcntl(self.fd, _F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, self.offset, 1, 0))
 
     def is_held_by_others(self, exclusive: bool = True) -> bool:
         """True when another open file description holds a lock that would conflict."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layout as L
-from ._errors import RegistryBusyError, SegmentCorruptError
+from ._errors import LockBusyError, SegmentCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
 from ._platform import ByteLock
 from ._runtime import REGISTRY_FILE, RuntimeDir, segment_file_name, validate_segment_name, validate_topic_name
@@ -179,7 +179,7 @@ def _read(rd: RuntimeDir) -> dict[str, dict]:
 
 
 def lock_exclusive(lock: ByteLock, timeout: float, what: str, holder) -> None:
-    """Take ``lock``, waiting at most ``timeout`` s; RegistryBusyError names ``holder()`` after that.
+    """Take ``lock``, waiting at most ``timeout`` s; LockBusyError names ``holder()`` after that.
 
     Polls with a growing sleep (1 ms to 50 ms): the critical sections it waits for take
     microseconds, so a wait this long means the holder is stopped or hung."""
@@ -187,7 +187,7 @@ def lock_exclusive(lock: ByteLock, timeout: float, what: str, holder) -> None:
     pause = 0.001
     while not lock.try_exclusive():
         if time.monotonic() >= deadline:
-            raise RegistryBusyError(f"{what} has been held for more than {timeout:g} s by {holder()} "
+            raise LockBusyError(f"{what} has been held for more than {timeout:g} s by {holder()} "
                                     f"(stopped or hung? end it, and the lock goes with it)")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)

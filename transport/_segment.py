@@ -23,7 +23,7 @@ import numpy as np
 from . import _layout as L
 from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
 from ._platform import ByteLock, buffer_address
-from ._registry import config_to_entry, entry_to_config, locked_registry, read_registry
+from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, read_registry
 from ._runtime import RuntimeDir, segment_file_name, validate_topic_name
 
 
@@ -74,7 +74,7 @@ class Segment:
         if not raw or len(raw) > L.GROUP_NAME_SIZE or b"\0" in raw:
             raise ValueError(f"invalid group name {name!r}: 1 to {L.GROUP_NAME_SIZE} ASCII characters")
         table_lock = ByteLock(self.fd, L.LOCK_GROUP_TABLE)
-        table_lock.wait_exclusive()
+        lock_exclusive(table_lock, LOCK_WAIT, f"the group table lock of topic {self.topic!r}", lambda: "another reader")
         try:
             free = None
             for g in range(L.MAX_GROUPS):
