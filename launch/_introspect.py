@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.nodes._heartbeat import HEARTBEAT, ready_name
+from shmlaunch.nodes import HEARTBEAT, ready_name
 from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
 from shmlaunch.transport import Reader, RuntimeDir, TransportError, read_registry
 from shmlaunch.transport import _layout as L

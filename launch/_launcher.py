@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shmlaunch.nodes._heartbeat import ENV_NODE, HEARTBEAT, ready_name
+from shmlaunch.nodes import ENV_NODE, HEARTBEAT, ready_name
 from shmlaunch.transport import (
     ENV_RUNTIME_DIR,
     MARKER_FILE,
@@ -49,7 +49,7 @@ from shmlaunch.transport import (
 from ._check import check_graph, node_cwd
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec
-from ._state import LOCK_FILE, GraphState, NodeState, process_start_time, try_launcher_lock
+from ._state import LOCK_FILE, GraphState, NodeState, process_start_time
 from ._status import StatusView
 from ._supervisor import Supervisor
 from ._systemd import notify, watchdog_interval
@@ -134,9 +134,9 @@ class Launcher:
             self._rd = rd = RuntimeDir.create(rt, self.run_id)
             created = True
         marker = None if created else rd.check_reusable()
-        self._lock_fd = rd.open_file(LOCK_FILE, os.O_RDWR | os.O_CREAT)
-        if not try_launcher_lock(self._lock_fd, LOCK_WAIT):
-            pid = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+        self._lock_fd = rd.lock(LOCK_FILE, LOCK_WAIT)
+        if self._lock_fd is None:
+            pid = rd.read_bytes(LOCK_FILE, 64).decode(errors="replace").strip()
             raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {rt})")
         if not created:
             if any(name not in (LOCK_FILE, MARKER_FILE) for name in rd.entries()):

@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError
-from shmlaunch.transport._platform import ByteLock
 
 STATE_FILE = "graph.json"
 LOCK_FILE = "launcher.lock"
@@ -100,28 +99,9 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def try_launcher_lock(fd: int, wait: float) -> bool:
-    """Take the graph's launcher lock, waiting up to ``wait`` s (a dead run's watchdog holds it
-    for the milliseconds it takes to remove that run's files)."""
-    lock = ByteLock(fd, 0)
-    deadline = time.monotonic() + wait
-    while not lock.try_exclusive():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def launcher_alive(rd: RuntimeDir) -> bool:
     """True while a launcher (or its watchdog, briefly) holds the graph's lock."""
-    try:
-        fd = rd.open_file(LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return ByteLock(fd, 0).is_held_by_others(exclusive=False)
-    finally:
-        os.close(fd)
+    return rd.is_locked(LOCK_FILE)
 
 
 def is_launcher(state: GraphState, rd: RuntimeDir) -> bool:

@@ -24,7 +24,6 @@ import time
 from shmlaunch.transport import RuntimeDir, TransportError, cleanup
 
 from ._state import LOCK_FILE
-from ._state import try_launcher_lock as take_lock
 
 STOP_TIMEOUT = 5.0
 
@@ -50,10 +49,10 @@ def clean_run(runtime_dir: str, run: str) -> bool:
     False (nothing touched) when another launcher holds it or the directory is another run's."""
     try:
         with RuntimeDir.open(runtime_dir) as rd:
-            fd = rd.open_file(LOCK_FILE, os.O_RDWR)
+            fd = rd.lock(LOCK_FILE)
+            if fd is None:
+                return False
             try:
-                if not take_lock(fd, 0):
-                    return False
                 return cleanup(runtime_dir, run=run)
             finally:
                 os.close(fd)

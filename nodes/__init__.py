@@ -4,6 +4,7 @@ Write a node by subclassing ``Node`` (see ``shmlaunch.nodes._node`` for the life
 start it alone with ``shmlaunch run module:Class`` or from a launch file.
 """
 
+from ._heartbeat import ENV_NODE, HEARTBEAT, ready_name
 from ._node import (
     EXIT_BAD_CONFIG,
     EXIT_FAILED,
@@ -19,10 +20,12 @@ from ._params import Param, ParamError, declared_params, parse_cli_value
 from ._runner import NodeClassError, load_node_class, run_node
 
 __all__ = [
+    "ENV_NODE",
     "EXIT_BAD_CONFIG",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_SETUP_FAILED",
+    "HEARTBEAT",
     "Node",
     "NodeClassError",
     "NodeSetupError",
@@ -34,5 +37,6 @@ __all__ = [
     "declared_params",
     "load_node_class",
     "parse_cli_value",
+    "ready_name",
     "run_node",
 ]

@@ -25,6 +25,7 @@ import functools
 import os
 import struct
 import sys
+import time
 from collections.abc import Callable
 
 if not sys.platform.startswith("linux"):  # pragma: no cover
@@ -59,6 +60,19 @@ class ByteLock:
 
     def try_exclusive(self) -> bool:
         return _lock(self.fd, self.offset, _EXCLUSIVE)
+
+    def try_exclusive_within(self, timeout: float) -> bool:
+        """``try_exclusive`` again and again for up to ``timeout`` s (a growing sleep, 1 to 50 ms,
+        between tries): the critical sections waited for take microseconds, so a holder that
+        keeps the lock this long is stopped or hung, and the caller says so instead of hanging."""
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while not self.try_exclusive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return True
 
     def is_held_by_others(self, exclusive: bool = True) -> bool:
         """True when another open file description holds a lock that would conflict."""

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,18 +178,10 @@ def _read(rd: RuntimeDir) -> dict[str, dict]:
 
 
 def lock_exclusive(lock: ByteLock, timeout: float, what: str, holder) -> None:
-    """Take ``lock``, waiting at most ``timeout`` s; LockBusyError names ``holder()`` after that.
-
-    Polls with a growing sleep (1 ms to 50 ms): the critical sections it waits for take
-    microseconds, so a wait this long means the holder is stopped or hung."""
-    deadline = time.monotonic() + timeout
-    pause = 0.001
-    while not lock.try_exclusive():
-        if time.monotonic() >= deadline:
-            raise LockBusyError(f"{what} has been held for more than {timeout:g} s by {holder()} "
-                                    f"(stopped or hung? end it, and the lock goes with it)")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    """Take ``lock`` within ``timeout`` s, or raise LockBusyError naming ``holder()``."""
+    if not lock.try_exclusive_within(timeout):
+        raise LockBusyError(f"{what} has been held for more than {timeout:g} s by {holder()} "
+                            f"(stopped or hung? end it, and the lock goes with it)")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 
 from ._errors import RuntimeDirError
-from ._platform import SHM_ROOT
+from ._platform import SHM_ROOT, ByteLock
 
 ENV_RUNTIME_DIR = "SHMLAUNCH_RUNTIME_DIR"
 REGISTRY_FILE = "registry.yaml"
@@ -199,6 +199,27 @@ class RuntimeDir:
         except BaseException:
             self.unlink(tmp)
             raise
+
+    def lock(self, name: str, wait: float = 0.0) -> int | None:
+        """Take the exclusive lock of file ``name`` (created if missing; its byte 0), waiting up to
+        ``wait`` s: the descriptor that holds it (close it to release; the kernel releases it
+        when the process dies), or None while another open file description holds it."""
+        fd = self.open_file(name, os.O_RDWR | os.O_CREAT)
+        if ByteLock(fd, 0).try_exclusive_within(wait):
+            return fd
+        os.close(fd)
+        return None
+
+    def is_locked(self, name: str) -> bool:
+        """True while another process holds file ``name``'s lock (False if there is no such file)."""
+        try:
+            fd = self.open_file(name, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return ByteLock(fd, 0).is_held_by_others(exclusive=False)
+        finally:
+            os.close(fd)
 
     def unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
