@@ -197,6 +197,9 @@ def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str,
         registry = read_registry(rd)
         for topic in sorted(registry):
             seg = cache.get(topic) if cache is not None else None
+            if seg is not None and not _same_file(rd, registry[topic]["segment"], seg):
+                cache.pop(topic).close()  # re-created since: map the new one
+                seg = None
             if seg is None:
                 try:
                     seg = observe(rd, topic)
@@ -218,6 +221,13 @@ def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str,
     for topic in set(cache or ()) - set(registry):
         cache.pop(topic).close()
     return rows
+
+
+def _same_file(rd: RuntimeDir, name: str, seg: Segment) -> bool:
+    try:
+        return rd.lstat(name).st_ino == os.fstat(seg.fd).st_ino
+    except OSError:
+        return False
 
 
 def table(rows: list[list[str]]) -> list[str]:

@@ -880,3 +880,18 @@ def test_a_group_table_lock_held_by_a_stopped_process_is_a_bounded_wait(rt):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_status_views_kept_mappings_follow_a_re_created_topic(rt):
+    from shmlaunch.launch._introspect import Sampler, topic_rows
+
+    w = Writer("t", capacity=64, runtime_dir=rt)
+    cache: dict = {}
+    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
+    assert rows[1][:4] == ["t", "bytes", "64", "4"] and set(cache) == {"t"}
+    w.unlink()
+    w = Writer("t", capacity=128, pool=2, runtime_dir=rt)
+    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
+    assert rows[1][:4] == ["t", "bytes", "128", "2"]
+    w.unlink()
+    assert topic_rows(rt, Sampler.start(), time.monotonic(), cache) == rows[:1] and cache == {}

@@ -165,7 +165,8 @@ class RuntimeDir:
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
 
     def read_bytes(self, name: str, limit: int) -> bytes:
-        """The file's bytes; SegmentCorrupt-style callers get ValueError past ``limit`` bytes."""
+        """The bytes of regular file ``name``, read with a bound: ValueError if it is not a regular
+        file (a FIFO would block, a device never end) or holds more than ``limit`` bytes."""
         fd = self.open_file(name, os.O_RDONLY | os.O_NONBLOCK)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
