@@ -9,7 +9,6 @@ status view.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,7 @@ import numpy as np
 
 from shmlaunch.nodes import HEARTBEAT, ready_name
 from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
-from shmlaunch.transport import Reader, RuntimeDir, TransportError, read_registry
-from shmlaunch.transport import _layout as L
-from shmlaunch.transport._segment import Segment, open_for_reading
+from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, read_registry
 
 from ._state import GraphState, running_graphs
 
@@ -169,65 +166,45 @@ def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]
 
 
 # ----- topics
-def observe(runtime_dir: Path | RuntimeDir, topic: str) -> Segment:
-    return open_for_reading(runtime_dir, topic, {}, observer=True)
-
-
-def segment_facts(seg: Segment) -> dict:
-    latest = struct.unpack_from("<Q", seg.mm, L.LATEST_SEQ_OFFSET)[0]
-    pid, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
-    lengths = [L.SLOT.unpack_from(seg.mm, off)[1] for off in seg.slot_offsets]
-    return {"latest_seq": latest, "writer_pid": pid, "generation": generation, "writer_alive": seg.writer_lock.is_held_by_others(),
-            "readers": seg.reader_entries(), "length": max(lengths) if lengths else 0}
-
-
-def describe_type(seg: Segment) -> str:
-    cfg = seg.config
-    if cfg.dtype is None:
+def describe_type(config: TopicConfig) -> str:
+    if config.dtype is None:
         return "bytes"
-    dt = L.dtype_name(cfg.dtype)
-    return dt + (str(list(cfg.shape)) if cfg.shape else "")
+    name = config.dtype.str if config.dtype.names else config.dtype.name
+    return name + (str(list(config.shape)) if config.shape else "")
 
 
-def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str, Segment] | None = None) -> list[list[str]]:
-    """One row per topic. With ``cache`` (topic -> open observer segment), segments stay open
-    between calls (the live view refreshes every second); otherwise each is opened and closed."""
+def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str, Topic] | None = None) -> list[list[str]]:
+    """One row per topic. With ``cache`` (topic -> open Topic), topics stay open between calls
+    (the live view refreshes every second) and are reopened when their segment was re-created;
+    otherwise each is opened and closed."""
     rows = [["TOPIC", "TYPE", "CAPACITY", "POOL", "WRITER", "LAST SEQ", "HZ", "MB/s", "READERS"]]
-    with RuntimeDir.open(runtime_dir) as rd:
-        registry = read_registry(rd)
-        for topic in sorted(registry):
-            seg = cache.get(topic) if cache is not None else None
-            if seg is not None and not _same_file(rd, registry[topic]["segment"], seg):
-                cache.pop(topic).close()  # re-created since: map the new one
-                seg = None
-            if seg is None:
-                try:
-                    seg = observe(rd, topic)
-                except Exception as exc:  # a tool must show what it can; the row says what went wrong
-                    rows.append([topic, f"unreadable: {exc}", "", "", "", "", "", "", ""])
-                    continue
-                if cache is not None:
-                    cache[topic] = seg
+    registry = read_registry(Path(runtime_dir))
+    for name in sorted(registry):
+        topic = cache.get(name) if cache is not None else None
+        if topic is not None and not topic.same_file():
+            cache.pop(name).close()
+            topic = None
+        if topic is None:
             try:
-                f = segment_facts(seg)
-                hz = sampler.rate(topic, f["latest_seq"], now)
-                rows.append([topic, describe_type(seg), str(seg.config.capacity), str(seg.config.pool),
-                             f"{f['writer_pid']} (gen {f['generation']})" if f["writer_alive"] else "none",
-                             str(f["latest_seq"]), "-" if hz is None else f"{hz:.1f}",
-                             "-" if hz is None else f"{hz * f['length'] / 1e6:.2f}", str(len(f["readers"]))])
-            finally:
-                if cache is None:
-                    seg.close()
-    for topic in set(cache or ()) - set(registry):
-        cache.pop(topic).close()
+                topic = Topic.open(name, runtime_dir=runtime_dir)
+            except Exception as exc:  # a tool must show what it can; the row says what went wrong
+                rows.append([name, f"unreadable: {exc}", "", "", "", "", "", "", ""])
+                continue
+            if cache is not None:
+                cache[name] = topic
+        try:
+            d = topic.dynamic()
+            hz = sampler.rate(name, d.latest_seq, now)
+            rows.append([name, describe_type(topic.config), str(topic.config.capacity), str(topic.config.pool),
+                         f"{d.writer_pid} (gen {d.writer_generation})" if d.writer_alive else "none",
+                         str(d.latest_seq), "-" if hz is None else f"{hz:.1f}",
+                         "-" if hz is None else f"{hz * d.latest_length / 1e6:.2f}", str(len(d.readers))])
+        finally:
+            if cache is None:
+                topic.close()
+    for name in set(cache or ()) - set(registry):
+        cache.pop(name).close()
     return rows
-
-
-def _same_file(rd: RuntimeDir, name: str, seg: Segment) -> bool:
-    try:
-        return rd.lstat(name).st_ino == os.fstat(seg.fd).st_ino
-    except OSError:
-        return False
 
 
 def table(rows: list[list[str]]) -> list[str]:

@@ -39,9 +39,8 @@ from shmlaunch.transport import (
     MARKER_FILE,
     SHM_ROOT,
     RuntimeDir,
-    TopicConfig,
+    Topic,
     cleanup,
-    ensure_topics,
     graph_runtime_dir,
     new_run_id,
 )
@@ -105,7 +104,7 @@ class Launcher:
         self.runtime_dir = Path(runtime_dir) if runtime_dir else graph_runtime_dir(graph.name)
         self.clock = clock
         self.children: dict[str, _Child] = {}
-        self._segments = []
+        self._topics: list[Topic] = []
         self._rd: RuntimeDir | None = None
         self._lock_fd: int | None = None
         self._watchdog: subprocess.Popen | None = None
@@ -148,14 +147,12 @@ class Launcher:
             self._check_room()
         os.pwrite(self._lock_fd, f"{os.getpid():<19}\n".encode(), 0)
         self._start_watchdog()  # before the first byte of a segment is reserved
-        requests = {topic.name: topic.request() for topic in self.graph.topics.values()}
-        self._segments = ensure_topics(rd, requests, writer=False) if requests else []
-        for seg in self._segments:
-            seg.presence_lock.try_shared()
+        configs = {t.name: t.config for t in self.graph.topics.values()}
+        self._topics = Topic.create_many(configs, runtime_dir=rt, recreate=True) if configs else []
         self._write_state()
 
     def _check_room(self) -> None:
-        need = sum(TopicConfig(t.capacity, t.pool).segment_size for t in self.graph.topics.values())
+        need = sum(t.config.segment_size for t in self.graph.topics.values())
         st = os.statvfs(self._rd.fd if self._rd else self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT)
         free = st.f_bavail * st.f_frsize
         if need > free:
@@ -469,8 +466,8 @@ class Launcher:
         os.close(wfd)
         if self.status:
             self.status.clear()
-        for seg in self._segments:
-            seg.close()
+        for topic in self._topics:
+            topic.close()
         if self._lock_fd is not None:
             cleanup(self.runtime_dir, run=self.run_id)  # while still holding the launcher lock
             os.close(self._lock_fd)

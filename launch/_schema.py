@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from shmlaunch.transport import normalize_request, validate_graph_name, validate_topic_name
+from shmlaunch.transport import TopicConfig, validate_graph_name, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
@@ -81,8 +81,9 @@ class TopicSpec:
     shape: tuple[int, ...] | None = None
     where: str = ""
 
-    def request(self) -> dict:
-        return {"capacity": self.capacity, "pool": self.pool, "dtype": self.dtype, "shape": self.shape}
+    @property
+    def config(self) -> TopicConfig:
+        return TopicConfig(self.capacity, self.pool, self.dtype, self.shape)
 
 
 @dataclass
@@ -237,14 +238,11 @@ def _parse_topic(name: str, body, problems: _Problems, line: int) -> TopicSpec |
         return None
     _unknown_keys(body, TOPIC_KEYS, f"topic {name!r}", problems)
     try:
-        req = normalize_request(body.get("capacity"), body.get("pool", DEFAULT_POOL), body.get("dtype"), body.get("shape"))
+        cfg = TopicConfig.build(body.get("capacity"), body.get("pool", DEFAULT_POOL), body.get("dtype"), body.get("shape"))
     except (ValueError, TypeError) as exc:
         problems.add(line, f"topic {name!r}: {exc}")
         return None
-    if req["capacity"] is None:
-        problems.add(line, f"topic {name!r}: needs 'capacity' (bytes) or 'dtype' and 'shape'")
-        return None
-    return TopicSpec(name, req["capacity"], req["pool"], req["dtype"], req["shape"], problems.at(line))
+    return TopicSpec(name, cfg.capacity, cfg.pool, cfg.dtype, cfg.shape, problems.at(line))
 
 
 def _parse_ports(node: str, direction: str, body, spec: NodeSpec, ns: str, problems: _Problems, line: int) -> None:

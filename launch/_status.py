@@ -24,18 +24,18 @@ class StatusView:
         self.graph = graph
         self.sampler = Sampler.start()
         self.next_refresh = 0.0
-        self.segments: dict = {}  # topic -> observer segment, kept open between refreshes
+        self.topics: dict = {}  # topic name -> open Topic (an observer), kept between refreshes
 
     def refresh(self, state: GraphState, now: float) -> None:
         nodes = table(node_rows(state, self.sampler, now))
-        topics = table(topic_rows(self.runtime_dir, self.sampler, now, self.segments)) if self.graph.topics else []
+        topics = table(topic_rows(self.runtime_dir, self.sampler, now, self.topics)) if self.graph.topics else []
         self.sampler.when = now
         self.next_refresh = now + REFRESH
         rule = "-" * max(len(x) for x in nodes + topics)
         self.printer.set_footer([rule, *nodes, *topics, rule])
 
     def clear(self) -> None:
-        for seg in self.segments.values():
-            seg.close()
-        self.segments.clear()
+        for topic in self.topics.values():
+            topic.close()
+        self.topics.clear()
         self.printer.set_footer([])

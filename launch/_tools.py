@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from shmlaunch.transport import Reader, RuntimeDir, TransportError
+from shmlaunch.transport import Reader, RuntimeDir, Topic, TransportError
 
-from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, observe, segment_facts, summarize, table, topic_rows
+from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, summarize, table, topic_rows
 from ._launcher import STOP_TIMEOUT
 from ._state import BadStateError, GraphState, is_launcher, running_graphs, uptime
 
@@ -105,22 +105,18 @@ def _echo(rt: Path, name: str, count: int | None) -> int:
 
 
 def _hz(rt: Path, name: str, count: int | None) -> int:
-    seg = observe(rt, name)
-    try:
+    with Topic.open(name, runtime_dir=rt) as topic:
         reports = 0
-        last = segment_facts(seg)["latest_seq"]
+        last = topic.dynamic().latest_seq
         t0 = time.monotonic()
         while count is None or reports < count:
             time.sleep(RATE_WINDOW)
-            f = segment_facts(seg)
+            d = topic.dynamic()
             now = time.monotonic()
-            rate = (f["latest_seq"] - last) / (now - t0)
-            print(f"{name}: {rate:.2f} Hz (last seq {f['latest_seq']}, writer {'alive' if f['writer_alive'] else 'gone'})",
-                  flush=True)
-            last, t0 = f["latest_seq"], now
+            rate = (d.latest_seq - last) / (now - t0)
+            print(f"{name}: {rate:.2f} Hz (last seq {d.latest_seq}, writer {'alive' if d.writer_alive else 'gone'})", flush=True)
+            last, t0 = d.latest_seq, now
             reports += 1
-    finally:
-        seg.close()
     return 0
 
 
@@ -130,29 +126,24 @@ def _stats(rt: Path, name: str, _count: int | None) -> int:
             names = {n.pid: node for node, n in GraphState.read(rd).nodes.items() if n.pid}
     except (OSError, BadStateError):
         names = {}
-    seg = observe(rt, name)
-    try:
-        f0 = segment_facts(seg)
+    with Topic.open(name, runtime_dir=rt) as topic:
+        d0 = topic.dynamic()
         time.sleep(RATE_WINDOW)
-        f = segment_facts(seg)
-        rate = (f["latest_seq"] - f0["latest_seq"]) / RATE_WINDOW
-        writer = f"pid {f['writer_pid']} ({names.get(f['writer_pid'], '?')}), generation {f['generation']}" if f["writer_alive"] else "none"
-        print(f"topic {name!r}: writer {writer}, last seq {f['latest_seq']}, {rate:.1f} Hz, capacity {seg.config.capacity}, "
-              f"pool {seg.config.pool}")
-        rows = [["READER PID", "NODE", "RECEIVED", "OVERWRITTEN BEFORE READ", "STALE SKIPPED", "LAST SEQ", "BEHIND", "AGE AT READ ms",
-                 "LAST READ s AGO", "GROUP"]]
-        now = time.time_ns()
-        for pid, received, missed, last_seq, age_ns, recv_ns, stale, group in f["readers"]:
-            # A group member's gaps are the other members' share: neither missed nor behind.
-            rows.append([str(pid), names.get(pid, "?"), str(received), "-" if group else str(missed), str(stale), str(last_seq),
-                         "-" if group else str(max(f["latest_seq"] - last_seq, 0)), f"{age_ns / 1e6:.2f}",
-                         "-" if not recv_ns else f"{(now - recv_ns) / 1e9:.1f}", seg.group_name(group - 1) if group else "-"])
-        if len(rows) == 1:
-            print("no reader is attached")
-        else:
-            print("\n".join(table(rows)))
-    finally:
-        seg.close()
+        d = topic.dynamic()
+        rate = (d.latest_seq - d0.latest_seq) / RATE_WINDOW
+        writer = (f"pid {d.writer_pid} ({names.get(d.writer_pid, '?')}), generation {d.writer_generation}"
+                  if d.writer_alive else "none")
+        print(f"topic {name!r}: writer {writer}, last seq {d.latest_seq}, {rate:.1f} Hz, capacity {topic.config.capacity}, "
+              f"pool {topic.config.pool}")
+    rows = [["READER PID", "NODE", "RECEIVED", "OVERWRITTEN BEFORE READ", "STALE SKIPPED", "LAST SEQ", "BEHIND", "AGE AT READ ms",
+             "LAST READ s AGO", "GROUP"]]
+    now = time.time_ns()
+    for r in d.readers:
+        # A group member's gaps are the other members' share: neither missed nor behind.
+        rows.append([str(r.pid), names.get(r.pid, "?"), str(r.received), "-" if r.group else str(r.missed), str(r.stale),
+                     str(r.last_seq), "-" if r.group else str(max(d.latest_seq - r.last_seq, 0)), f"{r.last_age_ns / 1e6:.2f}",
+                     "-" if not r.last_receive_ns else f"{(now - r.last_receive_ns) / 1e9:.1f}", r.group or "-"])
+    print("\n".join(table(rows)) if len(rows) > 1 else "no reader is attached")
     return 0
 
 

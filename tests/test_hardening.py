@@ -29,9 +29,12 @@ from shmlaunch.testing import unique_name
 from shmlaunch.transport import (
     SHM_ROOT,
     Reader,
+    RegistryCorruptError,
     RuntimeDir,
     RuntimeDirError,
     SegmentCorruptError,
+    Topic,
+    TopicConfig,
     Writer,
     ensure_runtime_dir,
     graph_runtime_dir,
@@ -201,7 +204,7 @@ def test_symlinks_planted_at_temporary_and_registry_names_are_never_written_thro
     w.close()
     (rt / "registry.yaml").unlink()
     (rt / "registry.yaml").symlink_to(target)
-    with pytest.raises(SegmentCorruptError, match=r"^cannot read registry .*registry\.yaml: Too many levels of symbolic links$"):
+    with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml: Too many levels of symbolic links$"):
         Reader("t", runtime_dir=rt)
     assert target.read_text() == "untouched"
     for p in rt.iterdir():
@@ -219,7 +222,7 @@ def test_a_registry_segment_that_is_a_path_is_refused_without_opening_it(rt, tmp
     value = segment.replace("TARGET", str(secret).lstrip("/"))
     reg.write_text(reg.read_text().replace('"t.pool"', json.dumps(value)))
     before = secret.stat().st_atime_ns, secret.read_bytes()
-    with pytest.raises(SegmentCorruptError) as err:
+    with pytest.raises(RegistryCorruptError) as err:
         Reader("t", runtime_dir=rt)
     message = str(err.value)
     assert message.startswith(f"cannot read registry {rt}/registry.yaml:3: topic 't': segment ") and "SHADOW" not in message
@@ -236,7 +239,7 @@ def test_another_graphs_segment_cannot_be_reached_through_a_registry(tmp_path):
         Writer("u", capacity=64, runtime_dir=b.path).close()
         reg = b.path / "registry.yaml"
         reg.write_text(reg.read_text().replace('"u.pool"', json.dumps(f"../{a.path.name}/t.pool")))
-        with pytest.raises(SegmentCorruptError, match=r"is not a plain segment file name"):
+        with pytest.raises(RegistryCorruptError, match=r"is not a plain segment file name"):
             Reader("u", runtime_dir=b.path)
         wa.close()
 
@@ -498,7 +501,7 @@ def test_a_status_view_that_fails_is_switched_off_and_the_graph_goes_on(tmp_path
     reg.write_text(good)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, text
-    assert "warning: the live status view stopped (SegmentCorruptError: cannot read registry" in text
+    assert "warning: the live status view stopped (RegistryCorruptError: cannot read registry" in text
     assert "Traceback" not in text
     assert_nothing_left(graph)
 
@@ -597,16 +600,11 @@ def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value,
     corrupt(rt, "t.pool", offset, "<Q", value)
     with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for reading: segment {rt}/t.pool is corrupt: its header's {why}"):
         Reader("t", runtime_dir=rt)
-    # A corrupt segment nobody uses is a crashed run's leftover and is re-created; one in use (a
-    # reader's presence lock, byte 1) is refused.
-    reader = byte_lock_holder(rt / "t.pool", 1, exclusive=False)
-    try:
-        with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
-            Writer("t", runtime_dir=rt)
-    finally:
-        reader.kill()
-        reader.wait()  # its locks go with it
-    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()  # once nobody uses it, a writer re-creates it
+    # Nobody uses it, and still a writer refuses it: replacing a topic is explicit, never a side effect.
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
+        Writer("t", runtime_dir=rt)
+    Topic.create("t", TopicConfig(64, 2), runtime_dir=rt, recreate=True).close()
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
 
 
 def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error(rt):
@@ -657,7 +655,7 @@ def test_a_file_that_includes_itself_many_times_is_refused_at_once(tmp_path):
 def test_a_registry_with_yaml_aliases_is_refused_at_once(rt):
     Writer("t", capacity=8, runtime_dir=rt).close()
     (rt / "registry.yaml").write_text("layout_version: 1\ntopics:\n" + BOMB)
-    with pytest.raises(SegmentCorruptError, match=r"^cannot read registry .*registry\.yaml:3: expected '\"topic\": \{\.\.\.\}', got "):
+    with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml:3: expected '\"topic\": \{\.\.\.\}', got "):
         Reader("t", runtime_dir=rt)
 
 
@@ -702,7 +700,7 @@ def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(r
 def test_a_malformed_registry_entry_is_one_line_naming_file_line_and_topic(rt, entry, why):
     Writer("t", capacity=8, runtime_dir=rt).close()
     (rt / "registry.yaml").write_text(f'layout_version: 1\ntopics:\n  "t": {entry}\n')
-    with pytest.raises(SegmentCorruptError, match=rf"^cannot read registry {rt}/registry.yaml:3: topic 't': ") as err:
+    with pytest.raises(RegistryCorruptError, match=rf"^cannot read registry {rt}/registry.yaml:3: topic 't': ") as err:
         Reader("t", runtime_dir=rt)
     assert why in str(err.value) and "\n" not in str(err.value)
 

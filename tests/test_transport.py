@@ -14,6 +14,8 @@ import pytest
 from shmlaunch.transport import (
     ClosedError,
     Reader,
+    Topic,
+    TopicConfig,
     TopicMismatchError,
     TopicNotFoundError,
     Writer,
@@ -359,11 +361,14 @@ def test_reader_of_an_unknown_topic_is_told_so(rt):
         Reader("nope", runtime_dir=rt)
 
 
-def test_stale_segment_of_a_crashed_run_is_flushed_by_a_new_writer(rt, ctx):
+def test_a_writer_never_replaces_an_existing_topic_re_creating_is_explicit(rt, ctx):
     p = ctx.Process(target=procs.write_checked, args=(rt, "t", 64, 3))
     p.start()
     p.join(30)
-    w = Writer("t", capacity=256, pool=2, runtime_dir=rt)  # nobody uses the old one: recreated
+    with pytest.raises(TopicMismatchError, match=r"^cannot open topic 't' for writing: requested capacity is 256, the registry says 64$"):
+        Writer("t", capacity=256, pool=2, runtime_dir=rt)
+    Topic.create("t", TopicConfig(256, 2), runtime_dir=rt, recreate=True).close()  # nobody uses the old one
+    w = Writer("t", capacity=256, pool=2, runtime_dir=rt)
     assert (w.config.capacity, w.config.pool) == (256, 2)
     assert read_registry(rt)["t"]["capacity"] == 256
     assert w.publish(b"x") == 1

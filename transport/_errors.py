@@ -13,8 +13,20 @@ class TopicNotFoundError(TransportError, LookupError):
     """A reader asked for a topic that no registry lists (no writer or launcher created it)."""
 
 
+class TopicExistsError(TransportError, FileExistsError):
+    """``Topic.create`` found the topic already there (open it, or create with ``recreate=True``)."""
+
+
 class TopicMismatchError(TransportError):
-    """Two parties disagree on a topic's capacity, pool size, dtype, shape or layout version."""
+    """Two parties disagree on a topic's capacity, pool size, dtype or shape (both values named)."""
+
+
+class LayoutVersionError(TopicMismatchError):
+    """A segment or registry of another layout version: written by another shmlaunch release."""
+
+
+class GroupsFullError(TransportError):
+    """A topic's group table has no room for another competing-consumer group."""
 
 
 class WriterBusyError(TransportError):
@@ -23,6 +35,10 @@ class WriterBusyError(TransportError):
 
 class SegmentCorruptError(TransportError):
     """A segment file is not a pool topic of this layout (the OSError, if any, is the cause)."""
+
+
+class RegistryCorruptError(TransportError):
+    """A registry file that is not what shmlaunch writes (the file and line say where)."""
 
 
 class OutOfSpaceError(TransportError, OSError):

@@ -122,12 +122,26 @@ def slot_stride(capacity: int) -> int:
 
 @dataclass(frozen=True)
 class TopicConfig:
-    """A topic's static description: what the registry lists and the header repeats."""
+    """A topic's static description: what the registry lists and the header repeats, written
+    once by its creator. ``segment`` is the segment's file name in the runtime directory (set
+    on the config of an opened topic). ``TopicConfig.build`` checks and completes a declaration.
+    """
 
     capacity: int
     pool: int
     dtype: np.dtype | None = None
     shape: tuple[int, ...] | None = None
+    layout_version: int = LAYOUT_VERSION
+    segment: str | None = None
+
+    @classmethod
+    def build(cls, capacity: int | None = None, pool: int = 4, dtype=None, shape=None) -> TopicConfig:
+        """A checked config from a declaration: ``capacity`` in bytes, or ``dtype`` and ``shape``
+        (capacity then follows); ValueError says what is wrong."""
+        req = normalize_request(capacity, pool, dtype, shape)
+        if req["capacity"] is None:
+            raise ValueError("needs 'capacity' (bytes) or 'dtype' and 'shape'")
+        return cls(req["capacity"], req["pool"], req["dtype"], req["shape"])
 
     @property
     def segment_size(self) -> int:
@@ -207,3 +221,30 @@ def dtype_name(dtype: np.dtype) -> str:
 
 def nbytes_of(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return dtype.itemsize * math.prod(shape)
+
+
+def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
+    """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
+    dt = None if dtype is None else np.dtype(dtype)
+    shp = None
+    if shape is not None:
+        shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))
+        if not shp or len(shp) > MAX_NDIM or any(x <= 0 for x in shp):
+            raise ValueError(f"invalid shape {list(shp)}: 1 to {MAX_NDIM} positive dimensions")
+        if dt is None:
+            raise ValueError(f"shape {list(shp)} given without a dtype")
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+            raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
+        capacity = int(capacity)
+        if capacity > MAX_CAPACITY:
+            raise ValueError(f"invalid capacity {capacity}: at most {MAX_CAPACITY} bytes (1 TiB) per message")
+        if shp is not None and capacity < nbytes_of(dt, shp):
+            raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {nbytes_of(dt, shp)} bytes")
+    elif shp is not None:
+        capacity = nbytes_of(dt, shp)
+        if capacity > MAX_CAPACITY:
+            raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {MAX_CAPACITY} bytes (1 TiB) per message")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= MAX_POOL):
+        raise ValueError(f"invalid pool size {pool!r}: 1 to {MAX_POOL} slots")
+    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp}

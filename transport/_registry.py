@@ -11,7 +11,8 @@ sees half a registry and needs no lock to read it. Example::
 The text is valid YAML, but it is read as what it is, lines of JSON: no YAML feature (an
 alias, a tag) can make reading it slow or large, and a C++ or C# client finds its topic's
 line and parses one flat JSON object. Every entry is checked field by field; a bad one is a
-SegmentCorruptError naming the file, line, topic and value.
+RegistryCorruptError naming the file, line, topic and value (another release's registry is a
+LayoutVersionError).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layout as L
-from ._errors import LockBusyError, SegmentCorruptError
+from ._errors import LayoutVersionError, LockBusyError, RegistryCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
 from ._platform import ByteLock
 from ._runtime import REGISTRY_FILE, RuntimeDir, segment_file_name, validate_segment_name, validate_topic_name
@@ -100,7 +101,8 @@ def entry_to_config(entry: dict) -> TopicConfig:
         raise ValueError("shape is given without a dtype")
     if shape is not None and dtype.itemsize * math.prod(shape) > capacity:
         raise ValueError(f"dtype x shape {dtype.itemsize * math.prod(shape)} bytes exceeds capacity {capacity}")
-    return TopicConfig(capacity=capacity, pool=pool, dtype=dtype, shape=None if shape is None else tuple(shape))
+    return TopicConfig(capacity=capacity, pool=pool, dtype=dtype, shape=None if shape is None else tuple(shape),
+                       segment=entry["segment"])
 
 
 def format_registry(topics: dict[str, dict]) -> str:
@@ -113,20 +115,20 @@ def format_registry(topics: dict[str, dict]) -> str:
 def parse_registry(text: str, where: str) -> dict[str, dict]:
     """Every topic entry of a registry's text (as ``format_registry`` writes it), checked.
 
-    Strict on purpose: anything else is a SegmentCorruptError naming ``where``:line."""
+    Strict on purpose: anything else is a RegistryCorruptError naming ``where``:line."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
 
-    def bad(lineno: int, why: str) -> SegmentCorruptError:
-        return SegmentCorruptError(f"cannot read registry {where}:{lineno}: {why}")
+    def bad(lineno: int, why: str, kind: type = RegistryCorruptError) -> Exception:
+        return kind(f"cannot read registry {where}:{lineno}: {why}")
 
     head = lines[0].strip() if lines else ""
     if not head.startswith("layout_version:"):
         raise bad(1, f"expected 'layout_version: {LAYOUT_VERSION}', got {head[:60]!r}")
     version = head.partition(":")[2].strip()
     if version != str(LAYOUT_VERSION):
-        raise bad(1, f"layout_version is {version[:20]!r}, this shmlaunch reads {LAYOUT_VERSION}")
+        raise bad(1, f"layout_version is {version[:20]!r}, this shmlaunch reads {LAYOUT_VERSION}", LayoutVersionError)
     if len(lines) < 2 or lines[1].strip() not in ("topics:", "topics: {}"):
         raise bad(2, "expected 'topics:'")
     topics: dict[str, dict] = {}
@@ -167,13 +169,13 @@ def _read(rd: RuntimeDir) -> dict[str, dict]:
     except FileNotFoundError:
         return {}
     except ValueError as exc:
-        raise SegmentCorruptError(f"cannot read registry: {exc}") from None
+        raise RegistryCorruptError(f"cannot read registry: {exc}") from None
     except OSError as exc:
-        raise SegmentCorruptError(f"cannot read registry {where}: {exc.strerror}") from exc
+        raise RegistryCorruptError(f"cannot read registry {where}: {exc.strerror}") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise SegmentCorruptError(f"cannot read registry {where}: not UTF-8 text") from None
+        raise RegistryCorruptError(f"cannot read registry {where}: not UTF-8 text") from None
     return parse_registry(text, str(where))
 
 

@@ -11,6 +11,7 @@ later), the header written, and only then renamed into place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import secrets
@@ -21,7 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from . import _layout as L
-from ._errors import OutOfSpaceError, SegmentCorruptError, TopicMismatchError, TopicNotFoundError, WriterBusyError
+from ._errors import (
+    GroupsFullError,
+    LayoutVersionError,
+    OutOfSpaceError,
+    SegmentCorruptError,
+    TopicExistsError,
+    TopicMismatchError,
+    TopicNotFoundError,
+    WriterBusyError,
+)
 from ._platform import ByteLock, buffer_address
 from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, read_registry
 from ._runtime import RuntimeDir, segment_file_name, validate_topic_name
@@ -55,9 +65,15 @@ class Segment:
         self.payloads: list[np.ndarray] = []
 
     # ----- checks
-    def layout_problem(self) -> str | None:
-        problem = L.header_problem(self.header, self.size)
-        return None if problem is None else f"segment {self.path} is corrupt: its header's {problem}"
+    def check_layout(self, action: str) -> None:
+        """LayoutVersionError for another release's segment, SegmentCorruptError for a bad header."""
+        h = self.header
+        if h.magic == L.MAGIC and h.layout_version != L.LAYOUT_VERSION:
+            raise LayoutVersionError(f"cannot {action}: segment {self.path} has layout version {h.layout_version}, "
+                                     f"this shmlaunch uses {L.LAYOUT_VERSION}")
+        problem = L.header_problem(h, self.size)
+        if problem is not None:
+            raise SegmentCorruptError(f"cannot {action}: segment {self.path} is corrupt: its header's {problem}")
 
     def claim_reader_entry(self) -> int | None:
         """Own a free reader-table entry (its lock byte, for this open file's life); its offset."""
@@ -85,7 +101,7 @@ class Segment:
                 if not stored and free is None:
                     free = g
             if free is None:
-                raise TopicMismatchError(f"cannot join group {name!r} of topic {self.topic!r}: it has {L.MAX_GROUPS} groups already")
+                raise GroupsFullError(f"cannot join group {name!r} of topic {self.topic!r}: it has {L.MAX_GROUPS} groups already")
             off = L.GROUPS_OFFSET + free * L.GROUP_ENTRY_SIZE
             self.mm[off : off + L.GROUP_NAME_SIZE] = raw.ljust(L.GROUP_NAME_SIZE, b"\0")
             return free
@@ -207,33 +223,6 @@ def check_header(seg: Segment, config: L.TopicConfig, action: str) -> None:
             )
 
 
-def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
-    """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
-    dt = None if dtype is None else np.dtype(dtype)
-    shp = None
-    if shape is not None:
-        shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))
-        if not shp or len(shp) > L.MAX_NDIM or any(x <= 0 for x in shp):
-            raise ValueError(f"invalid shape {list(shp)}: 1 to {L.MAX_NDIM} positive dimensions")
-        if dt is None:
-            raise ValueError(f"shape {list(shp)} given without a dtype")
-    if capacity is not None:
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
-            raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
-        capacity = int(capacity)
-        if capacity > L.MAX_CAPACITY:
-            raise ValueError(f"invalid capacity {capacity}: at most {L.MAX_CAPACITY} bytes (1 TiB) per message")
-        if shp is not None and capacity < L.nbytes_of(dt, shp):
-            raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {L.nbytes_of(dt, shp)} bytes")
-    elif shp is not None:
-        capacity = L.nbytes_of(dt, shp)
-        if capacity > L.MAX_CAPACITY:
-            raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {L.MAX_CAPACITY} bytes (1 TiB) per message")
-    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= L.MAX_POOL):
-        raise ValueError(f"invalid pool size {pool!r}: 1 to {L.MAX_POOL} slots")
-    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp}
-
-
 def _as_runtime_dir(runtime_dir: Path | RuntimeDir, create: bool) -> contextlib.AbstractContextManager[RuntimeDir]:
     """An open RuntimeDir for ``runtime_dir`` (closed at the end only when opened here)."""
     if isinstance(runtime_dir, RuntimeDir):
@@ -273,26 +262,22 @@ def _create_file(rd: RuntimeDir, topic: str, name: str, config: L.TopicConfig) -
         os.close(fd)
 
 
-def ensure_topic(runtime_dir: Path | RuntimeDir, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
-    """Open ``topic`` (creating or flushing its segment as needed) under the registry lock.
-
-    With ``writer=True`` the returned segment holds the writer lock byte, taken inside the
-    registry lock so two writers can never both win. A segment nobody uses (no writer, no
-    reader, no launcher) that is corrupt or whose config differs from the request is left
-    over from a crashed run: it is flushed and re-created. One in use is an error.
-    """
-    return ensure_topics(runtime_dir, {topic: request}, writer=writer, default_pool=default_pool)[0]
-
-
-def ensure_topics(runtime_dir: Path | RuntimeDir, requests: dict[str, dict], *, writer: bool = False,
-                  default_pool: int = 4) -> list[Segment]:
-    """``ensure_topic`` for many topics under one registry lock and one registry write (the
-    launcher creates a graph's topics this way: 1000 topics cost one registry update, not 1000)."""
+def create_segments(rd: RuntimeDir, configs: dict[str, L.TopicConfig], *, recreate: bool = False) -> list[Segment]:
+    """Create every topic of ``configs`` under one registry lock and one registry write (1000
+    topics cost one registry update, not 1000). A topic that exists already is TopicExistsError,
+    unless ``recreate``: then its old segment is replaced, if nobody uses it (else WriterBusyError)."""
     segs: list[Segment] = []
     try:
-        with _as_runtime_dir(runtime_dir, create=writer) as rd, locked_registry(rd) as topics:
-            for topic, request in requests.items():
-                segs.append(_ensure_locked(rd, topics, topic, request, writer, default_pool))
+        with locked_registry(rd) as topics:
+            for topic, config in configs.items():
+                name = segment_file_name(topic)
+                action = f"create topic {topic!r}"
+                if topic in topics or _exists(rd, name):
+                    if not recreate:
+                        raise TopicExistsError(f"cannot {action}: it exists already in {rd.path}; open it, or re-create it "
+                                               f"explicitly (recreate=True)")
+                    _remove_unused(rd, topic, name, action)
+                segs.append(_create(rd, topics, topic, name, config))
     except BaseException:
         for seg in segs:
             seg.close()
@@ -302,75 +287,95 @@ def ensure_topics(runtime_dir: Path | RuntimeDir, requests: dict[str, dict], *, 
     return segs
 
 
-def _ensure_locked(rd: RuntimeDir, topics: dict, topic: str, request: dict, writer: bool, default_pool: int) -> Segment:
-    action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"create topic {topic!r}"
+def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
+    """Open ``topic`` as ``request`` describes it (fields left None are not checked), creating it
+    when it does not exist. Never replaces an existing topic: a different config is
+    TopicMismatchError, a bad header SegmentCorruptError, whether or not anybody uses it.
+
+    With ``writer=True`` the segment holds the writer lock byte, taken inside the registry lock."""
+    action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"open or create topic {topic!r}"
     name = segment_file_name(topic)
-    entry = topics.get(topic)
-    try:
-        rd.lstat(name)
-        seg = _reuse_existing(rd, name, topic, entry, request, action, writer)
-    except FileNotFoundError:
-        seg = None
-    if seg is None:
-        fields = {"pool": default_pool}
-        if entry:
-            fields.update(vars(entry_to_config(entry)))
-        fields.update({k: v for k, v in request.items() if v is not None})
-        if fields.get("capacity") is None:
-            raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
-        config = L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"), fields.get("shape"))
-        _create_file(rd, topic, name, config)
-        seg = _open_segment(rd, topic, name)
-        seg.config = config
-    if writer and not seg.writer_lock.try_exclusive():
-        seg.close()
-        raise WriterBusyError(f"cannot {action}: another writer is alive; a topic has exactly one writer")
-    topics[topic] = config_to_entry(topic, seg.config)
+    with locked_registry(rd) as topics:
+        entry = topics.get(topic)
+        if entry is None and not _exists(rd, name):
+            if request.get("capacity") is None:
+                raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
+            fields = {"pool": default_pool, **{k: v for k, v in request.items() if v is not None}}
+            seg = _create(rd, topics, topic, name, L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"),
+                                                                 fields.get("shape")))
+        else:
+            seg = _open_existing(rd, topic, name, entry, request, action)
+            topics[topic] = config_to_entry(topic, seg.config)
+        if writer:
+            _take_writer_lock(seg, action)
+    seg.attach(seg.config)
     return seg
 
 
-def _reuse_existing(rd: RuntimeDir, name: str, topic: str, entry: dict | None, request: dict, action: str,
-                    writer: bool) -> Segment | None:
-    """The existing segment if it can serve ``request``; None after flushing a stale one."""
+def _exists(rd: RuntimeDir, name: str) -> bool:
+    try:
+        rd.lstat(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _create(rd: RuntimeDir, topics: dict, topic: str, name: str, config: L.TopicConfig) -> Segment:
+    _create_file(rd, topic, name, config)
+    seg = _open_segment(rd, topic, name)
+    seg.config = dataclasses.replace(config, segment=name)
+    topics[topic] = config_to_entry(topic, config)
+    return seg
+
+
+def _remove_unused(rd: RuntimeDir, topic: str, name: str, action: str) -> None:
+    """Remove an existing segment before re-creating it; one in use is never pulled away."""
+    try:
+        seg = _open_segment(rd, topic, name)
+    except FileNotFoundError:
+        return
+    try:
+        if seg.in_use_by_others():
+            raise WriterBusyError(f"cannot {action} again: its segment {seg.path} is in use (a writer or reader is attached)")
+    finally:
+        seg.close()
+    rd.unlink(name)
+
+
+def _take_writer_lock(seg: Segment, action: str) -> None:
+    if seg.writer_lock.try_exclusive():
+        return
+    pid = struct.unpack_from("<Q", seg.mm, L.WRITER_OFFSET)[0]
+    seg.close()
+    if pid == os.getpid():
+        raise WriterBusyError(f"cannot {action}: another Writer of this topic is open in this process (pid {pid}); close() it first")
+    raise WriterBusyError(f"cannot {action}: another writer (pid {pid}) is alive; a topic has exactly one writer")
+
+
+def _open_existing(rd: RuntimeDir, topic: str, name: str, entry: dict | None, request: dict, action: str) -> Segment:
+    """The existing segment, checked: header against the registry (or itself, when the registry
+    lost the entry), and both against ``request``."""
     seg = _open_segment(rd, topic, name)
     try:
-        if writer and seg.writer_lock.is_held_by_others():
-            pid = struct.unpack_from("<Q", seg.mm, L.WRITER_OFFSET)[0] if seg.size >= L.HEADER_SIZE else 0
-            if pid == os.getpid():
-                raise WriterBusyError(f"cannot {action}: another Writer of this topic is open in this process (pid {pid}); "
-                                      f"close() it first")
-            raise WriterBusyError(f"cannot {action}: another writer (pid {pid}) is alive; a topic has exactly one writer")
-        busy = seg.in_use_by_others()
-        problem = seg.layout_problem()
-        if problem is None:
-            existing = entry_to_config(entry) if entry else _header_config(seg)
-            try:
-                check_agreement(action, existing, "the registry", request, "requested")
-                check_header(seg, existing, action)
-            except TopicMismatchError:
-                if busy:
-                    raise
-                problem = "stale"
-        elif busy:
-            raise SegmentCorruptError(f"cannot {action}: {problem}")
+        seg.check_layout(action)
+        existing = entry_to_config(entry) if entry else _header_config(seg, action)
+        check_agreement(action, existing, "the registry", request, "requested")
+        check_header(seg, existing, action)
     except BaseException:
         seg.close()
         raise
-    if problem is not None:  # nobody uses it: a crashed run's leftover
-        seg.close()
-        rd.unlink(name)
-        return None
     seg.config = existing
     return seg
 
 
-def _header_config(seg: Segment) -> L.TopicConfig:
+def _header_config(seg: Segment, action: str) -> L.TopicConfig:
     h = seg.header
     try:
         dtype = np.dtype(h.typestr) if h.typestr else None
     except TypeError:
-        dtype = np.dtype(np.uint8)  # an unreadable type never matches a request: the segment is re-created
-    return L.TopicConfig(h.capacity, h.pool, dtype, h.shape)
+        raise SegmentCorruptError(f"cannot {action}: segment {seg.path} is corrupt: its header's dtype {h.typestr!r} "
+                                  f"is not a numpy type") from None
+    return L.TopicConfig(h.capacity, h.pool, dtype, h.shape, segment=seg.path.name)
 
 
 def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, observer: bool = False) -> Segment:
@@ -394,9 +399,7 @@ def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, 
         except OSError as exc:
             raise SegmentCorruptError(f"cannot {action}: cannot open {rd.path / entry['segment']}: {exc.strerror}") from exc
     try:
-        problem = seg.layout_problem()
-        if problem:
-            raise SegmentCorruptError(f"cannot {action}: {problem}")
+        seg.check_layout(action)
         check_header(seg, config, action)
         if not observer:
             seg.presence_lock.try_shared()

@@ -19,10 +19,11 @@ import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError, SegmentCorruptError
+from ._layout import normalize_request
 from ._platform import commit
 from ._registry import locked_registry
 from ._runtime import RuntimeDir, default_runtime_dir
-from ._segment import Segment, ensure_topic, normalize_request
+from ._segment import Segment, open_or_create_segment
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
 
@@ -43,8 +44,10 @@ class Writer:
     Creates the topic when it does not exist (``capacity``, or ``dtype`` and ``shape``, are
     then required; ``pool`` defaults to 4) and records it in the graph's registry. When it
     exists, every argument given must agree with the registry and the segment header, or
-    TopicMismatchError names both values. A writer whose process died is replaced by the
-    next one, which continues the sequence. A second live writer gets WriterBusyError.
+    TopicMismatchError names both values: an existing topic is never replaced behind its
+    users' backs (``Topic.create(..., recreate=True)`` or ``Topic.unlink`` does that, on
+    purpose). A writer whose process died is replaced by the next one, which continues the
+    sequence. A second live writer gets WriterBusyError.
 
     ``close()`` releases this process's mapping and writer ownership; the topic stays for
     readers and a later writer. A writer dropped without ``close()`` releases them when it is
@@ -68,7 +71,7 @@ class Writer:
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
         request = normalize_request(capacity, pool, dtype, shape)
         with RuntimeDir.create(self.runtime_dir) as rd:
-            self._seg = seg = ensure_topic(rd, topic, request, writer=True)
+            self._seg = seg = open_or_create_segment(rd, topic, request, writer=True)
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
         self._finalizer = weakref.finalize(self, Segment.close, seg)
         self.config = seg.config
