@@ -40,11 +40,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shmlaunch.launch._introspect import cpu_seconds
-from shmlaunch.nodes._mediapipe_hands import HandDetector
 from shmlaunch.nodes.camera import letterbox
 from shmlaunch.nodes.gestures import classify
+from shmlaunch.nodes.hands import HandDetector
 from shmlaunch.nodes.messages import LANDMARKS
+from shmlaunch.transport import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "testdata" / "hands"
@@ -162,10 +162,10 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(warmup)
     pids = node_pids(rt)
-    c0 = {n: cpu_seconds(p) for n, p in pids.items()}
+    c0 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
     t0 = time.time_ns()
     time.sleep(seconds - 0.5)
-    c1 = {n: cpu_seconds(p) for n, p in pids.items()}
+    c1 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
     t1 = time.time_ns()
     output, _ = proc.communicate(timeout=60)
     if proc.returncode != 0:

@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from shmlaunch.transport import backend
+
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
 VIEW_CODE = """import sys
 from shmlaunch.launch import Launcher, Printer, load_launch_file
 g = load_launch_file(sys.argv[1])
@@ -62,8 +63,7 @@ def python_start_seconds() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return backend.process_info(pid).cpu_seconds
 
 
 def launcher_cpu_percent(path: Path, view: str, window: float) -> float:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from shmlaunch.transport import Reader, Writer
-from shmlaunch.transport._platform import buffer_address, futex_wait, futex_wake
+from shmlaunch.transport.backend import buffer_address, futex_wait, futex_wake
 
 HEADER = struct.Struct("<Qq")
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.nodes import NodeClassError, ParamError, load_node_class
-from shmlaunch.nodes._params import resolve_params
+from shmlaunch.nodes import NodeClassError, ParamError, load_node_class, resolve_params
+from shmlaunch.transport import backend
 
 from ._schema import Graph, NodeSpec, TopicSpec
 
@@ -113,29 +112,15 @@ def _cpu_text(cpus) -> str:
 def _check_placement(node: NodeSpec, errors: list[str]) -> None:
     """CPUs this launcher may not use, or a priority it may not give, fail here, not in the child."""
     if node.cpus:
-        allowed = os.sched_getaffinity(0)
+        allowed = backend.allowed_cpus()
         missing = [c for c in node.cpus if c not in allowed]
         if missing:
             errors.append(f"{node.where}: node {node.name!r}: cpus {_cpu_text(missing)} are not available here "
                           f"(this launcher may use CPUs {_cpu_text(allowed)})")
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    if node.nice is not None and node.nice < own and not _may_raise_priority(node.nice):
+    own = backend.own_priority()
+    if node.nice is not None and node.nice < own and not backend.may_raise_priority(node.nice):
         errors.append(f"{node.where}: node {node.name!r}: nice {node.nice} is a higher priority than this launcher's "
                       f"({own}) and raising it needs root, CAP_SYS_NICE or RLIMIT_NICE")
-
-
-_CAP_SYS_NICE = 23
-
-
-def _may_raise_priority(nice: int) -> bool:
-    """setpriority(2): lowering nice needs CAP_SYS_NICE (root in a container may lack it), or an
-    RLIMIT_NICE of at least 20 - nice."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        status = Path("/proc/self/status").read_text().splitlines()
-        if int(next(x for x in status if x.startswith("CapEff:")).split()[1], 16) >> _CAP_SYS_NICE & 1:
-            return True
-    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
 
 
 def _ports(node: NodeSpec, direction: str, mapping: dict[str, str]):

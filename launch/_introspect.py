@@ -8,7 +8,6 @@ status view.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,10 @@ import numpy as np
 
 from shmlaunch.nodes import HEARTBEAT, ready_name
 from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
-from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, read_registry
+from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, backend, read_registry
 
 from ._state import GraphState, running_graphs
 
-_TICK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 #: A Python node beats every HEARTBEAT s while it spins; this much silence means it is stuck.
 STALE_HEARTBEAT = 5 * HEARTBEAT
 
@@ -67,29 +64,8 @@ def find_topic_graph(topic: str, name: str | None) -> GraphState:
 
 # ----- processes
 def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-    except OSError:
-        return None
-
-
-def placement(pid: int) -> tuple[str, str] | None:
-    """(CPUs the process may run on, its nice value), as the launch file's cpus/nice set them."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        nice = os.getpriority(os.PRIO_PROCESS, pid)
-    except OSError:
-        return None
-    cpus = next((x.split(":", 1)[1].strip() for x in status.splitlines() if x.startswith("Cpus_allowed_list:")), "?")
-    return cpus, str(nice)
+    info = backend.process_info(pid)
+    return None if info is None else info.cpu_seconds
 
 
 @dataclass
@@ -122,14 +98,6 @@ class Sampler:
         return (seq - before) / (now - self.when)
 
 
-def process_state(pid: int) -> str | None:
-    """The kernel's one-letter state of ``pid`` (R, S, D, T stopped, t traced, Z zombie...)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
 def heartbeat_age(runtime_dir: str, node: str) -> float | None:
     """Seconds since ``node`` last touched its heartbeat file (None: it has none)."""
     try:
@@ -144,7 +112,8 @@ def live_state(state: GraphState, name: str, n) -> str:
     (SIGSTOP, a debugger) is "stopped"; a Python node whose heartbeat is stale is "unresponsive"."""
     if n.pid is None or n.state not in ("starting", "running"):
         return n.state
-    if process_state(n.pid) in ("T", "t"):
+    info = backend.process_info(n.pid)
+    if info is not None and info.state in ("T", "t"):
         return "stopped"
     if n.state == "running" and n.kind == "python":
         age = heartbeat_age(state.runtime_dir, name)
@@ -158,8 +127,9 @@ def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]
     for name, n in state.nodes.items():
         alive = n.pid is not None and n.state in ("starting", "running")
         cpu = sampler.cpu_pct(n.pid, now) if alive else None
-        rss = rss_bytes(n.pid) if alive else None
-        cpus, nice = (placement(n.pid) if alive else None) or ("-", "-")
+        info = backend.process_info(n.pid) if alive else None
+        rss = None if info is None else info.rss_bytes
+        cpus, nice = ("-", "-") if info is None else (info.cpus, str(info.nice))
         rows.append([name, str(n.pid or "-"), live_state(state, name, n), str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
                      "-" if rss is None else f"{rss / 2**20:.0f}", cpus, nice, "-" if n.last_exit is None else str(n.last_exit)])
     return rows

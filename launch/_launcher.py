@@ -21,7 +21,6 @@ status view) never takes the graph down: a failure there is one logged line.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -40,6 +39,7 @@ from shmlaunch.transport import (
     SHM_ROOT,
     RuntimeDir,
     Topic,
+    backend,
     cleanup,
     graph_runtime_dir,
     new_run_id,
@@ -48,15 +48,13 @@ from shmlaunch.transport import (
 from ._check import check_graph, node_cwd
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec
-from ._state import LOCK_FILE, GraphState, NodeState, process_start_time
+from ._state import LOCK_FILE, GraphState, NodeState
 from ._status import StatusView
 from ._supervisor import Supervisor
 from ._systemd import notify, watchdog_interval
 
 #: Seconds between SIGTERM and SIGKILL when stopping nodes.
 STOP_TIMEOUT = 5.0
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 _MIB = 1 << 20
 #: How long a new launcher waits for a dead run's watchdog that is removing that run's files.
 LOCK_WAIT = 2.0
@@ -68,22 +66,6 @@ class GraphRunningError(RuntimeError):
 
 class NoRoomError(RuntimeError):
     """/dev/shm cannot hold the graph's topics (checked before anything is created)."""
-
-
-def _child_setup(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
-    """Runs in the child between fork and exec. Affinity and priority are set here, before the
-    node starts any thread, so every thread it makes (MediaPipe's, OpenCV's) inherits them."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the launcher died before prctl: do not outlive it
-        os._exit(1)
-    try:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        if nice is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError as exc:  # the pre-flight check makes this rare (a cpuset changed since): say it and stop
-        os.write(2, f"cannot set cpus {list(cpus or [])} / nice {nice}: {exc.strerror}\n".encode())
-        os._exit(126)
 
 
 @dataclass
@@ -111,7 +93,7 @@ class Launcher:
         self.run_id = new_run_id()
         self.state = GraphState(graph.name, str(Path(graph.file).resolve()), str(self.runtime_dir), os.getpid(), time.time_ns(),
                                 {n: NodeState(kind="python" if s.node_class else "cmd") for n, s in graph.nodes.items()},
-                                launcher_start=process_start_time(os.getpid()) or 0, run=self.run_id)
+                                launcher_start=backend.process_start_time(os.getpid()) or 0, run=self.run_id)
         self._state_error: str | None = None
         self._ready_sent = False
         self._watchdog_every = watchdog_interval()
@@ -153,8 +135,14 @@ class Launcher:
 
     def _check_room(self) -> None:
         need = sum(t.config.segment_size for t in self.graph.topics.values())
-        st = os.statvfs(self._rd.fd if self._rd else self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT)
-        free = st.f_bavail * st.f_frsize
+        if self._rd is not None:
+            free = backend.free_bytes(self._rd.fd)
+        else:
+            parent = os.open(self.runtime_dir.parent if self.runtime_dir.parent.exists() else SHM_ROOT, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                free = backend.free_bytes(parent)
+            finally:
+                os.close(parent)
         if need > free:
             raise NoRoomError(
                 f"not enough room in {self.runtime_dir.parent} for graph {self.graph.name!r}: its topics need "
@@ -202,7 +190,7 @@ class Launcher:
             proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                preexec_fn=functools.partial(_child_setup, os.getpid(), spec.cpus, spec.nice),
+                preexec_fn=functools.partial(backend.prepare_child, os.getpid(), spec.cpus, spec.nice),
             )
         except OSError as exc:
             self.say(f"node {name!r}: cannot start {argv[0]!r}: {exc.strerror or exc}")
@@ -242,7 +230,7 @@ class Launcher:
         # A node's orphaned background processes are re-parented to us, not to init: at stop they
         # are found and ended too (what escapes only when the launcher itself is killed: README,
         # "Security model").
-        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        backend.become_subreaper()
         try:
             self._prepare_runtime_dir()
             self.say(f"graph {self.graph.name!r}: {len(self.graph.topics)} topics in {self.runtime_dir}, "
@@ -410,18 +398,8 @@ class Launcher:
         """Live processes whose parent is this launcher but that it did not start (a node's
         background children, re-parented here). A child cannot be another process by the time
         we signal it: its pid is not reused before we reap it."""
-        me, known, found = os.getpid(), self._known_pids(), []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) in known:
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
-                found.append(int(entry.name))
-        return found
+        known = self._known_pids()
+        return [pid for pid in backend.child_pids(os.getpid()) if pid not in known]
 
     def _stop_orphans(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from shmlaunch.transport import TopicConfig, validate_graph_name, validate_topic_name
+from shmlaunch.transport import TopicConfig, backend, validate_graph_name, validate_topic_name
 
 TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
@@ -369,7 +369,7 @@ def parse_cpu_list(value) -> tuple[int, ...]:
     """CPU numbers from a YAML list of ints or a cpuset string ("0-3,6", as taskset and systemd
     take them); "all" is every CPU this process may use. ValueError names what is wrong."""
     if value == "all":
-        return tuple(sorted(os.sched_getaffinity(0)))
+        return tuple(sorted(backend.allowed_cpus()))
     if isinstance(value, list) and value and all(_is_int(c) and c >= 0 for c in value):
         return tuple(dict.fromkeys(value))
     if _is_int(value) and value >= 0:

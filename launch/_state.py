@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError
+from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, backend
 
 STATE_FILE = "graph.json"
 LOCK_FILE = "launcher.lock"
@@ -89,16 +89,6 @@ class GraphState:
         return cls(**{**doc, "nodes": nodes})
 
 
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (None: no such process). Two processes
-    that had the same pid at different times have different start times."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def launcher_alive(rd: RuntimeDir) -> bool:
     """True while a launcher (or its watchdog, briefly) holds the graph's lock."""
     return rd.is_locked(LOCK_FILE)
@@ -107,13 +97,9 @@ def launcher_alive(rd: RuntimeDir) -> bool:
 def is_launcher(state: GraphState, rd: RuntimeDir) -> bool:
     """True if ``state.launcher_pid`` is really this graph's live launcher: the lock is held, the
     process is this user's, and it started when graph.json says the launcher started."""
-    pid = state.launcher_pid
-    try:
-        owner = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return False
-    return (launcher_alive(rd) and owner == os.geteuid() and state.launcher_start > 0
-            and process_start_time(pid) == state.launcher_start)
+    info = backend.process_info(state.launcher_pid)
+    return (info is not None and launcher_alive(rd) and info.uid == os.geteuid() and state.launcher_start > 0
+            and info.start_time == state.launcher_start)
 
 
 def running_graphs() -> list[GraphState]:

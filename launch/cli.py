@@ -26,8 +26,15 @@ import os
 import sys
 from pathlib import Path
 
-from shmlaunch.nodes import EXIT_BAD_CONFIG, NodeClassError, ParamError, configure_logging, load_node_class, parse_cli_value
-from shmlaunch.nodes._node import describe_params
+from shmlaunch.nodes import (
+    EXIT_BAD_CONFIG,
+    NodeClassError,
+    ParamError,
+    configure_logging,
+    describe_params,
+    load_node_class,
+    parse_cli_value,
+)
 from shmlaunch.transport import TransportError
 
 from . import _tools

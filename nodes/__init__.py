@@ -15,8 +15,9 @@ from ._node import (
     Subscription,
     Timer,
     configure_logging,
+    describe_params,
 )
-from ._params import Param, ParamError, declared_params, parse_cli_value
+from ._params import Param, ParamError, declared_params, parse_cli_value, resolve_params
 from ._runner import NodeClassError, load_node_class, run_node
 
 __all__ = [
@@ -35,8 +36,10 @@ __all__ = [
     "Timer",
     "configure_logging",
     "declared_params",
+    "describe_params",
     "load_node_class",
     "parse_cli_value",
     "ready_name",
+    "resolve_params",
     "run_node",
 ]

@@ -60,11 +60,11 @@ def test_layout_document_lists_every_header_field():
 def test_public_api_is_pinned():
     assert sorted(transport.__all__) == sorted([
         "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "MARKER_FILE", "SHM_ROOT", "ClosedError", "GroupsFullError", "LayoutVersionError", "Loan",
-        "LockBusyError", "Message", "OutOfSpaceError", "Reader", "ReaderInfo", "ReaderStatistics", "RegistryCorruptError", "RuntimeDir",
-        "RuntimeDirError", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError", "TopicMismatchError",
-        "TopicNotFoundError", "TopicState", "TransportError", "Writer", "WriterBusyError", "WriterStatistics", "cleanup",
-        "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "new_run_id", "read_registry", "validate_graph_name",
-        "validate_topic_name", "wait_any",
+        "LockBusyError", "Message", "OutOfSpaceError", "PlatformUnavailableError", "Reader", "ReaderInfo", "ReaderStatistics",
+        "RegistryCorruptError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError",
+        "TopicMismatchError", "TopicNotFoundError", "TopicState", "TransportError", "Writer", "WriterBusyError", "WriterStatistics",
+        "cleanup", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "new_run_id", "read_registry",
+        "validate_graph_name", "validate_topic_name", "wait_any",
     ])
 
 

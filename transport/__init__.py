@@ -11,6 +11,7 @@ from ._errors import (
     LayoutVersionError,
     LockBusyError,
     OutOfSpaceError,
+    PlatformUnavailableError,
     RegistryCorruptError,
     RuntimeDirError,
     SegmentCorruptError,
@@ -21,7 +22,6 @@ from ._errors import (
     WriterBusyError,
 )
 from ._layout import LAYOUT_VERSION, TopicConfig
-from ._platform import SHM_ROOT
 from ._reader import Message, Reader, ReaderStatistics, wait_any
 from ._registry import read_registry
 from ._runtime import (
@@ -38,6 +38,7 @@ from ._runtime import (
 )
 from ._topic import ReaderInfo, Topic, TopicState
 from ._writer import Loan, Writer, WriterStatistics
+from .backend import SHM_ROOT
 
 __all__ = [
     "ENV_RUNTIME_DIR",
@@ -51,6 +52,7 @@ __all__ = [
     "LockBusyError",
     "Message",
     "OutOfSpaceError",
+    "PlatformUnavailableError",
     "Reader",
     "ReaderInfo",
     "ReaderStatistics",

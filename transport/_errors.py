@@ -55,5 +55,9 @@ class LockBusyError(TransportError):
     a bounded wait: its holder is stopped or hung. The message names it where it can."""
 
 
+class PlatformUnavailableError(TransportError):
+    """This system has no backend for pool topics (or it could not load): the reason is given."""
+
+
 class ClosedError(TransportError):
     """The writer or reader was used after close()."""

@@ -25,9 +25,9 @@ import numpy as np
 from . import _layout as L
 from ._errors import ClosedError
 from ._layout import normalize_request
-from ._platform import ByteLock, futex_wait, futex_wait_any, take
 from ._runtime import default_runtime_dir
 from ._segment import Segment, open_for_reading
+from .backend import ByteLock, futex_wait, futex_wait_any, take
 
 _U64 = struct.Struct("<Q")
 #: Timeouts at or above this many seconds (about 116 days; inf too) mean "wait forever": the

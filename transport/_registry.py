@@ -29,8 +29,8 @@ import numpy as np
 from . import _layout as L
 from ._errors import LayoutVersionError, LockBusyError, RegistryCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
-from ._platform import ByteLock
 from ._runtime import REGISTRY_FILE, RuntimeDir, segment_file_name, validate_segment_name, validate_topic_name
+from .backend import ByteLock
 
 LOCK_FILE = "registry.lock"
 #: How long a registry update waits for another one before naming the holder.

@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 
 from ._errors import RuntimeDirError
-from ._platform import SHM_ROOT, ByteLock
+from .backend import SHM_ROOT, ByteLock
 
 ENV_RUNTIME_DIR = "SHMLAUNCH_RUNTIME_DIR"
 REGISTRY_FILE = "registry.yaml"

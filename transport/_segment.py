@@ -4,7 +4,7 @@
 parties against each other: what the caller asks for, the registry, and the segment's own
 header; any disagreement raises TopicMismatchError naming the field and both values.
 Creation happens under the registry lock: the file is built under a temporary name,
-its space reserved with posix_fallocate (a full /dev/shm fails here, never with a SIGBUS
+its space reserved (posix_fallocate: a full /dev/shm fails here, never with a SIGBUS
 later), the header written, and only then renamed into place.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import mmap
 import os
 import secrets
 import stat
@@ -32,9 +31,9 @@ from ._errors import (
     TopicNotFoundError,
     WriterBusyError,
 )
-from ._platform import ByteLock, buffer_address
 from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, read_registry
 from ._runtime import RuntimeDir, segment_file_name, validate_topic_name
+from .backend import ByteLock, buffer_address, free_bytes, map_file, reserve
 
 
 class Segment:
@@ -52,7 +51,7 @@ class Segment:
         try:
             if size < L.HEADER_SIZE:
                 raise SegmentCorruptError(f"cannot map topic {topic!r}: segment {path} is {size} bytes, shorter than a header")
-            self.mm = mmap.mmap(fd, size)
+            self.mm = map_file(fd, size)
         except BaseException:
             os.close(fd)
             raise
@@ -245,12 +244,11 @@ def _create_file(rd: RuntimeDir, topic: str, name: str, config: L.TopicConfig) -
     fd = rd.open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         try:
-            os.posix_fallocate(fd, 0, config.segment_size)
+            reserve(fd, config.segment_size)
         except OSError as exc:
-            st = os.statvfs(rd.fd)
             raise OutOfSpaceError(
                 exc.errno,
-                f"cannot create topic {topic!r}: {rd.path} has {st.f_bavail * st.f_frsize} bytes free, "
+                f"cannot create topic {topic!r}: {rd.path} has {free_bytes(rd.fd)} bytes free, "
                 f"the segment needs {config.segment_size} ({config.describe()})",
             ) from exc
         os.pwrite(fd, config.header_bytes(), 0)

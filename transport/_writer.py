@@ -20,10 +20,10 @@ import numpy as np
 from . import _layout as L
 from ._errors import ClosedError, SegmentCorruptError
 from ._layout import normalize_request
-from ._platform import commit
 from ._registry import locked_registry
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_or_create_segment
+from .backend import commit
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
 

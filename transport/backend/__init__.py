@@ -1,0 +1,108 @@
+"""The platform seam: every OS-specific call shmlaunch makes, behind one set of names.
+
+The rest of shmlaunch (the transport's protocol, the launcher, the tools) calls only these;
+a backend module implements them for one system: ``_linux`` (Linux 3.15+, with the C module
+``_fastpath`` for the hot path) today, a Windows backend next (file mappings, ``LockFileEx``
+byte ranges, named events; see shared/notes/windows.md). What a backend provides:
+
+- segment files: ``SHM_ROOT``, ``reserve(fd, size)``, ``free_bytes(fd)``, ``map_file(fd, size)``,
+  ``buffer_address(buf)``;
+- locks: ``ByteLock(fd, offset)`` (one lock byte, released by the system when a process dies);
+- wake-up and the hot path: ``futex_wait``, ``futex_wake``, ``futex_wait_any``, ``take``, ``commit``;
+- processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
+  ``child_pids(pid)``, ``become_subreaper()``, ``prepare_child(...)``, ``allowed_cpus()``,
+  ``own_priority()``, ``may_raise_priority(nice)``.
+
+Where no backend loads, importing shmlaunch still works (a launch file can be checked
+anywhere); every call that needs the backend raises PlatformUnavailableError with the reason.
+``AVAILABLE`` and ``UNAVAILABLE_REASON`` say which case this is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .._errors import PlatformUnavailableError
+
+try:
+    from ._linux import (
+        SHM_ROOT,
+        ByteLock,
+        ProcessInfo,
+        allowed_cpus,
+        become_subreaper,
+        buffer_address,
+        child_pids,
+        commit,
+        free_bytes,
+        futex_wait,
+        futex_wait_any,
+        futex_wake,
+        map_file,
+        may_raise_priority,
+        own_priority,
+        prepare_child,
+        process_info,
+        process_start_time,
+        reserve,
+        take,
+    )
+
+    AVAILABLE = True
+    UNAVAILABLE_REASON = ""
+except ImportError as exc:  # another system, or the C module was not built
+    AVAILABLE = False
+    UNAVAILABLE_REASON = f"pool topics have no backend on this system ({exc})"
+    SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+    def _unavailable(*_args, **_kwargs):
+        raise PlatformUnavailableError(UNAVAILABLE_REASON)
+
+    class ByteLock:  # type: ignore[no-redef]
+        def __init__(self, *_args) -> None:
+            _unavailable()
+
+    class ProcessInfo:  # type: ignore[no-redef]
+        def __init__(self, *_args) -> None:
+            _unavailable()
+
+    buffer_address = child_pids = commit = free_bytes = futex_wait = futex_wait_any = futex_wake = _unavailable
+    map_file = prepare_child = process_info = process_start_time = reserve = take = become_subreaper = _unavailable
+
+    # What a launch-file check asks, answered from what Python itself knows on any system.
+    def allowed_cpus() -> set[int]:
+        getter = getattr(os, "sched_getaffinity", None)
+        return set(getter(0)) if getter else set(range(os.cpu_count() or 1))
+
+    def own_priority() -> int:
+        getter = getattr(os, "getpriority", None)
+        return getter(os.PRIO_PROCESS, 0) if getter else 0
+
+    def may_raise_priority(_nice: int) -> bool:
+        return False  # not knowable here: the check says what is needed
+
+__all__ = [
+    "AVAILABLE",
+    "SHM_ROOT",
+    "UNAVAILABLE_REASON",
+    "ByteLock",
+    "ProcessInfo",
+    "allowed_cpus",
+    "become_subreaper",
+    "buffer_address",
+    "child_pids",
+    "commit",
+    "free_bytes",
+    "futex_wait",
+    "futex_wait_any",
+    "futex_wake",
+    "map_file",
+    "may_raise_priority",
+    "own_priority",
+    "prepare_child",
+    "process_info",
+    "process_start_time",
+    "reserve",
+    "take",
+]

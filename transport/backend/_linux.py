@@ -1,0 +1,247 @@
+"""The Linux backend of the platform seam (see ``shmlaunch.transport.backend``).
+
+With ``_fastpath.c`` (the C side of the hot path) this is every Linux-specific line of
+shmlaunch: segment files and their space, mappings, byte-range locks, futex wake-ups, and the
+process facts and controls the launcher and tools need (/proc, prctl, affinity, priority).
+
+Why these primitives (Linux):
+- A futex on a 32-bit word inside the shared mapping is the cheapest cross-process wake-up
+  (no file descriptor, no kernel object to clean up). The wait releases the GIL, so a
+  waiting reader costs no CPU and blocks no other thread.
+- Open-file-description locks (``F_OFD_SETLK``, Linux 3.15+) belong to one ``open()`` of
+  the segment file, not to the process: two readers in one process do not merge their
+  locks, and the kernel drops every lock of a process that dies, so a crashed reader's slot
+  and a crashed writer's ownership come back with no pid bookkeeping. Taking and dropping
+  one also orders memory (the kernel's lock is a real lock), which keeps payload reads
+  correct on weakly ordered CPUs (ARM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import mmap
+import os
+import resource
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+if not sys.platform.startswith("linux"):  # pragma: no cover
+    raise ImportError("the Linux backend needs Linux 3.15 or later (futexes, open-file-description locks)")
+
+from .. import _fastpath  # noqa: E402
+
+#: Where runtime directories go by default: a RAM-backed file system, so a "file" is memory.
+SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+
+# struct flock on 64-bit Linux, for the rare blocking and probing calls made from Python.
+_FLOCK = struct.Struct("hhqqi4x")
+_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+_SHARED, _EXCLUSIVE, _UNLOCK = 0, 1, 2
+_lock = _fastpath.lock
+
+
+class ByteLock:
+    """One lock byte of a file. ``try_shared`` / ``try_exclusive`` never block: False when
+    another open file description holds a conflicting lock (the short critical sections of the
+    registry and the group table wait by retrying, for a bounded time)."""
+
+    __slots__ = ("fd", "offset", "release")
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.release: Callable[[], bool] = functools.partial(_lock, fd, offset, _UNLOCK)
+
+    def try_shared(self) -> bool:
+        return _lock(self.fd, self.offset, _SHARED)
+
+    def try_exclusive(self) -> bool:
+        return _lock(self.fd, self.offset, _EXCLUSIVE)
+
+    def try_exclusive_within(self, timeout: float) -> bool:
+        """``try_exclusive`` again and again for up to ``timeout`` s (a growing sleep, 1 to 50 ms,
+        between tries): the critical sections waited for take microseconds, so a holder that
+        keeps the lock this long is stopped or hung, and the caller says so instead of hanging."""
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while not self.try_exclusive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return True
+
+    def is_held_by_others(self, exclusive: bool = True) -> bool:
+        """True when another open file description holds a lock that would conflict."""
+        probe = _FLOCK.pack(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, self.offset, 1, 0)
+        return _FLOCK.unpack(fcntl.fcntl(self.fd, _F_OFD_GETLK, probe))[0] != fcntl.F_UNLCK
+
+
+def buffer_address(buf) -> tuple[int, object]:
+    """Address of a writable buffer, and the object that pins it (drop it before close)."""
+    pin = ctypes.c_char.from_buffer(buf)
+    return ctypes.addressof(pin), pin
+
+
+#: take(base, fd, slots_offset, stride, last_wake, holds) and commit(...): see _fastpath.c.
+take = _fastpath.take
+commit = _fastpath.commit
+
+#: futex_wait(address, expected, timeout): sleep while the 32-bit word equals ``expected``, at
+#: most ``timeout`` s (None: no limit); every return is safe, the caller re-checks.
+futex_wait = _fastpath.futex_wait
+#: futex_wake(address): wake every process and thread sleeping on the word.
+futex_wake = _fastpath.futex_wake
+_has_waitv = True
+
+
+def futex_wait_any(words: list[tuple[int, int]], timeout: float | None) -> None:
+    """Sleep until any word at ``address`` differs from its ``expected`` value, or timeout.
+
+    ``words`` is a list of (address, expected). Kernels before 5.16 lack futex_waitv: there
+    the first word is waited on for at most 5 ms at a time, so the others are looked at
+    every 5 ms (the only place shmlaunch ever polls, and only on such kernels).
+    """
+    global _has_waitv
+    if len(words) > 1 and _has_waitv:
+        if _fastpath.futex_wait_any(words, timeout):
+            return
+        _has_waitv = False
+    if len(words) > 1:
+        timeout = 0.005 if timeout is None else min(timeout, 0.005)
+    futex_wait(words[0][0], words[0][1], timeout)
+
+
+# ----- segment files
+def reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real space now (OSError ENOSPC when there is none), so
+    a full /dev/shm is an error at creation and never a SIGBUS on first touch."""
+    os.posix_fallocate(fd, 0, size)
+
+
+def free_bytes(fd: int) -> int:
+    """Bytes an unprivileged process can still write on the file system of ``fd``."""
+    st = os.fstatvfs(fd)
+    return st.f_bavail * st.f_frsize
+
+
+def map_file(fd: int, size: int) -> mmap.mmap:
+    """A shared read-write mapping of the whole file."""
+    return mmap.mmap(fd, size)
+
+
+# ----- processes: what the launcher and the tools need to know and to do
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_CAP_SYS_NICE = 23
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What the kernel says about one process, at one moment."""
+
+    pid: int
+    ppid: int
+    uid: int
+    state: str  # R running, S sleeping, D disk, T stopped, t traced, Z zombie
+    start_time: int  # clock ticks since boot: with the pid, it names one process for ever
+    cpu_seconds: float  # user + system
+    rss_bytes: int
+    cpus: str  # the CPUs it may run on, as a list ("0-3,6")
+    nice: int
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """The process ``pid``, or None when there is none (or it vanished while being read)."""
+    try:
+        fields = _stat_fields(pid)
+        uid = os.stat(f"/proc/{pid}").st_uid
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * _PAGE
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read().decode(errors="replace")
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+    except (OSError, IndexError, ValueError):
+        return None
+    cpus = next((x.split(":", 1)[1].strip() for x in status.splitlines() if x.startswith("Cpus_allowed_list:")), "?")
+    return ProcessInfo(pid, int(fields[1]), uid, fields[0].decode(), int(fields[19]), (int(fields[11]) + int(fields[12])) / _TICK,
+                       rss, cpus, nice)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (None: no such process). Cheaper than
+    process_info when only the identity of a process is asked."""
+    try:
+        return int(_stat_fields(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def child_pids(parent: int) -> list[int]:
+    """Live processes whose parent is ``parent`` (a scan of /proc: kernels without
+    CONFIG_PROC_CHILDREN have no cheaper way)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(int(entry.name))[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process instead of init (PR_SET_CHILD_SUBREAPER)."""
+    ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def prepare_child(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
+    """Run in a child between fork and exec: SIGTERM when the parent dies, then the CPU affinity
+    and priority every thread of the new program inherits. Exits 126 if they cannot be set."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl: do not outlive it
+        os._exit(1)
+    try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:  # a pre-flight check makes this rare (a cpuset changed since): say it and stop
+        os.write(2, f"cannot set cpus {list(cpus or [])} / nice {nice}: {exc.strerror}\n".encode())
+        os._exit(126)
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    return os.sched_getaffinity(0)
+
+
+def own_priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def may_raise_priority(nice: int) -> bool:
+    """setpriority(2): lowering nice needs CAP_SYS_NICE (root in a container may lack it), or an
+    RLIMIT_NICE of at least 20 - nice."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            status = f.read().splitlines()
+        if int(next(x for x in status if x.startswith("CapEff:")).split()[1], 16) >> _CAP_SYS_NICE & 1:
+            return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
