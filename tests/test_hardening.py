@@ -195,21 +195,23 @@ def test_a_symlink_at_the_runtime_directory_name_is_never_followed(tmp_path):
 def test_symlinks_planted_at_temporary_and_registry_names_are_never_written_through(rt, tmp_path):
     target = tmp_path / "target.txt"
     target.write_text("untouched")
-    for pid in range(os.getpid() - 50, os.getpid() + 50):  # every name the old code would have used
-        (rt / f".registry.yaml.{pid}.tmp").symlink_to(target)
-        (rt / f".t.pool.{pid}.tmp").symlink_to(target)
-    w = Writer("t", capacity=8, runtime_dir=rt)
-    w.publish(b"x")
-    assert target.read_text() == "untouched"
-    w.close()
-    (rt / "registry.yaml").unlink()
-    (rt / "registry.yaml").symlink_to(target)
-    with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml: Too many levels of symbolic links$"):
-        Reader("t", runtime_dir=rt)
-    assert target.read_text() == "untouched"
-    for p in rt.iterdir():
-        if p.is_symlink():
-            p.unlink()
+    try:
+        for pid in range(os.getpid() - 50, os.getpid() + 50):  # every name the old code would have used
+            (rt / f".registry.yaml.{pid}.tmp").symlink_to(target)
+            (rt / f".t.pool.{pid}.tmp").symlink_to(target)
+        w = Writer("t", capacity=8, runtime_dir=rt)
+        w.publish(b"x")
+        assert target.read_text() == "untouched"
+        w.close()
+        (rt / "registry.yaml").unlink()
+        (rt / "registry.yaml").symlink_to(target)
+        with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml: Too many levels of symbolic links$"):
+            Reader("t", runtime_dir=rt)
+        assert target.read_text() == "untouched"
+    finally:  # shmlaunch never deletes a symlink it did not make: the test removes its own
+        for p in rt.iterdir():
+            if p.is_symlink():
+                p.unlink()
 
 
 # ----- 5. a segment name is a plain file name
