@@ -5,7 +5,7 @@ Schema: ``_schema.py``; pre-flight check: ``_check.py``; supervision rules:
 """
 
 from ._check import check_graph
-from ._launcher import STOP_TIMEOUT, GraphRunningError, Launcher
+from ._launcher import STOP_TIMEOUT, GraphRunningError, Launcher, NoRoomError
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec, load_launch_file, parse_launch_args
 from ._supervisor import Supervisor
@@ -16,6 +16,7 @@ __all__ = [
     "GraphRunningError",
     "LaunchFileError",
     "Launcher",
+    "NoRoomError",
     "NodeSpec",
     "Printer",
     "Supervisor",

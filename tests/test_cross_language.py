@@ -112,7 +112,8 @@ def test_second_writer_in_another_language_is_refused(rt, other):
     w = Writer("x", capacity=64, runtime_dir=rt)
     res = subprocess.run(peer(kind, build, "write", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
-    assert res.stderr.strip().endswith("error: cannot open topic 'x' for writing: another writer is alive; a topic has exactly one writer")
+    assert res.stderr.strip().endswith(f"error: cannot open topic 'x' for writing: another writer (pid {os.getpid()}) is alive; "
+                                       f"a topic has exactly one writer")
     w.close()
 
 
@@ -203,3 +204,76 @@ def test_other_language_refuses_a_corrupt_header_without_crashing(rt, other, off
     res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stdout + res.stderr  # not a segfault (-11) or an unhandled exception
     assert f"segment {rt}/x.pool is corrupt: its header" in res.stderr and "does not fit the file size" in res.stderr
+
+
+# ----- one protocol definition (issue 14): the clients' constants are _layout.py's
+def _camel_to_const(name: str) -> str:
+    import re
+
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:] if name.startswith("k") and name[1:2].isupper() else name).upper()
+
+
+def _eval_int(text: str) -> int:
+    import re
+
+    expr = re.sub(r"(?:uint64_t|size_t|uint32_t)\((\d+)\)", r"\1", text).replace("UL", "").strip()
+    assert re.fullmatch(r"[\d\s<]+", expr), text
+    return eval(expr)  # noqa: S307 - digits and shifts only, checked just above
+
+
+def client_constants() -> dict[str, dict[str, int]]:
+    import re
+
+    c = {name: int(v) for name, v in re.findall(r"#define (\w+) (\d+)", (ROOT / "transport" / "_fastpath.c").read_text())}
+    cpp = {_camel_to_const(n): _eval_int(v) for n, v in
+           re.findall(r"constexpr \w+ (k\w+) = ([^;]+);", (CPP / "include" / "shmlaunch" / "pool.hpp").read_text())}
+    cs = {}
+    for decls in re.findall(r"const (?:ulong|uint|long|int|short) ([^;]+);", (CSHARP / "ShmLaunch.cs").read_text()):
+        for decl in decls.split(","):
+            name, _, value = decl.partition("=")
+            cs[_camel_to_const(name.strip())] = _eval_int(value) if re.fullmatch(r"[\dUL\s<]+", value.strip()) else None
+    return {"_fastpath.c": c, "pool.hpp": cpp, "ShmLaunch.cs": cs}
+
+
+PROTOCOL = ("LAYOUT_VERSION", "HEADER_SIZE", "SLOT_HEADER_SIZE", "WAKE_OFFSET", "LATEST_SEQ_OFFSET", "WRITER_OFFSET", "LOCK_WRITER",
+            "LOCK_PRESENCE", "LOCK_SLOT0", "SLOTS_OFFSET", "ALIGN", "MAX_POOL", "MAX_CAPACITY")
+
+
+def test_every_client_uses_the_layout_constants_of_layout_py():
+    from shmlaunch.transport import _layout as L
+
+    found = client_constants()
+    required = {"_fastpath.c": ("WAKE_OFFSET", "LATEST_SEQ_OFFSET", "LOCK_SLOT0"),
+                "pool.hpp": PROTOCOL, "ShmLaunch.cs": tuple(n for n in PROTOCOL if n != "LAYOUT_VERSION")}
+    for client, names in required.items():
+        for name in names:
+            assert found[client].get(name) == getattr(L, name), f"{client}: {name} is {found[client].get(name)}, _layout.py says {getattr(L, name)}"
+    for client, constants in found.items():  # and any other layout constant a client names agrees too
+        for name, value in constants.items():
+            if hasattr(L, name) and isinstance(getattr(L, name), int):
+                assert value == getattr(L, name), f"{client}: {name} is {value}, _layout.py says {getattr(L, name)}"
+
+
+@pytest.mark.parametrize(("field", "edit", "message"), [
+    ("shape", ('"shape": [4, 6, 3]', '"shape": [4, 6, 9]'), "the segment header shape is [4, 6, 3], the registry says [4, 6, 9]"),
+    ("dtype", ('"typestr": "|u1"', '"typestr": "<u2"'), "the segment header dtype is |u1, the registry says <u2"),
+])
+def test_other_language_refuses_a_dtype_or_shape_the_header_does_not_repeat(rt, other, field, edit, message):
+    kind, build = other
+    Writer("x", dtype="uint8", shape=(4, 6, 3), runtime_dir=rt).close()
+    reg = rt / "registry.yaml"
+    reg.write_text(reg.read_text().replace(*edit).replace('"dtype": "|u1"', '"dtype": "<u2"' if field == "dtype" else '"dtype": "|u1"'))
+    res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip().endswith(f"cannot open topic 'x' for reading: {message}")
+
+
+def test_other_language_writers_write_source_seq(rt, other):
+    kind, build = other
+    Writer("x", capacity=1024, pool=4, runtime_dir=rt).close()
+    r = Reader("x", runtime_dir=rt)
+    res = subprocess.run(peer(kind, build, "write", "x", 3), env=env_for(rt), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    msg = r.receive(timeout=5)
+    assert msg is not None and (msg.seq, msg.source_seq) == (3, 1002)  # checked_io sends 1000 + its count as the input sequence
+    r.close()

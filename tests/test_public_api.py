@@ -15,7 +15,7 @@ def test_nodes_public_api_is_pinned():
 
 def test_launch_public_api_is_pinned():
     assert sorted(launch.__all__) == sorted([
-        "STOP_TIMEOUT", "Graph", "GraphRunningError", "LaunchFileError", "Launcher", "NodeSpec", "Printer", "Supervisor", "TopicSpec",
+        "STOP_TIMEOUT", "Graph", "GraphRunningError", "LaunchFileError", "Launcher", "NoRoomError", "NodeSpec", "Printer", "Supervisor", "TopicSpec",
         "check_graph", "load_launch_file", "parse_launch_args",
     ])
     assert all(hasattr(launch, name) for name in launch.__all__)

@@ -19,7 +19,7 @@ static unsafe class CheckedIO
                     Console.Out.Flush();
                     long received = 0, torn = 0, disorder = 0, last = -1;
                     Sample s;
-                    while ((s = r.Read(idle)) != null)
+                    while ((s = r.Receive(idle)) != null)
                         using (s)
                         {
                             ulong seq = *(ulong*)s.Data;
@@ -43,7 +43,7 @@ static unsafe class CheckedIO
                     Console.Out.Flush();
                     var us = new System.Collections.Generic.List<double>();
                     Sample s;
-                    while ((s = r.Read(idle)) != null)
+                    while ((s = r.Receive(idle)) != null)
                         using (s) us.Add((Clock.RealtimeNs() - s.SourceNs) / 1e3);
                     us.Sort();
                     Func<double, double> pct = q => us.Count == 0 ? 0 : us[(int)(q * (us.Count - 1))];
@@ -62,7 +62,7 @@ static unsafe class CheckedIO
                     {
                         BitConverter.GetBytes((ulong)i).CopyTo(msg, 0);
                         for (int k = 8; k < msg.Length; k++) msg[k] = (byte)(i % 251);
-                        w.Publish(msg);
+                        w.Publish(msg, -1, 1000 + (ulong)i);  // sourceSeq: a made-up input sequence, checked by the tests
                         if (rate > 0) System.Threading.Thread.Sleep(TimeSpan.FromTicks((long)(1e7 / rate)));
                     }
                     Console.WriteLine("wrote " + count);

@@ -22,7 +22,7 @@ static class FrameStats
                 var latency = new List<double>();
                 while (!stop && (seconds < 0 || Clock.MonotonicMs() - start < seconds * 1000))
                 {
-                    using (var s = reader.Read(200))
+                    using (var s = reader.Receive(200))
                         if (s != null) latency.Add((Clock.RealtimeNs() - s.SourceNs) / 1e6);
                     long now = Clock.MonotonicMs();
                     if (now - tick >= 1000)

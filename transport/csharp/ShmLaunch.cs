@@ -3,7 +3,7 @@
 // byte-range OFD locks for slot holds and writer ownership, a futex word for wake-ups.
 //
 //   using (var r = new ShmLaunch.Reader("camera/image"))
-//   using (var s = r.Read(1000)) if (s != null) Use(s.Data, s.Length, s.Seq, s.SourceNs);
+//   using (var s = r.Receive(1000)) if (s != null) Use(s.Data, s.Length, s.Seq, s.SourceNs);
 //
 // Build: mcs -unsafe -out:app.exe ShmLaunch.cs App.cs
 using System;
@@ -107,10 +107,14 @@ namespace ShmLaunch
         readonly ulong size;
         ulong stride, slotsOffset;
 
+        /// <summary>Where runtime directories go, as Python's SHM_ROOT: /dev/shm, or /tmp where there is none.</summary>
+        public static string ShmRoot() => Directory.Exists("/dev/shm") ? "/dev/shm" : "/tmp";
+
+        /// <summary>$SHMLAUNCH_RUNTIME_DIR, else ShmRoot()/shmlaunch-euid-graph: the rule Python and C++ follow.</summary>
         public static string RuntimeDir(string graph = "default")
         {
             var env = Environment.GetEnvironmentVariable("SHMLAUNCH_RUNTIME_DIR");
-            return string.IsNullOrEmpty(env) ? "/dev/shm/shmlaunch-" + Native.geteuid() + "-" + graph : env;
+            return string.IsNullOrEmpty(env) ? ShmRoot() + "/shmlaunch-" + Native.geteuid() + "-" + graph : env;
         }
 
         /// <summary>Open a runtime directory that is a real directory (never a symlink), this user's, closed to others.</summary>
@@ -277,9 +281,12 @@ namespace ShmLaunch
     public unsafe class Sample : IDisposable
     {
         readonly Reader owner; readonly uint slot; bool released;
-        public readonly byte* Data; public readonly int Length; public readonly ulong Seq; public readonly long SourceNs, PublishNs;
-        internal Sample(Reader owner, uint slot, byte* data, int length, ulong seq, long sourceNs, long publishNs)
-        { this.owner = owner; this.slot = slot; Data = data; Length = length; Seq = seq; SourceNs = sourceNs; PublishNs = publishNs; }
+        public readonly byte* Data; public readonly int Length; public readonly ulong Seq, SourceSeq; public readonly long SourceNs, PublishNs;
+        internal Sample(Reader owner, uint slot, byte* data, int length, ulong seq, long sourceNs, long publishNs, ulong sourceSeq)
+        {
+            this.owner = owner; this.slot = slot; Data = data; Length = length; Seq = seq; SourceNs = sourceNs; PublishNs = publishNs;
+            SourceSeq = sourceSeq;
+        }
         public byte[] ToArray() { var a = new byte[Length]; Marshal.Copy((IntPtr)Data, a, 0, Length); return a; }
         public void Dispose() { if (!released) { released = true; owner.Release(slot); } }
     }
@@ -300,7 +307,7 @@ namespace ShmLaunch
         }
 
         /// <summary>The newest message not seen yet, waiting up to timeoutMs (negative: forever); null on timeout.</summary>
-        public Sample Read(int timeoutMs)
+        public Sample Receive(int timeoutMs)
         {
             long deadline = timeoutMs < 0 ? -1 : Clock.MonotonicMs() + timeoutMs;
             while (true)
@@ -317,6 +324,15 @@ namespace ShmLaunch
                 seg.FutexWait(w, left < 0 ? -1 : left * 1000000);
             }
         }
+
+        /// <summary>The newest message not seen yet, or null at once.</summary>
+        public Sample ReceiveNowait()
+        {
+            uint w = System.Threading.Volatile.Read(ref *seg.Wake);
+            return w == lastWake ? null : Take(w);
+        }
+
+        [Obsolete("use Receive")] public Sample Read(int timeoutMs) => Receive(timeoutMs);
 
         Sample Take(uint w)
         {
@@ -335,7 +351,7 @@ namespace ShmLaunch
             holds[slot]++;
             if (lastSeq != 0 && seq > lastSeq + 1) Missed += seq - lastSeq - 1;
             lastSeq = seq;
-            return new Sample(this, slot, seg.Payload(slot), (int)length, seq, *(long*)(h + 16), *(long*)(h + 24));
+            return new Sample(this, slot, seg.Payload(slot), (int)length, seq, *(long*)(h + 16), *(long*)(h + 24), *(ulong*)(h + 40));
         }
 
         internal void Release(uint slot) { if (--holds[slot] == 0) seg.Unlock(Segment.LockSlot0 + slot); }
@@ -355,8 +371,9 @@ namespace ShmLaunch
             seg = new Segment(dir ?? Segment.RuntimeDir(), topic, 0, "cannot open topic '" + topic + "' for writing");
             if (!seg.Lock(Segment.LockWriter, Native.F_WRLCK))
             {
+                ulong pid = *(ulong*)(seg.Base + Segment.WriterOffset);
                 seg.Dispose();
-                throw new WriterBusy("cannot open topic '" + topic + "' for writing: another writer is alive; a topic has exactly one writer");
+                throw new WriterBusy("cannot open topic '" + topic + "' for writing: another writer (pid " + pid + ") is alive; a topic has exactly one writer");
             }
             var ages = new List<KeyValuePair<ulong, uint>>();
             for (uint i = 0; i < seg.Config.Pool; i++)
@@ -373,8 +390,9 @@ namespace ShmLaunch
             *(long*)(seg.Base + Segment.WriterOffset + 16) = Clock.RealtimeNs();
         }
 
-        /// <summary>Copies data into a free slot and publishes it; the sequence number, or 0 when every slot is held.</summary>
-        public ulong Publish(byte[] data, long sourceNs = -1)
+        /// <summary>Copies data into a free slot and publishes it; the sequence number, or 0 when every slot is held.
+        /// sourceNs: e.g. the capture time (-1: now); sourceSeq: the input message it was computed from (0: none).</summary>
+        public ulong Publish(byte[] data, long sourceNs = -1, ulong sourceSeq = 0)
         {
             if ((ulong)data.Length > seg.Config.Capacity)
                 throw new ArgumentException("cannot publish " + data.Length + " bytes: capacity is " + seg.Config.Capacity + " bytes");
@@ -391,7 +409,7 @@ namespace ShmLaunch
             *(long*)(h + 16) = sourceNs < 0 ? now : sourceNs;
             *(long*)(h + 24) = now;
             *(ulong*)(h + 32) = generation;
-            *(ulong*)(h + 40) = 0;  // source_seq: none
+            *(ulong*)(h + 40) = sourceSeq;
             System.Threading.Volatile.Write(ref *(ulong*)h, 2 * next);
             seg.Unlock(Segment.LockSlot0 + slot);
             *(ulong*)(seg.Base + Segment.LatestSeqOffset) = next;

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       uint64_t received = 0, torn = 0, disorder = 0;
       int64_t last = -1;
-      while (auto s = r.read(idle)) {
+      while (auto s = r.receive(idle)) {
         uint64_t seq;
         std::memcpy(&seq, s->data(), 8);
         uint8_t b = uint8_t(seq % 251);
@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
       std::printf("ready\n");
       std::fflush(stdout);
       std::vector<double> us;
-      while (auto s = r.read(idle)) us.push_back((shmlaunch::realtime_ns() - s->source_ns()) / 1e3);
+      while (auto s = r.receive(idle)) us.push_back((shmlaunch::realtime_ns() - s->source_ns()) / 1e3);
       std::sort(us.begin(), us.end());
       auto pct = [&](double q) { return us.empty() ? 0.0 : us[size_t(q * double(us.size() - 1))]; };
       std::printf("received %zu p50 %.1f p90 %.1f p99 %.1f\n", us.size(), pct(0.5), pct(0.9), pct(0.99));
@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
         uint64_t seq = uint64_t(i);
         std::memcpy(msg.data(), &seq, 8);
         std::memset(msg.data() + 8, int(seq % 251), msg.size() - 8);
-        w.publish(msg.data(), msg.size());
+        w.publish(msg.data(), msg.size(), -1, 1000 + seq);  // source_seq: a made-up input sequence, checked by the tests
         if (rate > 0) std::this_thread::sleep_for(std::chrono::microseconds(long(1e6 / rate)));
       }
       std::printf("wrote %ld\n", count);

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
     int64_t start = shmlaunch::monotonic_ns(), tick = start;
     std::vector<double> latency_ms;
     while (!stop && (seconds < 0 || shmlaunch::monotonic_ns() - start < int64_t(seconds * 1e9))) {
-      if (auto s = reader.read(200)) latency_ms.push_back((shmlaunch::realtime_ns() - s->source_ns()) / 1e6);
+      if (auto s = reader.receive(200)) latency_ms.push_back((shmlaunch::realtime_ns() - s->source_ns()) / 1e6);
       int64_t now = shmlaunch::monotonic_ns();
       if (now - tick >= 1000000000) {
         std::sort(latency_ms.begin(), latency_ms.end());

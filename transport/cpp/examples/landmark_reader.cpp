@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
   try {
     shmlaunch::Reader reader(topic, shmlaunch::runtime_dir(), {sizeof(shmlaunch::HandLandmarks), 0, ""});
     for (long n = 0; !stop && (count < 0 || n < count);) {
-      auto s = reader.read(200);
+      auto s = reader.receive(200);
       if (!s) continue;
       const auto* m = s->as<shmlaunch::HandLandmarks>();
       if (s->size() < sizeof(*m) || m->version != shmlaunch::kLandmarksVersion) {

@@ -12,7 +12,7 @@
 // existing topics.
 //
 //   shmlaunch::Reader r("camera/image");             // runtime dir: $SHMLAUNCH_RUNTIME_DIR
-//   if (auto s = r.read(1000)) { use(s->data(), s->size(), s->seq(), s->source_ns()); }
+//   if (auto s = r.receive(1000)) { use(s->data(), s->size(), s->seq(), s->source_ns()); }
 #pragma once
 
 #include <fcntl.h>
@@ -82,11 +82,17 @@ inline int64_t monotonic_ns() {
   return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// Where runtime directories go, as Python's SHM_ROOT: /dev/shm (RAM), or /tmp where there is none.
+inline std::string shm_root() {
+  struct stat st {};
+  return (::stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode)) ? "/dev/shm" : "/tmp";
+}
+
 // The graph's runtime directory: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it for every node),
-// else /dev/shm/shmlaunch-<euid>-<graph>.
+// else <shm_root>/shmlaunch-<euid>-<graph>, the same rule as Python's default_runtime_dir.
 inline std::string runtime_dir(const std::string& graph = "default") {
   if (const char* env = std::getenv("SHMLAUNCH_RUNTIME_DIR"); env && *env) return env;
-  return "/dev/shm/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
+  return shm_root() + "/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
 }
 
 // An open, checked runtime directory: a real directory (never a symlink), owned by this user,
@@ -432,6 +438,7 @@ class Sample {
     seq_ = o.seq_;
     source_ns_ = o.source_ns_;
     publish_ns_ = o.publish_ns_;
+    source_seq_ = o.source_seq_;
     return *this;
   }
   ~Sample() { release(); }
@@ -440,6 +447,7 @@ class Sample {
   uint64_t seq() const { return seq_; }
   int64_t source_ns() const { return source_ns_; }    // e.g. capture time, CLOCK_REALTIME
   int64_t publish_ns() const { return publish_ns_; }  // when the writer published it
+  uint64_t source_seq() const { return source_seq_; }  // the input message it was computed from (0: none)
   template <class T>
   const T* as() const { return reinterpret_cast<const T*>(data_); }
   void release() {
@@ -457,6 +465,7 @@ class Sample {
   size_t size_ = 0;
   uint64_t seq_ = 0;
   int64_t source_ns_ = 0, publish_ns_ = 0;
+  uint64_t source_seq_ = 0;
 };
 
 // Opens an existing topic for reading. Keep the Reader alive while Samples of it exist.
@@ -468,7 +477,7 @@ class Reader {
   }
 
   // The newest message not seen yet, waiting up to timeout_ms (negative: forever).
-  std::optional<Sample> read(int64_t timeout_ms) {
+  std::optional<Sample> receive(int64_t timeout_ms) {
     int64_t deadline = timeout_ms < 0 ? -1 : monotonic_ns() + timeout_ms * 1000000;
     for (;;) {
       uint32_t w = __atomic_load_n(seg_.wake(), __ATOMIC_ACQUIRE);
@@ -481,11 +490,15 @@ class Reader {
       futex_wait(seg_.wake(), w, left);
     }
   }
-  std::optional<Sample> read_nowait() {
+  // The newest message not seen yet, or nothing at once.
+  std::optional<Sample> receive_nowait() {
     uint32_t w = __atomic_load_n(seg_.wake(), __ATOMIC_ACQUIRE);
     if (w == last_wake_) return std::nullopt;
     return take(w);
   }
+  // The names of release 0.1, kept one release for existing code.
+  [[deprecated("use receive()")]] std::optional<Sample> read(int64_t timeout_ms) { return receive(timeout_ms); }
+  [[deprecated("use receive_nowait()")]] std::optional<Sample> read_nowait() { return receive_nowait(); }
   const TopicConfig& config() const { return seg_.config(); }
   bool writer_alive() const { return seg_.held_by_others(kLockWriter); }
   uint64_t missed() const { return missed_; }
@@ -497,12 +510,13 @@ class Reader {
     if (slot >= holds_.size()) return std::nullopt;
     if (holds_[slot] == 0 && !seg_.lock(kLockSlot0 + slot, F_RDLCK)) return std::nullopt;  // being written
     const uint8_t* h = seg_.base() + seg_.slot_offset(slot);
-    uint64_t state, length;
+    uint64_t state, length, source_seq;
     int64_t source_ns, publish_ns;
     std::memcpy(&state, h, 8);
     std::memcpy(&length, h + 8, 8);
     std::memcpy(&source_ns, h + 16, 8);
     std::memcpy(&publish_ns, h + 24, 8);
+    std::memcpy(&source_seq, h + 40, 8);
     uint64_t seq = state >> 1;
     if ((state & 1) || seq <= last_seq_ || length > seg_.config().capacity) {
       if (holds_[slot] == 0) seg_.unlock(kLockSlot0 + slot);
@@ -520,6 +534,7 @@ class Reader {
     s.seq_ = seq;
     s.source_ns_ = source_ns;
     s.publish_ns_ = publish_ns;
+    s.source_seq_ = source_seq;
     return s;
   }
 
@@ -537,8 +552,12 @@ class Writer {
  public:
   explicit Writer(const std::string& topic, const std::string& dir = runtime_dir(), const Expect& expect = {})
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for writing")) {
-    if (!seg_.lock(kLockWriter, F_WRLCK))
-      throw WriterBusy("cannot open topic '" + topic + "' for writing: another writer is alive; a topic has exactly one writer");
+    if (!seg_.lock(kLockWriter, F_WRLCK)) {
+      uint64_t pid;
+      std::memcpy(&pid, seg_.base() + kWriterOffset, 8);
+      throw WriterBusy("cannot open topic '" + topic + "' for writing: another writer (pid " + std::to_string(pid) +
+                       ") is alive; a topic has exactly one writer");
+    }
     uint32_t pool = seg_.config().pool;
     std::vector<std::pair<uint64_t, uint32_t>> ages;
     for (uint32_t i = 0; i < pool; ++i) {
@@ -559,7 +578,8 @@ class Writer {
 
   // Copies `size` bytes into a free slot and publishes them; returns the sequence number,
   // or 0 when every slot is held by a reader (the message is dropped, never waits).
-  uint64_t publish(const void* data, size_t size, int64_t source_ns = -1) {
+  // source_ns: e.g. the capture time (-1: now); source_seq: the input it was computed from.
+  uint64_t publish(const void* data, size_t size, int64_t source_ns = -1, uint64_t source_seq = 0) {
     if (size > seg_.config().capacity)
       throw std::invalid_argument("cannot publish " + std::to_string(size) + " bytes: capacity is " +
                                   std::to_string(seg_.config().capacity) + " bytes");
@@ -567,16 +587,16 @@ class Writer {
     if (slot < 0) return 0;
     begin(uint32_t(slot));
     std::memcpy(seg_.payload(uint32_t(slot)), data, size);
-    return commit(uint32_t(slot), size, source_ns);
+    return commit(uint32_t(slot), size, source_ns, source_seq);
   }
 
   // In-place publish: fill loan.data() (capacity bytes), then commit(size) or let it drop.
   class Loan {
    public:
     uint8_t* data() { return w_->seg_.payload(slot_); }
-    uint64_t commit(size_t size, int64_t source_ns = -1) {
+    uint64_t commit(size_t size, int64_t source_ns = -1, uint64_t source_seq = 0) {
       done_ = true;
-      return w_->commit(slot_, size, source_ns);
+      return w_->commit(slot_, size, source_ns, source_seq);
     }
     ~Loan() {
       if (!done_ && w_) w_->seg_.unlock(kLockSlot0 + slot_);  // cancelled: left odd, never delivered
@@ -606,7 +626,7 @@ class Writer {
     return -1;
   }
   void begin(uint32_t slot) { __atomic_store_n(seg_.state(slot), 2 * seq_ + 1, __ATOMIC_RELEASE); }
-  uint64_t commit(uint32_t slot, size_t size, int64_t source_ns) {
+  uint64_t commit(uint32_t slot, size_t size, int64_t source_ns, uint64_t source_seq) {
     uint64_t seq = ++seq_;
     uint8_t* h = seg_.base() + seg_.slot_offset(slot);
     int64_t now = realtime_ns();
@@ -616,7 +636,7 @@ class Writer {
     std::memcpy(h + 16, &src, 8);
     std::memcpy(h + 24, &now, 8);
     std::memcpy(h + 32, &generation_, 8);
-    std::memset(h + 40, 0, 8);  // source_seq: none
+    std::memcpy(h + 40, &source_seq, 8);
     __atomic_store_n(seg_.state(slot), 2 * seq, __ATOMIC_RELEASE);
     seg_.unlock(kLockSlot0 + slot);
     uint64_t latest = seq;
