@@ -5,9 +5,10 @@ Schema: ``_schema.py``; pre-flight check: ``_check.py``; supervision rules:
 """
 
 from ._check import check_graph
-from ._launcher import STOP_TIMEOUT, GraphRunningError, Launcher, NoRoomError
+from ._launcher import GraphRunningError, Launcher, NoRoomError
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec, load_launch_file, parse_launch_args
+from ._stopping import STOP_TIMEOUT
 from ._supervisor import Supervisor
 
 __all__ = [

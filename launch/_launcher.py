@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import selectors
 import signal
@@ -32,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shmlaunch.nodes import ENV_NODE, HEARTBEAT, ready_name
+from shmlaunch.nodes import ENV_NODE, HEARTBEAT, NodeLaunch, ready_name
 from shmlaunch.transport import (
     ENV_RUNTIME_DIR,
     MARKER_FILE,
@@ -50,11 +49,10 @@ from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec
 from ._state import LOCK_FILE, GraphState, NodeState
 from ._status import StatusView
+from ._stopping import STOP_TIMEOUT, terminate_then_kill
 from ._supervisor import Supervisor
 from ._systemd import notify, watchdog_interval
 
-#: Seconds between SIGTERM and SIGKILL when stopping nodes.
-STOP_TIMEOUT = 5.0
 _MIB = 1 << 20
 #: How long a new launcher waits for a dead run's watchdog that is removing that run's files.
 LOCK_WAIT = 2.0
@@ -174,9 +172,9 @@ class Launcher:
                 value = value + os.pathsep + env[key]
             env[key] = value
         if spec.node_class:
-            node = {"name": spec.name, "class": spec.node_class, "params": spec.params, "publish": spec.publish,
-                    "subscribe": spec.subscribe, "groups": spec.groups, "merge": spec.merge, "runtime_dir": str(self.runtime_dir)}
-            return [sys.executable, "-m", "shmlaunch.nodes", json.dumps(node)], env
+            node = NodeLaunch(spec.name, spec.node_class, spec.params, spec.publish, spec.subscribe, spec.groups, spec.merge,
+                              str(self.runtime_dir))
+            return [sys.executable, "-m", "shmlaunch.nodes", node.to_json()], env
         return list(spec.cmd), env
 
     def _spawn(self, name: str, sel: selectors.BaseSelector) -> bool:
@@ -402,35 +400,32 @@ class Launcher:
         return [pid for pid in backend.child_pids(os.getpid()) if pid not in known]
 
     def _stop_orphans(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        def send(sig: int) -> None:
             pids = self._orphans()
-            if not pids:
-                return
             if sig == signal.SIGTERM:
                 self.say(f"stopping {len(pids)} background process(es) the nodes left: pids {', '.join(map(str, pids))}")
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = self.clock() + STOP_TIMEOUT
-            while self.clock() < deadline:
-                self._reap_orphans()
-                if not self._orphans():
-                    return
-                time.sleep(0.05)
+
+        def alive() -> bool:
+            self._reap_orphans()
+            return bool(self._orphans())
+
+        terminate_then_kill(send, alive, time.sleep)
 
     def _stop_all(self, sel: selectors.BaseSelector, rfd: int, sup: Supervisor) -> None:
-        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-            if not self.children:
-                return
+        def send(sig: int) -> None:
             for child in self.children.values():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pgid, sig)
-            deadline = self.clock() + wait
-            while self.children and self.clock() < deadline:
-                self._pump(sel, 0.05, rfd)
-                self._reap(sup)
-            if self.children and sig == signal.SIGTERM:
-                self.say(f"still running after {STOP_TIMEOUT:g} s, killing: {', '.join(self.children)}")
+
+        def wait(seconds: float) -> None:
+            self._pump(sel, seconds, rfd)
+            self._reap(sup)
+
+        terminate_then_kill(send, lambda: bool(self.children), wait,
+                            lambda: self.say(f"still running after {STOP_TIMEOUT:g} s, killing: {', '.join(self.children)}"))
 
     def _cleanup(self, sel: selectors.BaseSelector, rfd: int, wfd: int) -> None:
         for child in self.children.values():  # only after an unexpected error: leave nothing running

@@ -16,8 +16,8 @@ from pathlib import Path
 from shmlaunch.transport import Reader, RuntimeDir, Topic, TransportError
 
 from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, summarize, table, topic_rows
-from ._launcher import STOP_TIMEOUT
 from ._state import BadStateError, GraphState, is_launcher, running_graphs, uptime
+from ._stopping import STOP_TIMEOUT
 
 RATE_WINDOW = 1.0
 

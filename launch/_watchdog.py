@@ -24,8 +24,7 @@ import time
 from shmlaunch.transport import RuntimeDir, TransportError, cleanup
 
 from ._state import LOCK_FILE
-
-STOP_TIMEOUT = 5.0
+from ._stopping import terminate_then_kill
 
 
 def _alive(pgid: int) -> bool:
@@ -70,11 +69,7 @@ def main() -> int:
             groups.add(int(arg))
         elif word == "done":
             return 0
-    _signal_all(groups, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while any(_alive(g) for g in groups) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    _signal_all({g for g in groups if _alive(g)}, signal.SIGKILL)
+    terminate_then_kill(lambda sig: _signal_all(groups, sig), lambda: any(_alive(g) for g in groups), time.sleep)
     clean_run(runtime_dir, run)
     return 0
 

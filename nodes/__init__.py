@@ -18,7 +18,7 @@ from ._node import (
     describe_params,
 )
 from ._params import Param, ParamError, declared_params, parse_cli_value, resolve_params
-from ._runner import NodeClassError, load_node_class, run_node
+from ._runner import NodeClassError, NodeLaunch, load_node_class, run_node
 
 __all__ = [
     "ENV_NODE",
@@ -29,6 +29,7 @@ __all__ = [
     "HEARTBEAT",
     "Node",
     "NodeClassError",
+    "NodeLaunch",
     "NodeSetupError",
     "Param",
     "ParamError",

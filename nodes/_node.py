@@ -167,6 +167,11 @@ class Node:
         """Every parameter's value in force (a copy)."""
         return dict(self._param_values)
 
+    def is_mapped(self, port: str, direction: str = "subscribe") -> bool:
+        """True when the launch file (or the caller) mapped ``port`` to a topic: an optional
+        port left unmapped is one the node may do without."""
+        return port in (self._publish_map if direction == "publish" else self._subscribe_map)
+
     def topic_for(self, port: str, direction: str) -> str:
         mapping = self._publish_map if direction == "publish" else self._subscribe_map
         return validate_topic_name(mapping.get(port, port))

@@ -7,10 +7,12 @@ bad parameter is one line on stderr and exit code 2, before anything is opened.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._node import EXIT_BAD_CONFIG, Node, configure_logging
@@ -40,13 +42,38 @@ def load_node_class(path: str) -> type[Node]:
     return cls
 
 
-def run_node(spec: dict[str, Any], duration: float | None = None) -> int:
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What a launcher tells a Python node process: the contract between the two layers,
+    serialised in one place (``to_json`` / ``from_json``, the process's one argument).
+
+    ``groups`` maps a subscribe port to its competing-consumer group (replicas); ``merge`` maps
+    a subscribe port to the replica topics read in input order."""
+
+    name: str
+    node_class: str  # module:Class
+    params: dict[str, Any] = field(default_factory=dict)
+    publish: dict[str, str] = field(default_factory=dict)
+    subscribe: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    merge: dict[str, list[str]] = field(default_factory=dict)
+    runtime_dir: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeLaunch:
+        return cls(**json.loads(text))
+
+
+def run_node(spec: NodeLaunch, duration: float | None = None) -> int:
     """Build and run the node ``spec`` describes; returns its exit code."""
-    log = logging.getLogger("shmlaunch.node." + spec["name"])
+    log = logging.getLogger("shmlaunch.node." + spec.name)
     try:
-        cls = load_node_class(spec["class"])
-        node = cls(spec["name"], spec.get("params") or {}, publish=spec.get("publish"), subscribe=spec.get("subscribe"),
-                   runtime_dir=spec.get("runtime_dir"), groups=spec.get("groups"), merge=spec.get("merge"))
+        cls = load_node_class(spec.node_class)
+        node = cls(spec.name, spec.params, publish=spec.publish, subscribe=spec.subscribe, runtime_dir=spec.runtime_dir,
+                   groups=spec.groups, merge=spec.merge)
     except (NodeClassError, ParamError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_CONFIG
@@ -54,8 +81,7 @@ def run_node(spec: dict[str, Any], duration: float | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry of a node process started by the launcher: one JSON argument, the node's spec."""
+    """Entry of a node process started by the launcher: one JSON argument, the node's NodeLaunch."""
     args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(args[0])
     configure_logging(None)
-    return run_node(spec)
+    return run_node(NodeLaunch.from_json(args[0]))

@@ -18,7 +18,7 @@ class Console(Node):
 
     def setup(self) -> None:
         self.subscribe("landmarks", self.on_landmarks)
-        if "gesture" in self._subscribe_map:
+        if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
         self.latencies: list[int] = []
         self.hands = 0

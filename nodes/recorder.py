@@ -32,7 +32,7 @@ class Recorder(Node):
         except OSError as exc:
             raise NodeSetupError(f"cannot open recorder file {self.path!r}: {exc.strerror}") from exc
         self.subscribe("landmarks", self.on_landmarks)
-        if "gesture" in self._subscribe_map:
+        if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
         self.lines = 0
         self.log.info("recording to %s", self.file_path.resolve())

@@ -112,7 +112,7 @@ class Viewer(Node):
         self.rates = {"image": _Rate()}
         self.subscribe("image", self.on_image)
         for port, handler in (("landmarks", self.on_landmarks), ("gesture", self.on_gesture)):
-            if port in self._subscribe_map:
+            if self.is_mapped(port):
                 self.rates[port] = _Rate()
                 self.subscribe(port, handler)
         self.server = _BoundedServer((self.host, self.port), _handler(self))
