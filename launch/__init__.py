@@ -1,13 +1,15 @@
 """Launch files, the launcher/supervisor and the ``shmlaunch`` command.
 
-Schema: ``_schema.py``; pre-flight check: ``_check.py``; supervision rules:
+Schema: ``_schema.py`` (read by ``_yaml.py``, loaded with includes by ``_loading.py``,
+replicas expanded by ``_replicas.py``); pre-flight check: ``_check.py``; supervision rules:
 ``_supervisor.py``; processes and shutdown: ``_launcher.py``; output: ``_printer.py``.
 """
 
 from ._check import check_graph
 from ._launcher import GraphRunningError, Launcher, NoRoomError
+from ._loading import load_launch_file, parse_launch_args
 from ._printer import Printer
-from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec, load_launch_file, parse_launch_args
+from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec
 from ._stopping import STOP_TIMEOUT
 from ._supervisor import Supervisor
 

@@ -40,8 +40,9 @@ from shmlaunch.transport import TransportError
 from . import _tools
 from ._check import check_graph
 from ._launcher import GraphRunningError, Launcher, NoRoomError
+from ._loading import load_launch_file, parse_launch_args
 from ._printer import Printer
-from ._schema import LaunchFileError, load_launch_file, parse_launch_args
+from ._schema import LaunchFileError
 from ._systemd import unit_text
 
 EXIT_USAGE = 2

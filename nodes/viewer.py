@@ -223,69 +223,81 @@ class _BoundedServer(ThreadingHTTPServer):
             self.slots.release()
 
 
-def _handler(viewer: Viewer):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "shmlaunch-viewer"
-        timeout = CONNECTION_TIMEOUT  # a socket timeout: slow or silent clients are dropped
+class _Handler(BaseHTTPRequestHandler):
+    """The viewer's HTTP routes; ``viewer`` is set on the subclass ``_handler`` makes."""
 
-        def log_message(self, fmt, *args) -> None:  # the node's log, not stderr noise per request
-            pass
+    viewer: Viewer
+    server_version = "shmlaunch-viewer"
+    timeout = CONNECTION_TIMEOUT  # a socket timeout: slow or silent clients are dropped
 
-        def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, fmt, *args) -> None:  # the node's log, not stderr noise per request
+        pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            url = urlparse(self.path)
-            q = parse_qs(url.query)
-            if viewer.token and viewer.token not in (q.get("token", [""])[0], self.headers.get("X-Token", "")):
-                self._send(HTTPStatus.UNAUTHORIZED, b"a token is required: ?token=... or an X-Token header\n", "text/plain")
-                return
-            raw_after = q.get("after", q.get("at", ["0"]))[0] or "0"
-            if not raw_after.isdigit() or len(raw_after) > 18:
-                self._send(HTTPStatus.BAD_REQUEST, f"after/at must be a frame number, got {raw_after[:40]!r}\n".encode(), "text/plain")
-                return
-            after = int(raw_after)
-            try:
-                if url.path == "/":
-                    self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
-                elif url.path == "/frame.seq":
-                    got = viewer.next_frame(after)
-                    self._send(HTTPStatus.OK if got else HTTPStatus.SERVICE_UNAVAILABLE, str(got[0] if got else after).encode(), "text/plain")
-                elif url.path in ("/frame.jpg", "/snapshot.jpg"):
-                    got = viewer.next_frame(after - 1 if url.path == "/frame.jpg" and after else viewer.frame_no)
-                    if got is None:
-                        self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
-                    else:
-                        self._send(HTTPStatus.OK, got[1], "image/jpeg", {"X-Frame": str(got[0])})
-                elif url.path == "/stream.mjpg":
-                    self._stream()
-                elif url.path == "/status.json":
-                    self._send(HTTPStatus.OK, json.dumps(viewer.status()).encode(), "application/json")
-                else:
-                    self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                pass
+    def _send(self, code: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
 
-        def _stream(self) -> None:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            seen = viewer.frame_no
-            while not viewer.stopping:
-                got = viewer.next_frame(seen)
-                if got is None:
-                    continue
-                seen, jpeg = got
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode() + b"\r\n\r\n"
-                                 + jpeg + b"\r\n")
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        url = urlparse(self.path)
+        q = parse_qs(url.query)
+        if self.viewer.token and self.viewer.token not in (q.get("token", [""])[0], self.headers.get("X-Token", "")):
+            self._send(HTTPStatus.UNAUTHORIZED, b"a token is required: ?token=... or an X-Token header\n", "text/plain")
+            return
+        raw_after = q.get("after", q.get("at", ["0"]))[0] or "0"
+        if not raw_after.isdigit() or len(raw_after) > 18:
+            self._send(HTTPStatus.BAD_REQUEST, f"after/at must be a frame number, got {raw_after[:40]!r}\n".encode(), "text/plain")
+            return
+        route = {"/": self._page, "/frame.seq": self._frame_seq, "/frame.jpg": self._frame, "/snapshot.jpg": self._snapshot,
+                 "/stream.mjpg": self._stream, "/status.json": self._status}.get(url.path, self._not_found)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+            route(int(raw_after))
 
-    return Handler
+    def _page(self, _after: int) -> None:
+        self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
 
+    def _frame_seq(self, after: int) -> None:
+        got = self.viewer.next_frame(after)
+        self._send(HTTPStatus.OK if got else HTTPStatus.SERVICE_UNAVAILABLE, str(got[0] if got else after).encode(), "text/plain")
+
+    def _frame(self, at: int) -> None:
+        self._jpeg(self.viewer.next_frame(at - 1 if at else self.viewer.frame_no))
+
+    def _snapshot(self, _after: int) -> None:
+        self._jpeg(self.viewer.next_frame(self.viewer.frame_no))
+
+    def _jpeg(self, got: tuple[int, bytes] | None) -> None:
+        if got is None:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
+        else:
+            self._send(HTTPStatus.OK, got[1], "image/jpeg", {"X-Frame": str(got[0])})
+
+    def _status(self, _after: int) -> None:
+        self._send(HTTPStatus.OK, json.dumps(self.viewer.status()).encode(), "application/json")
+
+    def _not_found(self, _after: int) -> None:
+        self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def _stream(self, _after: int) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        seen = self.viewer.frame_no
+        while not self.viewer.stopping:
+            got = self.viewer.next_frame(seen)
+            if got is None:
+                continue
+            seen, jpeg = got
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode() + b"\r\n\r\n"
+                             + jpeg + b"\r\n")
+
+
+def _handler(viewer: Viewer) -> type[_Handler]:
+    """A handler class bound to ``viewer`` (http.server makes one handler object per request)."""
+    return type("Handler", (_Handler,), {"viewer": viewer})

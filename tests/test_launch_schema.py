@@ -31,7 +31,7 @@ nodes:
 BAD_FILES = [
     ("name: g\nnodes: [\n", r"^{f}:3: invalid YAML: expected the node content, but found '<stream end>'$"),
     ("name: g\nnodes:\n  a:\n    node: x:Y\n    node: z:W\n", r"^{f}:5: invalid YAML: duplicate key 'node'$"),
-    ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, include, name, nodes, topics; got _LineList$"),
+    ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, include, name, nodes, topics; got a list$"),
     ("name: g\ntopcs: {}\nnodes:\n  a: {cmd: [true]}\n",
      r"^{f}:2: unknown key 'topcs' in the launch file \(allowed: args, include, name, nodes, topics\)$"),
     ("name: a b\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:1: 'name' must be the graph's name \(1 to 100 letters, digits, '_', '-'\), got 'a b'$"),
