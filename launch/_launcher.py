@@ -216,7 +216,7 @@ class Launcher:
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         old_wakeup = signal.set_wakeup_fd(wfd)
-        sup = Supervisor(list(self.graph.nodes.values()), self.clock())
+        sup = Supervisor(list(self.graph.nodes.values()), self.clock(), self.state.nodes)
 
         def on_stop(signum, _frame):
             sup.request_stop(f"received {signal.Signals(signum).name}")
@@ -294,7 +294,6 @@ class Launcher:
             del self.children[name]
             self.say(sup.exited(name, code, self.clock()))
             node = self.state.nodes[name]
-            node.last_exit, node.restarts = code, sup.nodes[name].restarts
             node.state = "waiting" if sup.nodes[name].next_start is not None else ("exited" if code == 0 else "failed")
             self._write_state()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from shmlaunch.nodes import EXIT_BAD_CONFIG, EXIT_SETUP_FAILED
 
 from ._schema import NodeSpec
+from ._state import NodeState
 
 MAX_BACKOFF = 30.0
 
@@ -37,17 +38,20 @@ def describe_exit(code: int) -> str:
 
 
 @dataclass
-class NodeState:
+class Schedule:
+    """The supervisor's plan for one node; its published facts (restarts, last exit) are the
+    node's one ``NodeState``, the record graph.json carries (nothing is copied between the two)."""
+
     spec: NodeSpec
+    status: NodeState
     running: bool = False
-    restarts: int = 0
     next_start: float | None = None  # when to start it; None: not scheduled
-    last_exit: int | None = None
 
 
 class Supervisor:
-    def __init__(self, specs: list[NodeSpec], now: float) -> None:
-        self.nodes = {s.name: NodeState(s, next_start=now) for s in specs}
+    def __init__(self, specs: list[NodeSpec], now: float, statuses: dict[str, NodeState] | None = None) -> None:
+        statuses = statuses if statuses is not None else {}
+        self.nodes = {s.name: Schedule(s, statuses.setdefault(s.name, NodeState()), next_start=now) for s in specs}
         self.stop_reason: str | None = None
         self.failed = False
 
@@ -89,7 +93,7 @@ class Supervisor:
         a one-line account of the exit and of what happens next."""
         st = self.nodes[name]
         st.running = False
-        st.last_exit = code
+        st.status.last_exit = code
         what = f"node {name!r} exited ({describe_exit(code)})"
         if self.stopping:
             return what
@@ -100,11 +104,11 @@ class Supervisor:
         if spec.required:
             self.request_stop(f"required node {name!r} exited", failed=code != 0)
             return f"{what}: it is required, so the graph stops"
-        if st.restarts < spec.respawn_max:
-            delay = min(spec.respawn_delay * 2**st.restarts, MAX_BACKOFF)
-            st.restarts += 1
+        if st.status.restarts < spec.respawn_max:
+            delay = min(spec.respawn_delay * 2**st.status.restarts, MAX_BACKOFF)
+            st.status.restarts += 1
             st.next_start = now + delay
-            return f"{what}: respawn {st.restarts} of {spec.respawn_max} in {delay:g} s"
+            return f"{what}: respawn {st.status.restarts} of {spec.respawn_max} in {delay:g} s"
         if code != 0:
             self.failed = True
         if spec.respawn_max:

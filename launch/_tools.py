@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 from shmlaunch.transport import Reader, RuntimeDir, Topic, TransportError
 
+from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, summarize, table, topic_rows
 from ._state import BadStateError, GraphState, is_launcher, running_graphs, uptime
 from ._stopping import STOP_TIMEOUT
@@ -22,9 +22,8 @@ from ._stopping import STOP_TIMEOUT
 RATE_WINDOW = 1.0
 
 
-def _fail(text: str) -> int:
-    print(f"shmlaunch: {text}", file=sys.stderr)
-    return 1
+def _refused(text: str) -> int:
+    return error(text, EXIT_FAILED)
 
 
 def list_graphs(argv: list[str]) -> int:
@@ -57,7 +56,7 @@ def node(argv: list[str]) -> int:
     try:
         g = find_graph(ns.graph)
     except NoGraphError as exc:
-        return _fail(str(exc))
+        return _refused(str(exc))
     print(f"graph {g.name!r} (launcher pid {g.launcher_pid}, up {uptime(g.started_ns)})")
     print("\n".join(table(_sampled(lambda sampler, now: node_rows(g, sampler, now)))))
     return 0
@@ -77,13 +76,13 @@ def topic(argv: list[str]) -> int:
             print("\n".join(table(_sampled(lambda sampler, now: topic_rows(Path(g.runtime_dir), sampler, now)))))
             return 0
         if not ns.name:
-            return _fail(f"topic {ns.action} needs a topic name")
+            return _refused(f"topic {ns.action} needs a topic name")
         g = find_topic_graph(ns.name, ns.graph)
         return {"echo": _echo, "hz": _hz, "stats": _stats}[ns.action](Path(g.runtime_dir), ns.name, ns.count)
     except NoGraphError as exc:
-        return _fail(str(exc))
+        return _refused(str(exc))
     except TransportError as exc:
-        return _fail(str(exc))
+        return _refused(str(exc))
     except KeyboardInterrupt:
         return 0
 
@@ -157,17 +156,17 @@ def stop(argv: list[str]) -> int:
         with RuntimeDir.open(g.runtime_dir) as rd:
             genuine = is_launcher(g, rd)
     except (NoGraphError, TransportError) as exc:
-        return _fail(str(exc))
+        return _refused(str(exc))
     except OSError as exc:
-        return _fail(f"cannot open {g.runtime_dir}: {exc.strerror}")
+        return _refused(f"cannot open {g.runtime_dir}: {exc.strerror}")
     if not genuine:
-        return _fail(f"graph {g.name!r}: pid {g.launcher_pid} is not its launcher (not holding the graph's lock, or started at "
+        return _refused(f"graph {g.name!r}: pid {g.launcher_pid} is not its launcher (not holding the graph's lock, or started at "
                      f"another time than graph.json says); not signalling it")
     os.kill(g.launcher_pid, signal.SIGTERM)
     deadline = time.monotonic() + ns.timeout
     while Path(g.runtime_dir).exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     if Path(g.runtime_dir).exists():
-        return _fail(f"graph {g.name!r} is still stopping after {ns.timeout:g} s (launcher pid {g.launcher_pid})")
+        return _refused(f"graph {g.name!r} is still stopping after {ns.timeout:g} s (launcher pid {g.launcher_pid})")
     print(f"graph {g.name!r} stopped")
     return 0

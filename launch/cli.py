@@ -39,13 +39,13 @@ from shmlaunch.transport import TransportError
 
 from . import _tools
 from ._check import check_graph
+from ._exits import EXIT_USAGE, error
 from ._launcher import GraphRunningError, Launcher, NoRoomError
 from ._loading import load_launch_file, parse_launch_args
 from ._printer import Printer
 from ._schema import LaunchFileError
 from ._systemd import unit_text
 
-EXIT_USAGE = 2
 _PACKAGED = Path(__file__).parent
 
 
@@ -57,12 +57,6 @@ def resolve_launch_file(name: str) -> Path:
         return path
     packaged = _PACKAGED / path.name
     return packaged if packaged.exists() else path
-
-
-def _error(text: str) -> int:
-    for line in text.splitlines():
-        print(f"shmlaunch: error: {line}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _launch(argv: list[str]) -> int:
@@ -81,9 +75,9 @@ def _launch(argv: list[str]) -> int:
         return Launcher(graph, printer, duration=ns.duration, runtime_dir=ns.runtime_dir,
                         status=False if ns.no_status else None).run()
     except (LaunchFileError, GraphRunningError, NoRoomError, TransportError) as exc:
-        return _error(str(exc))
+        return error(str(exc))
     except OSError as exc:  # e.g. the runtime directory's parent is not writable
-        return _error(f"{exc.filename or 'shmlaunch'}: {exc.strerror or exc}")
+        return error(f"{exc.filename or 'shmlaunch'}: {exc.strerror or exc}")
 
 
 def _check(argv: list[str]) -> int:
@@ -94,12 +88,12 @@ def _check(argv: list[str]) -> int:
     try:
         graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
     except LaunchFileError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     errors, warnings = check_graph(graph)
     for w in warnings:
         print(f"shmlaunch: warning: {w}", file=sys.stderr)
     if errors:
-        return _error("\n".join(errors))
+        return error("\n".join(errors))
     print(f"{graph.file}: graph {graph.name!r} is consistent: {len(graph.nodes)} nodes, {len(graph.topics)} topics")
     return 0
 
@@ -118,7 +112,7 @@ def _run(argv: list[str]) -> int:
     try:
         cls = load_node_class(ns.node)
     except NodeClassError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     if ns.help_params:
         print(f"{ns.node} parameters:\n{describe_params(cls)}")
         return 0
@@ -128,14 +122,14 @@ def _run(argv: list[str]) -> int:
         for item in items:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                return _error(f"{opt} {item!r}: expected KEY=VALUE")
+                return error(f"{opt} {item!r}: expected KEY=VALUE")
             pairs[opt][key] = parse_cli_value(value) if opt == "--param" else value
     name = ns.name or cls.__name__.lower()
     configure_logging(name)
     try:
         node = cls(name, pairs["--param"], publish=pairs["--publish"], subscribe=pairs["--subscribe"])
     except (ParamError, ValueError) as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_BAD_CONFIG
     return node.run(ns.duration)
 
@@ -151,7 +145,7 @@ def _systemd(argv: list[str]) -> int:
         path = resolve_launch_file(ns.file)
         graph = load_launch_file(path, parse_launch_args(ns.args))
     except LaunchFileError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     text = unit_text(graph, path, ns.args, ns.user)
     if ns.output:
         Path(ns.output).write_text(text)

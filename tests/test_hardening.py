@@ -302,7 +302,7 @@ def test_stop_refuses_to_signal_a_pid_that_is_not_the_graphs_launcher():
     try:
         res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "stop", name], capture_output=True, text=True, timeout=30)
         assert res.returncode == 1
-        assert one_line_error(res) == (f"shmlaunch: graph {name!r}: pid {victim.pid} is not its launcher (not holding the graph's lock, "
+        assert one_line_error(res) == (f"shmlaunch: error: graph {name!r}: pid {victim.pid} is not its launcher (not holding the graph's lock, "
                                        f"or started at another time than graph.json says); not signalling it")
         time.sleep(0.2)
         assert victim.poll() is None

@@ -117,9 +117,9 @@ def test_stop_ends_the_graph_cleanly(running):
 def test_tools_say_clearly_when_no_graph_runs():
     res = cli("node", "list", "no-such-graph")
     assert res.returncode == 1
-    assert res.stderr.startswith("shmlaunch: no graph 'no-such-graph' is running (running: ")
+    assert res.stderr.startswith("shmlaunch: error: no graph 'no-such-graph' is running (running: ")
     res = cli("topic", "echo", "no/such/topic")
-    assert res.returncode == 1 and res.stderr.strip() == "shmlaunch: no running graph has topic 'no/such/topic'"
+    assert res.returncode == 1 and res.stderr.strip() == "shmlaunch: error: no running graph has topic 'no/such/topic'"
 
 
 def test_messages_carry_generation_and_age_and_max_age_skips_stale_data(rt):
