@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from shmlaunch.nodes import HEARTBEAT, ready_name
-from shmlaunch.nodes.messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS
+from shmlaunch.nodes.messages import (
+    GESTURE_TYPE,
+    LANDMARKS_TYPE,
+    decode_landmarks,
+    describe_gestures,
+    gesture_message,
+    landmarks_message,
+)
 from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, backend, read_registry
 
 from ._state import GraphState, running_graphs
@@ -184,25 +191,24 @@ def table(rows: list[list[str]]) -> list[str]:
 
 # ----- messages
 def summarize(reader: Reader, msg, data: np.ndarray) -> str:
-    """One line for one message: landmarks and gestures decoded, frames summarised, the rest as hex."""
-    age_ms = (time.time_ns() - msg.publish_ns) / 1e6
-    head = f"seq {msg.seq} age {age_ms:.1f} ms"
+    """One line for one message: decoded by the message type its topic's writer declared
+    (landmarks, gestures), frames summarised, small typed arrays listed, the rest as hex."""
+    head = f"seq {msg.seq} age {(time.time_ns() - msg.publish_ns) / 1e6:.1f} ms"
     raw = data.view(np.uint8).reshape(-1)
     cfg = reader.config
+    try:
+        if cfg.message == LANDMARKS_TYPE:
+            d = decode_landmarks(landmarks_message(data), digits=3)
+            hands = "".join(f" | {h['handedness']} {h['score']:.2f} wrist ({h['landmarks'][0][0]:.3f}, {h['landmarks'][0][1]:.3f})"
+                            for h in d["hands"])
+            return f"{head} landmarks frame {d['frame_seq']}: {len(d['hands'])} hand(s){hands} | inference {d['inference_ms']:.1f} ms"
+        if cfg.message == GESTURE_TYPE:
+            rec = gesture_message(data)
+            return f"{head} gesture frame {int(rec['frame_seq'])}: {describe_gestures(rec)}"
+    except ValueError as exc:  # a message of another version: say so, show the bytes
+        return f"{head} {cfg.message}: {exc}; {raw.nbytes} bytes: {raw[:32].tobytes().hex(' ')}"
     if cfg.dtype is not None and cfg.shape is not None and len(cfg.shape) == 3 and cfg.dtype == np.uint8:
         return f"{head} frame {list(data.shape)} mean {float(data.mean()):.1f}"
-    version = int(raw[:4].view("<u4")[0]) if raw.nbytes >= 4 else -1
-    if raw.nbytes == LANDMARKS.itemsize and version == 1:
-        rec = raw.view(LANDMARKS)[0]
-        hands = [f"{'right' if h['handedness'] else 'left'} {h['score']:.2f} wrist ({h['landmarks'][0][0]:.3f}, {h['landmarks'][0][1]:.3f})"
-                 for h in rec["hands"][: min(int(rec["hand_count"]), MAX_HANDS)]]
-        return (f"{head} landmarks frame {int(rec['frame_seq'])}: {int(rec['hand_count'])} hand(s)"
-                + "".join(f" | {h}" for h in hands) + f" | inference {int(rec['inference_ns']) / 1e6:.1f} ms")
-    if raw.nbytes == GESTURE.itemsize and version == 1:
-        g = raw.view(GESTURE)[0]
-        n = min(int(g["hand_count"]), MAX_HANDS)
-        names = ", ".join(f"{GESTURE_NAMES[g['gesture'][i]]} ({'right' if g['handedness'][i] else 'left'})" for i in range(n))
-        return f"{head} gesture frame {int(g['frame_seq'])}: {names or 'no hand'}"
     if cfg.dtype is not None and data.size <= 16:
         return f"{head} {data.tolist()}"
     return f"{head} {raw.nbytes} bytes: {raw[:32].tobytes().hex(' ')}{' ...' if raw.nbytes > 32 else ''}"

@@ -176,10 +176,13 @@ class Node:
         mapping = self._publish_map if direction == "publish" else self._subscribe_map
         return validate_topic_name(mapping.get(port, port))
 
-    def publisher(self, port: str, *, capacity: int | None = None, pool: int | None = None, dtype=None, shape=None) -> Writer:
+    def publisher(self, port: str, *, capacity: int | None = None, pool: int | None = None, dtype=None, shape=None,
+                  message: str | None = None) -> Writer:
         """The writer of the topic mapped to ``port``. What is declared here must agree with
-        the topic (as the launcher created it), or TopicMismatchError names both values."""
-        writer = Writer(self.topic_for(port, "publish"), capacity, pool, dtype=dtype, shape=shape, runtime_dir=self.runtime_dir)
+        the topic (as the launcher created it), or TopicMismatchError names both values.
+        ``message`` names the message type it sends, so tools can decode the topic."""
+        writer = Writer(self.topic_for(port, "publish"), capacity, pool, dtype=dtype, shape=shape, runtime_dir=self.runtime_dir,
+                        message=message)
         self._writers.append(writer)
         return writer
 

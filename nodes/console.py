@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ._node import Node
-from .messages import GESTURE, GESTURE_NAMES, LANDMARKS, gesture_message, landmarks_message
+from .messages import GESTURE, LANDMARKS, describe_gestures, gesture_message, landmarks_message
 
 
 class Console(Node):
@@ -32,10 +32,7 @@ class Console(Node):
         self.hands = int(rec["hand_count"])
 
     def on_gesture(self, msg) -> None:
-        g = gesture_message(msg.data)
-        n = int(g["hand_count"])
-        self.gesture = ", ".join(
-            f"{GESTURE_NAMES[g['gesture'][i]]} ({'Right' if g['handedness'][i] else 'Left'})" for i in range(n)) or "no hand"
+        self.gesture = describe_gestures(gesture_message(msg.data))
 
     def report(self) -> None:
         now = time.monotonic()

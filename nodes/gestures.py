@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._node import Node
-from .messages import GESTURE, GESTURE_NAMES, GESTURE_VERSION, LANDMARKS, landmarks_message
+from .messages import GESTURE, GESTURE_NAMES, GESTURE_TYPE, GESTURE_VERSION, LANDMARKS, landmarks_message
 
 EXTENDED = 1.45
 THUMB_OUT = 1.5
@@ -54,7 +54,7 @@ class Gestures(Node):
     publishes = {"gesture": {"min_capacity": GESTURE.itemsize}}
 
     def setup(self) -> None:
-        self.out = self.publisher("gesture")
+        self.out = self.publisher("gesture", message=GESTURE_TYPE)
         self.subscribe("landmarks", self.on_landmarks)
 
     def on_landmarks(self, msg) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from ._mediapipe_hands import HandDetector
 from ._node import Node
 from ._params import Param
-from .messages import LANDMARKS, LANDMARKS_VERSION, MAX_HANDS
+from .messages import LANDMARKS, LANDMARKS_TYPE, LANDMARKS_VERSION, MAX_HANDS
 
 
 class HandLandmarks(Node):
@@ -34,7 +34,7 @@ class HandLandmarks(Node):
             min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
             static_image_mode=self.static_image_mode,
         )
-        self.out = self.publisher("landmarks")
+        self.out = self.publisher("landmarks", message=LANDMARKS_TYPE)
         self.subscribe("image", self.on_frame)
         self.rgb: np.ndarray | None = None
         self.log.info("MediaPipe Hands ready (max_num_hands=%d, model_complexity=%d, %s)", self.max_num_hands,

@@ -3,7 +3,9 @@
 These are the byte layouts C++ and C# readers follow (transport/LAYOUT.md, "Message
 layouts", repeats the offsets). All little-endian, no padding, version first: a reader
 refuses a version it does not know. A topic carrying them is a raw topic (``capacity`` at
-least ``itemsize``); decode a message with ``LANDMARKS.view`` helpers below.
+least ``itemsize``) whose registry entry names the message type (``LANDMARKS_TYPE``,
+``GESTURE_TYPE``); every reader of these messages (recorder, console, viewer, ``topic echo``)
+decodes them with the helpers below, the one place that knows their fields and labels.
 """
 
 from __future__ import annotations
@@ -50,6 +52,52 @@ GESTURE = np.dtype([
     ("score", "<f4", (MAX_HANDS,)),  # handedness confidence of the hand
     ("reserved2", "<u1", (8,)),
 ])
+
+
+#: The handedness labels of both messages, by their 0/1 code (MediaPipe's spelling).
+HANDEDNESS = ("Left", "Right")
+#: Message types a topic's registry entry may name (``Writer(..., message=...)``): the
+#: record dtype and version of each, so any tool decodes a topic without guessing.
+LANDMARKS_TYPE = "shmlaunch.landmarks/1"
+GESTURE_TYPE = "shmlaunch.gesture/1"
+
+
+def handedness_label(code) -> str:
+    """'Left' or 'Right' for a message's 0/1 handedness code."""
+    return HANDEDNESS[1 if int(code) else 0]
+
+
+def hand_count(rec: np.ndarray) -> int:
+    """How many hands of a landmark or gesture record are valid (never more than MAX_HANDS)."""
+    return min(int(rec["hand_count"]), MAX_HANDS)
+
+
+def decode_landmarks(rec: np.ndarray, digits: int = 5) -> dict:
+    """A LANDMARKS record as plain Python data (what the recorder writes and tools print)."""
+    hands = []
+    for h in rec["hands"][: hand_count(rec)]:
+        hands.append({
+            "handedness": handedness_label(h["handedness"]), "score": round(float(h["score"]), 4),
+            "landmarks": [[round(float(v), digits) for v in p] for p in h["landmarks"]],
+            "world": [[round(float(v), digits) for v in p] for p in h["world"]],
+        })
+    return {"frame_seq": int(rec["frame_seq"]), "capture_ns": int(rec["capture_ns"]), "frame_received_ns": int(rec["received_ns"]),
+            "inference_ms": round(int(rec["inference_ns"]) / 1e6, 3), "image": [int(rec["image_width"]), int(rec["image_height"])],
+            "hands": hands}
+
+
+def decode_gesture(rec: np.ndarray) -> dict:
+    """A GESTURE record as plain Python data."""
+    return {"frame_seq": int(rec["frame_seq"]), "capture_ns": int(rec["capture_ns"]),
+            "hands": [{"gesture": GESTURE_NAMES[int(rec["gesture"][i])] if rec["gesture"][i] < len(GESTURE_NAMES) else "unknown",
+                       "fingers": int(rec["fingers"][i]), "handedness": handedness_label(rec["handedness"][i]),
+                       "score": round(float(rec["score"][i]), 4)} for i in range(hand_count(rec))]}
+
+
+def describe_gestures(rec: np.ndarray) -> str:
+    """'call (Right), none (Left)', or 'no hand': one line for people (console, topic echo)."""
+    hands = decode_gesture(rec)["hands"]
+    return ", ".join(f"{h['gesture']} ({h['handedness']})" for h in hands) or "no hand"
 
 
 def as_message(data: np.ndarray, dtype: np.dtype, version: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ._node import Node, NodeSetupError
 from ._params import Param
-from .messages import GESTURE, GESTURE_NAMES, LANDMARKS, gesture_message, landmarks_message
+from .messages import GESTURE, LANDMARKS, decode_gesture, decode_landmarks, gesture_message, landmarks_message
 
 
 class Recorder(Node):
@@ -58,28 +58,16 @@ class Recorder(Node):
 
     def on_landmarks(self, msg) -> None:
         received = time.time_ns()
-        rec = landmarks_message(msg.data)
-        hands = []
-        for i in range(int(rec["hand_count"])):
-            h = rec["hands"][i]
-            hands.append({
-                "handedness": "Right" if h["handedness"] else "Left", "score": round(float(h["score"]), 4),
-                "landmarks": [[round(float(v), 5) for v in p] for p in h["landmarks"]],
-                "world": [[round(float(v), 5) for v in p] for p in h["world"]],
-            })
-        self.write({"type": "landmarks", "frame_seq": int(rec["frame_seq"]), "capture_ns": int(rec["capture_ns"]),
-                    "frame_received_ns": int(rec["received_ns"]), "published_ns": msg.publish_ns, "received_ns": received,
-                    "inference_ms": round(int(rec["inference_ns"]) / 1e6, 3),
-                    "image": [int(rec["image_width"]), int(rec["image_height"])], "hands": hands})
+        d = decode_landmarks(landmarks_message(msg.data))
+        self.write({"type": "landmarks", "frame_seq": d.pop("frame_seq"), "capture_ns": d.pop("capture_ns"),
+                    "frame_received_ns": d.pop("frame_received_ns"), "published_ns": msg.publish_ns, "received_ns": received, **d})
 
     def on_gesture(self, msg) -> None:
         received = time.time_ns()
-        g = gesture_message(msg.data)
-        n = int(g["hand_count"])
-        self.write({"type": "gesture", "frame_seq": int(g["frame_seq"]), "capture_ns": int(g["capture_ns"]),
-                    "published_ns": msg.publish_ns, "received_ns": received,
-                    "hands": [{"gesture": GESTURE_NAMES[g["gesture"][i]], "fingers": int(g["fingers"][i]),
-                               "handedness": "Right" if g["handedness"][i] else "Left"} for i in range(n)]})
+        d = decode_gesture(gesture_message(msg.data))
+        hands = [{k: h[k] for k in ("gesture", "fingers", "handedness")} for h in d["hands"]]
+        self.write({"type": "gesture", "frame_seq": d["frame_seq"], "capture_ns": d["capture_ns"], "published_ns": msg.publish_ns,
+                    "received_ns": received, "hands": hands})
 
     def teardown(self) -> None:
         self.file.close()

@@ -32,7 +32,7 @@ from shmlaunch.transport import RuntimeDir, TransportError
 
 from ._node import Node
 from ._params import Param
-from .messages import GESTURE, GESTURE_NAMES, LANDMARKS, MAX_HANDS, gesture_message, landmarks_message
+from .messages import GESTURE, LANDMARKS, decode_gesture, gesture_message, hand_count, handedness_label, landmarks_message
 
 #: MediaPipe's 21-point hand skeleton (wrist 0; thumb 1-4; index 5-8; middle 9-12; ring 13-16; little 17-20).
 HAND_CONNECTIONS = (
@@ -155,15 +155,15 @@ class Viewer(Node):
         names = {}
         g = self.gesture
         if g is not None and g["frame_seq"] == rec["frame_seq"]:
-            names = {i: GESTURE_NAMES[g["gesture"][i]] for i in range(min(int(g["hand_count"]), MAX_HANDS))}
-        for i in range(min(int(rec["hand_count"]), MAX_HANDS)):
+            names = {i: h["gesture"] for i, h in enumerate(decode_gesture(g)["hands"])}
+        for i in range(hand_count(rec)):
             hand = rec["hands"][i]
             pts = [(int(round(x * w)), int(round(y * h))) for x, y, _ in hand["landmarks"]]
             for a, b in HAND_CONNECTIONS:
                 cv2.line(img, pts[a], pts[b], BONE_BGR, 2, cv2.LINE_AA)
             for p in pts:
                 cv2.circle(img, p, 4, POINT_BGR, -1, cv2.LINE_AA)
-            label = f"{'Right' if hand['handedness'] else 'Left'} {hand['score']:.2f}" + (f" {names[i]}" if i in names else "")
+            label = f"{handedness_label(hand['handedness'])} {hand['score']:.2f}" + (f" {names[i]}" if i in names else "")
             x, y = pts[0]
             cv2.putText(img, label, (max(0, x - 40), min(h - 5, y + 25)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2, cv2.LINE_AA)
 

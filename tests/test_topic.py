@@ -149,3 +149,37 @@ def test_a_config_is_checked_as_a_declaration_is(rt):
         Topic.create("t", TopicConfig(8, 0), runtime_dir=rt)
     with pytest.raises(TypeError, match=r"^expected a TopicConfig, got dict"):
         Topic.create("t", {"capacity": 8}, runtime_dir=rt)
+
+
+def test_a_writer_names_its_message_type_and_the_registry_keeps_it(rt):
+    Topic.create("lm", TopicConfig(2096, 4), runtime_dir=rt).close()
+    assert Topic.open("lm", runtime_dir=rt).config.message is None
+    w = Writer("lm", runtime_dir=rt, message="shmlaunch.landmarks/1")
+    assert Topic.open("lm", runtime_dir=rt).config.message == "shmlaunch.landmarks/1"
+    w.close()
+    with pytest.raises(TopicMismatchError, match=r"^cannot open topic 'lm' for writing: requested message is x/2, "
+                       r"the registry says shmlaunch.landmarks/1$"):
+        Writer("lm", runtime_dir=rt, message="x/2")
+    with pytest.raises(ValueError, match=r"^message type '\.\./x' is not a name like 'shmlaunch.landmarks/1'$"):
+        Writer("lm", runtime_dir=rt, message="../x")
+
+
+def test_tools_decode_a_topic_by_its_declared_message_type_not_by_its_size(rt):
+    from shmlaunch.launch._introspect import summarize
+    from shmlaunch.nodes.messages import LANDMARKS, LANDMARKS_TYPE
+
+    msg = np.zeros(1, LANDMARKS)
+    msg[0]["version"], msg[0]["hand_count"], msg[0]["frame_seq"] = 1, 1, 42
+    msg[0]["hands"][0]["handedness"], msg[0]["hands"][0]["score"] = 1, 0.5
+    lines = {}
+    for name, message in (("typed", LANDMARKS_TYPE), ("raw", None)):
+        w = Writer(name, capacity=LANDMARKS.itemsize, runtime_dir=rt, message=message)
+        r = Reader(name, runtime_dir=rt, observer=True)
+        w.publish(msg)
+        got = r.receive(timeout=1)
+        lines[name] = summarize(r, got, got.data)
+        got.release()
+        r.close()
+        w.close()
+    assert "landmarks frame 42: 1 hand(s) | Right 0.50 wrist (0.000, 0.000)" in lines["typed"]
+    assert f"{LANDMARKS.itemsize} bytes: 01 00 00 00 01 00 00 00 2a" in lines["raw"]

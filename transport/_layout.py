@@ -124,7 +124,9 @@ def slot_stride(capacity: int) -> int:
 class TopicConfig:
     """A topic's static description: what the registry lists and the header repeats, written
     once by its creator. ``segment`` is the segment's file name in the runtime directory (set
-    on the config of an opened topic). ``TopicConfig.build`` checks and completes a declaration.
+    on the config of an opened topic); ``message`` names the message type a writer declared
+    (registry only: the bytes do not change). ``TopicConfig.build`` checks and completes a
+    declaration.
     """
 
     capacity: int
@@ -133,6 +135,7 @@ class TopicConfig:
     shape: tuple[int, ...] | None = None
     layout_version: int = LAYOUT_VERSION
     segment: str | None = None
+    message: str | None = None  # the message type its writer declared (e.g. "shmlaunch.landmarks/1"), for tools to decode
 
     @classmethod
     def build(cls, capacity: int | None = None, pool: int = 4, dtype=None, shape=None) -> TopicConfig:
@@ -223,7 +226,7 @@ def nbytes_of(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return dtype.itemsize * math.prod(shape)
 
 
-def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
+def normalize_request(capacity=None, pool=None, dtype=None, shape=None, message=None) -> dict:
     """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
     dt = None if dtype is None else np.dtype(dtype)
     shp = None
@@ -247,4 +250,4 @@ def normalize_request(capacity=None, pool=None, dtype=None, shape=None) -> dict:
             raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {MAX_CAPACITY} bytes (1 TiB) per message")
     if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= MAX_POOL):
         raise ValueError(f"invalid pool size {pool!r}: 1 to {MAX_POOL} slots")
-    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp}
+    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp, "message": message}

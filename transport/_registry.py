@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +39,9 @@ LOCK_WAIT = 5.0
 #: Bounds on what a registry may hold (1000s of topics fit many times over).
 MAX_REGISTRY_BYTES = 16 << 20
 MAX_LINE = 8192
-_FIELDS = {"segment", "capacity", "pool", "dtype", "typestr", "shape"}
+_FIELDS = {"segment", "capacity", "pool", "dtype", "typestr", "shape", "message"}
+_MESSAGE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*")
+MAX_MESSAGE_LEN = 100
 
 
 def dtype_to_yaml(dtype: np.dtype | None):
@@ -70,7 +73,16 @@ def config_to_entry(topic: str, config: TopicConfig) -> dict:
         entry["typestr"] = config.dtype.str
     if config.shape is not None:
         entry["shape"] = list(config.shape)
+    if config.message is not None:
+        entry["message"] = config.message
     return entry
+
+
+def validate_message_type(name: object) -> str:
+    """A message type name: letters, digits, '_', '.', '-' in parts joined by '/' (ValueError otherwise)."""
+    if not isinstance(name, str) or len(name) > MAX_MESSAGE_LEN or not _MESSAGE_RE.fullmatch(name):
+        raise ValueError(f"message type {str(name)[:60]!r} is not a name like 'shmlaunch.landmarks/1'")
+    return name
 
 
 def _whole(value) -> bool:
@@ -101,8 +113,11 @@ def entry_to_config(entry: dict) -> TopicConfig:
         raise ValueError("shape is given without a dtype")
     if shape is not None and dtype.itemsize * math.prod(shape) > capacity:
         raise ValueError(f"dtype x shape {dtype.itemsize * math.prod(shape)} bytes exceeds capacity {capacity}")
+    message = entry.get("message")
+    if message is not None:
+        validate_message_type(message)
     return TopicConfig(capacity=capacity, pool=pool, dtype=dtype, shape=None if shape is None else tuple(shape),
-                       segment=entry["segment"])
+                       segment=entry["segment"], message=message)
 
 
 def format_registry(topics: dict[str, dict]) -> str:

@@ -193,12 +193,15 @@ def _describe(field: str, value) -> str:
 
 
 def check_agreement(action: str, have: L.TopicConfig, have_src: str, want: L.TopicConfig | dict, want_src: str) -> None:
-    """Raise TopicMismatchError at the first field where ``want`` (where set) differs from ``have``."""
-    for field in ("capacity", "pool", "dtype", "shape"):
+    """Raise TopicMismatchError at the first field where ``want`` (where set) differs from ``have``
+    (a message type only where both name one: a topic's first writer may name it)."""
+    for field in ("capacity", "pool", "dtype", "shape", "message"):
         wanted = want.get(field) if isinstance(want, dict) else getattr(want, field)
         if wanted is None:
             continue
         actual = getattr(have, field)
+        if field == "message" and actual is None:
+            continue
         if actual != wanted:
             raise TopicMismatchError(
                 f"cannot {action}: {want_src} {field} is {_describe(field, wanted)}, "
@@ -300,9 +303,11 @@ def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer:
                 raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
             fields = {"pool": default_pool, **{k: v for k, v in request.items() if v is not None}}
             seg = _create(rd, topics, topic, name, L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"),
-                                                                 fields.get("shape")))
+                                                                 fields.get("shape"), message=fields.get("message")))
         else:
             seg = _open_existing(rd, topic, name, entry, request, action)
+            if request.get("message") is not None and seg.config.message is None:  # the writer names what it sends
+                seg.config = dataclasses.replace(seg.config, message=request["message"])
             topics[topic] = config_to_entry(topic, seg.config)
         if writer:
             _take_writer_lock(seg, action)

@@ -21,6 +21,7 @@ publishing and receiving (``Writer(...)`` and ``Reader(...)`` are the short form
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 from . import _layout as L
 from ._layout import TopicConfig
 from ._reader import Reader
-from ._registry import locked_registry
+from ._registry import locked_registry, validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir, validate_topic_name
 from ._segment import Segment, create_segments, open_for_reading, open_or_create_segment
 from ._writer import Writer
@@ -188,7 +189,8 @@ def _checked(config: TopicConfig) -> TopicConfig:
     """A caller's config, checked as any declaration is (ValueError says what is wrong)."""
     if not isinstance(config, TopicConfig):
         raise TypeError(f"expected a TopicConfig, got {type(config).__name__} (TopicConfig.build(...) makes one)")
-    return TopicConfig.build(config.capacity, config.pool, config.dtype, config.shape)
+    built = TopicConfig.build(config.capacity, config.pool, config.dtype, config.shape)
+    return built if config.message is None else dataclasses.replace(built, message=validate_message_type(config.message))
 
 
 def _request(expect: TopicConfig | dict | None) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 from . import _layout as L
 from ._errors import ClosedError, SegmentCorruptError
 from ._layout import normalize_request
-from ._registry import locked_registry
+from ._registry import locked_registry, validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_or_create_segment
 from .backend import commit
@@ -47,7 +47,8 @@ class Writer:
     TopicMismatchError names both values: an existing topic is never replaced behind its
     users' backs (``Topic.create(..., recreate=True)`` or ``Topic.unlink`` does that, on
     purpose). A writer whose process died is replaced by the next one, which continues the
-    sequence. A second live writer gets WriterBusyError.
+    sequence. A second live writer gets WriterBusyError. ``message`` names the type of what it
+    publishes (e.g. "shmlaunch.landmarks/1"); the registry keeps it so tools decode the topic.
 
     ``close()`` releases this process's mapping and writer ownership; the topic stays for
     readers and a later writer. A writer dropped without ``close()`` releases them when it is
@@ -66,10 +67,11 @@ class Writer:
         dtype=None,
         shape=None,
         runtime_dir: str | Path | None = None,
+        message: str | None = None,
     ) -> None:
         self.topic = topic
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
-        request = normalize_request(capacity, pool, dtype, shape)
+        request = normalize_request(capacity, pool, dtype, shape, None if message is None else validate_message_type(message))
         with RuntimeDir.create(self.runtime_dir) as rd:
             self._seg = seg = open_or_create_segment(rd, topic, request, writer=True)
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
