@@ -6,7 +6,8 @@ replicas expanded by ``_replicas.py``); pre-flight check: ``_check.py``; supervi
 """
 
 from ._check import check_graph
-from ._launcher import GraphRunningError, Launcher, NoRoomError
+from ._graphdir import GraphRunningError, NoRoomError
+from ._launcher import Launcher
 from ._loading import load_launch_file, parse_launch_args
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError, NodeSpec, TopicSpec

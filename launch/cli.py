@@ -40,7 +40,8 @@ from shmlaunch.transport import TransportError
 from . import _tools
 from ._check import check_graph
 from ._exits import EXIT_USAGE, error
-from ._launcher import GraphRunningError, Launcher, NoRoomError
+from ._graphdir import GraphRunningError, NoRoomError
+from ._launcher import Launcher
 from ._loading import load_launch_file, parse_launch_args
 from ._printer import Printer
 from ._schema import LaunchFileError
