@@ -35,7 +35,7 @@ reader that holds lock byte 1024 + i (so tools can show per-reader figures):
   32   8     last_age_ns       i64, publish to receive time of the last message
   40   8     last_receive_ns   i64, CLOCK_REALTIME ns
   48   8     stale             u64, messages skipped for being older than the reader's max_age
-  56   8     (reserved)
+  56   8     group             u64, 0: an ordinary reader; else 1 + its group's index in the group table
 
 Group table (4608 .. 21504): MAX_GROUPS entries of 2112 bytes, for competing-consumer reads:
   0    64    name              ASCII group name, NUL padded (all zero: entry free)
@@ -56,7 +56,7 @@ Slot i starts at slots_offset + i * slot_stride:
 Lock bytes (fcntl open-file-description byte-range locks on the segment file; advisory,
 they do not touch the bytes):
   0        writer: exclusive, held by the live writer for its whole life
-  1        presence: shared, held by every live reader (and the launcher) for its life
+  1        presence: shared, held by every live reader for its life (a segment in use is never re-created)
   64 + i   slot i: shared while a reader holds a message of slot i,
            exclusive while the writer writes slot i
   1024 + i reader table entry i: exclusive, held by the reader that owns the entry
