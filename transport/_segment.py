@@ -1,11 +1,12 @@
 """Creating, checking and mapping one topic's segment file; the rules for who may open what.
 
-``open_for_writing`` and ``open_for_reading`` are the only ways in. Both check three
-parties against each other: what the caller asks for, the registry, and the segment's own
-header; any disagreement raises TopicMismatchError naming the field and both values.
-Creation happens under the registry lock: the file is built under a temporary name,
-its space reserved (posix_fallocate: a full /dev/shm fails here, never with a SIGBUS
-later), the header written, and only then renamed into place.
+The ways in: ``create_segments`` (new topics; an existing one only with ``recreate``, and only
+if nobody uses it), ``open_or_create_segment`` (a writer's way: never replaces a topic) and
+``open_for_reading``. Each checks three parties against each other: what the caller asks for,
+the registry, and the segment's own header; any disagreement raises TopicMismatchError naming
+the field and both values. Creation happens under the registry lock: the file is built under
+a fresh temporary name, its space reserved by the backend (a full /dev/shm fails here, never
+with a SIGBUS later), the header written, and only then renamed into place.
 """
 
 from __future__ import annotations
