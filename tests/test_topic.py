@@ -183,3 +183,26 @@ def test_tools_decode_a_topic_by_its_declared_message_type_not_by_its_size(rt):
         w.close()
     assert "landmarks frame 42: 1 hand(s) | Right 0.50 wrist (0.000, 0.000)" in lines["typed"]
     assert f"{LANDMARKS.itemsize} bytes: 01 00 00 00 01 00 00 00 2a" in lines["raw"]
+
+
+def test_a_listed_topic_whose_segment_was_removed_is_made_again_from_the_registry(rt):
+    Writer("t", dtype="float32", shape=(3,), pool=2, runtime_dir=rt).close()
+    (rt / "t.pool").unlink()
+    w = Writer("t", runtime_dir=rt)  # nothing declared: the registry's description is used
+    assert (w.config.dtype, w.config.shape, w.config.pool) == (np.dtype("float32"), (3,), 2)
+    w.close()
+
+
+def test_a_symlink_at_a_segment_name_is_a_one_line_error_for_every_verb(rt, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"x" * 30000)
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    (rt / "t.pool").unlink()
+    (rt / "t.pool").symlink_to(target)
+    try:
+        for attempt in (lambda: Writer("t", runtime_dir=rt), lambda: Topic.open("t", runtime_dir=rt), lambda: Reader("t", runtime_dir=rt)):
+            with pytest.raises(SegmentCorruptError, match=r"t\.pool: Too many levels of symbolic links$"):
+                attempt()
+        assert target.read_bytes() == b"x" * 30000
+    finally:
+        (rt / "t.pool").unlink()

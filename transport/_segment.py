@@ -234,7 +234,14 @@ def _as_runtime_dir(runtime_dir: Path | RuntimeDir, create: bool) -> contextlib.
 
 
 def _open_segment(rd: RuntimeDir, topic: str, name: str) -> Segment:
-    fd = rd.open_file(name, os.O_RDWR)
+    """The segment file ``name``, opened without following a symlink; FileNotFoundError when
+    there is none, SegmentCorruptError for anything there that is not a plain segment file."""
+    try:
+        fd = rd.open_file(name, os.O_RDWR)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a symlink (ELOOP), a directory, a file we may not open
+        raise SegmentCorruptError(f"cannot open topic {topic!r}: {rd.path / name}: {exc.strerror}") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise SegmentCorruptError(f"cannot open topic {topic!r}: {rd.path / name} is not a regular file")
@@ -299,10 +306,17 @@ def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer:
     name = segment_file_name(topic)
     with locked_registry(rd) as topics:
         entry = topics.get(topic)
-        if entry is None and not _exists(rd, name):
-            if request.get("capacity") is None:
+        if not _exists(rd, name):
+            # New, or listed but its segment is gone (removed by hand): made from the registry's
+            # description when there is one, which the request must then agree with.
+            fields = {"pool": default_pool}
+            if entry is not None:
+                listed = entry_to_config(entry)
+                check_agreement(action, listed, "the registry", request, "requested")
+                fields.update({k: getattr(listed, k) for k in ("capacity", "pool", "dtype", "shape", "message")})
+            fields.update({k: v for k, v in request.items() if v is not None})
+            if fields.get("capacity") is None:
                 raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
-            fields = {"pool": default_pool, **{k: v for k, v in request.items() if v is not None}}
             seg = _create(rd, topics, topic, name, L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"),
                                                                  fields.get("shape"), message=fields.get("message")))
         else:
@@ -400,8 +414,6 @@ def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, 
             seg = _open_segment(rd, topic, entry["segment"])
         except FileNotFoundError:
             raise TopicNotFoundError(f"cannot {action}: its segment {rd.path / entry['segment']} is missing") from None
-        except OSError as exc:
-            raise SegmentCorruptError(f"cannot {action}: cannot open {rd.path / entry['segment']}: {exc.strerror}") from exc
     try:
         seg.check_layout(action)
         check_header(seg, config, action)
