@@ -155,33 +155,38 @@ def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str,
     (the live view refreshes every second) and are reopened when their segment was re-created;
     otherwise each is opened and closed."""
     rows = [["TOPIC", "TYPE", "CAPACITY", "POOL", "WRITER", "LAST SEQ", "HZ", "MB/s", "READERS"]]
-    registry = read_registry(Path(runtime_dir))
-    for name in sorted(registry):
-        topic = cache.get(name) if cache is not None else None
-        if topic is not None and not topic.same_file():
-            cache.pop(name).close()
-            topic = None
-        if topic is None:
+    with RuntimeDir.open(runtime_dir) as rd:
+        registry = read_registry(rd)
+        for name in sorted(registry):
+            topic = cache.get(name) if cache is not None else None
+            if topic is not None and not topic.same_file(rd):
+                cache.pop(name).close()
+                topic = None
+            if topic is None:
+                try:
+                    topic = Topic.open(name, runtime_dir=runtime_dir)
+                except Exception as exc:  # a tool must show what it can; the row says what went wrong
+                    rows.append([name, f"unreadable: {exc}", "", "", "", "", "", "", ""])
+                    continue
+                if cache is not None:
+                    cache[name] = topic
             try:
-                topic = Topic.open(name, runtime_dir=runtime_dir)
-            except Exception as exc:  # a tool must show what it can; the row says what went wrong
-                rows.append([name, f"unreadable: {exc}", "", "", "", "", "", "", ""])
-                continue
-            if cache is not None:
-                cache[name] = topic
-        try:
-            d = topic.dynamic()
-            hz = sampler.rate(name, d.latest_seq, now)
-            rows.append([name, describe_type(topic.config), str(topic.config.capacity), str(topic.config.pool),
-                         f"{d.writer_pid} (gen {d.writer_generation})" if d.writer_alive else "none",
-                         str(d.latest_seq), "-" if hz is None else f"{hz:.1f}",
-                         "-" if hz is None else f"{hz * d.latest_length / 1e6:.2f}", str(len(d.readers))])
-        finally:
-            if cache is None:
-                topic.close()
+                rows.append(_topic_row(name, topic, sampler, now))
+            finally:
+                if cache is None:
+                    topic.close()
     for name in set(cache or ()) - set(registry):
         cache.pop(name).close()
     return rows
+
+
+def _topic_row(name: str, topic: Topic, sampler: Sampler, now: float) -> list[str]:
+    d = topic.dynamic()
+    hz = sampler.rate(name, d.latest_seq, now)
+    return [name, describe_type(topic.config), str(topic.config.capacity), str(topic.config.pool),
+            f"{d.writer_pid} (gen {d.writer_generation})" if d.writer_alive else "none",
+            str(d.latest_seq), "-" if hz is None else f"{hz:.1f}",
+            "-" if hz is None else f"{hz * d.latest_length / 1e6:.2f}", str(len(d.readers))]
 
 
 def table(rows: list[list[str]]) -> list[str]:

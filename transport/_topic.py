@@ -147,13 +147,16 @@ class Topic:
     def closed(self) -> bool:
         return self._seg is None
 
-    def same_file(self) -> bool:
+    def same_file(self, rd: RuntimeDir | None = None) -> bool:
         """True while the runtime directory's segment file is still the one this handle maps
-        (False once the topic was unlinked or re-created)."""
+        (False once the topic was unlinked or re-created). ``rd``: the directory, if the caller
+        has it open already (a view checking hundreds of topics a second)."""
         seg = self._segment()
         try:
-            with RuntimeDir.open(self.runtime_dir) as rd:
+            if rd is not None:
                 return rd.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
+            with RuntimeDir.open(self.runtime_dir) as opened:
+                return opened.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
         except (OSError, ValueError):
             return False
 
