@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,13 +109,6 @@ class GraphDir:
         if self._state_error is not None:
             self._state_error = None
             self.say(f"{self.path}/graph.json is up to date again")
-
-    def heartbeat_age(self, node: str) -> float | None:
-        """Seconds since ``node`` last beat (None: it has not yet, or its file is gone)."""
-        try:
-            return time.time() - self.rd.lstat(ready_name(node)).st_mtime
-        except OSError:
-            return None
 
     def forget_heartbeat(self, node: str) -> None:
         """A node (re)starts: its old heartbeat no longer says anything."""

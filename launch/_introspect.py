@@ -8,13 +8,14 @@ status view.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.nodes import HEARTBEAT, ready_name
+from shmlaunch.nodes import HEARTBEAT, heartbeat_age
 from shmlaunch.nodes.messages import (
     GESTURE_TYPE,
     LANDMARKS_TYPE,
@@ -69,12 +70,6 @@ def find_topic_graph(topic: str, name: str | None) -> GraphState:
     raise NoGraphError(f"topic {topic!r} is in {len(having)} running graphs ({', '.join(g.name for g in having)}): name one with --graph")
 
 
-# ----- processes
-def cpu_seconds(pid: int) -> float | None:
-    info = backend.process_info(pid)
-    return None if info is None else info.cpu_seconds
-
-
 @dataclass
 class Sampler:
     """Rates between two looks: CPU% per pid and messages per second per topic."""
@@ -87,10 +82,8 @@ class Sampler:
     def start(cls) -> Sampler:
         return cls({}, {}, time.monotonic())
 
-    def cpu_pct(self, pid: int | None, now: float) -> float | None:
-        if pid is None:
-            return None
-        used = cpu_seconds(pid)
+    def cpu_pct(self, pid: int, used: float | None, now: float) -> float | None:
+        """CPU% of ``pid`` since the last look, from the CPU seconds it has ``used`` now."""
         before = self.cpu.get(pid)
         self.cpu[pid] = used
         if used is None or before is None or now <= self.when:
@@ -105,40 +98,36 @@ class Sampler:
         return (seq - before) / (now - self.when)
 
 
-def heartbeat_age(runtime_dir: str, node: str) -> float | None:
-    """Seconds since ``node`` last touched its heartbeat file (None: it has none)."""
-    try:
-        with RuntimeDir.open(runtime_dir) as rd:
-            return time.time() - rd.lstat(ready_name(node)).st_mtime
-    except (OSError, TransportError):
-        return None
-
-
-def live_state(state: GraphState, name: str, n) -> str:
+def live_state(n, info, rd: RuntimeDir | None, name: str) -> str:
     """What graph.json says, corrected by what can be seen now: a node stopped by a signal
     (SIGSTOP, a debugger) is "stopped"; a Python node whose heartbeat is stale is "unresponsive"."""
     if n.pid is None or n.state not in ("starting", "running"):
         return n.state
-    info = backend.process_info(n.pid)
     if info is not None and info.state in ("T", "t"):
         return "stopped"
-    if n.state == "running" and n.kind == "python":
-        age = heartbeat_age(state.runtime_dir, name)
+    if n.state == "running" and n.kind == "python" and rd is not None:
+        age = heartbeat_age(rd, name)
         if age is not None and age > STALE_HEARTBEAT:
             return "unresponsive"
     return n.state
 
 
 def node_rows(state: GraphState, sampler: Sampler, now: float) -> list[list[str]]:
+    """One row per node; each process is looked at once (/proc) per call."""
     rows = [["NODE", "PID", "STATE", "RESTARTS", "CPU%", "RSS MiB", "CPUS", "NICE", "LAST EXIT"]]
-    for name, n in state.nodes.items():
-        alive = n.pid is not None and n.state in ("starting", "running")
-        cpu = sampler.cpu_pct(n.pid, now) if alive else None
-        info = backend.process_info(n.pid) if alive else None
-        rss = None if info is None else info.rss_bytes
-        cpus, nice = ("-", "-") if info is None else (info.cpus, str(info.nice))
-        rows.append([name, str(n.pid or "-"), live_state(state, name, n), str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
-                     "-" if rss is None else f"{rss / 2**20:.0f}", cpus, nice, "-" if n.last_exit is None else str(n.last_exit)])
+    try:
+        rd = RuntimeDir.open(state.runtime_dir)
+    except (OSError, TransportError):
+        rd = None
+    with rd or contextlib.nullcontext():
+        for name, n in state.nodes.items():
+            alive = n.pid is not None and n.state in ("starting", "running")
+            info = backend.process_info(n.pid) if alive else None
+            cpu = sampler.cpu_pct(n.pid, info.cpu_seconds, now) if info is not None else None
+            rss = None if info is None else info.rss_bytes
+            cpus, nice = ("-", "-") if info is None else (info.cpus, str(info.nice))
+            rows.append([name, str(n.pid or "-"), live_state(n, info, rd, name), str(n.restarts), "-" if cpu is None else f"{cpu:.1f}",
+                         "-" if rss is None else f"{rss / 2**20:.0f}", cpus, nice, "-" if n.last_exit is None else str(n.last_exit)])
     return rows
 
 

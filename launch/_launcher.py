@@ -29,7 +29,7 @@ import signal
 import time
 from pathlib import Path
 
-from shmlaunch.nodes import HEARTBEAT
+from shmlaunch.nodes import HEARTBEAT, heartbeat_age
 from shmlaunch.transport import Topic, backend, graph_runtime_dir, new_run_id
 
 from ._check import check_graph
@@ -183,7 +183,7 @@ class Launcher:
         for name, node in self.state.nodes.items():
             if node.kind != "python" or name not in self.children.running:
                 continue
-            age = self.dir.heartbeat_age(name)
+            age = heartbeat_age(self.dir.rd, name)
             if age is None:
                 fresh = False
                 continue

@@ -4,7 +4,7 @@ Write a node by subclassing ``Node`` (see ``shmlaunch.nodes._node`` for the life
 start it alone with ``shmlaunch run module:Class`` or from a launch file.
 """
 
-from ._heartbeat import ENV_NODE, HEARTBEAT, ready_name
+from ._heartbeat import ENV_NODE, HEARTBEAT, heartbeat_age, ready_name
 from ._node import (
     EXIT_BAD_CONFIG,
     EXIT_FAILED,
@@ -37,6 +37,7 @@ __all__ = [
     "Timer",
     "configure_logging",
     "declared_params",
+    "heartbeat_age",
     "describe_params",
     "load_node_class",
     "parse_cli_value",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from shmlaunch.transport import ENV_RUNTIME_DIR, RuntimeDir, TransportError
 
@@ -34,3 +35,11 @@ def beat(node: str) -> None:
             os.utime(fd)
         finally:
             os.close(fd)
+
+
+def heartbeat_age(rd: RuntimeDir, node: str) -> float | None:
+    """Seconds since ``node`` last beat in runtime directory ``rd`` (None: it has not, or its file is gone)."""
+    try:
+        return time.time() - rd.lstat(ready_name(node)).st_mtime
+    except OSError:
+        return None
