@@ -21,6 +21,7 @@ publishing and receiving (``Writer(...)`` and ``Reader(...)`` are the short form
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import struct
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _layout as L
+from ._errors import ClosedError, TransportError
 from ._layout import TopicConfig
 from ._reader import Reader
 from ._registry import locked_registry, validate_message_type
@@ -138,8 +140,6 @@ class Topic:
     # ----- lifetime
     def _segment(self) -> Segment:
         if self._seg is None:
-            from ._errors import ClosedError
-
             raise ClosedError(f"topic {self.name!r} is closed")
         return self._seg
 
@@ -153,11 +153,9 @@ class Topic:
         has it open already (a view checking hundreds of topics a second)."""
         seg = self._segment()
         try:
-            if rd is not None:
-                return rd.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
-            with RuntimeDir.open(self.runtime_dir) as opened:
-                return opened.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
-        except (OSError, ValueError):
+            with contextlib.nullcontext(rd) if rd is not None else RuntimeDir.open(self.runtime_dir) as d:
+                return d.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
+        except (OSError, TransportError):
             return False
 
     def close(self) -> None:
