@@ -330,6 +330,14 @@ def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer:
     return seg
 
 
+def unlink_topic(runtime_dir: Path, topic: str, segment: str) -> None:
+    """Destroy a topic: its registry entry and its segment file, under the registry lock. Processes
+    that still map the segment keep their memory until they close it."""
+    with RuntimeDir.open(runtime_dir) as rd, locked_registry(rd) as topics:
+        topics.pop(topic, None)
+        rd.unlink(segment)
+
+
 def _exists(rd: RuntimeDir, name: str) -> bool:
     try:
         rd.lstat(name)

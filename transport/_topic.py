@@ -32,9 +32,9 @@ from . import _layout as L
 from ._errors import ClosedError, TransportError
 from ._layout import TopicConfig
 from ._reader import Reader
-from ._registry import locked_registry, validate_message_type
+from ._registry import validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir, validate_topic_name
-from ._segment import Segment, create_segments, open_for_reading, open_or_create_segment
+from ._segment import Segment, create_segments, open_for_reading, open_or_create_segment, unlink_topic
 from ._writer import Writer
 
 _U64 = struct.Struct("<Q")
@@ -166,10 +166,7 @@ class Topic:
 
     def unlink(self) -> None:
         """Destroy the topic: its segment file and its registry entry, once; then close."""
-        self._segment()
-        with RuntimeDir.open(self.runtime_dir) as rd, locked_registry(rd) as topics:
-            topics.pop(self.name, None)
-            rd.unlink(self.config.segment or "")
+        unlink_topic(self.runtime_dir, self.name, self._segment().path.name)
         self.close()
 
     def __enter__(self) -> Topic:

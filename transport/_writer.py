@@ -20,9 +20,9 @@ import numpy as np
 from . import _layout as L
 from ._errors import ClosedError, SegmentCorruptError
 from ._layout import normalize_request
-from ._registry import locked_registry, validate_message_type
+from ._registry import validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir
-from ._segment import Segment, open_or_create_segment
+from ._segment import Segment, open_or_create_segment, unlink_topic
 from .backend import commit
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
@@ -235,11 +235,8 @@ class Writer:
 
     def unlink(self) -> None:
         """Destroy the topic: remove its segment file and registry entry (once; then close)."""
-        seg = self._seg
         self._check_open()
-        with RuntimeDir.open(self.runtime_dir) as rd, locked_registry(rd) as topics:
-            topics.pop(self.topic, None)
-            rd.unlink(seg.path.name)
+        unlink_topic(self.runtime_dir, self.topic, self._seg.path.name)
         self.close()
 
     def __enter__(self) -> Writer:
