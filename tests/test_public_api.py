@@ -25,8 +25,9 @@ def test_platform_backend_seam_is_pinned():
     from shmlaunch.transport import backend
 
     assert sorted(backend.__all__) == sorted([
-        "AVAILABLE", "SHM_ROOT", "UNAVAILABLE_REASON", "ByteLock", "ProcessInfo", "allowed_cpus", "become_subreaper",
-        "buffer_address", "child_pids", "commit", "free_bytes", "futex_wait", "futex_wait_any", "futex_wake", "map_file",
-        "may_raise_priority", "own_priority", "prepare_child", "process_info", "process_start_time", "reserve", "take",
+        "AVAILABLE", "SHM_ROOT", "UNAVAILABLE_REASON", "ByteLock", "LoanBase", "MessageBase", "ProcessInfo", "ReadCursor",
+        "WriteCursor", "allowed_cpus", "become_subreaper", "buffer_address", "child_pids", "free_bytes", "futex_wait",
+        "futex_wait_any", "futex_wake", "map_file", "may_raise_priority", "own_priority", "prepare_child", "process_info",
+        "process_start_time", "reserve",
     ])
     assert all(hasattr(backend, name) for name in backend.__all__)

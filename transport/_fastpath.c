@@ -1,17 +1,22 @@
-/* The system calls of the pool-topic hot path, for Linux: one C call per step instead of
- * several Python-level calls (struct packing, fcntl.fcntl, ctypes). The protocol itself stays
- * in Python (see transport/LAYOUT.md); this module only does what Python cannot do cheaply:
- *   lock(fd, byte, kind)    non-blocking open-file-description byte-range lock: 1 taken,
- *                           0 held by another (no exception on the common "busy" answer)
- *   take(base, fd, slots_offset, stride, last_wake, held)  the reader's look: the futex word,
- *                           then a shared lock on the slot it names, then the slot header
- *   commit(base, fd, slot_offset, slot, seq, length, source_ns, generation, source_seq)
- *                           the writer's publish: header, state even, unlock, wake word, wake
- *   futex_wait(addr, expected, timeout), futex_wake(addr), futex_wait_any([(addr, val)], timeout)
- * Every call that may sleep releases the GIL.
+/* The hot path of pool topics on Linux: one C call per receive and per publish.
+ *
+ * The protocol is transport/LAYOUT.md; the Python side (_reader.py, _writer.py) opens topics,
+ * checks them and handles the rare cases. This module does the steps every message takes:
+ *   ReadCursor.receive(timeout)  look at the futex word (sleeping on it, GIL released, while it
+ *                                has not moved), take the slot's shared lock, check the state
+ *                                word and hand out a Message with its read-only view; the rare
+ *                                cases (torn, already seen, filtered readers) go back to Python
+ *   Message.release()            drop the hold (the slot's lock with the last one), update the
+ *                                reader's table entry
+ *   WriteCursor.publish(data)    copy, header, state word even, unlock, wake word, futex wake,
+ *                                and the next slot locked ahead; Loan's publish is the same commit
+ *   lock(fd, byte, kind)         a non-blocking open-file-description byte-range lock
+ *   futex_wait, futex_wake, futex_wait_any   the wake-ups, for the node runtime's many-topic wait
+ * Every call that may sleep releases the GIL; every copy of a frame (1 MiB or more) too.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +34,9 @@
 #define LATEST_SEQ_OFFSET 264
 #define LOCK_SLOT0 64
 #define MAX_WAITV 128
+#define MAX_POOL 256
+#define SLOT_HEADER 64
+#define BIG_COPY (1 << 20)
 
 struct futex_waitv_entry {
     uint64_t val;
@@ -66,73 +74,769 @@ static int64_t realtime_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* take(base, fd, slots_offset, stride, last_wake, held_slots: bytes-like of u32)
- *   -> None (nothing new) | (wake, slot, locked, state, length, source_ns, publish_ns, generation, source_seq)
- * locked: 1 this call took the shared lock, 0 the reader already held the slot, -1 busy (being written). */
-static PyObject *py_take(PyObject *self, PyObject *args) {
-    unsigned long long base, slots_offset, stride;
-    int fd;
-    unsigned int last_wake;
-    Py_buffer held;
-    if (!PyArg_ParseTuple(args, "KiKKIy*", &base, &fd, &slots_offset, &stride, &last_wake, &held)) return NULL;
-    uint32_t wake = __atomic_load_n((uint32_t *)(uintptr_t)(base + WAKE_OFFSET), __ATOMIC_ACQUIRE);
-    if (wake == last_wake) {
-        PyBuffer_Release(&held);
-        Py_RETURN_NONE;
-    }
-    unsigned int slot = wake & 0xff;
-    int locked;
-    if ((Py_ssize_t)(slot * 4 + 4) > held.len) {
-        PyBuffer_Release(&held);
-        return Py_BuildValue("(IIiKKLLKKL)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL, 0LL);
-    }
-    uint32_t already = ((uint32_t *)held.buf)[slot];
-    PyBuffer_Release(&held);
-    if (already) {
-        locked = 0;
-    } else {
-        int r = ofd_lock(fd, LOCK_SLOT0 + slot, F_RDLCK);
-        if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
-        if (r == 0) return Py_BuildValue("(IIiKKLLKKL)", wake, slot, -1, 0ULL, 0ULL, 0LL, 0LL, 0ULL, 0ULL, 0LL);
-        locked = 1;
-    }
-    const uint8_t *h = (const uint8_t *)(uintptr_t)(base + slots_offset + slot * stride);
-    uint64_t state = __atomic_load_n((const uint64_t *)h, __ATOMIC_ACQUIRE), length, generation, source_seq;
-    int64_t source_ns, publish_ns;
-    memcpy(&length, h + 8, 8);
-    memcpy(&source_ns, h + 16, 8);
-    memcpy(&publish_ns, h + 24, 8);
-    memcpy(&generation, h + 32, 8);
-    memcpy(&source_seq, h + 40, 8);
-    return Py_BuildValue("(IIiKKLLKKL)", wake, slot, locked, (unsigned long long)state, (unsigned long long)length,
-                         (long long)source_ns, (long long)publish_ns, (unsigned long long)generation, (unsigned long long)source_seq,
-                         (long long)realtime_ns());
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* commit(base, fd, slot_offset, slot, seq, length, source_ns (-1: now), generation, source_seq) -> publish_ns */
-static PyObject *py_commit(PyObject *self, PyObject *args) {
-    unsigned long long base, slot_offset, seq, length, generation, source_seq;
-    int fd;
-    unsigned int slot;
-    long long source_ns;
-    if (!PyArg_ParseTuple(args, "KiKIKKLKK", &base, &fd, &slot_offset, &slot, &seq, &length, &source_ns, &generation, &source_seq))
+/* The slot header (LAYOUT.md): state, length, source_ns, publish_ns, generation, source_seq. */
+typedef struct {
+    uint64_t state, length;
+    int64_t source_ns, publish_ns;
+    uint64_t generation, source_seq;
+} SlotHeader;
+
+static void read_header(const uint8_t *h, SlotHeader *out) {
+    out->state = __atomic_load_n((const uint64_t *)h, __ATOMIC_ACQUIRE);
+    memcpy(&out->length, h + 8, 8);
+    memcpy(&out->source_ns, h + 16, 8);
+    memcpy(&out->publish_ns, h + 24, 8);
+    memcpy(&out->generation, h + 32, 8);
+    memcpy(&out->source_seq, h + 40, 8);
+}
+
+/* ===================================================================== reading */
+
+typedef struct ReadCursor ReadCursor;
+
+/* A received message: the fields users read, and the hold it keeps on its slot until released.
+ * shmlaunch.transport.Message subclasses this type (its Python methods: age_ns, copy, repr). */
+typedef struct {
+    PyObject_HEAD
+    ReadCursor *cursor; /* the reader's cursor while the slot is held, else NULL */
+    int slot;
+    PyObject *data;
+    unsigned long long seq, generation, source_seq;
+    long long stamp_ns, publish_ns;
+} MessageObject;
+
+struct ReadCursor {
+    PyObject_HEAD
+    uint8_t *base;
+    int fd, filtered, in_group, closed;
+    uint32_t pool, last_wake;
+    uint64_t slots_offset, stride, capacity, full_nbytes, last_seq, pid, group_field;
+    Py_ssize_t entry; /* offset of this reader's table entry, -1 for none */
+    unsigned long long received, missed, torn, busy, stale, taken;
+    long long last_age_ns, last_receive_ns;
+    PyObject *views;      /* tuple: each slot's read-only array of a full-size message */
+    PyObject *sized_view; /* callable (slot, length) -> array, for messages of other lengths */
+    PyTypeObject *message_type;
+    uint32_t holds[MAX_POOL]; /* messages this reader holds, per slot */
+};
+
+static PyTypeObject MessageType, ReadCursorType, WriteCursorType, LoanType;
+
+static void write_entry(ReadCursor *c) {
+    if (c->entry < 0 || c->closed) return;
+    uint64_t e[8] = {c->pid, c->received, c->missed, c->last_seq, (uint64_t)c->last_age_ns, (uint64_t)c->last_receive_ns,
+                     c->stale, c->group_field};
+    memcpy(c->base + c->entry, e, sizeof e);
+}
+
+/* One hold of `slot` less; the slot's shared lock goes with the last one. */
+static int cursor_release(ReadCursor *c, int slot) {
+    if (c->closed || slot < 0 || (uint32_t)slot >= c->pool || c->holds[slot] == 0) return 0;
+    if (--c->holds[slot] == 0 && ofd_lock(c->fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    write_entry(c); /* after the release: the reader table is off the latency path */
+    return 0;
+}
+
+static void message_release_hold(MessageObject *m) {
+    ReadCursor *c = m->cursor;
+    if (c == NULL) return;
+    m->cursor = NULL;
+    if (cursor_release(c, m->slot) < 0) PyErr_WriteUnraisable((PyObject *)m);
+    Py_DECREF(c);
+}
+
+/* The message of `slot` with header `hd`, counted as received (the common path, and the rare
+ * one once Python has accepted it). */
+static PyObject *deliver(ReadCursor *c, int slot, const SlotHeader *hd, int64_t now) {
+    PyObject *data;
+    if (hd->length == c->full_nbytes) {
+        data = PyTuple_GET_ITEM(c->views, slot);
+        Py_INCREF(data);
+    } else {
+        data = PyObject_CallFunction(c->sized_view, "iK", slot, (unsigned long long)hd->length);
+        if (data == NULL) return NULL;
+    }
+    MessageObject *m = (MessageObject *)c->message_type->tp_alloc(c->message_type, 0);
+    if (m == NULL) {
+        Py_DECREF(data);
         return NULL;
-    uint8_t *h = (uint8_t *)(uintptr_t)(base + slot_offset);
+    }
+    uint64_t seq = hd->state >> 1;
+    c->holds[slot]++;
+    if (c->last_seq && seq > c->last_seq + 1 && !c->in_group) c->missed += seq - c->last_seq - 1; /* a group's gaps are the others' share */
+    c->last_seq = seq;
+    c->received++;
+    c->last_age_ns = now - hd->publish_ns;
+    c->last_receive_ns = now;
+    Py_INCREF(c);
+    m->cursor = c;
+    m->slot = slot;
+    m->data = data;
+    m->seq = seq;
+    m->stamp_ns = hd->source_ns;
+    m->publish_ns = hd->publish_ns;
+    m->generation = hd->generation;
+    m->source_seq = hd->source_seq;
+    return (PyObject *)m;
+}
+
+/* One look at a changed word: a Message (the common case), a tuple for Python to judge (torn,
+ * already seen, or a reader that filters by age or group), or NULL with no error set when the
+ * newest slot cannot be had (being written, or a slot number past the pool): wait for the next. */
+static PyObject *look(ReadCursor *c, uint32_t wake) {
+    c->last_wake = wake;
+    uint32_t slot = wake & 0xff;
+    if (slot >= c->pool) {
+        c->busy++;
+        return NULL;
+    }
+    int locked = 0;
+    if (c->holds[slot] == 0) {
+        int r = ofd_lock(c->fd, LOCK_SLOT0 + slot, F_RDLCK);
+        if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+        if (r == 0) {
+            c->busy++; /* the writer is rewriting it: a newer word follows */
+            return NULL;
+        }
+        locked = 1;
+    }
+    SlotHeader hd;
+    read_header(c->base + c->slots_offset + slot * c->stride, &hd);
     int64_t now = realtime_ns();
-    int64_t src = source_ns < 0 ? now : source_ns;
+    if (hd.length > c->capacity && !(hd.state & 1)) { /* a length past the slot is never delivered */
+        c->torn++;
+        if (locked && ofd_lock(c->fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    if ((hd.state & 1) || (hd.state >> 1) <= c->last_seq || c->filtered)
+        return Py_BuildValue("(iiKKLLKKL)", (int)slot, locked, (unsigned long long)hd.state, (unsigned long long)hd.length,
+                             (long long)hd.source_ns, (long long)hd.publish_ns, (unsigned long long)hd.generation,
+                             (unsigned long long)hd.source_seq, (long long)now);
+    return deliver(c, (int)slot, &hd, now);
+}
+
+/* receive(timeout) -> Message | tuple (for Python's rare-case checks) | None (timed out).
+ * timeout: None waits forever, 0 looks once. Sleeping, waking and taking are this one call. */
+static PyObject *rc_receive(ReadCursor *c, PyObject *timeout) {
+    double deadline = 0;
+    int forever = timeout == Py_None;
+    if (!forever) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) return NULL;
+        deadline = monotonic_s() + t;
+    }
+    uint32_t *word = (uint32_t *)(c->base + WAKE_OFFSET);
+    for (;;) {
+        if (c->closed) Py_RETURN_NONE; /* closed by another thread while this one slept */
+        uint32_t wake = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (wake != c->last_wake) {
+            PyObject *got = look(c, wake);
+            if (got != NULL || PyErr_Occurred()) return got;
+        }
+        struct timespec ts, *tsp = NULL;
+        if (!forever) {
+            double left = deadline - monotonic_s();
+            if (left <= 0) Py_RETURN_NONE;
+            ts.tv_sec = (time_t)left;
+            ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+            tsp = &ts;
+        }
+        uint32_t expected = c->last_wake;
+        long r;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        r = syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, NULL, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r < 0 && err == EINTR && PyErr_CheckSignals() < 0) return NULL; /* Ctrl-C and other handlers run */
+    }
+}
+
+/* deliver(slot, state, length, source_ns, publish_ns, generation, source_seq, now) -> Message:
+ * what receive's tuple described, once Python's checks accepted it. */
+static PyObject *rc_deliver(ReadCursor *c, PyObject *args) {
+    int slot;
+    SlotHeader hd;
+    long long now;
+    if (!PyArg_ParseTuple(args, "iKKLLKKL", &slot, &hd.state, &hd.length, &hd.source_ns, &hd.publish_ns, &hd.generation,
+                          &hd.source_seq, &now))
+        return NULL;
+    if (slot < 0 || (uint32_t)slot >= c->pool) return PyErr_Format(PyExc_ValueError, "no slot %d", slot);
+    if (c->closed) Py_RETURN_NONE;
+    return deliver(c, slot, &hd, now);
+}
+
+static PyObject *rc_write_entry(ReadCursor *c, PyObject *unused) {
+    write_entry(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *rc_held(ReadCursor *c, PyObject *unused) {
+    unsigned long long n = 0;
+    for (uint32_t i = 0; i < c->pool; i++) n += c->holds[i];
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+/* After close nothing touches the mapping or the file: the caller closes both next (every
+ * lock goes with the file), and the views are dropped here so that the mapping can go. */
+static PyObject *rc_close(ReadCursor *c, PyObject *unused) {
+    c->closed = 1;
+    memset(c->holds, 0, sizeof c->holds);
+    Py_CLEAR(c->views);
+    Py_CLEAR(c->sized_view);
+    Py_RETURN_NONE;
+}
+
+/* ReadCursor(address, fd, slots_offset, stride, pool, capacity, full_nbytes, views, sized_view,
+ *            message_type, entry, group_field, filtered) */
+static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
+    unsigned long long base, slots_offset, stride, capacity, full, group_field;
+    unsigned int pool;
+    Py_ssize_t entry;
+    int fd, filtered;
+    PyObject *views, *sized_view, *mtype;
+    if (!PyArg_ParseTuple(args, "KiKKIKKO!OO!nKp", &base, &fd, &slots_offset, &stride, &pool, &capacity, &full, &PyTuple_Type,
+                          &views, &sized_view, &PyType_Type, &mtype, &entry, &group_field, &filtered))
+        return -1;
+    if (pool < 1 || pool > MAX_POOL || PyTuple_GET_SIZE(views) != (Py_ssize_t)pool) {
+        PyErr_SetString(PyExc_ValueError, "pool and views disagree");
+        return -1;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)mtype, &MessageType)) {
+        PyErr_SetString(PyExc_TypeError, "message_type must subclass _fastpath.Message");
+        return -1;
+    }
+    c->base = (uint8_t *)(uintptr_t)base;
+    c->fd = fd;
+    c->slots_offset = slots_offset;
+    c->stride = stride;
+    c->pool = pool;
+    c->capacity = capacity;
+    c->full_nbytes = full;
+    c->entry = entry;
+    c->group_field = group_field;
+    c->in_group = group_field != 0;
+    c->filtered = filtered;
+    c->pid = (uint64_t)getpid();
+    Py_INCREF(views);
+    Py_XSETREF(c->views, views);
+    Py_INCREF(sized_view);
+    Py_XSETREF(c->sized_view, sized_view);
+    Py_INCREF(mtype);
+    Py_XSETREF(c->message_type, (PyTypeObject *)mtype);
+    return 0;
+}
+
+static void rc_dealloc(ReadCursor *c) {
+    Py_XDECREF(c->views);
+    Py_XDECREF(c->sized_view);
+    Py_XDECREF(c->message_type);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef rc_methods[] = {
+    {"receive", (PyCFunction)rc_receive, METH_O, "receive(timeout) -> Message, tuple (rare cases) or None"},
+    {"deliver", (PyCFunction)rc_deliver, METH_VARARGS, "deliver(slot, state, length, source_ns, publish_ns, generation, source_seq, now)"},
+    {"write_entry", (PyCFunction)rc_write_entry, METH_NOARGS, "write this reader's counters into its table entry"},
+    {"held", (PyCFunction)rc_held, METH_NOARGS, "messages held now"},
+    {"close", (PyCFunction)rc_close, METH_NOARGS, "forget every hold (the caller closes the file)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef rc_members[] = {
+    {"last_wake", T_UINT, offsetof(ReadCursor, last_wake), READONLY, NULL},
+    {"last_seq", T_ULONGLONG, offsetof(ReadCursor, last_seq), 0, NULL},
+    {"received", T_ULONGLONG, offsetof(ReadCursor, received), READONLY, NULL},
+    {"missed", T_ULONGLONG, offsetof(ReadCursor, missed), READONLY, NULL},
+    {"torn", T_ULONGLONG, offsetof(ReadCursor, torn), 0, NULL},
+    {"busy", T_ULONGLONG, offsetof(ReadCursor, busy), READONLY, NULL},
+    {"stale", T_ULONGLONG, offsetof(ReadCursor, stale), 0, NULL},
+    {"taken", T_ULONGLONG, offsetof(ReadCursor, taken), 0, NULL},
+    {"closed", T_INT, offsetof(ReadCursor, closed), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ReadCursorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.ReadCursor",
+    .tp_basicsize = sizeof(ReadCursor),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A reader's hot-path state: last word seen, holds per slot, counters.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)rc_init,
+    .tp_dealloc = (destructor)rc_dealloc,
+    .tp_methods = rc_methods,
+    .tp_members = rc_members,
+};
+
+/* Message(reader, slot, data, seq, stamp_ns, publish_ns, generation=0, source_seq=0): reader is a
+ * ReadCursor holding the slot, or None for a detached message (copy()). */
+static PyObject *message_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *cursor, *data;
+    int slot;
+    unsigned long long seq, generation = 0, source_seq = 0;
+    long long stamp_ns, publish_ns;
+    if (!PyArg_ParseTuple(args, "OiOKLL|KK", &cursor, &slot, &data, &seq, &stamp_ns, &publish_ns, &generation, &source_seq)) return NULL;
+    if (cursor != Py_None && !PyObject_TypeCheck(cursor, &ReadCursorType))
+        return PyErr_Format(PyExc_TypeError, "a Message's reader is a ReadCursor or None");
+    MessageObject *m = (MessageObject *)type->tp_alloc(type, 0);
+    if (m == NULL) return NULL;
+    if (cursor != Py_None) {
+        Py_INCREF(cursor);
+        m->cursor = (ReadCursor *)cursor;
+    }
+    Py_INCREF(data);
+    m->data = data;
+    m->slot = slot;
+    m->seq = seq;
+    m->stamp_ns = stamp_ns;
+    m->publish_ns = publish_ns;
+    m->generation = generation;
+    m->source_seq = source_seq;
+    return (PyObject *)m;
+}
+
+static void message_dealloc(MessageObject *m) {
+    message_release_hold(m);
+    Py_CLEAR(m->data);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *message_release(MessageObject *m, PyObject *unused) {
+    ReadCursor *c = m->cursor;
+    if (c != NULL) {
+        m->cursor = NULL;
+        int r = cursor_release(c, m->slot);
+        Py_DECREF(c);
+        if (r < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *message_enter(PyObject *m, PyObject *unused) {
+    Py_INCREF(m);
+    return m;
+}
+
+static PyObject *message_exit(MessageObject *m, PyObject *args) {
+    PyObject *r = message_release(m, NULL);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *message_held(MessageObject *m, void *unused) { return PyBool_FromLong(m->cursor != NULL); }
+
+static PyMethodDef message_methods[] = {
+    {"release", (PyCFunction)message_release, METH_NOARGS, "Let the writer reuse this message's slot (idempotent)."},
+    {"__enter__", (PyCFunction)message_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)message_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef message_members[] = {
+    {"data", T_OBJECT, offsetof(MessageObject, data), READONLY, "the payload: a read-only view of the slot while held"},
+    {"seq", T_ULONGLONG, offsetof(MessageObject, seq), READONLY, "sequence number (1, 2, ... per writer generation's topic)"},
+    {"stamp_ns", T_LONGLONG, offsetof(MessageObject, stamp_ns), READONLY, "source timestamp (CLOCK_REALTIME ns)"},
+    {"publish_ns", T_LONGLONG, offsetof(MessageObject, publish_ns), READONLY, "when it was published (CLOCK_REALTIME ns)"},
+    {"generation", T_ULONGLONG, offsetof(MessageObject, generation), READONLY, "which writer (1 = the first to attach) published it"},
+    {"source_seq", T_ULONGLONG, offsetof(MessageObject, source_seq), READONLY, "the input message it was computed from (0: none)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef message_getset[] = {
+    {"held", (getter)message_held, NULL, "True until released", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MessageType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.Message",
+    .tp_basicsize = sizeof(MessageObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A received message and its hold on a slot.",
+    .tp_new = message_new,
+    .tp_dealloc = (destructor)message_dealloc,
+    .tp_methods = message_methods,
+    .tp_members = message_members,
+    .tp_getset = message_getset,
+};
+
+/* ===================================================================== writing */
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *base;
+    int fd, closed, next_slot;
+    uint32_t pool;
+    uint64_t slots_offset, stride, capacity, exact_nbytes, full_nbytes;
+    unsigned long long seq, generation, published, dropped;
+    PyObject *views;       /* tuple: each slot's writable full-size array (loans) */
+    PyObject *sized_view;  /* callable (slot, nbytes) -> writable array; slot -1 is the scratch buffer */
+    PyObject *contiguous;  /* numpy.ascontiguousarray, for a publish of a non-contiguous array */
+    PyObject *topic;       /* for error messages */
+    PyObject *closed_error;
+    PyTypeObject *loan_type;
+    uint32_t order[MAX_POOL]; /* slots oldest first: the next to write is the first free one */
+} WriteCursor;
+
+typedef struct {
+    PyObject_HEAD
+    WriteCursor *writer;
+    int slot, done;
+    uint64_t nbytes;
+    PyObject *data, *stamp_ns, *seq;
+    unsigned long long source_seq;
+} LoanObject;
+
+static int closed_check(WriteCursor *w) {
+    if (!w->closed) return 0;
+    PyErr_Format(w->closed_error, "writer of topic %R is closed", w->topic);
+    return -1;
+}
+
+/* Lock the oldest of the first `candidates` slots that no reader holds; -1 when all are held. */
+static int lock_oldest_free(WriteCursor *w, uint32_t candidates) {
+    for (uint32_t i = 0; i < candidates; i++) {
+        int r = ofd_lock(w->fd, LOCK_SLOT0 + w->order[i], F_WRLCK);
+        if (r < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -2;
+        }
+        if (r == 1) return (int)w->order[i];
+    }
+    return -1;
+}
+
+/* The slot to write next, locked and marked odd (being written): the one locked ahead, or
+ * the oldest free. -1: every slot is held by readers (counted as dropped); -2: error set. */
+static int begin_write(WriteCursor *w) {
+    int slot = w->next_slot;
+    if (slot >= 0)
+        w->next_slot = -1;
+    else
+        slot = lock_oldest_free(w, w->pool);
+    if (slot == -1) w->dropped++;
+    if (slot >= 0) __atomic_store_n((uint64_t *)(w->base + w->slots_offset + slot * w->stride), 2 * w->seq + 1, __ATOMIC_RELEASE);
+    return slot;
+}
+
+static void move_order(WriteCursor *w, int slot, int to_end) {
+    uint32_t i = 0;
+    while (i < w->pool && w->order[i] != (uint32_t)slot) i++;
+    if (i == w->pool) return;
+    if (to_end) {
+        memmove(&w->order[i], &w->order[i + 1], (w->pool - 1 - i) * sizeof(uint32_t));
+        w->order[w->pool - 1] = (uint32_t)slot;
+    } else {
+        memmove(&w->order[1], &w->order[0], i * sizeof(uint32_t));
+        w->order[0] = (uint32_t)slot;
+    }
+}
+
+/* The publish itself: header, state even, unlock, newest sequence, wake word, wake; then the
+ * next slot is locked ahead (never the newest, which readers want; never with a pool of one). */
+static PyObject *commit_slot(WriteCursor *w, int slot, uint64_t length, PyObject *stamp, unsigned long long source_seq) {
+    int64_t src = -1;
+    if (stamp != NULL && stamp != Py_None) {
+        src = PyLong_AsLongLong(stamp);
+        if (src == -1 && PyErr_Occurred()) return NULL;
+    }
+    uint64_t seq = ++w->seq;
+    uint8_t *h = w->base + w->slots_offset + slot * w->stride;
+    int64_t now = realtime_ns();
+    if (src < 0) src = now;
     memcpy(h + 8, &length, 8);
     memcpy(h + 16, &src, 8);
     memcpy(h + 24, &now, 8);
-    memcpy(h + 32, &generation, 8);
+    memcpy(h + 32, &w->generation, 8);
     memcpy(h + 40, &source_seq, 8);
     __atomic_store_n((uint64_t *)h, 2 * seq, __ATOMIC_RELEASE);
-    if (ofd_lock(fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    __atomic_store_n((uint64_t *)(uintptr_t)(base + LATEST_SEQ_OFFSET), seq, __ATOMIC_RELEASE);
-    uint32_t *wake = (uint32_t *)(uintptr_t)(base + WAKE_OFFSET);
-    __atomic_store_n(wake, (uint32_t)(((seq & 0xffffff) << 8) | slot), __ATOMIC_RELEASE);
+    if (ofd_lock(w->fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    __atomic_store_n((uint64_t *)(w->base + LATEST_SEQ_OFFSET), seq, __ATOMIC_RELEASE);
+    uint32_t *wake = (uint32_t *)(w->base + WAKE_OFFSET);
+    __atomic_store_n(wake, (uint32_t)(((seq & 0xffffff) << 8) | (uint32_t)slot), __ATOMIC_RELEASE);
     syscall(SYS_futex, wake, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
-    return PyLong_FromLongLong(now);
+    w->published++;
+    move_order(w, slot, 1);
+    if (w->pool > 1) {
+        int next = lock_oldest_free(w, w->pool - 1);
+        if (next == -2) return NULL;
+        w->next_slot = next;
+    }
+    return PyLong_FromUnsignedLongLong(seq);
 }
+
+static int get_payload(WriteCursor *w, PyObject *data, Py_buffer *b) {
+    if (PyObject_GetBuffer(data, b, PyBUF_C_CONTIGUOUS) == 0) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_BufferError) && !PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+    PyErr_Clear(); /* a strided array: copy it to a contiguous one first */
+    PyObject *flat = PyObject_CallOneArg(w->contiguous, data);
+    if (flat == NULL) return -1;
+    int r = PyObject_GetBuffer(flat, b, PyBUF_C_CONTIGUOUS);
+    Py_DECREF(flat);
+    return r;
+}
+
+/* publish(data, stamp_ns=None, source_seq=0) -> seq, or None when every slot is held (dropped). */
+static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 3) return PyErr_Format(PyExc_TypeError, "publish takes 1 to 3 arguments");
+    if (closed_check(w) < 0) return NULL;
+    unsigned long long source_seq = 0;
+    if (nargs == 3) {
+        source_seq = PyLong_AsUnsignedLongLong(args[2]);
+        if (source_seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    }
+    Py_buffer b;
+    if (get_payload(w, args[0], &b) < 0) return NULL;
+    uint64_t n = (uint64_t)b.len;
+    if (n > w->capacity || (w->exact_nbytes && n != w->exact_nbytes)) {
+        PyBuffer_Release(&b);
+        if (n > w->capacity)
+            return PyErr_Format(PyExc_ValueError, "cannot publish %llu bytes to topic %R: capacity is %llu bytes",
+                                (unsigned long long)n, w->topic, (unsigned long long)w->capacity);
+        return PyErr_Format(PyExc_ValueError, "cannot publish %llu bytes to topic %R: its dtype and shape need exactly %llu",
+                            (unsigned long long)n, w->topic, (unsigned long long)w->exact_nbytes);
+    }
+    int slot = begin_write(w);
+    if (slot < 0) {
+        PyBuffer_Release(&b);
+        if (slot == -2) return NULL;
+        Py_RETURN_NONE;
+    }
+    uint8_t *dst = w->base + w->slots_offset + slot * w->stride + SLOT_HEADER;
+    if (n >= BIG_COPY) { /* a frame: let other threads run during the copy */
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, b.buf, n);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(dst, b.buf, n);
+    }
+    PyBuffer_Release(&b);
+    if (closed_check(w) < 0) return NULL; /* closed by another thread during the copy */
+    return commit_slot(w, slot, n, nargs >= 2 ? args[1] : NULL, source_seq);
+}
+
+/* loan(nbytes, stamp_ns, source_seq) -> Loan: a slot to fill in place (a scratch buffer when
+ * every slot is held: the loan is then dropped, as a publish would be). */
+static PyObject *wc_loan(WriteCursor *w, PyObject *args) {
+    unsigned long long nbytes, source_seq;
+    PyObject *stamp;
+    if (!PyArg_ParseTuple(args, "KOK", &nbytes, &stamp, &source_seq)) return NULL;
+    if (closed_check(w) < 0) return NULL;
+    int slot = begin_write(w);
+    if (slot == -2) return NULL;
+    PyObject *data;
+    if (slot >= 0 && nbytes == w->full_nbytes) {
+        data = PyTuple_GET_ITEM(w->views, slot);
+        Py_INCREF(data);
+    } else {
+        data = PyObject_CallFunction(w->sized_view, "iK", slot, nbytes);
+    }
+    if (data == NULL) {
+        if (slot >= 0) {
+            ofd_lock(w->fd, LOCK_SLOT0 + slot, F_UNLCK);
+            move_order(w, slot, 0);
+        }
+        return NULL;
+    }
+    LoanObject *l = (LoanObject *)w->loan_type->tp_alloc(w->loan_type, 0);
+    if (l == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    Py_INCREF(w);
+    l->writer = w;
+    l->slot = slot;
+    l->nbytes = nbytes;
+    l->data = data;
+    Py_INCREF(stamp);
+    l->stamp_ns = stamp;
+    Py_INCREF(Py_None);
+    l->seq = Py_None;
+    l->source_seq = source_seq;
+    return (PyObject *)l;
+}
+
+/* Like ReadCursor.close: nothing touches the mapping or the file afterwards. */
+static PyObject *wc_close(WriteCursor *w, PyObject *unused) {
+    w->closed = 1;
+    Py_CLEAR(w->views);
+    Py_CLEAR(w->sized_view);
+    Py_RETURN_NONE;
+}
+
+/* WriteCursor(address, fd, slots_offset, stride, capacity, exact_nbytes, full_nbytes, seq, generation,
+ *             order, views, sized_view, contiguous, topic, closed_error, loan_type) */
+static int wc_init(WriteCursor *w, PyObject *args, PyObject *kw) {
+    unsigned long long base, slots_offset, stride, capacity, exact, full, seq, generation;
+    int fd;
+    PyObject *order, *views, *sized_view, *contiguous, *topic, *closed_error, *ltype;
+    if (!PyArg_ParseTuple(args, "KiKKKKKKKO!O!OOOOO!", &base, &fd, &slots_offset, &stride, &capacity, &exact, &full, &seq, &generation,
+                          &PyTuple_Type, &order, &PyTuple_Type, &views, &sized_view, &contiguous, &topic, &closed_error, &PyType_Type, &ltype))
+        return -1;
+    Py_ssize_t pool = PyTuple_GET_SIZE(order);
+    if (pool < 1 || pool > MAX_POOL || PyTuple_GET_SIZE(views) != pool) {
+        PyErr_SetString(PyExc_ValueError, "order and views must list every slot");
+        return -1;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)ltype, &LoanType)) {
+        PyErr_SetString(PyExc_TypeError, "loan_type must subclass _fastpath.Loan");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < pool; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(order, i));
+        if (v < 0 || v >= pool) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "order names a slot past the pool");
+            return -1;
+        }
+        w->order[i] = (uint32_t)v;
+    }
+    w->base = (uint8_t *)(uintptr_t)base;
+    w->fd = fd;
+    w->pool = (uint32_t)pool;
+    w->slots_offset = slots_offset;
+    w->stride = stride;
+    w->capacity = capacity;
+    w->exact_nbytes = exact;
+    w->full_nbytes = full;
+    w->seq = seq;
+    w->generation = generation;
+    w->next_slot = -1;
+    PyObject *keep[6] = {views, sized_view, contiguous, topic, closed_error, ltype};
+    PyObject **slots[6] = {&w->views, &w->sized_view, &w->contiguous, &w->topic, &w->closed_error, (PyObject **)&w->loan_type};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(keep[i]);
+        Py_XSETREF(*slots[i], keep[i]);
+    }
+    return 0;
+}
+
+static void wc_dealloc(WriteCursor *w) {
+    Py_XDECREF(w->views);
+    Py_XDECREF(w->sized_view);
+    Py_XDECREF(w->contiguous);
+    Py_XDECREF(w->topic);
+    Py_XDECREF(w->closed_error);
+    Py_XDECREF(w->loan_type);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyMethodDef wc_methods[] = {
+    {"publish", (PyCFunction)(void (*)(void))wc_publish, METH_FASTCALL, "publish(data, stamp_ns=None, source_seq=0) -> seq or None"},
+    {"loan", (PyCFunction)wc_loan, METH_VARARGS, "loan(nbytes, stamp_ns, source_seq) -> Loan"},
+    {"close", (PyCFunction)wc_close, METH_NOARGS, "refuse every later call (the caller closes the file)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef wc_members[] = {
+    {"seq", T_ULONGLONG, offsetof(WriteCursor, seq), READONLY, NULL},
+    {"generation", T_ULONGLONG, offsetof(WriteCursor, generation), READONLY, NULL},
+    {"published", T_ULONGLONG, offsetof(WriteCursor, published), READONLY, NULL},
+    {"dropped", T_ULONGLONG, offsetof(WriteCursor, dropped), READONLY, NULL},
+    {"closed", T_INT, offsetof(WriteCursor, closed), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject WriteCursorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.WriteCursor",
+    .tp_basicsize = sizeof(WriteCursor),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A writer's hot-path state: sequence, slot order, the slot locked ahead, counters.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)wc_init,
+    .tp_dealloc = (destructor)wc_dealloc,
+    .tp_methods = wc_methods,
+    .tp_members = wc_members,
+};
+
+static PyObject *loan_publish(LoanObject *l, PyObject *unused) {
+    if (!l->done) {
+        l->done = 1;
+        if (l->slot >= 0) {
+            if (closed_check(l->writer) < 0) return NULL;
+            PyObject *seq = commit_slot(l->writer, l->slot, l->nbytes, l->stamp_ns, l->source_seq);
+            if (seq == NULL) return NULL;
+            Py_SETREF(l->seq, seq);
+        }
+    }
+    Py_INCREF(l->seq);
+    return l->seq;
+}
+
+static PyObject *loan_cancel(LoanObject *l, PyObject *unused) {
+    if (!l->done) {
+        l->done = 1;
+        WriteCursor *w = l->writer;
+        if (l->slot >= 0 && !w->closed) { /* the slot stays odd (never delivered) and is reused first */
+            if (ofd_lock(w->fd, LOCK_SLOT0 + l->slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+            move_order(w, l->slot, 0);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *loan_enter(LoanObject *l, PyObject *unused) {
+    Py_INCREF(l->data);
+    return l->data;
+}
+
+static PyObject *loan_exit(LoanObject *l, PyObject *args) {
+    PyObject *exc_type = PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : Py_None;
+    PyObject *r = exc_type == Py_None ? loan_publish(l, NULL) : loan_cancel(l, NULL);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *loan_dropped(LoanObject *l, void *unused) { return PyBool_FromLong(l->slot < 0); }
+
+static void loan_dealloc(LoanObject *l) {
+    Py_XDECREF(l->writer);
+    Py_XDECREF(l->data);
+    Py_XDECREF(l->stamp_ns);
+    Py_XDECREF(l->seq);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyMethodDef loan_methods[] = {
+    {"publish", (PyCFunction)loan_publish, METH_NOARGS, "Publish the loaned slot now (what a clean exit of the with block does); None if dropped."},
+    {"cancel", (PyCFunction)loan_cancel, METH_NOARGS, "Give the slot back unpublished (what an exception in the block does)."},
+    {"__enter__", (PyCFunction)loan_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)loan_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef loan_members[] = {
+    {"data", T_OBJECT, offsetof(LoanObject, data), READONLY, "the writable view to fill"},
+    {"stamp_ns", T_OBJECT, offsetof(LoanObject, stamp_ns), 0, "source timestamp (None: the publish time)"},
+    {"source_seq", T_ULONGLONG, offsetof(LoanObject, source_seq), 0, "the input message this output comes from"},
+    {"seq", T_OBJECT, offsetof(LoanObject, seq), READONLY, "the published sequence number (None before, and if dropped)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef loan_getset[] = {
+    {"dropped", (getter)loan_dropped, NULL, "True when no slot was free: nothing this loan holds will be published", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LoanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.Loan",
+    .tp_basicsize = sizeof(LoanObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A slot being filled in place.",
+    .tp_dealloc = (destructor)loan_dealloc,
+    .tp_methods = loan_methods,
+    .tp_members = loan_members,
+    .tp_getset = loan_getset,
+};
 
 static int to_timespec(PyObject *timeout, struct timespec *ts, int absolute) {
     if (timeout == Py_None) return 0;
@@ -210,8 +914,6 @@ static PyObject *py_futex_wait_any(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"lock", py_lock, METH_VARARGS, "lock(fd, byte, kind) -> bool: kind 0 shared, 1 exclusive, 2 unlock; never blocks"},
-    {"take", py_take, METH_VARARGS, "take(base, fd, slots_offset, stride, last_wake, held) -> None or the slot's header"},
-    {"commit", py_commit, METH_VARARGS, "commit(base, fd, slot_offset, slot, seq, length, source_ns, generation, source_seq) -> publish_ns"},
     {"futex_wait", py_futex_wait, METH_VARARGS, "futex_wait(addr, expected, timeout): sleep while the word equals expected"},
     {"futex_wake", py_futex_wake, METH_VARARGS, "futex_wake(addr): wake every sleeper on the word"},
     {"futex_wait_any", py_futex_wait_any, METH_VARARGS, "futex_wait_any(words, timeout) -> False if futex_waitv is missing"},
@@ -220,4 +922,20 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", "Pool-topic hot path system calls (Linux).", -1, methods};
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    PyTypeObject *types[] = {&MessageType, &ReadCursorType, &WriteCursorType, &LoanType};
+    const char *names[] = {"Message", "ReadCursor", "WriteCursor", "Loan"};
+    for (int i = 0; i < 4; i++)
+        if (PyType_Ready(types[i]) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    for (int i = 0; i < 4; i++) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
+}

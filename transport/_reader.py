@@ -11,23 +11,18 @@ hands out a zero-copy view. The lock is dropped when the message is released: by
 
 from __future__ import annotations
 
-import array
-import functools
 import math
-import os
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from . import _layout as L
 from ._errors import ClosedError
 from ._layout import normalize_request
 from ._runtime import default_runtime_dir
 from ._segment import Segment, open_for_reading
-from .backend import ByteLock, futex_wait, futex_wait_any, take
+from .backend import ByteLock, MessageBase, ReadCursor, futex_wait_any
 
 _U64 = struct.Struct("<Q")
 #: Timeouts at or above this many seconds (about 116 days; inf too) mean "wait forever": the
@@ -100,27 +95,25 @@ class Reader:
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
         request = normalize_request(capacity, pool, dtype, shape)
         self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request, observer=observer)
-        self.config = self._seg.config
-        self._holds = array.array("I", bytes(4 * self.config.pool))  # messages held per slot (read by _fastpath.take)
-        self._last_wake = 0
-        self._last_seq = 0
-        self._max_age_ns = None if max_age is None else int(max_age * 1e9)
-        self._received = self._missed = self._torn = self._busy = self._stale = 0
-        self._last_age_ns = self._last_receive_ns = 0
-        self._entry = None if observer else self._seg.claim_reader_entry()
-        self._pid = os.getpid()
         seg = self._seg
-        self._look = functools.partial(take, seg.address, seg.fd, seg.slots_offset, seg.slot_stride)
-        self._taken = 0
+        self.config = seg.config
+        self._max_age_ns = None if max_age is None else int(max_age * 1e9)
+        entry = None if observer else seg.claim_reader_entry()
         self._claims = None
-        self._group_field = 0
+        group_field = 0
         if group is not None:
-            g = self._seg.join_group(group)
-            self._claims = (L.group_claims_offset(g), [ByteLock(self._seg.fd, L.LOCK_CLAIM0 + g * L.MAX_POOL + i)
-                                                        for i in range(self.config.pool)])
-            self._group_field = g + 1
-            self._write_entry()  # tools show the membership before the first message
-        self._filtered = self._max_age_ns is not None or self._claims is not None
+            g = seg.join_group(group)
+            self._claims = (L.group_claims_offset(g), [ByteLock(seg.fd, L.LOCK_CLAIM0 + g * L.MAX_POOL + i) for i in range(self.config.pool)])
+            group_field = g + 1
+        # Every message's steps are one C call (see _fastpath.c); the rare cases come back to
+        # _accept. Readers that filter (max_age, group) see every message in _accept.
+        self._cursor = ReadCursor(
+            seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.pool, self.config.capacity, seg.full_nbytes,
+            tuple(seg.ro_full), seg.read_view, Message, -1 if entry is None else entry, group_field,
+            self._max_age_ns is not None or self._claims is not None,
+        )
+        if group is not None:
+            self._cursor.write_entry()  # tools show the membership before the first message
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -130,76 +123,54 @@ class Reader:
         message whose slot is being written is not returned; the next one is waited for.
         ``inf`` (or any timeout of 10**7 s or more) waits forever; ``nan`` is a ValueError.
         """
-        seg = self._seg
-        if seg is None:
+        cursor = self._cursor
+        if cursor.closed:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
         timeout = wait_seconds(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            msg = self._take()
-            if msg is not None:
-                return msg
-            # Sleep while the word still says what we last saw; a publish since the look
-            # above changed it, and the wait returns at once.
-            if deadline is None:
-                futex_wait(seg.wake_address, self._last_wake, None)
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                futex_wait(seg.wake_address, self._last_wake, remaining)
+        start = time.monotonic() if timeout else 0.0
+        got = cursor.receive(timeout)  # sleep, wake, take: one C call
+        if got.__class__ is not tuple:
+            return got  # a Message, or None (timed out)
+        while (msg := self._accept(got)) is None:
+            left = None if timeout is None else max(0.0, start + timeout - time.monotonic())
+            got = cursor.receive(left)
+            if got.__class__ is not tuple:
+                return got
+        return msg
 
     def receive_nowait(self) -> Message | None:
         """The newest message not yet seen, or None at once (also when it is being written)."""
-        if self._seg is None:
+        cursor = self._cursor
+        if cursor.closed:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
-        return self._take()
+        got = cursor.receive(0.0)
+        return got if got.__class__ is not tuple else self._accept(got)
 
-    def _take(self) -> Message | None:
-        """One look: the newest message if it is new, whole and ours to take (the hot path:
-        kept short, since after an idle moment it runs from cold caches)."""
-        got = self._look(self._last_wake, self._holds)
-        if got is None:
-            return None  # the word has not moved: nothing new
-        wake, slot, locked, state, length, source_ns, publish_ns, generation, source_seq, now = got
-        self._last_wake = wake
+    def _accept(self, got: tuple) -> Message | None:
+        """The rare cases: half-written, already seen, too old, or taken by the group. The
+        message if it passes, else None (its slot let go)."""
+        slot, locked, state, length, source_ns, publish_ns, generation, source_seq, now = got
+        cursor = self._cursor
         seq = state >> 1
-        last = self._last_seq
-        if (locked < 0 or state & 1 or seq <= last or self._filtered) and not self._accept(slot, locked, state, seq, now - publish_ns):
-            return None
-        self._holds[slot] += 1
-        if last and seq > last + 1 and self._claims is None:  # in a group, gaps are the others' share
-            self._missed += seq - last - 1
-        self._last_seq = seq
-        self._received += 1
-        self._last_age_ns = now - publish_ns
-        self._last_receive_ns = now
-        return Message(self, slot, self._seg.read_view(slot, length), seq, source_ns, publish_ns, generation, source_seq)
-
-    def _accept(self, slot: int, locked: int, state: int, seq: int, age_ns: int) -> bool:
-        """The rare cases: busy, half-written, already seen, too old, or taken by the group."""
-        if locked < 0:
-            self._busy += 1  # the writer is rewriting it: a newer word follows
-            return False
         reason = None
         if state & 1:
-            self._torn += 1
+            cursor.torn += 1
             reason = "torn"
-        elif seq <= self._last_seq:
+        elif seq <= cursor.last_seq:
             reason = "seen"
-        elif self._max_age_ns is not None and age_ns > self._max_age_ns:
-            self._stale += 1
+        elif self._max_age_ns is not None and now - publish_ns > self._max_age_ns:
+            cursor.stale += 1
             reason = "stale"
         elif self._claims is not None and not self._claim(slot, seq):
-            self._taken += 1
+            cursor.taken += 1
             reason = "taken"
         if reason is None:
-            return True
+            return cursor.deliver(slot, state, length, source_ns, publish_ns, generation, source_seq, now)
         if reason in ("stale", "taken"):
-            self._last_seq = seq
+            cursor.last_seq = seq
         if locked:
             self._seg.slot_locks[slot].release()
-        return False
+        return None
 
     def _claim(self, slot: int, seq: int) -> bool:
         """Take message ``seq`` of ``slot`` for this reader's group; False if a member has it."""
@@ -215,25 +186,10 @@ class Reader:
         finally:
             locks[slot].release()
 
-    def _release(self, slot: int) -> None:
-        seg = self._seg
-        if seg is None:
-            return
-        held = self._holds[slot] - 1
-        self._holds[slot] = held
-        if held == 0:
-            seg.slot_locks[slot].release()
-        self._write_entry()  # after the release: the reader table is off the latency path
-
-    def _write_entry(self) -> None:
-        if self._entry is not None:
-            L.READER_ENTRY.pack_into(self._seg.mm, self._entry, self._pid, self._received, self._missed, self._last_seq,
-                                     self._last_age_ns, self._last_receive_ns, self._stale, self._group_field)
-
     # ----- waiting on several topics at once (used by the node runtime)
     def wait_word(self) -> tuple[int, int]:
         """(address, value) of the futex word to sleep on while nothing is new."""
-        return self._seg.wake_address, self._last_wake
+        return self._seg.wake_address, self._cursor.last_wake
 
     # ----- state
     def writer_alive(self) -> bool:
@@ -241,8 +197,8 @@ class Reader:
         return self._seg.writer_lock.is_held_by_others()
 
     def statistics(self) -> ReaderStatistics:
-        return ReaderStatistics(self._received, self._missed, self._torn, self._busy, self._stale, self._taken, self._last_seq,
-                                sum(self._holds))
+        c = self._cursor
+        return ReaderStatistics(c.received, c.missed, c.torn, c.busy, c.stale, c.taken, c.last_seq, c.held())
 
     @property
     def closed(self) -> bool:
@@ -251,6 +207,7 @@ class Reader:
     def close(self) -> None:
         """Release this process's mapping and every slot this reader holds. The topic stays."""
         if self._seg is not None:
+            self._cursor.close()
             self._seg.close()
             self._seg = None
 
@@ -261,7 +218,7 @@ class Reader:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"last_seq={self._last_seq}"
+        state = "closed" if self.closed else f"last_seq={self._cursor.last_seq}"
         return f"<Reader {self.topic!r} {self.config.describe()} {state}>"
 
 
@@ -274,55 +231,28 @@ def wait_any(readers: list[Reader], timeout: float | None) -> None:
     futex_wait_any([r.wait_word() for r in readers], wait_seconds(timeout))
 
 
-class Message:
+class Message(MessageBase):
     """One received message: a zero-copy view of its slot, held until released.
 
     While held, the writer will not reuse the slot, so ``data`` stays valid and intact.
     ``with msg:`` (or ``release()``, or dropping the last reference) lets the slot go;
     after that ``data`` may be overwritten at any time: ``copy()`` first to keep it.
+    Fields: ``data``, ``seq``, ``stamp_ns`` (source time), ``publish_ns``, ``generation``
+    (which writer, 1 = the first to attach, published it) and ``source_seq`` (the input
+    message it was computed from, 0: none). The fields and the hold are C
+    (``_fastpath.Message``): a message costs no Python code to make or to release.
     """
 
-    __slots__ = ("data", "seq", "stamp_ns", "publish_ns", "generation", "source_seq", "_reader", "_slot")
-
-    def __init__(self, reader: Reader | None, slot: int, data: np.ndarray, seq: int, stamp_ns: int, publish_ns: int,
-                 generation: int = 0, source_seq: int = 0) -> None:
-        self._reader = reader
-        self._slot = slot
-        self.data = data
-        self.seq = seq
-        self.stamp_ns = stamp_ns
-        self.publish_ns = publish_ns
-        self.generation = generation  # which writer (1 = the first to attach) published it
-        self.source_seq = source_seq  # the input message it was computed from (0: none)
+    __slots__ = ()
 
     @property
     def age_ns(self) -> int:
         """Nanoseconds since the message was published."""
         return time.time_ns() - self.publish_ns
 
-    @property
-    def held(self) -> bool:
-        return self._reader is not None
-
-    def release(self) -> None:
-        """Let the writer reuse this message's slot (idempotent)."""
-        reader = self._reader
-        if reader is not None:
-            self._reader = None
-            reader._release(self._slot)
-
     def copy(self) -> Message:
         """A detached message owning a copy of the data; holds no slot."""
         return Message(None, -1, self.data.copy(), self.seq, self.stamp_ns, self.publish_ns, self.generation, self.source_seq)
-
-    def __enter__(self) -> Message:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         return f"<Message seq={self.seq} {self.data.dtype}{list(self.data.shape)} {'held' if self.held else 'released'}>"

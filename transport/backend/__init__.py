@@ -8,7 +8,8 @@ byte ranges, named events; see shared/notes/windows.md). What a backend provides
 - segment files: ``SHM_ROOT``, ``reserve(fd, size)``, ``free_bytes(fd)``, ``map_file(fd, size)``,
   ``buffer_address(buf)``;
 - locks: ``ByteLock(fd, offset)`` (one lock byte, released by the system when a process dies);
-- wake-up and the hot path: ``futex_wait``, ``futex_wake``, ``futex_wait_any``, ``take``, ``commit``;
+- wake-up and the hot path: ``futex_wait``, ``futex_wake``, ``futex_wait_any``, ``ReadCursor``,
+  ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
 - processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
   ``child_pids(pid)``, ``become_subreaper()``, ``prepare_child(...)``, ``allowed_cpus()``,
   ``own_priority()``, ``may_raise_priority(nice)``.
@@ -29,12 +30,15 @@ try:
     from ._linux import (
         SHM_ROOT,
         ByteLock,
+        LoanBase,
+        MessageBase,
         ProcessInfo,
+        ReadCursor,
+        WriteCursor,
         allowed_cpus,
         become_subreaper,
         buffer_address,
         child_pids,
-        commit,
         free_bytes,
         futex_wait,
         futex_wait_any,
@@ -46,7 +50,6 @@ try:
         process_info,
         process_start_time,
         reserve,
-        take,
     )
 
     AVAILABLE = True
@@ -67,8 +70,16 @@ except ImportError as exc:  # another system, or the C module was not built
         def __init__(self, *_args) -> None:
             _unavailable()
 
-    buffer_address = child_pids = commit = free_bytes = futex_wait = futex_wait_any = futex_wake = _unavailable
-    map_file = prepare_child = process_info = process_start_time = reserve = take = become_subreaper = _unavailable
+    class MessageBase:  # type: ignore[no-redef]
+        __slots__ = ()
+
+        def __new__(cls, *_args):
+            _unavailable()
+
+    LoanBase = MessageBase  # type: ignore[misc]
+
+    buffer_address = child_pids = ReadCursor = WriteCursor = free_bytes = futex_wait = futex_wait_any = futex_wake = _unavailable
+    map_file = prepare_child = process_info = process_start_time = reserve = become_subreaper = _unavailable
 
     # What a launch-file check asks, answered from what Python itself knows on any system.
     def allowed_cpus() -> set[int]:
@@ -87,12 +98,15 @@ __all__ = [
     "SHM_ROOT",
     "UNAVAILABLE_REASON",
     "ByteLock",
+    "LoanBase",
+    "MessageBase",
     "ProcessInfo",
+    "ReadCursor",
+    "WriteCursor",
     "allowed_cpus",
     "become_subreaper",
     "buffer_address",
     "child_pids",
-    "commit",
     "free_bytes",
     "futex_wait",
     "futex_wait_any",
@@ -104,5 +118,4 @@ __all__ = [
     "process_info",
     "process_start_time",
     "reserve",
-    "take",
 ]

@@ -90,9 +90,12 @@ def buffer_address(buf) -> tuple[int, object]:
     return ctypes.addressof(pin), pin
 
 
-#: take(base, fd, slots_offset, stride, last_wake, holds) and commit(...): see _fastpath.c.
-take = _fastpath.take
-commit = _fastpath.commit
+#: The hot path (see _fastpath.c): a reader's and a writer's per-message state and steps, and
+#: the base types of Message and Loan, whose every-message work (release, publish) is C.
+ReadCursor = _fastpath.ReadCursor
+WriteCursor = _fastpath.WriteCursor
+MessageBase = _fastpath.Message
+LoanBase = _fastpath.Loan
 
 #: futex_wait(address, expected, timeout): sleep while the 32-bit word equals ``expected``, at
 #: most ``timeout`` s (None: no limit); every return is safe, the caller re-checks.
