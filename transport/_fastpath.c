@@ -405,7 +405,10 @@ static PyObject *message_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void message_dealloc(MessageObject *m) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb); /* an exception being raised must survive this */
     message_release_hold(m);
+    PyErr_Restore(et, ev, tb);
     Py_CLEAR(m->data);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
@@ -585,17 +588,52 @@ static int get_payload(WriteCursor *w, PyObject *data, Py_buffer *b) {
     return r;
 }
 
-/* publish(data, stamp_ns=None, source_seq=0) -> seq, or None when every slot is held (dropped). */
-static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 3) return PyErr_Format(PyExc_TypeError, "publish takes 1 to 3 arguments");
-    if (closed_check(w) < 0) return NULL;
-    unsigned long long source_seq = 0;
-    if (nargs == 3) {
-        source_seq = PyLong_AsUnsignedLongLong(args[2]);
-        if (source_seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+/* Positional-or-keyword arguments of a METH_FASTCALL|METH_KEYWORDS method: out[i] is the
+ * argument named names[i] (borrowed), or NULL when not given. -1 with TypeError on a mistake. */
+static int fast_args(const char *fn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *const *names, int n,
+                     int required, PyObject **out) {
+    for (int i = 0; i < n; i++) out[i] = i < nargs ? args[i] : NULL;
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fn, n, nargs);
+        return -1;
     }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+        if (key == NULL) return -1;
+        int i = 0;
+        while (i < n && strcmp(key, names[i]) != 0) i++;
+        if (i == n || out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, i == n ? "%s() got an unexpected keyword argument '%s'" : "%s() got multiple values for argument '%s'",
+                         fn, key);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (int i = 0; i < required; i++)
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fn, names[i]);
+            return -1;
+        }
+    return 0;
+}
+
+static int source_seq_arg(PyObject *o, unsigned long long *out) {
+    *out = 0;
+    if (o == NULL) return 0;
+    *out = PyLong_AsUnsignedLongLong(o);
+    return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* publish(data, stamp_ns=None, source_seq=0) -> seq, or None when every slot is held (dropped). */
+static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"data", "stamp_ns", "source_seq"};
+    PyObject *a[3];
+    unsigned long long source_seq;
+    if (fast_args("publish", args, nargs, kwnames, names, 3, 1, a) < 0 || source_seq_arg(a[2], &source_seq) < 0) return NULL;
+    if (closed_check(w) < 0) return NULL;
     Py_buffer b;
-    if (get_payload(w, args[0], &b) < 0) return NULL;
+    if (get_payload(w, a[0], &b) < 0) return NULL;
     uint64_t n = (uint64_t)b.len;
     if (n > w->capacity || (w->exact_nbytes && n != w->exact_nbytes)) {
         PyBuffer_Release(&b);
@@ -621,15 +659,25 @@ static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t na
     }
     PyBuffer_Release(&b);
     if (closed_check(w) < 0) return NULL; /* closed by another thread during the copy */
-    return commit_slot(w, slot, n, nargs >= 2 ? args[1] : NULL, source_seq);
+    return commit_slot(w, slot, n, a[1], source_seq);
 }
 
-/* loan(nbytes, stamp_ns, source_seq) -> Loan: a slot to fill in place (a scratch buffer when
- * every slot is held: the loan is then dropped, as a publish would be). */
-static PyObject *wc_loan(WriteCursor *w, PyObject *args) {
-    unsigned long long nbytes, source_seq;
-    PyObject *stamp;
-    if (!PyArg_ParseTuple(args, "KOK", &nbytes, &stamp, &source_seq)) return NULL;
+/* loan(nbytes=None, stamp_ns=None, source_seq=0) -> Loan: a slot to fill in place (a scratch
+ * buffer when every slot is held: the loan is then dropped, as a publish would be). */
+static PyObject *wc_loan(WriteCursor *w, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"nbytes", "stamp_ns", "source_seq"};
+    PyObject *a[3];
+    unsigned long long nbytes = w->full_nbytes, source_seq;
+    if (fast_args("loan", args, nargs, kwnames, names, 3, 0, a) < 0 || source_seq_arg(a[2], &source_seq) < 0) return NULL;
+    PyObject *stamp = a[1] ? a[1] : Py_None;
+    if (a[0] != NULL && a[0] != Py_None) {
+        long long want = PyLong_AsLongLong(a[0]);
+        if (want == -1 && PyErr_Occurred()) return NULL;
+        if (want < 0 || (unsigned long long)want > w->capacity)
+            return PyErr_Format(PyExc_ValueError, "cannot loan %lld bytes of topic %R: capacity is %llu bytes", want, w->topic,
+                                (unsigned long long)w->capacity);
+        nbytes = (unsigned long long)want;
+    }
     if (closed_check(w) < 0) return NULL;
     int slot = begin_write(w);
     if (slot == -2) return NULL;
@@ -730,8 +778,8 @@ static void wc_dealloc(WriteCursor *w) {
 }
 
 static PyMethodDef wc_methods[] = {
-    {"publish", (PyCFunction)(void (*)(void))wc_publish, METH_FASTCALL, "publish(data, stamp_ns=None, source_seq=0) -> seq or None"},
-    {"loan", (PyCFunction)wc_loan, METH_VARARGS, "loan(nbytes, stamp_ns, source_seq) -> Loan"},
+    {"publish", (PyCFunction)(void (*)(void))wc_publish, METH_FASTCALL | METH_KEYWORDS, "publish(data, stamp_ns=None, source_seq=0) -> seq or None"},
+    {"loan", (PyCFunction)(void (*)(void))wc_loan, METH_FASTCALL | METH_KEYWORDS, "loan(nbytes=None, stamp_ns=None, source_seq=0) -> Loan"},
     {"close", (PyCFunction)wc_close, METH_NOARGS, "refuse every later call (the caller closes the file)"},
     {NULL, NULL, 0, NULL},
 };
@@ -798,7 +846,16 @@ static PyObject *loan_exit(LoanObject *l, PyObject *args) {
 
 static PyObject *loan_dropped(LoanObject *l, void *unused) { return PyBool_FromLong(l->slot < 0); }
 
+/* A loan dropped without publish() or cancel() gives its slot back, as cancel() would. */
 static void loan_dealloc(LoanObject *l) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb); /* an exception being raised must survive this */
+    PyObject *r = loan_cancel(l, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)l);
+    else
+        Py_DECREF(r);
+    PyErr_Restore(et, ev, tb);
     Py_XDECREF(l->writer);
     Py_XDECREF(l->data);
     Py_XDECREF(l->stamp_ns);

@@ -13,6 +13,7 @@ import os
 import struct
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,35 +88,41 @@ class Writer:
         _, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
         L.WRITER.pack_into(seg.mm, L.WRITER_OFFSET, os.getpid(), generation + 1, time.time_ns())
         self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
-        self._loan_nbytes = self._typed_nbytes or self.config.capacity  # what loan() gives without nbytes
+        loan_nbytes = self._typed_nbytes or self.config.capacity  # what loan() gives without nbytes
         self._checks_type = self.config.dtype is not None or self.config.shape is not None
         # Every message's steps are one C call (see _fastpath.c). The cursor refers to the
         # segment, never to this object, so a writer dropped without close() is still garbage.
         self._cursor = WriteCursor(
             seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.capacity, self._typed_nbytes or 0,
-            self._loan_nbytes, max((s + 1) >> 1 for s in states), generation + 1, tuple(order),
-            tuple(seg.view(i, self._loan_nbytes) for i in range(len(states))), functools.partial(_loan_view, seg, []),
+            loan_nbytes, max((s + 1) >> 1 for s in states), generation + 1, tuple(order),
+            tuple(seg.view(i, loan_nbytes) for i in range(len(states))), functools.partial(_loan_view, seg, []),
             np.ascontiguousarray, topic, ClosedError, Loan,
         )
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
         self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
 
     # ----- publishing
-    def publish(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
-        """Copy ``data`` (bytes-like or ndarray) into a free slot and publish it.
+    # publish and loan are the cursor's C methods, handed out by properties: a message costs
+    # one C call and no Python frame (a typed topic's publish checks dtype and shape first).
+    @property
+    def publish(self) -> Callable[..., int | None]:
+        """``publish(data, stamp_ns=None, source_seq=0) -> seq | None``: copy ``data`` into a
+        free slot and publish it.
 
-        Returns the message's sequence number, or None when every slot is held by a reader
-        (the message is dropped; never waits). ``stamp_ns`` is the source timestamp
-        (default: now); ``source_seq`` the sequence number of the input it was computed from
-        (what lets consumers of several replicas restore input order). Data over capacity, or
-        not of a typed topic's dtype and shape, raises ValueError and publishes nothing.
+        ``data`` is bytes-like or an ndarray (a strided one is made contiguous first). Returns
+        the message's sequence number, or None when every slot is held by a reader (the message
+        is dropped; never waits). ``stamp_ns`` is the source timestamp (default: now);
+        ``source_seq`` the sequence number of the input it was computed from (what lets
+        consumers of several replicas restore input order). Data over capacity, or not of a
+        typed topic's dtype and shape, raises ValueError and publishes nothing; a closed
+        writer raises ClosedError.
         """
-        if self._checks_type:
-            self._check_type(data)
-        return self._cursor.publish(data, stamp_ns, source_seq)
+        return self._publish_checked if self._checks_type else self._cursor.publish
 
-    def loan(self, nbytes: int | None = None, stamp_ns: int | None = None, source_seq: int = 0) -> Loan:
-        """Reserve a free slot to fill in place; publish it when the ``with`` block ends.
+    @property
+    def loan(self) -> Callable[..., Loan]:
+        """``loan(nbytes=None, stamp_ns=None, source_seq=0) -> Loan``: reserve a free slot to
+        fill in place; publish it when the ``with`` block ends.
 
         The block gets a writable typed view of the slot (the topic's shape when declared,
         else ``nbytes`` or ``capacity`` bytes, as the dtype when declared). If the block
@@ -128,11 +135,11 @@ class Writer:
         >>> with w.loan() as frame:          # doctest: +SKIP
         ...     cap.read(image=frame)
         """
-        if nbytes is None:
-            nbytes = self._loan_nbytes
-        elif not 0 <= nbytes <= self.config.capacity:
-            raise ValueError(f"cannot loan {nbytes} bytes of topic {self.topic!r}: capacity is {self.config.capacity} bytes")
-        return self._cursor.loan(nbytes, stamp_ns, source_seq)
+        return self._cursor.loan
+
+    def _publish_checked(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
+        self._check_type(data)
+        return self._cursor.publish(data, stamp_ns, source_seq)
 
     def _check_type(self, data) -> None:
         """A typed topic's ndarray must have its dtype and shape (the byte count is checked in C)."""
