@@ -86,7 +86,7 @@ def subscriber(kind, case, rt, conn, ready, go, done, results):
     })
 
 
-def publisher(kind, case, seconds, rt, conn, go, done, sent):
+def publisher(kind, case, seconds, rt, conn, go, done, sent, publish_us):
     size, rate, _ = CASES[case]
     t = TRANSPORTS[kind](case, size, rt, conn)
     t.setup_publisher()
@@ -95,15 +95,19 @@ def publisher(kind, case, seconds, rt, conn, go, done, sent):
     seq = 0
     start = time.monotonic()
     period = 1.0 / rate if rate else 0.0
+    took = []  # how long each publish call takes, in the publisher (where the microseconds go)
     while time.monotonic() - start < seconds:
         seq += 1
+        t0 = time.perf_counter_ns()
         t.publish(frames[seq % 4], seq)
+        took.append(time.perf_counter_ns() - t0)
         if period:
             nxt = start + seq * period
             delay = nxt - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
     sent.value = seq
+    publish_us.value = float(np.percentile(took, 50) / 1e3)
     time.sleep(0.2)
     done.set()
     time.sleep(0.5)  # keep the transport alive while the subscriber drains
@@ -114,11 +118,11 @@ def run_one(kind: str, case: str, seconds: float) -> dict:
     with runtime_dir() as rt:
         TRANSPORTS[kind](case, CASES[case][0], str(rt)).create()
         a, b = ctx.Pipe(duplex=False) if TRANSPORTS[kind] is Pipe else (None, None)
-        ready, go, done, results, sent = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Value("q", 0)
+        ready, go, done, results, sent, publish_us = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Value("q", 0), ctx.Value("d", 0.0)
         sub = ctx.Process(target=subscriber, args=(kind, case, str(rt), a, ready, go, done, results))
         sub.start()
         ready.wait(60)
-        pub = ctx.Process(target=publisher, args=(kind, case, seconds, str(rt), b, go, done, sent))
+        pub = ctx.Process(target=publisher, args=(kind, case, seconds, str(rt), b, go, done, sent, publish_us))
         pub.start()
         time.sleep(1.8)  # publisher set-up, during the subscriber's settling and 1 s idle receive
         go.set()
@@ -126,6 +130,7 @@ def run_one(kind: str, case: str, seconds: float) -> dict:
         pub.join(30)
         sub.join(30)
         out["sent"] = sent.value
+        out["publish_call_p50_us"] = publish_us.value
         return out
 
 
@@ -153,7 +158,7 @@ TARGETS = [
     ("small p50: pool / iceoryx2", lambda r: p50(r, POOL, "small") / p50(r, IOX, "small"), 0.8, "max", False),
     ("small p50: pool − floor (µs)", lambda r: p50(r, POOL, "small") - p50(r, FLOOR, "small"), 10.0, "max", False),
     ("small: pool subscriber idle CPU (%)", lambda r: r[f"{POOL}|small"]["cpu_idle_pct"], 0.05, "max", False),
-    ("small: pool loss (%)", lambda r: 100 * (1 - r[f"{POOL}|small"]["seqs_seen"] / max(1, r[f"{POOL}|small"]["sent"])), 0.0, "max", False),
+    ("small: pool loss (%)", lambda r: unseen(r[f"{POOL}|small"]), 0.0, "max", False),
     ("frame30 p50 (copy): pool / floor", lambda r: p50(r, POOL, "frame30") / p50(r, FLOOR, "frame30"), 1.05, "max", False),
     ("frame30 p50 (copy): pool / iceoryx2", lambda r: p50(r, POOL, "frame30") / p50(r, IOX, "frame30"), 1.0, "max", False),
     ("framemax fps (copy): pool / iceoryx2", lambda r: r[f"{POOL}|framemax"]["fps"] / r[f"{IOX}|framemax"]["fps"], 1.0, "min", True),
@@ -162,6 +167,11 @@ TARGETS = [
     ("torn + duplicated (pool rows)", lambda r: sum(v.get("torn", 0) + v.get("duplicates", 0) for k, v in r.items() if k.startswith("shmlaunch")),
      0, "max", True),
 ]
+
+
+def unseen(run: dict) -> float:
+    """Percent of the published messages the subscriber never saw (a newer one had replaced them)."""
+    return 100 * (1 - run["seqs_seen"] / max(1, run["sent"]))
 
 
 def p50(runs: dict, kind: str, case: str) -> float:
@@ -181,8 +191,8 @@ def table(results: dict) -> str:
     lines = [
         f"Medians [ranges] over {len(sittings)} sitting(s).",
         "",
-        "| transport | case | p50 µs | p99 µs | delivered fps | sub CPU idle % | sub CPU busy % | torn | dup |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| transport | case | p50 µs | p99 µs | publish call p50 µs | delivered fps | not seen % | sub CPU idle % | sub CPU busy % | torn | dup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for kind in TRANSPORTS:
@@ -191,11 +201,12 @@ def table(results: dict) -> str:
             if not rows:
                 continue
             if not ok:
-                lines.append(f"| {kind} | {case} | error: {rows[0]['error']} | | | | | | |")
+                lines.append(f"| {kind} | {case} | error: {rows[0]['error']} | | | | | | | | |")
                 continue
             lines.append(
                 f"| {kind} | {case} | {spread([r['p50_us'] for r in ok])} | {spread([r['p99_us'] for r in ok])} | "
-                f"{spread([r['fps'] for r in ok])} | {max(r['cpu_idle_pct'] for r in ok):.1f} | "
+                f"{spread([r['publish_call_p50_us'] for r in ok]) if all('publish_call_p50_us' in r for r in ok) else '–'} | "
+                f"{spread([r['fps'] for r in ok])} | {spread([unseen(r) for r in ok])} | {max(r['cpu_idle_pct'] for r in ok):.1f} | "
                 f"{spread([r['cpu_busy_pct'] for r in ok])} | {sum(r['torn'] for r in ok)} | {sum(r['duplicates'] for r in ok)} |"
             )
     c = results["copy"]
