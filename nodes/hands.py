@@ -13,8 +13,8 @@ import time
 import cv2
 import numpy as np
 
-from ._mediapipe_hands import HandDetector
-from ._node import Node
+from ._mediapipe_hands import HandDetector, MediaPipeUnavailable
+from ._node import Node, NodeSetupError
 from ._params import Param
 from .messages import LANDMARKS, LANDMARKS_TYPE, LANDMARKS_VERSION, MAX_HANDS
 
@@ -29,16 +29,20 @@ class HandLandmarks(Node):
     publishes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
 
     def setup(self) -> None:
-        self.detector = HandDetector(
-            max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
-            min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
-            static_image_mode=self.static_image_mode,
-        )
+        try:
+            self.detector = HandDetector(
+                max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
+                min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
+                static_image_mode=self.static_image_mode,
+            )
+        except MediaPipeUnavailable as exc:
+            raise NodeSetupError(str(exc)) from None
         self.out = self.publisher("landmarks", message=LANDMARKS_TYPE)
         self.subscribe("image", self.on_frame)
         self.rgb: np.ndarray | None = None
-        self.log.info("MediaPipe Hands ready (max_num_hands=%d, model_complexity=%d, %s)", self.max_num_hands,
-                      self.model_complexity, "static images" if self.static_image_mode else "tracking")
+        self.log.info("MediaPipe hand landmarker ready (max_num_hands=%d, model_complexity=%d: %s model, %s)", self.max_num_hands,
+                      self.model_complexity, ("lite", "full")[self.model_complexity],
+                      "static images" if self.static_image_mode else "tracking")
 
     def on_frame(self, msg) -> None:
         received = time.time_ns()
@@ -46,6 +50,7 @@ class HandLandmarks(Node):
         if self.rgb is None or self.rgb.shape != frame.shape:
             self.rgb = np.empty_like(frame)
         cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.rgb)
+        msg.release()  # the frame is converted: the camera may reuse its slot during the 15-20 ms of inference
         with self.out.loan(nbytes=LANDMARKS.itemsize, stamp_ns=msg.stamp_ns, source_seq=msg.seq) as buf:
             rec = buf.view(LANDMARKS)[0]
             rec["version"] = LANDMARKS_VERSION

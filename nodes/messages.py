@@ -20,7 +20,7 @@ HAND = np.dtype([
     ("landmarks", "<f4", (N_LANDMARKS, 3)),  # x, y normalised to the image [0, 1]; z relative to the wrist, same scale as x
     ("world", "<f4", (N_LANDMARKS, 3)),  # metres, origin near the hand's centre
     ("score", "<f4"),  # handedness confidence
-    ("handedness", "<u4"),  # 0 left, 1 right (as MediaPipe reports it: assumes a mirrored, selfie image)
+    ("handedness", "<u4"),  # 0 left, 1 right (as MediaPipe's legacy API reported it, for a mirrored, selfie image)
 ])
 
 LANDMARKS_VERSION = 1
