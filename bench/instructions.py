@@ -77,6 +77,8 @@ def loop(transport: str, what: str, n: int, toggle_lib: str | None = None) -> No
                 del msg, data
         toggle()
         t.close()
+        if hasattr(t, "destroy"):
+            t.destroy()
 
 
 def count(transport: str, what: str, n: int) -> int:

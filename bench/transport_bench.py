@@ -131,6 +131,9 @@ def run_one(kind: str, case: str, seconds: float) -> dict:
         sub.join(30)
         out["sent"] = sent.value
         out["publish_call_p50_us"] = publish_us.value
+        destroy = getattr(TRANSPORTS[kind](case, CASES[case][0], str(rt)), "destroy", None)
+        if destroy:
+            destroy()
         return out
 
 

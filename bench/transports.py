@@ -11,6 +11,7 @@ the first, middle and last payload bytes all equal ``seq % 4``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -119,6 +120,11 @@ class Floor:
         self.slots = self.word = self._pin = None
         self.mm.close()
 
+    def destroy(self) -> None:
+        """Remove the pool's file (shmlaunch's cleanup leaves files it did not make)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
 
 class Pipe:
     """multiprocessing.Pipe: send_bytes / recv_bytes (two copies through the kernel)."""
@@ -153,6 +159,11 @@ class Zmq:
 
     def __init__(self, name: str, size: int, rt: str, conn=None) -> None:
         self.endpoint = f"ipc://{rt}/zmq-{name}"
+
+    def destroy(self) -> None:
+        """Remove the ipc socket file (shmlaunch's cleanup leaves files it did not make)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.endpoint[len("ipc://"):])
 
     def create(self) -> None:
         pass
