@@ -31,8 +31,8 @@ def node_cwd(graph: Graph, node: NodeSpec) -> Path:
 
 @contextlib.contextmanager
 def import_context(graph: Graph, node: NodeSpec) -> Iterator[None]:
-    """sys.path as the node process will have it: its cwd and PYTHONPATH first."""
-    extra = [str(node_cwd(graph, node))] + [p for p in node.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    """sys.path as the node process will have it: its cwd, where shmlaunch was started, PYTHONPATH."""
+    extra = [str(node_cwd(graph, node)), os.getcwd()] + [p for p in node.env.get("PYTHONPATH", "").split(os.pathsep) if p]
     saved = list(sys.path)
     sys.path[:0] = extra
     try:

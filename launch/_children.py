@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shmlaunch.nodes import ENV_NODE, NodeLaunch
+from shmlaunch.nodes import ENV_NODE, ENV_START_DIR, NodeLaunch
 from shmlaunch.transport import ENV_RUNTIME_DIR, backend
 
 from ._check import node_cwd
@@ -73,11 +73,14 @@ class Children:
         env = dict(os.environ)
         env[ENV_RUNTIME_DIR] = str(self.runtime_dir)
         env[ENV_NODE] = spec.name
+        env[ENV_START_DIR] = os.getcwd()
         env["PYTHONUNBUFFERED"] = "1"
         for key, value in spec.env.items():
             if key == "PYTHONPATH" and env.get(key):
                 value = value + os.pathsep + env[key]
             env[key] = value
+        # node modules: beside the launch file (the node's cwd), then where shmlaunch was started, then PYTHONPATH
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
         if spec.node_class:
             node = NodeLaunch(spec.name, spec.node_class, spec.params, spec.publish, spec.subscribe, spec.groups, spec.merge,
                               str(self.runtime_dir))

@@ -7,7 +7,9 @@ folder. The schema itself (what each key may hold) is ``_schema.py``.
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +143,20 @@ def _load_includes(doc: dict, path: Path, ns: str, graph: Graph, problems: Probl
         if inc_ns and not NODE_NAME_RE.fullmatch(str(inc_ns)):
             problems.add(line, f"include: invalid namespace {inc_ns!r}")
             continue
-        sub = Problems(str(path.parent / str(inc["file"])), problems.includes)
-        _load(path.parent / str(inc["file"]), dict(inc.get("args") or {}), ns_join(ns, str(inc_ns)), graph, sub, depth + 1, top=False)
+        target = _include_path(path, str(inc["file"]))
+        sub = Problems(str(target), problems.includes)
+        _load(target, dict(inc.get("args") or {}), ns_join(ns, str(inc_ns)), graph, sub, depth + 1, top=False)
         problems.items.extend(sub.items)
+
+
+def _include_path(including: Path, name: str) -> Path:
+    """An included file: relative to the including file's folder; a bare name found nowhere there
+    is one of shmlaunch's bundled launch files (``include: [{file: hands.yaml}]`` works anywhere)."""
+    path = including.parent / name
+    bundled = BUNDLED / name
+    if not path.exists() and "/" not in name and bundled.is_file():
+        return bundled
+    return path
 
 
 def _within_include_bounds(inc: dict, depth: int, problems: Problems, line: int) -> bool:
@@ -173,8 +186,44 @@ def load_launch_file(path: str | Path, args: dict[str, Any] | None = None) -> Gr
     return graph
 
 
-def parse_launch_args(items: list[str]) -> dict[str, Any]:
-    """``key:=value`` command-line launch arguments (values typed as YAML scalars)."""
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One argument a launch file declares under ``args:``: its default and the comment on its line."""
+
+    name: str
+    default: Any
+    comment: str
+
+
+def launch_arguments(path: str | Path) -> list[LaunchArgument]:
+    """The launch arguments ``path`` declares, in file order (what ``shmlaunch FILE --help`` lists).
+    LaunchFileError when the file cannot be read as a launch file."""
+    path = Path(path)
+    problems = Problems(str(path))
+    doc = read_yaml(path, problems, TOP_KEYS)
+    if problems.items:
+        raise LaunchFileError(problems.items)
+    declared = (doc or {}).get("args") or {}
+    if not isinstance(declared, dict):
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()  # read_yaml has bounded and decoded it already
+    out = []
+    for name, default in declared.items():
+        line = line_of(declared, name)
+        text = lines[line - 1] if 0 < line <= len(lines) else ""
+        _, hash_mark, comment = text.partition(" #")
+        out.append(LaunchArgument(str(name), default, comment.strip() if hash_mark else ""))
+    return out
+
+
+def parse_launch_args(items: list[str], cwd: Path | None = None) -> dict[str, Any]:
+    """``key:=value`` command-line launch arguments (values typed as YAML scalars).
+
+    With ``cwd`` (the directory the command runs in), a value that is a relative path is made
+    absolute against it, since that is where the user who typed it is: a path that exists
+    there, or one ending in a file extension (an output to create, ``record:=out.jsonl``).
+    Paths written inside a launch file stay relative to that file (its nodes run there).
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition(":=")
@@ -184,4 +233,20 @@ def parse_launch_args(items: list[str]) -> dict[str, Any]:
             out[key] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             out[key] = value
+        if cwd is not None and isinstance(out[key], str):
+            out[key] = _from_cwd(out[key], cwd)
     return out
+
+
+#: shmlaunch's own launch files, found by bare name (``shmlaunch hands.yaml``, includes)
+BUNDLED = Path(__file__).parent
+_FILE_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,9}$")
+
+
+def _from_cwd(value: str, cwd: Path) -> str:
+    if not value or "://" in value or os.path.isabs(value) or value.startswith("~"):
+        return value
+    path = cwd / value
+    if path.exists() or (_FILE_EXTENSION.search(value) and path.parent.is_dir()):
+        return str(path.resolve())
+    return value

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from shmlaunch.transport import Reader, RuntimeDir, Topic, TransportError
+from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError
 
 from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, summarize, table, topic_rows
@@ -20,6 +20,20 @@ from ._state import BadStateError, GraphState, is_launcher, running_graphs, upti
 from ._stopping import STOP_TIMEOUT
 
 RATE_WINDOW = 1.0
+
+
+def attach_dir(graph: str | None) -> Path | None:
+    """The runtime directory a node started by hand attaches to: the named running graph's; else
+    $SHMLAUNCH_RUNTIME_DIR; else the only running graph's; else None (the 'default' graph).
+    NoGraphError when the named graph is not running, or when several run and none is named."""
+    if graph is not None:
+        return Path(find_graph(graph).runtime_dir)
+    if os.environ.get(ENV_RUNTIME_DIR):
+        return None
+    graphs = running_graphs()
+    if len(graphs) > 1:
+        raise NoGraphError(f"{len(graphs)} graphs are running ({', '.join(g.name for g in graphs)}): name one with --graph")
+    return Path(graphs[0].runtime_dir) if graphs else None
 
 
 def _refused(text: str) -> int:
@@ -52,9 +66,10 @@ def node(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch node", description="Nodes of a running graph.")
     ap.add_argument("action", choices=["list"])
     ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
     ns = ap.parse_args(argv)
     try:
-        g = find_graph(ns.graph)
+        g = find_graph(ns.graph or ns.graph_option)
     except NoGraphError as exc:
         return _refused(str(exc))
     print(f"graph {g.name!r} (launcher pid {g.launcher_pid}, up {uptime(g.started_ns)})")
@@ -149,10 +164,11 @@ def _stats(rt: Path, name: str, _count: int | None) -> int:
 def stop(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch stop", description="Stop a running graph cleanly (SIGTERM to its launcher).")
     ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
     ap.add_argument("--timeout", type=float, default=STOP_TIMEOUT + 10, help="seconds to wait for it to finish")
     ns = ap.parse_args(argv)
     try:
-        g = find_graph(ns.graph)
+        g = find_graph(ns.graph or ns.graph_option)
         with RuntimeDir.open(g.runtime_dir) as rd:
             genuine = is_launcher(g, rd)
     except (NoGraphError, TransportError) as exc:

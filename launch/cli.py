@@ -3,15 +3,17 @@
     shmlaunch FILE [key:=value ...] [--duration S]     run a graph (also: shmlaunch launch FILE)
               [--quiet] [--log-dir DIR] [--no-status]
     shmlaunch check FILE [key:=value ...]              validate a launch file, start nothing
-    shmlaunch run module:Class [--param k=v ...]       run one node alone, for development
+    shmlaunch run module:Class [--graph G] [--param k=v ...]   run one node alone, attached to a running graph
     shmlaunch list                                     running graphs
-    shmlaunch node list [GRAPH]                        nodes: pid, state, restarts, CPU%, RSS, CPUs, nice
-    shmlaunch topic list [GRAPH]                       topics: type, writer, last seq, Hz, MB/s, readers
+    shmlaunch node list [GRAPH | --graph G]            nodes: pid, state, restarts, CPU%, RSS, CPUs, nice
+    shmlaunch topic list [GRAPH | --graph G]           topics: type, writer, last seq, Hz, MB/s, readers
     shmlaunch topic echo TOPIC [--graph G] [-n N]      messages, decoded where the type is known
     shmlaunch topic hz TOPIC [--graph G]               publish rate, once a second
     shmlaunch topic stats TOPIC [--graph G]            writer and per-reader counters
-    shmlaunch stop GRAPH                               stop a running graph cleanly
+    shmlaunch stop [GRAPH | --graph G]                 stop a running graph cleanly
     shmlaunch systemd FILE [--user] [-o UNIT]          a systemd unit for the graph
+    shmlaunch FILE --help                              the launch arguments FILE declares, with defaults
+    shmlaunch --version
 
 Exit codes: 0 clean stop (including SIGINT/SIGTERM and --duration); 1 a node failed or a
 required node died (or, for the tools, no such graph or topic); 2 a bad launch file,
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -35,19 +39,19 @@ from shmlaunch.nodes import (
     load_node_class,
     parse_cli_value,
 )
-from shmlaunch.transport import TransportError
+from shmlaunch.transport import LAYOUT_VERSION, TransportError
 
 from . import _tools
 from ._check import check_graph
-from ._exits import EXIT_USAGE, error
+from ._exits import EXIT_FAILED, error
 from ._graphdir import GraphRunningError, NoRoomError
 from ._launcher import Launcher
-from ._loading import load_launch_file, parse_launch_args
+from ._loading import BUNDLED, launch_arguments, load_launch_file, parse_launch_args
 from ._printer import Printer
 from ._schema import LaunchFileError
 from ._systemd import unit_text
 
-_PACKAGED = Path(__file__).parent
+_PACKAGED = BUNDLED
 
 
 def resolve_launch_file(name: str) -> Path:
@@ -60,6 +64,21 @@ def resolve_launch_file(name: str) -> Path:
     return packaged if packaged.exists() else path
 
 
+def _file_arguments(name: str) -> str:
+    """The launch arguments a launch file declares: name, default and its comment."""
+    path = resolve_launch_file(name)
+    try:
+        args = launch_arguments(path)
+    except (LaunchFileError, OSError) as exc:
+        return f"\n{exc}"
+    if not args:
+        return f"\n{path} declares no launch arguments."
+    width = max(len(a.name) for a in args)
+    lines = [f"\nlaunch arguments of {path} (set with name:=value):"]
+    lines += [f"  {a.name:{width}}  default {a.default!r:14}  {a.comment}".rstrip() for a in args]
+    return "\n".join(lines)
+
+
 def _launch(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch", description="Run a graph from a launch file.")
     ap.add_argument("file", help="launch file (YAML)")
@@ -69,9 +88,13 @@ def _launch(argv: list[str]) -> int:
     ap.add_argument("--quiet", action="store_true", help="do not print the nodes' output (the launcher's own lines stay)")
     ap.add_argument("--log-dir", help="also append each node's output to DIR/<node>.log")
     ap.add_argument("--no-status", action="store_true", help="no live status table, even on a terminal")
+    if any(a in ("-h", "--help") for a in argv) and argv and not argv[0].startswith("-"):
+        ap.print_help()
+        print(_file_arguments(argv[0]))
+        return 0
     ns = ap.parse_intermixed_args(argv)
     try:
-        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
+        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args, Path.cwd()))
         printer = Printer(list(graph.nodes), quiet=ns.quiet, log_dir=ns.log_dir)
         return Launcher(graph, printer, duration=ns.duration, runtime_dir=ns.runtime_dir,
                         status=False if ns.no_status else None).run()
@@ -87,7 +110,7 @@ def _check(argv: list[str]) -> int:
     ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
     ns = ap.parse_intermixed_args(argv)
     try:
-        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args))
+        graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args, Path.cwd()))
     except LaunchFileError as exc:
         return error(str(exc))
     errors, warnings = check_graph(graph)
@@ -100,9 +123,10 @@ def _check(argv: list[str]) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="shmlaunch run", description="Run one node alone (topics in the 'default' graph, "
-                                 "or $SHMLAUNCH_RUNTIME_DIR).")
+    ap = argparse.ArgumentParser(prog="shmlaunch run", description="Run one node alone, attached to a running graph's topics "
+                                 "(--graph, or the only running graph), else to $SHMLAUNCH_RUNTIME_DIR or the 'default' graph.")
     ap.add_argument("node", help="module:Class of a Node subclass")
+    ap.add_argument("--graph", help="the running graph whose topics to use (default: the only running graph, if exactly one runs)")
     ap.add_argument("--name", help="node name (default: the class name in lower case)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="set a parameter (repeatable)")
     ap.add_argument("--publish", action="append", default=[], metavar="PORT=TOPIC", help="map a publisher port to a topic")
@@ -125,10 +149,14 @@ def _run(argv: list[str]) -> int:
             if not sep or not key:
                 return error(f"{opt} {item!r}: expected KEY=VALUE")
             pairs[opt][key] = parse_cli_value(value) if opt == "--param" else value
+    try:
+        runtime_dir = _tools.attach_dir(ns.graph)
+    except _tools.NoGraphError as exc:
+        return error(str(exc), EXIT_FAILED)
     name = ns.name or cls.__name__.lower()
     configure_logging(name)
     try:
-        node = cls(name, pairs["--param"], publish=pairs["--publish"], subscribe=pairs["--subscribe"])
+        node = cls(name, pairs["--param"], publish=pairs["--publish"], subscribe=pairs["--subscribe"], runtime_dir=runtime_dir)
     except (ParamError, ValueError) as exc:
         error(str(exc))
         return EXIT_BAD_CONFIG
@@ -144,7 +172,7 @@ def _systemd(argv: list[str]) -> int:
     ns = ap.parse_intermixed_args(argv)
     try:
         path = resolve_launch_file(ns.file)
-        graph = load_launch_file(path, parse_launch_args(ns.args))
+        graph = load_launch_file(path, parse_launch_args(ns.args, Path.cwd()))
     except LaunchFileError as exc:
         return error(str(exc))
     text = unit_text(graph, path, ns.args, ns.user)
@@ -166,12 +194,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _bundled() -> str:
+    """The launch files shipped with shmlaunch, each with the first line of its header comment."""
+    lines = ["Bundled launch files (run one by its name from any directory, e.g. shmlaunch hands.yaml):"]
+    for path in sorted(_PACKAGED.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        lines.append(f"  {path.name:18} {about}")
+    lines.append(f"  (in {_PACKAGED}; shmlaunch FILE --help lists a file's launch arguments)")
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    try:
+        version = importlib.metadata.version("shmlaunch")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    return f"shmlaunch {version} (segment layout {LAYOUT_VERSION}, Python {platform.python_version()})"
+
+
 def _dispatch(argv: list[str]) -> int:
     commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
                 "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop}
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip(), flush=True)
-        return 0 if argv else EXIT_USAGE
+        print(__doc__.strip() + "\n\n" + _bundled(), flush=True)
+        return 0
+    if argv[0] == "--version":
+        print(_version())
+        return 0
     if argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _launch(argv)

@@ -4,7 +4,7 @@ Write a node by subclassing ``Node`` (see ``shmlaunch.nodes._node`` for the life
 start it alone with ``shmlaunch run module:Class`` or from a launch file.
 """
 
-from ._heartbeat import ENV_NODE, HEARTBEAT, heartbeat_age, ready_name
+from ._heartbeat import ENV_NODE, ENV_START_DIR, HEARTBEAT, heartbeat_age, ready_name, start_dir
 from ._node import (
     EXIT_BAD_CONFIG,
     EXIT_FAILED,
@@ -22,6 +22,7 @@ from ._runner import NodeClassError, NodeLaunch, load_node_class, run_node
 
 __all__ = [
     "ENV_NODE",
+    "ENV_START_DIR",
     "EXIT_BAD_CONFIG",
     "EXIT_FAILED",
     "EXIT_OK",
@@ -43,5 +44,6 @@ __all__ = [
     "parse_cli_value",
     "ready_name",
     "resolve_params",
+    "start_dir",
     "run_node",
 ]

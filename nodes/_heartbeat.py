@@ -11,11 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 
 from shmlaunch.transport import ENV_RUNTIME_DIR, RuntimeDir, TransportError
 
 HEARTBEAT = 1.0
 ENV_NODE = "SHMLAUNCH_NODE"
+#: The directory the shmlaunch command was started in (nodes run in their launch file's folder):
+#: where a node puts what the user asked for without a path, and where node modules are looked
+#: for after the launch file's folder.
+ENV_START_DIR = "SHMLAUNCH_START_DIR"
+
+
+def start_dir() -> Path:
+    """The directory the graph was started from (this process's own when not under a launcher)."""
+    return Path(os.environ.get(ENV_START_DIR) or os.getcwd())
 
 
 def ready_name(node: str) -> str:

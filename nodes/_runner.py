@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ def load_node_class(path: str) -> type[Node]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise NodeClassError(f"cannot import node class {path!r}: no module named {exc.name!r}") from exc
+        raise NodeClassError(f"cannot import node class {path!r}: no module named {exc.name!r} "
+                             f"(looked in {', '.join(_user_paths())}, then the installed packages)") from exc
     except Exception as exc:
         raise NodeClassError(f"cannot import node class {path!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     cls = getattr(module, class_name, None)
@@ -40,6 +42,17 @@ def load_node_class(path: str) -> type[Node]:
     if not (isinstance(cls, type) and issubclass(cls, Node)):
         raise NodeClassError(f"invalid node class {path!r}: {class_name} is not a subclass of shmlaunch.nodes.Node")
     return cls
+
+
+def _user_paths() -> list[str]:
+    """The folders on sys.path that are not Python's own or its installed packages."""
+    own = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out = []
+    for entry in sys.path:
+        real = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(real) and not any(real == p or real.startswith(p + os.sep) for p in own) and real not in out:
+            out.append(real)
+    return out or ["no folder of its own"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._node import Node, NodeSetupError
 from ._params import Param
+from .messages import FRAME_SOURCE, FRAME_SOURCE_KINDS, FRAME_SOURCE_TYPE, FRAME_SOURCE_VERSION
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -44,6 +45,7 @@ class _Folder:
     each image is repeated for ``repeat`` frames (a still scene filmed at the frame rate)."""
 
     live = False
+    kind = "image folder"
 
     def __init__(self, folder: Path, shape: tuple[int, int, int], repeat: int = 1) -> None:
         files = image_files(folder)
@@ -60,9 +62,14 @@ class _Folder:
         self.index = 0
 
     def read_into(self, out: np.ndarray) -> bool:
-        np.copyto(out, self.frames[(self.index // self.repeat) % len(self.frames)])
+        self.shown = (self.index // self.repeat) % len(self.frames)
+        np.copyto(out, self.frames[self.shown])
         self.index += 1
         return True
+
+    def position(self) -> tuple[int, str]:
+        """(index, name) of the frame read last: the image's place in the folder and its file name."""
+        return self.shown, self.names[self.shown]
 
     def release(self) -> None:
         self.frames = []
@@ -73,6 +80,9 @@ class _Capture:
 
     def __init__(self, source: str | int, live: bool, loop: bool, width: int, height: int, fps: float) -> None:
         self.cap = cv2.VideoCapture(source)
+        self.kind = "device" if live else "stream" if "://" in str(source) else "video file"
+        self.name = Path(source).name if self.kind == "video file" else str(source)
+        self.index = -1
         if not self.cap.isOpened():
             raise NodeSetupError(f"cannot open camera source {source!r}: no such device, file or stream (or no codec for it)")
         self.live = live
@@ -87,12 +97,18 @@ class _Capture:
         ok, frame = self.cap.read(image=out)
         if not ok and self.loop and not self.live:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self.index = -1
             ok, frame = self.cap.read(image=out)
         if not ok:
             return False
+        self.index += 1
         if frame is not out and frame.ctypes.data != out.ctypes.data:  # other size: OpenCV allocated a new frame
             np.copyto(out, letterbox(frame, out.shape))
         return True
+
+    def position(self) -> tuple[int, str]:
+        """(index, name) of the frame read last: its index in the video or stream, and the source's name."""
+        return self.index, self.name
 
     def release(self) -> None:
         self.cap.release()
@@ -108,7 +124,7 @@ class Camera(Node):
     fps = Param(30.0, "frames per second: the pace for files and folders, asked of a live camera")
     loop = Param(True, "start a video file again at its end (folders always cycle)")
     image_seconds = Param(0.0, "for a folder: how long each image is shown (0: one frame each)")
-    publishes = {"image": {"dtype": "uint8", "ndim": 3}}
+    publishes = {"image": {"dtype": "uint8", "ndim": 3}, "source": {"min_capacity": FRAME_SOURCE.itemsize}}
 
     def setup(self) -> None:
         self.out = self.publisher("image")
@@ -116,6 +132,8 @@ class Camera(Node):
         if self.out.config.dtype != np.uint8 or shape is None or len(shape) != 3 or shape[2] != 3:
             raise NodeSetupError(f"topic {self.out.topic!r} must be uint8 with shape [height, width, 3] for a camera")
         self.src = self._open(self.source, shape)
+        # provenance (optional port): where each frame came from, published right after it
+        self.provenance = self.publisher("source", message=FRAME_SOURCE_TYPE) if self.is_mapped("source", "publish") else None
         self.log.info("publishing %s frames of %dx%d to %r from %s", "live" if self.src.live else f"{self.fps:g} fps",
                       shape[1], shape[0], self.out.topic, self.describe)
         self.frames = self.dropped = 0
@@ -142,7 +160,7 @@ class Camera(Node):
         if path.is_dir():
             return self._folder(path, shape)
         if not path.exists():
-            raise NodeSetupError(f"cannot open camera source {source!r}: no such file, device or folder")
+            raise NodeSetupError(f"cannot open camera source {str(path.absolute())!r}: no such file, device or folder")
         return _Capture(str(path), source.startswith("/dev/"), self.loop, self.width, self.height, self.fps)
 
     def _folder(self, path: Path, shape) -> _Folder:
@@ -161,6 +179,16 @@ class Camera(Node):
                 return
             loan.stamp_ns = time.time_ns()
         self.frames += 1
+        if self.provenance is not None:
+            self._publish_source(loan.seq, loan.stamp_ns)
+
+    def _publish_source(self, frame_seq: int, capture_ns: int) -> None:
+        index, name = self.src.position()
+        with self.provenance.loan(nbytes=FRAME_SOURCE.itemsize, stamp_ns=capture_ns, source_seq=frame_seq) as buf:
+            rec = buf.view(FRAME_SOURCE)[0]
+            rec["version"], rec["kind"] = FRAME_SOURCE_VERSION, FRAME_SOURCE_KINDS.index(self.src.kind)
+            rec["frame_seq"], rec["capture_ns"], rec["index"] = frame_seq, capture_ns, index
+            rec["name"] = name.encode("utf-8")[: FRAME_SOURCE.fields["name"][0].itemsize]
 
     def teardown(self) -> None:
         self.src.release()

@@ -4,7 +4,7 @@ These are the byte layouts C++ and C# readers follow (transport/LAYOUT.md, "Mess
 layouts", repeats the offsets). All little-endian, no padding, version first: a reader
 refuses a version it does not know. A topic carrying them is a raw topic (``capacity`` at
 least ``itemsize``) whose registry entry names the message type (``LANDMARKS_TYPE``,
-``GESTURE_TYPE``); every reader of these messages (recorder, console, viewer, ``topic echo``)
+``GESTURE_TYPE``, ``FRAME_SOURCE_TYPE``); every reader of these messages (recorder, console, viewer, ``topic echo``)
 decodes them with the helpers below, the one place that knows their fields and labels.
 """
 
@@ -53,6 +53,18 @@ GESTURE = np.dtype([
     ("reserved2", "<u1", (8,)),
 ])
 
+FRAME_SOURCE_KINDS = ("device", "video file", "stream", "image folder")
+FRAME_SOURCE_VERSION = 1
+#: Where a camera frame came from (provenance), published beside each frame. 232 bytes.
+FRAME_SOURCE = np.dtype([
+    ("version", "<u4"),
+    ("kind", "<u4"),  # index into FRAME_SOURCE_KINDS
+    ("frame_seq", "<u8"),  # the camera frame's sequence number
+    ("capture_ns", "<i8"),  # its capture time, CLOCK_REALTIME ns
+    ("index", "<i8"),  # frame index in the video or stream (from 0), or the image's index in the folder
+    ("name", "S200"),  # the image's file name in the folder, the video's file name, or the device or URL (NUL padded)
+])
+
 
 #: The handedness labels of both messages, by their 0/1 code (MediaPipe's spelling).
 HANDEDNESS = ("Left", "Right")
@@ -60,6 +72,7 @@ HANDEDNESS = ("Left", "Right")
 #: record dtype and version of each, so any tool decodes a topic without guessing.
 LANDMARKS_TYPE = "shmlaunch.landmarks/1"
 GESTURE_TYPE = "shmlaunch.gesture/1"
+FRAME_SOURCE_TYPE = "shmlaunch.frame_source/1"
 
 
 def handedness_label(code) -> str:
@@ -119,3 +132,15 @@ def landmarks_message(data: np.ndarray) -> np.ndarray:
 def gesture_message(data: np.ndarray) -> np.ndarray:
     """A received gesture message as a GESTURE record (zero copy)."""
     return as_message(data, GESTURE, GESTURE_VERSION)
+
+
+def frame_source_message(data: np.ndarray) -> np.ndarray:
+    """A received frame-source message as a FRAME_SOURCE record (zero copy)."""
+    return as_message(data, FRAME_SOURCE, FRAME_SOURCE_VERSION)
+
+
+def decode_frame_source(rec: np.ndarray) -> dict:
+    """A FRAME_SOURCE record as plain Python data (what the recorder writes beside the landmarks)."""
+    kind = int(rec["kind"])
+    return {"kind": FRAME_SOURCE_KINDS[kind] if kind < len(FRAME_SOURCE_KINDS) else "unknown", "index": int(rec["index"]),
+            "name": bytes(rec["name"]).rstrip(b"\0").decode("utf-8", "replace")}

@@ -3,7 +3,9 @@
 One line per message, flushed as it is written, so a reader never sees half a line and a
 crash loses at most the message being written. Lines are ``{"type": "landmarks", ...}``
 and, when the ``gesture`` port is mapped, ``{"type": "gesture", ...}``; both carry the
-camera frame's sequence number and capture time, which is how they join. When the file
+camera frame's sequence number and capture time, which is how they join. When the ``source``
+port is mapped (the camera's provenance topic), each landmarks line also says which input it
+came from: ``"source": {"kind": "image folder", "index": 3, "name": "4-none.jpg"}``. When the file
 passes ``max_bytes`` it is rotated: ``out.jsonl`` -> ``out.jsonl.1`` -> ... -> ``.<backups>``.
 """
 
@@ -12,28 +14,48 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
+from ._heartbeat import start_dir
 from ._node import Node, NodeSetupError
 from ._params import Param
-from .messages import GESTURE, LANDMARKS, decode_gesture, decode_landmarks, gesture_message, landmarks_message
+from .messages import (
+    FRAME_SOURCE,
+    GESTURE,
+    LANDMARKS,
+    decode_frame_source,
+    decode_gesture,
+    decode_landmarks,
+    frame_source_message,
+    gesture_message,
+    landmarks_message,
+)
+
+#: frames whose provenance is kept for the landmarks still to come (a few seconds of frames)
+SOURCES_KEPT = 256
 
 
 class Recorder(Node):
-    path = Param("hands.jsonl", "the JSON Lines file to append to")
+    path = Param("", "the JSON Lines file to append to (empty: hands.jsonl in the directory shmlaunch was started in)")
     max_bytes = Param(50_000_000, "rotate the file when it grows past this size")
     backups = Param(3, "rotated files to keep")
-    subscribes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}, "gesture": {"min_capacity": GESTURE.itemsize}}
+    subscribes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}, "gesture": {"min_capacity": GESTURE.itemsize},
+                  "source": {"min_capacity": FRAME_SOURCE.itemsize}}
 
     def setup(self) -> None:
-        self.file_path = Path(self.path)
+        # never beside the launch file by default: for a pip-installed user that is site-packages
+        self.file_path = Path(self.path) if self.path else start_dir() / "hands.jsonl"
         try:
             self.file = open(self.file_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown()
         except OSError as exc:
-            raise NodeSetupError(f"cannot open recorder file {self.path!r}: {exc.strerror}") from exc
+            raise NodeSetupError(f"cannot open recorder file {str(self.file_path.absolute())!r}: {exc.strerror}") from exc
         self.subscribe("landmarks", self.on_landmarks)
         if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
+        self.sources: OrderedDict[int, dict] = OrderedDict()  # frame_seq -> provenance, the newest SOURCES_KEPT
+        if self.is_mapped("source"):
+            self.subscribe("source", self.on_source)
         self.lines = 0
         self.log.info("recording to %s", self.file_path.resolve())
 
@@ -56,11 +78,21 @@ class Recorder(Node):
             self.file_path.unlink()
         self.file = open(self.file_path, "a", encoding="utf-8")  # noqa: SIM115
 
+    def on_source(self, msg) -> None:
+        rec = frame_source_message(msg.data)
+        self.sources[int(rec["frame_seq"])] = decode_frame_source(rec)
+        while len(self.sources) > SOURCES_KEPT:
+            self.sources.popitem(last=False)
+
     def on_landmarks(self, msg) -> None:
         received = time.time_ns()
         d = decode_landmarks(landmarks_message(msg.data))
-        self.write({"type": "landmarks", "frame_seq": d.pop("frame_seq"), "capture_ns": d.pop("capture_ns"),
-                    "frame_received_ns": d.pop("frame_received_ns"), "published_ns": msg.publish_ns, "received_ns": received, **d})
+        line = {"type": "landmarks", "frame_seq": d.pop("frame_seq"), "capture_ns": d.pop("capture_ns"),
+                "frame_received_ns": d.pop("frame_received_ns"), "published_ns": msg.publish_ns, "received_ns": received, **d}
+        source = self.sources.get(line["frame_seq"])
+        if source is not None:
+            line["source"] = source
+        self.write(line)
 
     def on_gesture(self, msg) -> None:
         received = time.time_ns()

@@ -159,7 +159,7 @@ def test_bundled_hands_graph_passes_the_preflight_check():
     res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "check", str(ROOT / "launch" / "hands.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "graph 'hands' is consistent: 5 nodes, 3 topics" in res.stdout
+    assert "graph 'hands' is consistent: 5 nodes, 4 topics" in res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +219,16 @@ def test_landmarks_through_the_graph_equal_mediapipe_in_process(graph_run, tasks
             assert hand["handedness"] == ("Right" if ref.handedness[i][0].category_name == "Left" else "Left")
             compared += 1
     assert compared >= 20
+
+
+@needs_photos
+def test_every_recorded_landmark_line_names_the_photo_it_came_from(graph_run):
+    files, lines, _ = graph_run
+    landmarks = [line for line in lines if line["type"] == "landmarks"]
+    assert landmarks and all("source" in line for line in landmarks)
+    for line in landmarks:
+        photo = photo_of(files, line["frame_seq"])
+        assert line["source"] == {"kind": "image folder", "index": files.index(photo), "name": photo.name}
 
 
 @needs_photos

@@ -119,7 +119,7 @@ def test_bundled_three_node_example_runs_from_the_command_line(tmp_path):
 def test_output_lines_carry_the_node_name(tmp_path):
     out = tmp_path / "out.jsonl"
     path, _ = write_graph(tmp_path, THREE.replace("OUT", str(out)))
-    res = shmlaunch(path, "--duration", 1.5)
+    res = shmlaunch(path, "--duration", 3)  # long enough for every node's set-up on a loaded 2-core machine
     lines = [line for line in res.stdout.splitlines() if "recording to" in line]
     assert len(lines) == 1 and lines[0].startswith("record ") and "| INFO recording to" in lines[0]
 
@@ -219,7 +219,7 @@ def test_node_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
     env: {PYTHONPATH: PYTHONPATH_HERE}
 """
     path, graph = write_graph(tmp_path, body)
-    res = shmlaunch(path, "--duration", 1.5, timeout=60)
+    res = shmlaunch(path, "--duration", 3, timeout=60)  # the node's set-up and first timer have run by then
     assert "still running after 5 s, killing: stubborn" in res.stdout
     assert "node 'stubborn' exited (killed by SIGKILL (exit code 137))" in res.stdout
     assert_nothing_left(graph)

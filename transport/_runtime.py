@@ -89,6 +89,17 @@ def graph_runtime_dir(graph: str) -> Path:
     return Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{validate_graph_name(graph)}"
 
 
+def graphs_present() -> list[str]:
+    """Names of the graphs that have a runtime directory of this user under the default root
+    (running, or left by a crash): what to suggest when a topic is not where it was looked for."""
+    prefix = f"shmlaunch-{os.geteuid()}-"
+    try:
+        names = os.listdir(SHM_ROOT)
+    except OSError:
+        return []
+    return sorted(n[len(prefix):] for n in names if n.startswith(prefix))
+
+
 def default_runtime_dir() -> Path:
     """Where a node finds its graph: ``$SHMLAUNCH_RUNTIME_DIR`` (set by the launcher), else the
     runtime directory of the graph named "default"."""

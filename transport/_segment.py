@@ -33,7 +33,7 @@ from ._errors import (
     WriterBusyError,
 )
 from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, read_registry
-from ._runtime import RuntimeDir, segment_file_name, validate_topic_name
+from ._runtime import ENV_RUNTIME_DIR, RuntimeDir, graphs_present, segment_file_name, validate_topic_name
 from .backend import ByteLock, buffer_address, free_bytes, map_file, reserve
 
 
@@ -404,6 +404,14 @@ def _header_config(seg: Segment, action: str) -> L.TopicConfig:
     return L.TopicConfig(h.capacity, h.pool, dtype, h.shape, segment=seg.path.name)
 
 
+def _graphs_hint() -> str:
+    graphs = graphs_present()
+    if not graphs:
+        return "no graph has a runtime directory: is it running?"
+    return (f"graphs with a runtime directory: {', '.join(graphs)}; open one by name: "
+            f"runtime_dir=graph_runtime_dir(NAME), shmlaunch run --graph NAME, or {ENV_RUNTIME_DIR}")
+
+
 def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, observer: bool = False) -> Segment:
     """Open an existing topic: the registry supplies the config, the header must agree.
     A reader holds the presence lock; an ``observer`` (a tool) does not."""
@@ -411,11 +419,11 @@ def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, 
     try:
         ctx = _as_runtime_dir(runtime_dir, create=False)
     except FileNotFoundError:
-        raise TopicNotFoundError(f"cannot {action}: there is no runtime directory {runtime_dir} (is the graph running?)") from None
+        raise TopicNotFoundError(f"cannot {action}: there is no runtime directory {runtime_dir} ({_graphs_hint()})") from None
     with ctx as rd:
         entry = read_registry(rd).get(topic)
         if entry is None:
-            raise TopicNotFoundError(f"cannot {action}: the registry in {rd.path} does not list it")
+            raise TopicNotFoundError(f"cannot {action}: the registry in {rd.path} does not list it ({_graphs_hint()})")
         config = entry_to_config(entry)
         check_agreement(action, config, "the registry", request, "requested")
         try:

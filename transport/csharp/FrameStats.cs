@@ -1,4 +1,4 @@
-// FrameStats TOPIC [SECONDS]: the C# twin of the C++ frame_stats example. Once a second:
+// FrameStats [--graph NAME] TOPIC [SECONDS]: the C# twin of the C++ frame_stats example. Once a second:
 // messages per second and latency (source stamp to now). Runs as a `cmd:` node.
 using System;
 using System.Collections.Generic;
@@ -8,14 +8,22 @@ static class FrameStats
 {
     static int Main(string[] args)
     {
-        if (args.Length < 1) { Console.Error.WriteLine("usage: FrameStats.exe TOPIC [SECONDS]"); return 2; }
+        string dir = null;
+        if (args.Length > 1 && args[0] == "--graph")  // attach to a running graph by its name
+        {
+            dir = Segment.GraphRuntimeDir(args[1]);
+            var rest = new string[args.Length - 2];
+            Array.Copy(args, 2, rest, 0, rest.Length);
+            args = rest;
+        }
+        if (args.Length < 1) { Console.Error.WriteLine("usage: FrameStats.exe [--graph NAME] TOPIC [SECONDS]"); return 2; }
         double seconds = args.Length > 1 ? double.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : -1;
         bool stop = false;
         Console.CancelKeyPress += (s, e) => { e.Cancel = true; stop = true; };
         AppDomain.CurrentDomain.ProcessExit += (s, e) => stop = true;
         try
         {
-            using (var reader = new Reader(args[0]))
+            using (var reader = new Reader(args[0], dir))
             {
                 Console.WriteLine("FrameStats: topic " + args[0] + ", capacity " + reader.Config.Capacity + ", pool " + reader.Config.Pool);
                 long start = Clock.MonotonicMs(), tick = start;

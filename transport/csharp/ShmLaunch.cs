@@ -110,11 +110,37 @@ namespace ShmLaunch
         /// <summary>Where runtime directories go, as Python's SHM_ROOT: /dev/shm, or /tmp where there is none.</summary>
         public static string ShmRoot() => Directory.Exists("/dev/shm") ? "/dev/shm" : "/tmp";
 
-        /// <summary>$SHMLAUNCH_RUNTIME_DIR, else ShmRoot()/shmlaunch-euid-graph: the rule Python and C++ follow.</summary>
+        /// <summary>The runtime directory of the graph called graph: ShmRoot()/shmlaunch-euid-graph (attach by name).</summary>
+        public static string GraphRuntimeDir(string graph) => ShmRoot() + "/shmlaunch-" + Native.geteuid() + "-" + graph;
+
+        /// <summary>$SHMLAUNCH_RUNTIME_DIR, else GraphRuntimeDir(graph): the rule Python and C++ follow.</summary>
         public static string RuntimeDir(string graph = "default")
         {
             var env = Environment.GetEnvironmentVariable("SHMLAUNCH_RUNTIME_DIR");
-            return string.IsNullOrEmpty(env) ? ShmRoot() + "/shmlaunch-" + Native.geteuid() + "-" + graph : env;
+            return string.IsNullOrEmpty(env) ? GraphRuntimeDir(graph) : env;
+        }
+
+        /// <summary>Names of the graphs with a runtime directory of this user: what "not found" suggests.</summary>
+        public static List<string> GraphsPresent()
+        {
+            string prefix = "shmlaunch-" + Native.geteuid() + "-";
+            var names = new List<string>();
+            try
+            {
+                foreach (var path in Directory.GetDirectories(ShmRoot(), prefix + "*")) names.Add(Path.GetFileName(path).Substring(prefix.Length));
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+            names.Sort(StringComparer.Ordinal);
+            return names;
+        }
+
+        static string GraphsHint()
+        {
+            var graphs = GraphsPresent();
+            if (graphs.Count == 0) return " (no graph has a runtime directory: is it running?)";
+            return " (graphs with a runtime directory: " + string.Join(", ", graphs)
+                + "; open one by name: Segment.GraphRuntimeDir(NAME), --graph NAME, or SHMLAUNCH_RUNTIME_DIR)";
         }
 
         /// <summary>Open a runtime directory that is a real directory (never a symlink), this user's, closed to others.</summary>
@@ -124,7 +150,7 @@ namespace ShmLaunch
             if (fd < 0)
             {
                 int err = Marshal.GetLastWin32Error();
-                if (err == 2) throw new TopicNotFound(action + ": there is no runtime directory " + dir + " (is the graph running?)");
+                if (err == 2) throw new TopicNotFound(action + ": there is no runtime directory " + dir + GraphsHint());
                 throw new ShmError(action + ": runtime directory " + dir + " is a symlink or cannot be opened (errno " + err + "); shmlaunch never follows one");
             }
             Native.Stat(fd, out uint mode, out uint uid, out long _);
@@ -158,7 +184,7 @@ namespace ShmLaunch
         public static TopicConfig ReadRegistry(int dirFd, string dir, string topic, string action)
         {
             string text = ReadBounded(dirFd, "registry.yaml");
-            if (text == null) throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
+            if (text == null) throw new TopicNotFound(action + ": the registry in " + dir + " does not list it" + GraphsHint());
             string prefix = "  \"" + topic + "\": ";
             foreach (var line in text.Split('\n'))
             {
@@ -185,7 +211,7 @@ namespace ShmLaunch
                     throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': segment '" + cfg.Segment + "' is not a plain segment file name (NAME.pool, no '/' or '..')");
                 return cfg;
             }
-            throw new TopicNotFound(action + ": the registry in " + dir + " does not list it");
+            throw new TopicNotFound(action + ": the registry in " + dir + " does not list it" + GraphsHint());
         }
 
         public Segment(string dir, string topic, ulong expectCapacity, string action)

@@ -1,4 +1,4 @@
-// frame_stats TOPIC [SECONDS]: once a second, messages per second and latency (source stamp
+// frame_stats [--graph NAME] TOPIC [SECONDS]: once a second, messages per second and latency (source stamp
 // to now) of a topic, e.g. camera/image. Runs as a `cmd:` node; SIGINT/SIGTERM end it.
 #include <csignal>
 #include <cstdio>
@@ -10,15 +10,21 @@
 static volatile std::sig_atomic_t stop = 0;
 
 int main(int argc, char** argv) {
+  std::string dir = shmlaunch::runtime_dir();
+  if (argc > 2 && std::string(argv[1]) == "--graph") {  // attach to a running graph by its name
+    dir = shmlaunch::graph_runtime_dir(argv[2]);
+    argv += 2;
+    argc -= 2;
+  }
   if (argc < 2) {
-    std::fprintf(stderr, "usage: frame_stats TOPIC [SECONDS]\n");
+    std::fprintf(stderr, "usage: frame_stats [--graph NAME] TOPIC [SECONDS]\n");
     return 2;
   }
   std::signal(SIGINT, [](int) { stop = 1; });
   std::signal(SIGTERM, [](int) { stop = 1; });
   double seconds = argc > 2 ? std::atof(argv[2]) : -1;
   try {
-    shmlaunch::Reader reader(argv[1]);
+    shmlaunch::Reader reader(argv[1], dir);
     const auto& cfg = reader.config();
     std::printf("frame_stats: topic %s, capacity %llu, pool %u, dtype %s, shape %s\n", argv[1],
                 (unsigned long long)cfg.capacity, cfg.pool, cfg.typestr.empty() ? "bytes" : cfg.typestr.c_str(),

@@ -1,4 +1,4 @@
-// landmark_reader [TOPIC] [COUNT]: per hand-landmark message, the hand count and each wrist's
+// landmark_reader [--graph NAME] [TOPIC] [COUNT]: per hand-landmark message, the hand count and each wrist's
 // position (default topic hands/landmarks; COUNT messages, or until SIGINT/SIGTERM).
 #include <csignal>
 #include <cstdio>
@@ -9,12 +9,18 @@
 static volatile std::sig_atomic_t stop = 0;
 
 int main(int argc, char** argv) {
+  std::string dir = shmlaunch::runtime_dir();
+  if (argc > 2 && std::string(argv[1]) == "--graph") {  // attach to a running graph by its name
+    dir = shmlaunch::graph_runtime_dir(argv[2]);
+    argv += 2;
+    argc -= 2;
+  }
   const char* topic = argc > 1 ? argv[1] : "hands/landmarks";
   long count = argc > 2 ? std::atol(argv[2]) : -1;
   std::signal(SIGINT, [](int) { stop = 1; });
   std::signal(SIGTERM, [](int) { stop = 1; });
   try {
-    shmlaunch::Reader reader(topic, shmlaunch::runtime_dir(), {sizeof(shmlaunch::HandLandmarks), 0, ""});
+    shmlaunch::Reader reader(topic, dir, {sizeof(shmlaunch::HandLandmarks), 0, ""});
     for (long n = 0; !stop && (count < 0 || n < count);) {
       auto s = reader.receive(200);
       if (!s) continue;

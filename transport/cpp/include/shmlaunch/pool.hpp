@@ -15,6 +15,7 @@
 //   if (auto s = r.receive(1000)) { use(s->data(), s->size(), s->seq(), s->source_ns()); }
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
@@ -88,11 +89,41 @@ inline std::string shm_root() {
   return (::stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode)) ? "/dev/shm" : "/tmp";
 }
 
-// The graph's runtime directory: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it for every node),
-// else <shm_root>/shmlaunch-<euid>-<graph>, the same rule as Python's default_runtime_dir.
+// The runtime directory of the graph called `graph`: <shm_root>/shmlaunch-<euid>-<graph>, as
+// Python's graph_runtime_dir (a program attaching to a running graph by name).
+inline std::string graph_runtime_dir(const std::string& graph) {
+  return shm_root() + "/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
+}
+
+// The graph's runtime directory when none is named: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it
+// for every node), else graph_runtime_dir(graph), the same rule as Python's default_runtime_dir.
 inline std::string runtime_dir(const std::string& graph = "default") {
   if (const char* env = std::getenv("SHMLAUNCH_RUNTIME_DIR"); env && *env) return env;
-  return shm_root() + "/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
+  return graph_runtime_dir(graph);
+}
+
+// Names of the graphs that have a runtime directory of this user (Python's graphs_present):
+// what a "topic not found" error suggests.
+inline std::vector<std::string> graphs_present() {
+  std::vector<std::string> out;
+  const std::string prefix = "shmlaunch-" + std::to_string(geteuid()) + "-";
+  if (DIR* d = ::opendir(shm_root().c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name.compare(0, prefix.size(), prefix) == 0) out.push_back(name.substr(prefix.size()));
+    }
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+inline std::string graphs_hint() {
+  auto graphs = graphs_present();
+  if (graphs.empty()) return " (no graph has a runtime directory: is it running?)";
+  std::string names;
+  for (const auto& g : graphs) names += (names.empty() ? "" : ", ") + g;
+  return " (graphs with a runtime directory: " + names + "; open one by name: shmlaunch::graph_runtime_dir(NAME), --graph NAME, or SHMLAUNCH_RUNTIME_DIR)";
 }
 
 // An open, checked runtime directory: a real directory (never a symlink), owned by this user,
@@ -103,7 +134,7 @@ class RuntimeDir {
     fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd_ < 0) {
       int err = errno;
-      if (err == ENOENT) throw TopicNotFound(action + ": there is no runtime directory " + path + " (is the graph running?)");
+      if (err == ENOENT) throw TopicNotFound(action + ": there is no runtime directory " + path + graphs_hint());
       if (err == ELOOP || err == ENOTDIR)
         throw Error(action + ": runtime directory " + path + " is a symlink or not a directory; shmlaunch never follows one");
       throw Error(action + ": cannot open runtime directory " + path + ": " + std::strerror(err));
@@ -223,7 +254,7 @@ inline std::string topic_action(const std::string& verb, const std::string& topi
 inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string& topic, const std::string& action) {
   const std::string where = dir.path() + "/registry.yaml";
   int fd = dir.open_file("registry.yaml", O_RDONLY | O_NONBLOCK);
-  if (fd < 0) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it");
+  if (fd < 0) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
   std::string text;
   char buf[65536];
   ssize_t n;
@@ -271,7 +302,7 @@ inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string&
     }
     return cfg;
   }
-  throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it");
+  throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
 }
 
 // What a caller declares about a topic; unset fields (0 / empty) are not checked.
