@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shmlaunch.nodes.messages import LANDMARKS, LANDMARKS_VERSION
-from shmlaunch.testing import unique_name
+from shmlaunch.testing import runtime_dir, unique_name
 from shmlaunch.transport import Reader, Writer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +277,21 @@ def test_other_language_writers_write_source_seq(rt, other):
     msg = r.receive(timeout=5)
     assert msg is not None and (msg.seq, msg.source_seq) == (3, 1002)  # checked_io sends 1000 + its count as the input sequence
     r.close()
+
+
+def test_cpp_and_csharp_attach_to_a_graph_by_name_and_say_which_graphs_exist(cpp_build, csharp_build):
+    graph = unique_name("xlang-by-name")
+    env = {k: v for k, v in os.environ.items() if k != "SHMLAUNCH_RUNTIME_DIR"} | {"MONO_DISABLE_SHARED_AREA": "1"}
+    with runtime_dir(graph) as rt:
+        w = Writer("numbers", dtype="int64", shape=(1,), runtime_dir=rt)
+        w.publish(np.array([5], np.int64))
+        for argv in ([str(cpp_build / "frame_stats"), "--graph", graph, "numbers", "1.2"],
+                     ["mono", str(csharp_build / "FrameStats.exe"), "--graph", graph, "numbers", "1.2"]):
+            res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert "topic numbers, capacity 8, pool 4" in res.stdout
+            res = subprocess.run([*argv[:-2], "elsewhere", "0.5"], env=env, capture_output=True, text=True, timeout=60)
+            assert res.returncode == 2
+            assert f"the registry in {rt} does not list it (graphs with a runtime directory: " in res.stderr
+            assert graph in res.stderr
+        w.close()

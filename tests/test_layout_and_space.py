@@ -63,7 +63,7 @@ def test_public_api_is_pinned():
         "LockBusyError", "Message", "OutOfSpaceError", "PlatformUnavailableError", "Reader", "ReaderInfo", "ReaderStatistics",
         "RegistryCorruptError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError",
         "TopicMismatchError", "TopicNotFoundError", "TopicState", "TransportError", "Writer", "WriterBusyError", "WriterStatistics",
-        "cleanup", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "new_run_id", "read_registry",
+        "cleanup", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "graphs_present", "new_run_id", "read_registry",
         "validate_graph_name", "validate_topic_name", "wait_any",
     ])
 
@@ -129,7 +129,7 @@ def _tiles(rows: list[tuple[int, int, str | None]], size: int) -> bool:
 
 
 @pytest.mark.parametrize("start,dtype_name,size", [("### Gesture", "GESTURE", 64), ("Hand `h`", "HAND", 512),
-                                                   ("### Hand landmarks", "LANDMARKS", 48)])
+                                                   ("### Hand landmarks", "LANDMARKS", 48), ("### Frame source", "FRAME_SOURCE", 232)])
 def test_layout_document_tables_match_the_message_dtypes(start, dtype_name, size):
     from shmlaunch.nodes import messages
 
