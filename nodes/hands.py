@@ -1,4 +1,4 @@
-"""The hand-landmark node: MediaPipe Hands on the newest camera frame, one message per frame.
+"""The hand-landmark node: MediaPipe's hand landmarker on the newest camera frame, one message per frame.
 
 Subscribes to ``image`` (BGR uint8, height x width x 3) and publishes ``landmarks`` (the
 LANDMARKS layout of ``shmlaunch.nodes.messages``). It always takes the newest frame: a frame

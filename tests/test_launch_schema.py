@@ -83,7 +83,8 @@ CHECK_CASES = [
     (GOOD.replace("graph_nodes:Counter", "graph_nodes:Nope"),
      r"node 'counter': cannot import node class 'graph_nodes:Nope': module 'graph_nodes' has no attribute 'Nope'$"),
     (GOOD.replace("graph_nodes:Counter", "no_such_module:Counter"),
-     r"node 'counter': cannot import node class 'no_such_module:Counter': no module named 'no_such_module'$"),
+     r"node 'counter': cannot import node class 'no_such_module:Counter': no module named 'no_such_module' \(looked in .+, "
+     r"then the installed packages\)$"),
     (GOOD.replace("    publish:", "    params: {rte: 5}\n    publish:"),
      r"node 'counter' \(graph_nodes:Counter\) has no parameter 'rte'; it has: rate$"),
     (GOOD.replace("    publish:", "    params: {rate: fast}\n    publish:"),
