@@ -478,6 +478,7 @@ typedef struct {
     PyObject_HEAD
     uint8_t *base;
     int fd, closed, next_slot;
+    int copying; /* a publish is copying with the GIL released: one writer is one thread's at a time */
     uint32_t pool;
     uint64_t slots_offset, stride, capacity, exact_nbytes, full_nbytes;
     unsigned long long seq, generation, published, dropped;
@@ -521,6 +522,11 @@ static int lock_oldest_free(WriteCursor *w, uint32_t candidates) {
 /* The slot to write next, locked and marked odd (being written): the one locked ahead, or
  * the oldest free. -1: every slot is held by readers (counted as dropped); -2: error set. */
 static int begin_write(WriteCursor *w) {
+    if (w->copying) {
+        PyErr_Format(PyExc_RuntimeError, "writer of topic %R is publishing in another thread: a writer is used by one thread at a time",
+                     w->topic);
+        return -2;
+    }
     int slot = w->next_slot;
     if (slot >= 0)
         w->next_slot = -1;
@@ -569,7 +575,7 @@ static PyObject *commit_slot(WriteCursor *w, int slot, uint64_t length, PyObject
     syscall(SYS_futex, wake, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
     w->published++;
     move_order(w, slot, 1);
-    if (w->pool > 1) {
+    if (w->pool > 1 && !w->copying) { /* (not while another thread's publish copies into a slot it holds) */
         int next = lock_oldest_free(w, w->pool - 1);
         if (next == -2) return NULL;
         w->next_slot = next;
@@ -651,9 +657,11 @@ static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t na
     }
     uint8_t *dst = w->base + w->slots_offset + slot * w->stride + SLOT_HEADER;
     if (n >= BIG_COPY) { /* a frame: let other threads run during the copy */
+        w->copying = 1;
         Py_BEGIN_ALLOW_THREADS
         memcpy(dst, b.buf, n);
         Py_END_ALLOW_THREADS
+        w->copying = 0;
     } else {
         memcpy(dst, b.buf, n);
     }
