@@ -10,7 +10,7 @@ tracking mode, up to 2 hands:
   memory, as the loop does, so measuring costs the graph no more than it costs the loop);
   per hop: camera -> hands (the frame's capture stamp to the hand node taking it) and
   hands -> probe (publish to receive). CPU% per node process from /proc.
-- target pairs: the loop and 2 pinned replicas back to back, ``--pairs`` times (the issue-9
+- target pairs: the loop and 2 pinned replicas back to back, ``--pairs`` times (the replicas
   target; the median over pairs is what to quote, since the VM's speed drifts).
 - replicas: the same graph with ``replicas: 2`` on the hand node, pinned one per CPU
   (``cpus: all``) unless the row says otherwise.
@@ -221,7 +221,7 @@ def size_runs(w: int, h: int, tmp: Path, seconds: float) -> dict:
 
 
 def target_pairs(tmp: Path, seconds: float, repeat: int) -> list[dict]:
-    """The issue-9 target, measured as alternating pairs: the loop, then 2 pinned replicas with
+    """The replicas target, measured as alternating pairs: the loop, then 2 pinned replicas with
     the camera at REPLICA_CAMERA_RATES[0] x the loop's rate, at 640x480. The loop's own rate
     drifts by several percent between minutes on this VM; a pair taken back to back is what
     can be compared, and the median over pairs is what is reported."""
@@ -241,7 +241,7 @@ def target_pairs(tmp: Path, seconds: float, repeat: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--pairs", type=int, default=5, help="loop/replicas pairs for the issue-9 target (0: none)")
+    ap.add_argument("--pairs", type=int, default=5, help="loop/replicas pairs for the replicas target (0: none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "hands.json"))
     args = ap.parse_args()
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -272,7 +272,7 @@ def main() -> None:
                         f"{cpu} | {g['hands_per_frame']:.2f} |")
     pairs = results["target_pairs"]
     if pairs:
-        rows += ["", f"Issue-9 target, {len(pairs)} back-to-back pairs at 640x480 (loop, then 2 pinned replicas, camera at "
+        rows += ["", f"Replicas target, {len(pairs)} back-to-back pairs at 640x480 (loop, then 2 pinned replicas, camera at "
                  f"{REPLICA_CAMERA_RATES[0]}x the loop's rate):", "",
                  "| pair | loop fps | replicas fps | x loop | loop p50 ms | replicas p50 ms (published) | difference ms |",
                  "|---|---|---|---|---|---|---|"]
