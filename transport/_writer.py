@@ -87,15 +87,14 @@ class Writer:
         order = sorted(range(len(states)), key=lambda i: -1 if states[i] & 1 else states[i])
         _, generation, _ = L.WRITER.unpack_from(seg.mm, L.WRITER_OFFSET)
         L.WRITER.pack_into(seg.mm, L.WRITER_OFFSET, os.getpid(), generation + 1, time.time_ns())
-        self._typed_nbytes = seg.typed[0].nbytes if seg.typed is not None else None
-        loan_nbytes = self._typed_nbytes or self.config.capacity  # what loan() gives without nbytes
+        exact_nbytes = seg.full_nbytes if seg.typed is not None else 0  # a typed topic's messages have exactly this size
         self._checks_type = self.config.dtype is not None or self.config.shape is not None
         # Every message's steps are one C call (see _fastpath.c). The cursor refers to the
         # segment, never to this object, so a writer dropped without close() is still garbage.
         self._cursor = WriteCursor(
-            seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.capacity, self._typed_nbytes or 0,
-            loan_nbytes, max((s + 1) >> 1 for s in states), generation + 1, tuple(order),
-            tuple(seg.view(i, loan_nbytes) for i in range(len(states))), functools.partial(_loan_view, seg, []),
+            seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.capacity, exact_nbytes,
+            seg.full_nbytes, max((s + 1) >> 1 for s in states), generation + 1, tuple(order),
+            tuple(seg.view(i, seg.full_nbytes) for i in range(len(states))), functools.partial(_loan_view, seg, []),
             np.ascontiguousarray, topic, ClosedError, Loan,
         )
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
