@@ -10,6 +10,7 @@ namespace shmlaunch {
 constexpr uint32_t kMaxHands = 4;
 constexpr uint32_t kLandmarksVersion = 1;
 constexpr uint32_t kGestureVersion = 1;
+constexpr uint32_t kFrameSourceVersion = 1;
 
 #pragma pack(push, 1)
 struct Hand {
@@ -43,6 +44,16 @@ struct Gesture {
   float score[kMaxHands];
   uint8_t reserved2[8];
 };
+
+// Where a camera frame came from (camera/source), published beside each frame.
+struct FrameSource {
+  uint32_t version;
+  uint32_t kind;        // 0 device, 1 video file, 2 stream, 3 image folder
+  uint64_t frame_seq;   // the camera frame's sequence number
+  int64_t capture_ns;   // its capture time, CLOCK_REALTIME ns
+  int64_t index;        // frame index in the video or stream, or the image's index in the folder
+  char name[200];       // UTF-8, NUL padded (not terminated when all 200 bytes are used)
+};
 #pragma pack(pop)
 
 static_assert(sizeof(Hand) == 512, "Hand layout");
@@ -50,6 +61,8 @@ static_assert(sizeof(HandLandmarks) == 2096, "HandLandmarks layout");
 static_assert(offsetof(HandLandmarks, hands) == 48, "HandLandmarks layout");
 static_assert(sizeof(Gesture) == 64, "Gesture layout");
 static_assert(offsetof(Gesture, score) == 40, "Gesture layout");
+static_assert(sizeof(FrameSource) == 232, "FrameSource layout");
+static_assert(offsetof(FrameSource, index) == 24 && offsetof(FrameSource, name) == 32, "FrameSource layout");
 
 inline const char* gesture_name(uint8_t g) {
   static const char* names[] = {"none", "fist", "open_palm", "call", "four", "rock", "point", "peace", "thumbs_up"};
