@@ -26,14 +26,9 @@ def attach_dir(graph: str | None) -> Path | None:
     """The runtime directory a node started by hand attaches to: the named running graph's; else
     $SHMLAUNCH_RUNTIME_DIR; else the only running graph's; else None (the 'default' graph).
     NoGraphError when the named graph is not running, or when several run and none is named."""
-    if graph is not None:
-        return Path(find_graph(graph).runtime_dir)
-    if os.environ.get(ENV_RUNTIME_DIR):
+    if graph is None and (os.environ.get(ENV_RUNTIME_DIR) or not running_graphs()):
         return None
-    graphs = running_graphs()
-    if len(graphs) > 1:
-        raise NoGraphError(f"{len(graphs)} graphs are running ({', '.join(g.name for g in graphs)}): name one with --graph")
-    return Path(graphs[0].runtime_dir) if graphs else None
+    return Path(find_graph(graph).runtime_dir)
 
 
 def _refused(text: str) -> int:

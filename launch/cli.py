@@ -51,8 +51,6 @@ from ._printer import Printer
 from ._schema import LaunchFileError
 from ._systemd import unit_text
 
-_PACKAGED = BUNDLED
-
 
 def resolve_launch_file(name: str) -> Path:
     """A path as given, else a launch file shipped with shmlaunch (``launch/hands.yaml`` works
@@ -60,7 +58,7 @@ def resolve_launch_file(name: str) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    packaged = _PACKAGED / path.name
+    packaged = BUNDLED / path.name
     return packaged if packaged.exists() else path
 
 
@@ -197,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
 def _bundled() -> str:
     """The launch files shipped with shmlaunch, each with the first line of its header comment."""
     lines = ["Bundled launch files (run one by its name from any directory, e.g. shmlaunch hands.yaml):"]
-    for path in sorted(_PACKAGED.glob("*.yaml")):
+    for path in sorted(BUNDLED.glob("*.yaml")):
         first = path.read_text(encoding="utf-8").splitlines()[:1]
         about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
         lines.append(f"  {path.name:18} {about}")
-    lines.append(f"  (in {_PACKAGED}; shmlaunch FILE --help lists a file's launch arguments)")
+    lines.append(f"  (in {BUNDLED}; shmlaunch FILE --help lists a file's launch arguments)")
     return "\n".join(lines)
 
 
