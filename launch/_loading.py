@@ -18,7 +18,19 @@ import yaml
 from shmlaunch.transport import validate_graph_name
 
 from ._replicas import expand_replicas
-from ._schema import INCLUDE_KEYS, NODE_NAME_RE, TOP_KEYS, Graph, LaunchFileError, ns_join, parse_node, parse_topic, unknown_keys
+from ._schema import (
+    INCLUDE_KEYS,
+    NODE_NAME_RE,
+    RECORD_NODE,
+    TOP_KEYS,
+    Graph,
+    LaunchFileError,
+    ns_join,
+    parse_node,
+    parse_record,
+    parse_topic,
+    unknown_keys,
+)
 from ._yaml import LineDict, LineList, Problems, line_of, read_yaml
 
 MAX_INCLUDE_DEPTH = 8
@@ -70,6 +82,21 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
     _load_topics(doc, ns, graph, problems)
     _load_nodes(doc, path, ns, graph, problems)
     _load_includes(doc, path, ns, graph, problems, depth)
+    if "record" in doc:
+        _load_record(doc, path, ns, graph, problems)
+
+
+def _load_record(doc: dict, path: Path, ns: str, graph: Graph, problems: Problems) -> None:
+    """``record:``, once the file's topics (its includes' too) are known. One per graph."""
+    spec = parse_record(doc["record"], ns, graph.topics, problems, line_of(doc, "record"))
+    if spec is None:
+        return
+    if RECORD_NODE in graph.nodes:
+        problems.add(line_of(doc, "record"), f"'record' runs a node named {RECORD_NODE!r}, and the graph has one already "
+                     f"({graph.nodes[RECORD_NODE].where}): one recording per graph")
+        return
+    spec.base_dir = str(path.resolve().parent)
+    graph.nodes[RECORD_NODE] = spec
 
 
 def _launch_args(doc: dict, cli_args: dict[str, Any], top: bool, problems: Problems) -> dict[str, Any]:

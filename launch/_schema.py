@@ -27,23 +27,34 @@ A launch file is YAML::
         nice: 10                                 # scheduling priority, -20 (first) to 19 (last)
     include:
       - {file: arm.yaml, namespace: left, args: {side: left}}
+    record:                              # top file only: record topics to MCAP while it runs
+      file: $(arg bag)                   # .mcap; empty: no recording (shorthand: record: run.mcap)
+      topics: [camera/image, hands/landmarks]    # default: every topic (in an include: its own names)
+      compression: lz4                   # none (default), lz4, zstd
+      split_size: 2000                   # MB per file; split_duration: seconds per file
+      serve: 8765                        # also serve it live to Foxglove on ws://127.0.0.1:8765
 
 ``$(arg NAME)`` is replaced by the argument's value (``key:=value`` on the command line, else
-its default); a string that is only ``$(arg NAME)`` takes the value's YAML type. Included
+its default); a string that is only ``$(arg NAME)`` takes the value's YAML type. ``record:``
+becomes one more node, ``mcap-recorder``, running ``shmlaunch record`` on the graph. Included
 files' nodes and topics are prefixed with ``namespace/``. Every error names file, line and key.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from shmlaunch.nodes.recording import COMPRESSIONS
 from shmlaunch.transport import TopicConfig, backend, validate_topic_name
 
 from ._yaml import Problems, line_of
 
-TOP_KEYS = {"name", "args", "topics", "nodes", "include"}
+TOP_KEYS = {"name", "args", "topics", "nodes", "include", "record"}
+RECORD_KEYS = {"file", "topics", "compression", "split_size", "split_duration", "serve"}
+RECORD_NODE = "mcap-recorder"
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
 NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd", "replicas", "cpus", "nice"}
 REPLICA_KEYS = {"count", "ports"}
@@ -307,3 +318,57 @@ def _parse_placement(name: str, body: dict, spec: NodeSpec, problems: Problems) 
             problems.add(line_of(body, "nice"), f"node {name!r}: nice must be a whole number from -20 to 19, got {nice!r}")
         else:
             spec.nice = nice
+
+
+def parse_record(body, ns: str, declared: dict, problems: Problems, line: int) -> NodeSpec | None:
+    """The ``record:`` section as the node that records (None: no recording asked for). Its
+    topics are named as in its file (``ns``: an include's namespace) and must be ``declared``."""
+    if isinstance(body, str):
+        body = {"file": body}
+    if not body:
+        return None
+    if not isinstance(body, dict):
+        problems.add(line, f"'record' must be an .mcap file name or a mapping of {', '.join(sorted(RECORD_KEYS))}, got {body!r}")
+        return None
+    unknown_keys(body, RECORD_KEYS, "'record'", problems)
+    file = body.get("file")
+    if file in (None, ""):
+        return None  # off, e.g. an empty launch argument
+    if not isinstance(file, str) or not file.endswith(".mcap"):
+        problems.add(line_of(body, "file"), f"record: 'file' must be a file name ending in .mcap, got {file!r}")
+        return None
+    cmd = [sys.executable, "-m", "shmlaunch.launch.cli", "record", file]
+    cmd += _record_topics(body, ns, declared, problems)
+    compression = body.get("compression", "none")
+    if compression not in COMPRESSIONS:
+        problems.add(line_of(body, "compression"), f"record: 'compression' must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    cmd += ["--compression", str(compression)]
+    for key in ("split_size", "split_duration"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            problems.add(line_of(body, key), f"record: '{key}' must be a positive number, got {value!r}")
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    serve = body.get("serve")
+    if serve is not None:
+        if not _is_int(serve) or not 0 < serve < 65536:
+            problems.add(line_of(body, "serve"), f"record: 'serve' must be a TCP port (1-65535), got {serve!r}")
+        cmd += [f"--serve={serve}"]
+    return NodeSpec(RECORD_NODE, cmd=cmd, where=problems.at(line))
+
+
+def _record_topics(body: dict, ns: str, declared: dict, problems: Problems) -> list[str]:
+    topics = body.get("topics")
+    if topics is None:
+        return []
+    if not isinstance(topics, list) or not topics:
+        problems.add(line_of(body, "topics"), f"record: 'topics' must be a non-empty list of topic names, got {topics!r}")
+        return []
+    topics = [ns_join(ns, str(t)) for t in topics]
+    for t in topics:
+        if t not in declared:
+            problems.add(line_of(body, "topics"), f"record: topic {t!r} is not declared under 'topics:' "
+                         f"(declared: {', '.join(sorted(declared)) or 'none'})")
+    return topics
+

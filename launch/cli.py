@@ -11,6 +11,11 @@
     shmlaunch topic hz TOPIC [--graph G]               publish rate, once a second
     shmlaunch topic stats TOPIC [--graph G]            writer and per-reader counters
     shmlaunch stop [GRAPH | --graph G]                 stop a running graph cleanly
+    shmlaunch record FILE.mcap [TOPIC ...] [--graph G]  record topics to MCAP (Foxglove opens it)
+              [--duration S] [--split-size MB] [--split-duration S] [--compression none|lz4|zstd] [--serve [PORT]]
+    shmlaunch record --recover IN.mcap OUT.mcap        make a killed recorder's file complete
+    shmlaunch play FILE.mcap [--rate R] [--loop] [--start S] [--topics T ...] [--remap A:=B] [--graph G]
+    shmlaunch info FILE.mcap                           topics, schemas, counts, rates, duration of a recording
     shmlaunch systemd FILE [--user] [-o UNIT]          a systemd unit for the graph
     shmlaunch FILE --help                              the launch arguments FILE declares, with defaults
     shmlaunch --version
@@ -39,6 +44,7 @@ from shmlaunch.nodes import (
     load_node_class,
     parse_cli_value,
 )
+from shmlaunch.nodes.recording import RecordingError, check_record_extra
 from shmlaunch.transport import LAYOUT_VERSION, TransportError
 
 from . import _tools
@@ -47,7 +53,10 @@ from ._exits import EXIT_FAILED, error
 from ._graphdir import GraphRunningError, NoRoomError
 from ._launcher import Launcher
 from ._loading import BUNDLED, launch_arguments, load_launch_file, parse_launch_args
+from ._mcap_tools import info
+from ._play import play
 from ._printer import Printer
+from ._record import record
 from ._schema import LaunchFileError
 from ._systemd import unit_text
 
@@ -213,13 +222,18 @@ def _version() -> str:
 
 def _dispatch(argv: list[str]) -> int:
     commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
-                "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop}
+                "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop, "record": record, "play": play, "info": info}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\n" + _bundled(), flush=True)
         return 0
     if argv[0] == "--version":
         print(_version())
         return 0
+    if argv[0] in ("record", "play", "info"):
+        try:
+            check_record_extra()
+        except RecordingError as exc:
+            return error(str(exc))
     if argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _launch(argv)

@@ -4,7 +4,8 @@ Publishes BGR uint8 frames of the topic's shape (height, width, 3) on port ``ima
 stamped with its capture time. Frames are decoded straight into a loaned slot of the topic
 when the source's size matches (``VideoCapture.read(image=slot)``); otherwise they are
 letterboxed into it (scaled with their aspect ratio kept). ``source: auto`` takes /dev/video0 when it opens and the
-bundled sample photos otherwise, so a graph runs on a machine with no camera.
+bundled sample photos otherwise, so a graph runs on a machine with no camera. An ``.mcap`` file
+made by ``shmlaunch record`` plays its frames as if they came from the camera.
 """
 
 from __future__ import annotations
@@ -114,10 +115,52 @@ class _Capture:
         self.cap.release()
 
 
+class _Recording:
+    """The first image topic of an MCAP recording (``shmlaunch record``), frame by frame at the
+    node's pace, letterboxed to the topic's shape when sizes differ."""
+
+    live = False
+    kind = "recording"
+
+    def __init__(self, path: Path, loop: bool) -> None:
+        from .recording import RecordingError, check_record_extra, image_frames
+
+        self.path, self.loop, self.index = path, loop, -1
+        self.open = lambda: image_frames(path)
+        try:
+            check_record_extra()
+            self.frames = self.open()
+            self.pending = next(self.frames)
+        except (RecordingError, OSError) as exc:
+            raise NodeSetupError(f"cannot open camera source {str(path)!r}: {exc}") from None
+
+    def read_into(self, out: np.ndarray) -> bool:
+        got, self.pending = self.pending, None
+        if got is None:
+            got = next(self.frames, None)
+        if got is None and self.loop:
+            self.frames, self.index = self.open(), -1
+            got = next(self.frames, None)
+        if got is None:
+            return False
+        pixels, _capture_ns = got
+        self.index += 1
+        np.copyto(out, pixels if pixels.shape == out.shape else letterbox(pixels, out.shape))
+        return True
+
+    def position(self) -> tuple[int, str]:
+        """(index, name) of the frame read last: its place among the recording's frames, the file's name."""
+        return self.index, self.path.name
+
+    def release(self) -> None:
+        self.frames = iter(())
+
+
 class Camera(Node):
     """Publishes camera frames (BGR, the topic's shape) with their capture time."""
 
-    source = Param("auto", "'auto', a device index or /dev/videoN, a video file, an rtsp:// or http:// URL, or a folder of images",
+    source = Param("auto", "'auto', a device index or /dev/videoN, a video file, an rtsp:// or http:// URL, a folder of images, "
+                   "or an .mcap recording (its first image topic)",
                    type=(str, int))
     width = Param(640, "width asked of a live camera (frames are resized to the topic's shape anyway)")
     height = Param(480, "height asked of a live camera")
@@ -159,6 +202,8 @@ class Camera(Node):
         self.describe = source
         if path.is_dir():
             return self._folder(path, shape)
+        if path.suffix == ".mcap":  # a recording (or a split one's stem)
+            return _Recording(path, self.loop)
         if not path.exists():
             raise NodeSetupError(f"cannot open camera source {str(path.absolute())!r}: no such file, device or folder")
         return _Capture(str(path), source.startswith("/dev/"), self.loop, self.width, self.height, self.fps)

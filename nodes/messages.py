@@ -14,6 +14,11 @@ import numpy as np
 
 MAX_HANDS = 4
 N_LANDMARKS = 21
+#: MediaPipe's 21-point hand skeleton (wrist 0; thumb 1-4; index 5-8; middle 9-12; ring 13-16; little 17-20).
+HAND_CONNECTIONS = (
+    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
+    (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20),
+)
 
 #: One detected hand, 512 bytes.
 HAND = np.dtype([
@@ -53,7 +58,7 @@ GESTURE = np.dtype([
     ("reserved2", "<u1", (8,)),
 ])
 
-FRAME_SOURCE_KINDS = ("device", "video file", "stream", "image folder")
+FRAME_SOURCE_KINDS = ("device", "video file", "stream", "image folder", "recording")
 FRAME_SOURCE_VERSION = 1
 #: Where a camera frame came from (provenance), published beside each frame. 232 bytes.
 FRAME_SOURCE = np.dtype([

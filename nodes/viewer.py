@@ -32,13 +32,8 @@ from shmlaunch.transport import RuntimeDir, TransportError
 
 from ._node import Node
 from ._params import Param
-from .messages import GESTURE, LANDMARKS, decode_gesture, gesture_message, hand_count, handedness_label, landmarks_message
+from .messages import GESTURE, HAND_CONNECTIONS, LANDMARKS, decode_gesture, gesture_message, hand_count, handedness_label, landmarks_message
 
-#: MediaPipe's 21-point hand skeleton (wrist 0; thumb 1-4; index 5-8; middle 9-12; ring 13-16; little 17-20).
-HAND_CONNECTIONS = (
-    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),
-    (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (0, 17), (17, 18), (18, 19), (19, 20),
-)
 BONE_BGR = (255, 255, 255)
 POINT_BGR = (0, 0, 255)
 WAIT_FOR_FRAME = 5.0

@@ -165,3 +165,41 @@ class Stuck(Node):
         if time.monotonic() - self.started > self.after:
             self.log.info("hanging now")
             time.sleep(120)
+
+
+class Scene(Node):
+    """Deterministic content on every kind of topic a recording stores: a frame (uint8 [H, W, 3]) filled with ``seq % 251``, a
+    hand-landmark message for that frame (``source_seq`` = the frame's seq), a gesture
+    message, and a float32 vector of the frame's number; all stamped with the frame's capture
+    time. Frame n (counting from 1) is filled with ``n % 251``."""
+
+    rate = Param(20.0, "frames per second")
+
+    def setup(self):
+        from shmlaunch.nodes.messages import GESTURE_TYPE, LANDMARKS_TYPE
+
+        self.image = self.publisher("image")
+        self.landmarks = self.publisher("landmarks", message=LANDMARKS_TYPE)
+        self.gesture = self.publisher("gesture", message=GESTURE_TYPE)
+        self.vector = self.publisher("vector")
+        self.timer(1.0 / self.rate, self.tick)
+
+    def tick(self):
+        from shmlaunch.nodes.messages import GESTURE, LANDMARKS
+
+        stamp = time.time_ns()
+        self.n = n = getattr(self, "n", 0) + 1
+        with self.image.loan(stamp_ns=stamp) as frame:
+            frame[:] = n % 251
+        seq = self.image.statistics().last_seq
+        lm = np.zeros(1, LANDMARKS)
+        rec = lm[0]
+        rec["version"], rec["hand_count"], rec["frame_seq"], rec["capture_ns"] = 1, 1, seq, stamp
+        rec["image_width"], rec["image_height"] = frame.shape[1], frame.shape[0]
+        rec["hands"][0]["landmarks"][:, 0] = np.linspace(0.1, 0.9, 21)
+        rec["hands"][0]["landmarks"][:, 1] = (seq % 10) / 10
+        self.landmarks.publish(lm.view(np.uint8), stamp_ns=stamp, source_seq=seq)
+        g = np.zeros(1, GESTURE)
+        g[0]["version"], g[0]["hand_count"], g[0]["frame_seq"], g[0]["capture_ns"], g[0]["gesture"][0] = 1, 1, seq, stamp, seq % 9
+        self.gesture.publish(g.view(np.uint8), stamp_ns=stamp, source_seq=seq)
+        self.vector.publish(np.full(self.vector.config.shape, n, np.float32), stamp_ns=stamp, source_seq=seq)

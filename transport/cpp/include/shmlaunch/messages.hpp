@@ -48,7 +48,7 @@ struct Gesture {
 // Where a camera frame came from (camera/source), published beside each frame.
 struct FrameSource {
   uint32_t version;
-  uint32_t kind;        // 0 device, 1 video file, 2 stream, 3 image folder
+  uint32_t kind;        // 0 device, 1 video file, 2 stream, 3 image folder, 4 recording
   uint64_t frame_seq;   // the camera frame's sequence number
   int64_t capture_ns;   // its capture time, CLOCK_REALTIME ns
   int64_t index;        // frame index in the video or stream, or the image's index in the folder

@@ -1,0 +1,220 @@
+"""``shmlaunch play``: a recording's messages back into pool topics, at the pace they were made.
+
+Each recorded topic is opened (or created) with exactly the layout the recording stores; a
+running graph's topic that disagrees is refused with both values named, and one that already
+has a writer (a live camera) is refused too. Messages go out on one timeline: message *i* is
+published at ``start + (log_time_i - log_time_0) / rate`` on the monotonic clock, so every
+topic keeps its proportions at any rate, a split recording plays in real time across its
+files, and a late message never makes the later ones late (no drift). Capture stamps and
+``source_seq`` are published as recorded. The timing error (actual minus planned publish
+time) is measured and printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shmlaunch.nodes.recording import Played, RecordedChannel, RecordingError, RecordingReader, recording_files
+from shmlaunch.transport import (
+    RuntimeDir,
+    TopicConfig,
+    TransportError,
+    Writer,
+    cleanup,
+    graph_runtime_dir,
+    new_run_id,
+    validate_topic_name,
+)
+
+from ._exits import EXIT_FAILED, error
+from ._introspect import NoGraphError
+from ._state import running_graphs
+from ._tools import attach_dir
+
+#: timing errors kept for the report (the last ones: a bounded buffer however long it plays)
+ERRORS_KEPT = 100_000
+#: Read ahead at most this far (recorded time) and this many bytes; never closer to the next
+#: message's time than READ_SLACK_NS.
+LOOKAHEAD_NS = 200_000_000
+LOOKAHEAD_BYTES = 64 << 20
+READ_SLACK_NS = 4_000_000
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="shmlaunch play", description=(
+        "Publish a recording's messages into pool topics, paced as recorded. Into the running graph (--graph, or the only "
+        "one running), else into a graph of its own that consumers attach to with --graph and that is removed at the end."))
+    ap.add_argument("file", help="the .mcap file (a split recording: its first file, or FILE with no _N)")
+    ap.add_argument("--rate", type=float, default=1.0, help="speed factor (2: twice as fast); every topic keeps its proportions")
+    ap.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
+    ap.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S seconds (rosbag2: --start-offset)")
+    ap.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these recorded topics")
+    ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="publish recorded topic FROM as TO")
+    ap.add_argument("--graph", help="the graph to play into (default: the only running graph, else 'replay')")
+    ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    return ap
+
+
+def play(argv: list[str]) -> int:
+    ns = _parser().parse_intermixed_args(argv)
+    try:
+        remap = _remaps(ns.remap)
+        if not ns.rate > 0 or ns.start < 0:
+            raise ValueError(f"--rate must be > 0 and --start >= 0 (got {ns.rate}, {ns.start})")
+        files = recording_files(ns.file)
+        runtime_dir, own = _target(ns.graph)
+    except (ValueError, RecordingError) as exc:
+        return error(str(exc))
+    except NoGraphError as exc:
+        return error(str(exc), EXIT_FAILED)
+    player = Player(RecordingReader(files), runtime_dir, remap, ns.rate)
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    try:
+        print(f"shmlaunch: playing {', '.join(map(str, files))} into {runtime_dir} at rate {ns.rate:g}", file=sys.stderr, flush=True)
+        player.run(set(ns.topics) if ns.topics else None, ns.start, ns.loop, stop, ns.duration)
+    except (TransportError, RecordingError) as exc:
+        return error(str(exc), EXIT_FAILED)
+    finally:
+        player.close()
+        if own is not None:
+            cleanup(runtime_dir, own)
+    missing = sorted(set(ns.topics or ()) - set(player.reader.pool_topics()))
+    if missing:
+        return error(f"{ns.file}: no recorded topic {missing[0]!r} (recorded: {', '.join(player.reader.pool_topics())})")
+    return player.report()
+
+
+def _remaps(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        src, sep, dst = item.partition(":=")
+        if not sep:
+            raise ValueError(f"--remap {item!r}: expected FROM:=TO")
+        out[validate_topic_name(src)] = validate_topic_name(dst)
+    return out
+
+
+def _target(graph: str | None) -> tuple[Path, str | None]:
+    """(runtime directory, run id if this player made it and must remove it at the end)."""
+    if graph is None and running_graphs():
+        return attach_dir(None) or graph_runtime_dir("default"), None
+    if graph is not None and any(g.name == graph for g in running_graphs()):
+        return attach_dir(graph), None
+    path = graph_runtime_dir(graph or "replay")
+    try:
+        RuntimeDir.open(path).close()
+        return path, None  # exists (topics made by hand, or a graph that is starting): play into it, leave it
+    except FileNotFoundError:
+        run = new_run_id()
+        RuntimeDir.create(path, run).close()
+        return path, run
+
+
+class Player:
+    def __init__(self, reader: RecordingReader, runtime_dir: Path, remap: dict[str, str], rate: float) -> None:
+        self.reader = reader
+        self.runtime_dir = runtime_dir
+        self.remap = remap
+        self.rate = rate
+        self.writers: dict[str, Writer] = {}
+        self.shapes: dict[str, tuple] = {}
+        self.published = 0
+        self.dropped = 0
+        self.errors_ns: collections.deque[int] = collections.deque(maxlen=ERRORS_KEPT)
+        self.elapsed = 0.0
+
+    def _writer(self, ch: RecordedChannel) -> Writer:
+        w = self.writers.get(ch.topic)
+        if w is None:
+            name = self.remap.get(ch.topic, ch.topic)
+            c: TopicConfig = ch.config
+            w = self.writers[ch.topic] = Writer(name, c.capacity, c.pool, dtype=c.dtype, shape=c.shape, runtime_dir=self.runtime_dir,
+                                                message=c.message)
+        return w
+
+    def run(self, topics: set[str] | None, start_s: float, loop: bool, stop: list, duration: float | None) -> None:
+        for ch in self.reader.summary_channels():  # topics first, so the timeline starts with no set-up in it
+            if topics is None or ch.topic in topics:
+                self._writer(ch)
+        begin = time.monotonic()
+        while True:
+            self._pass(topics, start_s, stop, begin, duration)
+            if not loop or stop:
+                break
+        self.elapsed = time.monotonic() - begin
+
+    def _pass(self, topics: set[str] | None, start_s: float, stop: list, begin: float, duration: float | None) -> None:
+        messages = self.reader.messages(topics)
+        ahead: collections.deque[Played] = collections.deque()
+        ahead_bytes = 0
+        t0_log = t0 = None
+        while True:
+            # Read ahead while the next message is not due soon: reading a chunk (milliseconds)
+            # then happens in the gaps, never between two messages due together.
+            while (not ahead or (t0 is not None and self._due(ahead[0], t0, t0_log) - time.monotonic_ns() > READ_SLACK_NS
+                                 and ahead[-1].log_time - ahead[0].log_time < LOOKAHEAD_NS and ahead_bytes < LOOKAHEAD_BYTES)):
+                played = next(messages, None)
+                if played is None:
+                    break
+                if t0_log is None:
+                    t0_log = played.log_time + int(start_s * 1e9)
+                if played.log_time >= t0_log:
+                    ahead.append(played)
+                    ahead_bytes += len(played.data)
+            if not ahead:
+                return
+            played = ahead.popleft()
+            ahead_bytes -= len(played.data)
+            if t0 is None:
+                t0 = time.monotonic_ns()
+            due = self._due(played, t0, t0_log)
+            while (wait := due - time.monotonic_ns()) > 0 and not stop:
+                time.sleep(min(wait / 1e9, 0.1))
+            if stop or (duration is not None and time.monotonic() - begin >= duration):
+                stop.append(True)
+                return
+            self._publish(played)
+            self.errors_ns.append(time.monotonic_ns() - due)
+
+    def _due(self, played: Played, t0: int, t0_log: int) -> int:
+        """When ``played`` is to be published, on the monotonic clock (ns)."""
+        return t0 + int((played.log_time - t0_log) / self.rate)
+
+    def _publish(self, played: Played) -> None:
+        w = self._writer(played.channel)
+        c = played.channel.config
+        data = played.data
+        if c.dtype is not None and c.shape is not None:
+            data = np.frombuffer(data, c.dtype).reshape(c.shape)
+        seq = w.publish(data, stamp_ns=played.stamp_ns, source_seq=played.source_seq)
+        if seq is None:
+            self.dropped += 1  # every slot held by readers: the writer never waits
+        else:
+            self.published += 1
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def report(self) -> int:
+        for path in self.reader.truncated:
+            print(f"shmlaunch: {path} ends without a footer (its recorder was killed?): played every complete message; "
+                  f"'shmlaunch record --recover {path} OUT' makes it a complete file", file=sys.stderr)
+        if self.errors_ns:
+            e = np.abs(np.array(self.errors_ns)) / 1e6
+            timing = f"timing error p50 {np.percentile(e, 50):.3f} ms, p99 {np.percentile(e, 99):.3f} ms, max {e.max():.3f} ms"
+        else:
+            timing = "no message in the chosen range"
+        skipped = f", {self.dropped} not published (every slot held)" if self.dropped else ""
+        print(f"shmlaunch: played {self.published} messages on {len(self.writers)} topics in {self.elapsed:.2f} s{skipped}; {timing}",
+              file=sys.stderr, flush=True)
+        return 0
