@@ -25,6 +25,7 @@ from shmlaunch.nodes.recording import Played, RecordedChannel, RecordingError, R
 from shmlaunch.transport import (
     RuntimeDir,
     TopicConfig,
+    TopicMismatchError,
     TransportError,
     Writer,
     cleanup,
@@ -137,8 +138,12 @@ class Player:
         if w is None:
             name = self.remap.get(ch.topic, ch.topic)
             c: TopicConfig = ch.config
-            w = self.writers[ch.topic] = Writer(name, c.capacity, c.pool, dtype=c.dtype, shape=c.shape, runtime_dir=self.runtime_dir,
-                                                message=c.message)
+            try:
+                w = self.writers[ch.topic] = Writer(name, c.capacity, c.pool, dtype=c.dtype, shape=c.shape,
+                                                    runtime_dir=self.runtime_dir, message=c.message)
+            except TopicMismatchError as exc:  # "requested" is the recording's layout here
+                raise TopicMismatchError(f"refusing to play into the graph's topic {name!r}: it differs from the recorded one "
+                                         f"({str(exc).replace('requested', 'recorded')})") from None
         return w
 
     def run(self, topics: set[str] | None, start_s: float, loop: bool, stop: list, duration: float | None) -> None:

@@ -335,40 +335,40 @@ def parse_record(body, ns: str, declared: dict, problems: Problems, line: int) -
     if file in (None, ""):
         return None  # off, e.g. an empty launch argument
     if not isinstance(file, str) or not file.endswith(".mcap"):
-        problems.add(line_of(body, "file"), f"record: 'file' must be a file name ending in .mcap, got {file!r}")
+        problems.add((line_of(body, "file") or line), f"record: 'file' must be a file name ending in .mcap, got {file!r}")
         return None
     cmd = [sys.executable, "-m", "shmlaunch.launch.cli", "record", file]
-    cmd += _record_topics(body, ns, declared, problems)
+    cmd += _record_topics(body, ns, declared, problems, line)
     compression = body.get("compression", "none")
     if compression not in COMPRESSIONS:
-        problems.add(line_of(body, "compression"), f"record: 'compression' must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        problems.add((line_of(body, "compression") or line), f"record: 'compression' must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     cmd += ["--compression", str(compression)]
     for key in ("split_size", "split_duration"):
         value = body.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            problems.add(line_of(body, key), f"record: '{key}' must be a positive number, got {value!r}")
+            problems.add((line_of(body, key) or line), f"record: '{key}' must be a positive number, got {value!r}")
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     serve = body.get("serve")
     if serve is not None:
         if not _is_int(serve) or not 0 < serve < 65536:
-            problems.add(line_of(body, "serve"), f"record: 'serve' must be a TCP port (1-65535), got {serve!r}")
+            problems.add((line_of(body, "serve") or line), f"record: 'serve' must be a TCP port (1-65535), got {serve!r}")
         cmd += [f"--serve={serve}"]
     return NodeSpec(RECORD_NODE, cmd=cmd, where=problems.at(line))
 
 
-def _record_topics(body: dict, ns: str, declared: dict, problems: Problems) -> list[str]:
+def _record_topics(body: dict, ns: str, declared: dict, problems: Problems, line: int) -> list[str]:
     topics = body.get("topics")
     if topics is None:
         return []
     if not isinstance(topics, list) or not topics:
-        problems.add(line_of(body, "topics"), f"record: 'topics' must be a non-empty list of topic names, got {topics!r}")
+        problems.add((line_of(body, "topics") or line), f"record: 'topics' must be a non-empty list of topic names, got {topics!r}")
         return []
     topics = [ns_join(ns, str(t)) for t in topics]
     for t in topics:
         if t not in declared:
-            problems.add(line_of(body, "topics"), f"record: topic {t!r} is not declared under 'topics:' "
+            problems.add((line_of(body, "topics") or line), f"record: topic {t!r} is not declared under 'topics:' "
                          f"(declared: {', '.join(sorted(declared)) or 'none'})")
     return topics
 
