@@ -154,7 +154,8 @@ def test_recording_has_schemas_foxglove_opens_and_plays_back_byte_for_byte(scene
     res = cli("info", out)
     assert res.returncode == 0, res.stderr
     assert "complete (indexed)" in res.stdout and "foxglove.RawImage" in res.stdout and "shmlaunch.landmarks/1" in res.stdout
-    assert re.search(r"cam/image\s+foxglove.RawImage\s+%d\s+(19|20|21)\." % counts["cam/image"]["recorded"], res.stdout), res.stdout
+    n = counts["cam/image"]["recorded"]
+    assert re.search(rf"cam/image\s+foxglove.RawImage\s+{n}\s+(19|20|21)\.", res.stdout), res.stdout
 
     # play into a fresh graph: the same bytes, in the same order, with the same stamps and source_seq
     expected = recorded_pool_messages(out)
