@@ -9,6 +9,7 @@ status view.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shmlaunch.nodes import HEARTBEAT, heartbeat_age
+from shmlaunch.nodes.bridge import STATUS_FILE as BRIDGE_STATUS_FILE
 from shmlaunch.nodes.messages import (
     GESTURE_TYPE,
     LANDMARKS_TYPE,
@@ -27,6 +29,8 @@ from shmlaunch.nodes.messages import (
 from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, backend, read_registry
 
 from ._state import GraphState, running_graphs
+
+MAX_BRIDGE_STATUS_BYTES = 1 << 20
 
 #: A Python node beats every HEARTBEAT s while it spins; this much silence means it is stuck.
 STALE_HEARTBEAT = 5 * HEARTBEAT
@@ -139,11 +143,21 @@ def describe_type(config: TopicConfig) -> str:
     return name + (str(list(config.shape)) if config.shape else "")
 
 
+def read_bridge_status(runtime_dir: str | Path) -> dict | None:
+    """The graph bridge's last status (bridge.json), or None when the graph has no bridge."""
+    try:
+        with RuntimeDir.open(runtime_dir) as rd:
+            return json.loads(rd.read_bytes(BRIDGE_STATUS_FILE, MAX_BRIDGE_STATUS_BYTES))
+    except (OSError, ValueError, TransportError):
+        return None
+
+
 def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str, Topic] | None = None) -> list[list[str]]:
     """One row per topic. With ``cache`` (topic -> open Topic), topics stay open between calls
     (the live view refreshes every second) and are reopened when their segment was re-created;
     otherwise each is opened and closed."""
     rows = [["TOPIC", "TYPE", "CAPACITY", "POOL", "WRITER", "LAST SEQ", "HZ", "MB/s", "READERS"]]
+    imported = {i["local"]: i.get("host") or "?" for i in (read_bridge_status(runtime_dir) or {}).get("imports", {}).values()}
     with RuntimeDir.open(runtime_dir) as rd:
         registry = read_registry(rd)
         for name in sorted(registry):
@@ -160,7 +174,7 @@ def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str,
                 if cache is not None:
                     cache[name] = topic
             try:
-                rows.append(_topic_row(name, topic, sampler, now))
+                rows.append(_topic_row(name, topic, sampler, now, imported.get(name)))
             finally:
                 if cache is None:
                     topic.close()
@@ -169,11 +183,12 @@ def topic_rows(runtime_dir: Path, sampler: Sampler, now: float, cache: dict[str,
     return rows
 
 
-def _topic_row(name: str, topic: Topic, sampler: Sampler, now: float) -> list[str]:
+def _topic_row(name: str, topic: Topic, sampler: Sampler, now: float, imported_from: str | None) -> list[str]:
     d = topic.dynamic()
     hz = sampler.rate(name, d.latest_seq, now)
+    via = f", bridge from {imported_from}" if imported_from else ""
     return [name, describe_type(topic.config), str(topic.config.capacity), str(topic.config.pool),
-            f"{d.writer_pid} (gen {d.writer_generation})" if d.writer_alive else "none",
+            f"{d.writer_pid} (gen {d.writer_generation}{via})" if d.writer_alive else "none",
             str(d.latest_seq), "-" if hz is None else f"{hz:.1f}",
             "-" if hz is None else f"{hz * d.latest_length / 1e6:.2f}", str(len(d.readers))]
 

@@ -19,6 +19,7 @@ from shmlaunch.transport import validate_graph_name
 
 from ._replicas import expand_replicas
 from ._schema import (
+    BRIDGE_NODE,
     INCLUDE_KEYS,
     NODE_NAME_RE,
     RECORD_NODE,
@@ -26,6 +27,7 @@ from ._schema import (
     Graph,
     LaunchFileError,
     ns_join,
+    parse_bridge,
     parse_node,
     parse_record,
     parse_topic,
@@ -84,6 +86,24 @@ def _load(path: Path, cli_args: dict[str, Any], ns: str, graph: Graph, problems:
     _load_includes(doc, path, ns, graph, problems, depth)
     if "record" in doc:
         _load_record(doc, path, ns, graph, problems)
+    if "bridge" in doc:
+        _load_bridge(doc, path, graph, problems, top)
+
+
+def _load_bridge(doc: dict, path: Path, graph: Graph, problems: Problems, top: bool) -> None:
+    """``bridge:``: the top file's only (one zenoh session per host), once every topic is known."""
+    if not top:
+        problems.add(line_of(doc, "bridge"), "'bridge' belongs in the top launch file (one bridge per graph), not in an included one")
+        return
+    spec = parse_bridge(doc["bridge"], graph.name, graph.topics, problems, line_of(doc, "bridge"), path.resolve().parent)
+    if spec is None:
+        return
+    if BRIDGE_NODE in graph.nodes:
+        problems.add(line_of(doc, "bridge"), f"'bridge' runs a node named {BRIDGE_NODE!r}, and the graph has one already "
+                     f"({graph.nodes[BRIDGE_NODE].where})")
+        return
+    spec.base_dir = str(path.resolve().parent)
+    graph.nodes[BRIDGE_NODE] = spec
 
 
 def _load_record(doc: dict, path: Path, ns: str, graph: Graph, problems: Problems) -> None:

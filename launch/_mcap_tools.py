@@ -14,7 +14,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from shmlaunch.nodes.recording import PROFILE, RecordedChannel, RecordingError, channel_of, stream_records
+from shmlaunch.nodes.recording import PROFILE, RecordedChannel, RecordingError, channel_of, describe_problem, stream_records
 
 from ._exits import EXIT_FAILED, error
 from ._introspect import table
@@ -76,7 +76,7 @@ def _count(f, path: Path):
         elif isinstance(record, Metadata):
             metadata[record.name] = dict(record.metadata)
     if not channels and problems:
-        raise RecordingError(f"{path}: not an MCAP file ({problems[0]})")
+        raise RecordingError(f"{path}: not an MCAP file ({describe_problem(problems[0])})")
     return dict(counts), (span[0] or 0, span[1] or 0), list(channels.values()), metadata
 
 
@@ -130,7 +130,7 @@ def recover(src: str, dst: str) -> int:
         w.finish()
     if not channel_ids and problems:
         dst_path.unlink()
-        return error(f"{src}: not an MCAP recording ({problems[0]})", EXIT_FAILED)
-    cut = f"; the input ended mid-record ({problems[0]}), everything before it was kept" if problems else ""
+        return error(f"{src}: not an MCAP recording ({describe_problem(problems[0])})", EXIT_FAILED)
+    cut = f"; the input ended mid-record ({describe_problem(problems[0])}), everything before it was kept" if problems else ""
     print(f"shmlaunch: recovered {messages} messages on {len(channel_ids)} channels into {dst}{cut}")
     return 0

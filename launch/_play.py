@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         "Publish a recording's messages into pool topics, paced as recorded. Into the running graph (--graph, or the only "
         "one running), else into a graph of its own that consumers attach to with --graph and that is removed at the end."))
     ap.add_argument("file", help="the .mcap file (a split recording: its first file, or FILE with no _N)")
-    ap.add_argument("--rate", type=float, default=1.0, help="speed factor (2: twice as fast); every topic keeps its proportions")
-    ap.add_argument("--loop", action="store_true", help="start again at the end, until stopped")
-    ap.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S seconds (rosbag2: --start-offset)")
+    ap.add_argument("-r", "--rate", type=float, default=1.0, help="speed factor (2: twice as fast); every topic keeps its proportions")
+    ap.add_argument("-l", "--loop", action="store_true", help="start again at the end, until stopped")
+    ap.add_argument("--start", "--start-offset", type=float, default=0.0, metavar="S", help="skip the first S seconds")
     ap.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these recorded topics")
     ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="publish recorded topic FROM as TO")
     ap.add_argument("--graph", help="the graph to play into (default: the only running graph, else 'replay')")

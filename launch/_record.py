@@ -259,6 +259,8 @@ def record(argv: list[str]) -> int:
         return error(problem)
     try:
         runtime_dir = attach_dir(ns.graph) or _env_runtime_dir()
+        if not runtime_dir.exists():
+            raise NoGraphError("no graph is running (start one with: shmlaunch FILE)")
         taps = _open_taps(runtime_dir, ns.topics)
     except (NoGraphError, TransportError, RecordingError, LookupError) as exc:
         return error(str(exc), EXIT_FAILED)

@@ -33,6 +33,15 @@ A launch file is YAML::
       compression: lz4                   # none (default), lz4, zstd
       split_size: 2000                   # MB per file; split_duration: seconds per file
       serve: 8765                        # also serve it live to Foxglove on ws://127.0.0.1:8765
+    bridge:                              # top file only: topics across machines over Zenoh
+      host: robot-a                      # this host's name in the keys (default: the hostname)
+      listen: [tcp/0.0.0.0:7447]         # mode (peer, client, router), listen, connect, or
+      connect: [tcp/10.0.0.2:7447]       #   config: zenoh.json5 (a zenoh config file, verbatim: TLS, ACL)
+      export:                            # only what is named leaves this graph
+        hands/landmarks: {}
+        camera/image: {encode: jpeg, quality: 80, rate: 10, priority: low}
+      import:                            # <graph>/<topic> of another host -> a local topic
+        hands/hands/landmarks: {topic: remote/landmarks, host: robot-b}
 
 ``$(arg NAME)`` is replaced by the argument's value (``key:=value`` on the command line, else
 its default); a string that is only ``$(arg NAME)`` takes the value's YAML type. ``record:``
@@ -42,9 +51,11 @@ files' nodes and topics are prefixed with ``namespace/``. Every error names file
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shmlaunch.nodes.recording import COMPRESSIONS
@@ -52,9 +63,16 @@ from shmlaunch.transport import TopicConfig, backend, validate_topic_name
 
 from ._yaml import Problems, line_of
 
-TOP_KEYS = {"name", "args", "topics", "nodes", "include", "record"}
+TOP_KEYS = {"name", "args", "topics", "nodes", "include", "record", "bridge"}
 RECORD_KEYS = {"file", "topics", "compression", "split_size", "split_duration", "serve"}
 RECORD_NODE = "mcap-recorder"
+BRIDGE_KEYS = {"host", "mode", "listen", "connect", "config", "export", "import"}
+EXPORT_KEYS = {"rate", "encode", "quality", "priority"}
+IMPORT_KEYS = {"topic", "host"}
+BRIDGE_NODE = "bridge"
+BRIDGE_MODES = ("peer", "client", "router")
+_ENDPOINT_RE = re.compile(r"(tcp|udp|tls|quic|ws|unixsock-stream)/\S+")
+_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}")
 TOPIC_KEYS = {"capacity", "pool", "dtype", "shape"}
 NODE_KEYS = {"node", "cmd", "params", "publish", "subscribe", "respawn", "required", "env", "cwd", "replicas", "cpus", "nice"}
 REPLICA_KEYS = {"count", "ports"}
@@ -372,3 +390,123 @@ def _record_topics(body: dict, ns: str, declared: dict, problems: Problems, line
                          f"(declared: {', '.join(sorted(declared)) or 'none'})")
     return topics
 
+
+
+def parse_bridge(body, graph_name: str, declared: dict, problems: Problems, line: int, base_dir: Path) -> NodeSpec | None:
+    """The ``bridge:`` section as the bridge node (one zenoh session for this host's graph)."""
+    if not body:
+        return None
+    if not isinstance(body, dict):
+        problems.add(line, f"'bridge' must be a mapping of {', '.join(sorted(BRIDGE_KEYS))}, got {body!r}")
+        return None
+    unknown_keys(body, BRIDGE_KEYS, "'bridge'", problems)
+    at = lambda key: line_of(body, key) or line  # noqa: E731
+    section = {"graph": graph_name}
+    _bridge_session(body, section, problems, at, base_dir)
+    exports = _bridge_exports(body.get("export") or {}, declared, problems, at("export"))
+    imports = _bridge_imports(body.get("import") or {}, problems, at("import"))
+    if not exports and not imports:
+        problems.add(line, "bridge: nothing to export or import (name topics under 'export:' or 'import:')")
+    locals_ = {spec.get("topic") or remote.partition("/")[2]: remote for remote, spec in imports.items()}
+    clash = sorted(set(locals_) & set(exports))
+    if clash:
+        problems.add(at("import"), f"bridge: topic {clash[0]!r} is both exported and imported: a loop")
+    section.update({"export": exports, "import": imports, "declared": {
+        name: {"capacity": t.capacity, "pool": t.pool, "dtype": None if t.dtype is None else t.dtype.str,
+               "shape": None if t.shape is None else list(t.shape)} for name, t in declared.items() if name in locals_}})
+    spec = NodeSpec(BRIDGE_NODE, node_class="shmlaunch.nodes.bridge:Bridge", params={"section": json.dumps(section)},
+                    where=problems.at(line), respawn_max=1000, respawn_delay=0.5)
+    spec.subscribe = {f"export:{t}": t for t in exports}
+    spec.publish = {f"import:{name}": name for name in locals_ if name in declared}
+    return spec
+
+
+def _bridge_session(body: dict, section: dict, problems: Problems, at, base_dir: Path) -> None:
+    host = body.get("host")
+    if host is not None:
+        if not isinstance(host, str) or not _HOST_RE.fullmatch(host):
+            problems.add(at("host"), f"bridge: 'host' must be a name of letters, digits, '_' and '-', got {host!r}")
+        section["host"] = host
+    mode = body.get("mode")
+    if mode is not None:
+        if mode not in BRIDGE_MODES:
+            problems.add(at("mode"), f"bridge: 'mode' must be one of {', '.join(BRIDGE_MODES)}, got {mode!r}")
+        section["mode"] = mode
+    for key in ("listen", "connect"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and _ENDPOINT_RE.fullmatch(v) for v in value):
+            problems.add(at(key), f"bridge: '{key}' must be a list of zenoh endpoints such as tcp/10.0.0.2:7447, got {body[key]!r}")
+        section[key] = value
+    config = body.get("config")
+    if config is not None:
+        if not isinstance(config, str) or not (base_dir / config).is_file():
+            problems.add(at("config"), f"bridge: 'config' must name a zenoh config file, {str(base_dir / str(config))!r} is not one")
+        section["config"] = str(base_dir / str(config))
+
+
+def _bridge_exports(exports, declared: dict, problems: Problems, line: int) -> dict:
+    if not isinstance(exports, dict):
+        problems.add(line, f"bridge: 'export' must map topic names to options ({', '.join(sorted(EXPORT_KEYS))}), got {exports!r}")
+        return {}
+    out = {}
+    for topic, spec in exports.items():
+        where = line_of(exports, topic) or line
+        spec = spec or {}
+        if topic not in declared:
+            problems.add(where, f"bridge: export {topic!r}: not a topic of this graph (declared: {', '.join(sorted(declared)) or 'none'})")
+            continue
+        if not isinstance(spec, dict):
+            problems.add(where, f"bridge: export {topic!r}: expected options ({', '.join(sorted(EXPORT_KEYS))}), got {spec!r}")
+            continue
+        unknown_keys(spec, EXPORT_KEYS, f"bridge export {topic!r}", problems)
+        rate = spec.get("rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+            problems.add(where, f"bridge: export {topic!r}: 'rate' must be messages per second > 0, got {rate!r}")
+        if spec.get("encode", "raw") not in ("raw", "jpeg"):
+            problems.add(where, f"bridge: export {topic!r}: 'encode' must be raw or jpeg, got {spec['encode']!r}")
+        t = declared[topic]
+        if spec.get("encode") == "jpeg" and not (t.dtype == "uint8" and t.shape and len(t.shape) == 3 and t.shape[2] == 3):
+            problems.add(where, f"bridge: export {topic!r}: 'encode: jpeg' needs a uint8 [height, width, 3] topic")
+        quality = spec.get("quality", 85)
+        if not _is_int(quality) or not 1 <= quality <= 100:
+            problems.add(where, f"bridge: export {topic!r}: 'quality' must be 1 to 100, got {quality!r}")
+        if spec.get("priority", "high") not in ("high", "normal", "low"):
+            problems.add(where, f"bridge: export {topic!r}: 'priority' must be high, normal or low, got {spec['priority']!r}")
+        out[topic] = dict(spec)
+    return out
+
+
+def _bridge_imports(imports, problems: Problems, line: int) -> dict:
+    if not isinstance(imports, dict):
+        problems.add(line, f"bridge: 'import' must map <graph>/<topic> to options ({', '.join(sorted(IMPORT_KEYS))}), got {imports!r}")
+        return {}
+    out = {}
+    for remote, spec in imports.items():
+        where = line_of(imports, remote) or line
+        spec = spec or {}
+        graph, _, topic = str(remote).partition("/")
+        try:
+            validate_topic_name(topic)
+            if not _HOST_RE.fullmatch(graph):
+                raise ValueError(f"invalid graph name {graph!r}")
+        except ValueError as exc:
+            problems.add(where, f"bridge: import {remote!r}: name it <graph>/<topic> ({exc})")
+            continue
+        if not isinstance(spec, dict):
+            problems.add(where, f"bridge: import {remote!r}: expected options ({', '.join(sorted(IMPORT_KEYS))}), got {spec!r}")
+            continue
+        unknown_keys(spec, IMPORT_KEYS, f"bridge import {remote!r}", problems)
+        try:
+            if spec.get("topic") is not None:
+                validate_topic_name(spec["topic"])
+            if spec.get("host") is not None and not _HOST_RE.fullmatch(str(spec["host"])):
+                raise ValueError(f"invalid host name {spec['host']!r}")
+        except ValueError as exc:
+            problems.add(where, f"bridge: import {remote!r}: {exc}")
+            continue
+        out[str(remote)] = dict(spec)
+    return out

@@ -14,8 +14,19 @@ from pathlib import Path
 
 from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError
 
+from ._bridge_tools import remote_lines
 from ._exits import EXIT_FAILED, error
-from ._introspect import NoGraphError, Sampler, find_graph, find_topic_graph, node_rows, summarize, table, topic_rows
+from ._introspect import (
+    NoGraphError,
+    Sampler,
+    find_graph,
+    find_topic_graph,
+    node_rows,
+    read_bridge_status,
+    summarize,
+    table,
+    topic_rows,
+)
 from ._state import BadStateError, GraphState, is_launcher, running_graphs, uptime
 from ._stopping import STOP_TIMEOUT
 
@@ -78,8 +89,11 @@ def topic(argv: list[str]) -> int:
     ap.add_argument("name", nargs="?", help="topic (echo, hz, stats) or graph (list)")
     ap.add_argument("--graph", help="graph name (default: the only running graph that has the topic)")
     ap.add_argument("-n", "--count", type=int, help="echo/hz: stop after this many messages/reports")
+    ap.add_argument("--remote", action="store_true", help="list: the topics other hosts export (as the graph's bridge sees them)")
     ns = ap.parse_args(argv)
     try:
+        if ns.action == "list" and ns.remote:
+            return _remote(find_graph(ns.name or ns.graph))
         if ns.action == "list":
             g = find_graph(ns.name or ns.graph)
             print(f"graph {g.name!r}")
@@ -95,6 +109,15 @@ def topic(argv: list[str]) -> int:
         return _refused(str(exc))
     except KeyboardInterrupt:
         return 0
+
+
+def _remote(g: GraphState) -> int:
+    status = read_bridge_status(g.runtime_dir)
+    if status is None:
+        return _refused(f"graph {g.name!r} has no bridge (no 'bridge:' section in {g.file}): it sees no other host")
+    print(f"topics other hosts export, as seen from graph {g.name!r} on host {status['host']!r}")
+    print("\n".join(remote_lines(status)))
+    return 0
 
 
 def _echo(rt: Path, name: str, count: int | None) -> int:

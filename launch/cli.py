@@ -6,7 +6,9 @@
     shmlaunch run module:Class [--graph G] [--param k=v ...]   run one node alone, attached to a running graph
     shmlaunch list                                     running graphs
     shmlaunch node list [GRAPH | --graph G]            nodes: pid, state, restarts, CPU%, RSS, CPUs, nice
-    shmlaunch topic list [GRAPH | --graph G]           topics: type, writer, last seq, Hz, MB/s, readers
+    shmlaunch topic list [GRAPH | --graph G] [--remote]  topics: type, writer, last seq, Hz, MB/s, readers
+                                                       (--remote: the topics other hosts export)
+    shmlaunch bridge status [GRAPH | --graph G]        the bridge: peers, topics in and out, rates, drops
     shmlaunch topic echo TOPIC [--graph G] [-n N]      messages, decoded where the type is known
     shmlaunch topic hz TOPIC [--graph G]               publish rate, once a second
     shmlaunch topic stats TOPIC [--graph G]            writer and per-reader counters
@@ -48,6 +50,7 @@ from shmlaunch.nodes.recording import RecordingError, check_record_extra
 from shmlaunch.transport import LAYOUT_VERSION, TransportError
 
 from . import _tools
+from ._bridge_tools import bridge
 from ._check import check_graph
 from ._exits import EXIT_FAILED, error
 from ._graphdir import GraphRunningError, NoRoomError
@@ -222,7 +225,8 @@ def _version() -> str:
 
 def _dispatch(argv: list[str]) -> int:
     commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
-                "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop, "record": record, "play": play, "info": info}
+                "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop, "record": record, "play": play, "info": info,
+                "bridge": bridge}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\n" + _bundled(), flush=True)
         return 0

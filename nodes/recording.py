@@ -45,6 +45,13 @@ from .messages import (
     landmarks_message,
 )
 
+__all__ = [
+    "ANNOTATIONS_SUFFIX", "ARRAY", "COMPRESSIONS", "ENVELOPE", "GESTURE_TEXT", "IMAGE", "MAX_RECORD", "NDARRAY_ENCODING", "PROFILE",
+    "RECORD_EXTRA", "SKELETON", "SOURCE_SEQ_FIELD", "ChannelPlan", "Played", "RecordedChannel", "RecordingError",
+    "RecordingReader", "channel_of", "check_record_extra", "config_from_metadata", "describe_problem", "encode", "image_frames",
+    "is_image", "plan_channels", "recording_files", "stream_records", "topic_metadata",
+]
+
 PROFILE = "shmlaunch"
 #: Chunk compressions a recording may use (``none``: camera frames do not compress).
 COMPRESSIONS = ("none", "lz4", "zstd")
@@ -298,13 +305,15 @@ class _ImageDecoder:
 
 
 def recording_files(path: str | Path) -> list[Path]:
-    """``path`` itself, or the series ``stem_0.mcap, stem_1.mcap, ...`` a split recording made."""
+    """The files of a recording: ``path`` itself; or, for a split one, the series
+    ``stem_0.mcap, stem_1.mcap, ...`` (``path`` names its stem, or its first file)."""
     path = Path(path)
-    if path.exists():
-        return [path]
+    base = path.with_name(path.stem[:-2] + path.suffix) if path.stem.endswith("_0") else path
     series = []
-    while (part := path.with_name(f"{path.stem}_{len(series)}{path.suffix}")).exists():
+    while (part := base.with_name(f"{base.stem}_{len(series)}{base.suffix}")).exists():
         series.append(part)
+    if path.exists() and (base == path or len(series) < 2):
+        return [path]
     if not series:
         raise RecordingError(f"{path}: no such recording (nor a split series {path.stem}_0{path.suffix}, ...)")
     return series
@@ -392,7 +401,9 @@ class RecordingReader:
         from mcap.records import Channel, Message, Schema
 
         schemas, channels, problems = {}, {}, []
+        records = 0
         for record in stream_records(f, problems):
+            records += 1
             if isinstance(record, Schema):
                 schemas[record.id] = record
             elif isinstance(record, Channel):
@@ -400,8 +411,15 @@ class RecordingReader:
             elif isinstance(record, Message) and record.channel_id in channels:
                 channel = channels[record.channel_id]
                 yield schemas.get(channel.schema_id), channel, record
+        if problems and not records:
+            raise RecordingError(f"{path}: not an MCAP file ({describe_problem(problems[0])})")
         if problems:
             self.truncated.append(str(path))
+
+
+def describe_problem(exc: Exception) -> str:
+    """What stopped a stream, in a few words (some of mcap's exceptions carry no message)."""
+    return str(exc) or type(exc).__name__
 
 
 def stream_records(f, problems: list[Exception]) -> Iterator:

@@ -203,3 +203,25 @@ class Scene(Node):
         g[0]["version"], g[0]["hand_count"], g[0]["frame_seq"], g[0]["capture_ns"], g[0]["gesture"][0] = 1, 1, seq, stamp, seq % 9
         self.gesture.publish(g.view(np.uint8), stamp_ns=stamp, source_seq=seq)
         self.vector.publish(np.full(self.vector.config.shape, n, np.float32), stamp_ns=stamp, source_seq=seq)
+
+
+class Probe(Node):
+    """Writes one JSON line per message of its ``landmarks``, ``image`` and ``small`` ports (those
+    mapped): what the bridge tests check on the importing host."""
+
+    path = Param("", "the JSON Lines file to append to")
+
+    def setup(self):
+        self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in teardown)
+        for port in ("landmarks", "image", "small"):
+            if self.is_mapped(port):
+                self.subscribe(port, lambda msg, port=port: self.on_message(port, msg))
+
+    def on_message(self, port, msg):
+        data = msg.data
+        self.file.write(json.dumps({"port": port, "seq": msg.seq, "stamp_ns": msg.stamp_ns, "source_seq": msg.source_seq,
+                                    "publish_ns": msg.publish_ns, "received_ns": time.time_ns(), "dtype": str(data.dtype),
+                                    "shape": list(data.shape), "nbytes": int(data.nbytes), "mean": float(data.mean())}) + "\n")
+
+    def teardown(self):
+        self.file.close()

@@ -31,9 +31,9 @@ nodes:
 BAD_FILES = [
     ("name: g\nnodes: [\n", r"^{f}:3: invalid YAML: expected the node content, but found '<stream end>'$"),
     ("name: g\nnodes:\n  a:\n    node: x:Y\n    node: z:W\n", r"^{f}:5: invalid YAML: duplicate key 'node'$"),
-    ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, include, name, nodes, record, topics; got a list$"),
+    ("- just\n- a list\n", r"^{f}:1: a launch file is a mapping with args, bridge, include, name, nodes, record, topics; got a list$"),
     ("name: g\ntopcs: {}\nnodes:\n  a: {cmd: [true]}\n",
-     r"^{f}:2: unknown key 'topcs' in the launch file \(allowed: args, include, name, nodes, record, topics\)$"),
+     r"^{f}:2: unknown key 'topcs' in the launch file \(allowed: args, bridge, include, name, nodes, record, topics\)$"),
     ("name: g\nnodes:\n  a: {cmd: [true]}\nrecord: run.bag\n", r"^{f}:4: record: 'file' must be a file name ending in \.mcap, got 'run\.bag'$"),
     ("name: g\nnodes:\n  a: {cmd: [true]}\nrecord:\n  file: r.mcap\n  topics: [nope]\n",
      r"^{f}:6: record: topic 'nope' is not declared under 'topics:' \(declared: none\)$"),

@@ -14,6 +14,18 @@ def test_nodes_public_api_is_pinned():
     assert all(hasattr(nodes, name) for name in nodes.__all__)
 
 
+def test_recording_format_api_is_pinned():
+    from shmlaunch.nodes import recording
+
+    assert sorted(recording.__all__) == sorted([
+        "ANNOTATIONS_SUFFIX", "ARRAY", "COMPRESSIONS", "ENVELOPE", "GESTURE_TEXT", "IMAGE", "MAX_RECORD", "NDARRAY_ENCODING",
+        "PROFILE", "RECORD_EXTRA", "SKELETON", "SOURCE_SEQ_FIELD", "ChannelPlan", "Played", "RecordedChannel", "RecordingError",
+        "RecordingReader", "channel_of", "check_record_extra", "config_from_metadata", "describe_problem", "encode",
+        "image_frames", "is_image", "plan_channels", "recording_files", "stream_records", "topic_metadata",
+    ])
+    assert all(hasattr(recording, name) for name in recording.__all__)
+
+
 def test_launch_public_api_is_pinned():
     assert sorted(launch.__all__) == sorted([
         "STOP_TIMEOUT", "Graph", "GraphRunningError", "LaunchFileError", "Launcher", "NoRoomError", "NodeSpec", "Printer", "Supervisor", "TopicSpec",

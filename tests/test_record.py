@@ -368,6 +368,7 @@ def test_record_play_and_info_say_what_is_wrong_in_one_line(scene, tmp_path):
         (("play", tmp_path / "missing.mcap"), 2, f"{tmp_path / 'missing.mcap'}: no such recording"),
         (("play", existing, "--remap", "a=b"), 2, "--remap 'a=b': expected FROM:=TO"),
         (("info", existing), 1, f"{existing}: not an MCAP file"),
+        (("play", existing, "--graph", unique_name("replay")), 1, f"{existing}: not an MCAP file"),
         (("record", "--recover", existing, tmp_path / "out.mcap"), 1, f"{existing}: not an MCAP recording"),
     ]
     for args, code, text in cases:

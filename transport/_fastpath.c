@@ -785,7 +785,20 @@ static void wc_dealloc(WriteCursor *w) {
     Py_TYPE(w)->tp_free((PyObject *)w);
 }
 
+/* skip_to(seq): the next message is numbered seq, if that is ahead (numbers never go back). */
+static PyObject *wc_skip_to(WriteCursor *w, PyObject *arg) {
+    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (seq >= (1ULL << 62)) {
+        PyErr_SetString(PyExc_ValueError, "sequence number out of range");
+        return NULL;
+    }
+    if (seq > w->seq + 1) w->seq = seq - 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef wc_methods[] = {
+    {"skip_to", (PyCFunction)wc_skip_to, METH_O, "skip_to(seq): number the next message seq, if that is ahead"},
     {"publish", (PyCFunction)(void (*)(void))wc_publish, METH_FASTCALL | METH_KEYWORDS, "publish(data, stamp_ns=None, source_seq=0) -> seq or None"},
     {"loan", (PyCFunction)(void (*)(void))wc_loan, METH_FASTCALL | METH_KEYWORDS, "loan(nbytes=None, stamp_ns=None, source_seq=0) -> Loan"},
     {"close", (PyCFunction)wc_close, METH_NOARGS, "refuse every later call (the caller closes the file)"},

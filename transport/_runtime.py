@@ -44,12 +44,12 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool")
 MAX_TOPIC_LEN = 200
 
 #: Every kind of file a shmlaunch run creates in a runtime directory (and nothing else may be
-#: there): the marker, registry and its lock, the launcher's lock and state, node heartbeats,
+#: there): the marker, registry and its lock, the launcher's lock and state, the bridge's status, node heartbeats,
 #: segments, and the temporary files these are built in before an atomic rename.
 OWN_FILES = re.compile(
-    r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|ready\.[A-Za-z0-9_.\-]+"
+    r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|bridge\.json|ready\.[A-Za-z0-9_.\-]+"
     r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool"
-    r"|\.(\.shmlaunch-runtime|registry\.yaml|graph\.json|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool)\.\d+(\.[0-9a-f]+)?\.tmp)"
+    r"|\.(\.shmlaunch-runtime|registry\.yaml|graph\.json|bridge\.json|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool)\.\d+(\.[0-9a-f]+)?\.tmp)"
 )
 
 

@@ -136,6 +136,14 @@ class Writer:
         """
         return self._cursor.loan
 
+    def skip_to(self, seq: int) -> None:
+        """Number the next message ``seq`` when that is ahead of the last one (numbers never go
+        back). What a bridge importing a remote topic does to keep the remote numbering, so
+        that local readers count the messages lost on the way as missed."""
+        if self._cursor.closed:
+            raise ClosedError(f"writer of topic {self.topic!r} is closed")
+        self._cursor.skip_to(seq)
+
     def _publish_checked(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
         self._check_type(data)
         return self._cursor.publish(data, stamp_ns, source_seq)

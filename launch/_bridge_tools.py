@@ -1,0 +1,55 @@
+"""``shmlaunch bridge status`` and ``shmlaunch topic list --remote``: what the graph's bridge
+reports in ``bridge.json`` (peers, per-topic rates in and out, what other hosts export)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ._exits import EXIT_FAILED, error
+from ._introspect import NoGraphError, find_graph, read_bridge_status, table
+
+#: A status older than this means the bridge is not running (it writes one every second).
+STALE_AFTER = 5.0
+
+
+def bridge(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shmlaunch bridge", description="The bridge of a running graph: peers, links, topics in and out.")
+    ap.add_argument("action", choices=["status"])
+    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
+    ns = ap.parse_args(argv)
+    try:
+        g = find_graph(ns.graph or ns.graph_option)
+    except NoGraphError as exc:
+        return error(str(exc), EXIT_FAILED)
+    status = read_bridge_status(g.runtime_dir)
+    if status is None:
+        return error(f"graph {g.name!r} has no bridge (no 'bridge:' section in {g.file})", EXIT_FAILED)
+    print("\n".join(describe_status(status)))
+    return 0
+
+
+def describe_status(s: dict) -> list[str]:
+    age = (time.time_ns() - s.get("written_ns", 0)) / 1e9
+    alive = f"status {age:.1f} s old" + ("  (STALE: is the bridge running?)" if age > STALE_AFTER else "")
+    lines = [f"bridge of graph {s['graph']!r} on host {s['host']!r} (pid {s.get('pid')}, zenoh {s['zid']}; {alive})",
+             f"peers: {', '.join(s['peers']) or 'none connected'}", ""]
+    rows = [["EXPORT", "STATE", "ENCODE", "HZ OUT", "MB/s", "SENT", "SKIPPED"]]
+    rows += [[t, e["state"], e["encode"], f"{e['hz']:.1f}", f"{e['mb_s']:.2f}", str(e["messages"]), str(e["skipped"])]
+             for t, e in sorted(s["exports"].items())]
+    if len(rows) > 1:
+        lines += table(rows) + [""]
+    rows = [["IMPORT", "LOCAL TOPIC", "FROM", "STATE", "HZ IN", "MB/s", "RECEIVED", "REPLACED", "DETAIL"]]
+    rows += [[r, i["local"], i.get("host") or "-", i["state"], f"{i['hz']:.1f}", f"{i['mb_s']:.2f}", str(i["messages"]), str(i["skipped"]),
+              i.get("detail") or ""] for r, i in sorted(s["imports"].items())]
+    if len(rows) > 1:
+        lines += table(rows) + [""]
+    return lines + remote_lines(s)
+
+
+def remote_lines(s: dict) -> list[str]:
+    """What other hosts export, as the bridge's liveliness subscription sees it."""
+    if not s.get("remote"):
+        return ["no other host exports a topic (or none is connected)"]
+    return table([["HOST", "GRAPH", "TOPIC"]] + [[r["host"], r["graph"], r["topic"]] for r in s["remote"]])

@@ -1,0 +1,112 @@
+"""What the bridge puts on the network: key expressions, the per-sample attachment and the
+metadata a topic answers with. One definition, for exporters, importers and the tools.
+
+Keys (every chunk a valid zenoh key chunk: host and graph names are ``[A-Za-z0-9_-]``, topic
+names those joined by ``/``):
+
+- ``shmlaunch/data/<host>/<graph>/<topic>``: the samples of an exported topic;
+- ``shmlaunch/meta/<host>/<graph>/<topic>``: a queryable answering with its metadata (JSON);
+- ``shmlaunch/live/<host>/<graph>/<topic>``: a liveliness token while it is exported.
+
+An importer names ``<graph>/<topic>`` and optionally the host (else ``*``: any one host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from shmlaunch.transport import LAYOUT_VERSION, TopicConfig
+
+PREFIX = "shmlaunch"
+HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}")
+#: The attachment of every sample: the layout hash, seq, capture stamp, publish time,
+#: source_seq, the encoding (0 raw, 1 jpeg) and the payload's length before encoding.
+ATTACHMENT = struct.Struct("<8sQqqQII")
+ENCODINGS = ("raw", "jpeg")
+
+
+def data_key(host: str, graph: str, topic: str) -> str:
+    return f"{PREFIX}/data/{host}/{graph}/{topic}"
+
+
+def meta_key(host: str, graph: str, topic: str) -> str:
+    return f"{PREFIX}/meta/{host}/{graph}/{topic}"
+
+
+def live_key(host: str, graph: str, topic: str) -> str:
+    return f"{PREFIX}/live/{host}/{graph}/{topic}"
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """(host, graph, topic) of a data, meta or liveliness key; None for any other key."""
+    parts = str(key).split("/")
+    if len(parts) < 5 or parts[0] != PREFIX or parts[1] not in ("data", "meta", "live"):
+        return None
+    return parts[2], parts[3], "/".join(parts[4:])
+
+
+def layout_hash(config: TopicConfig) -> bytes:
+    """8 bytes that change whenever the layout a reader relies on changes."""
+    text = json.dumps([config.capacity, config.dtype.str if config.dtype is not None else None,
+                       list(config.shape) if config.shape is not None else None, config.message, LAYOUT_VERSION])
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """An exported topic's static description, as its queryable answers."""
+
+    host: str
+    graph: str
+    topic: str
+    config: TopicConfig
+    encode: str  # "raw" or "jpeg"
+    sent: int = 0  # samples put so far (lets an importer see that a link delivers nothing)
+
+    def to_json(self) -> str:
+        c = self.config
+        return json.dumps({"host": self.host, "graph": self.graph, "topic": self.topic, "capacity": c.capacity, "pool": c.pool,
+                           "dtype": c.dtype.str if c.dtype is not None else None, "shape": list(c.shape) if c.shape is not None else None,
+                           "message": c.message, "layout_version": LAYOUT_VERSION, "encode": self.encode, "sent": self.sent,
+                           "hash": layout_hash(c).hex()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Metadata:
+        """ValueError (one line) for anything an exporter does not send."""
+        try:
+            d = json.loads(text)
+            if d["layout_version"] != LAYOUT_VERSION:
+                raise ValueError(f"segment layout version {d['layout_version']}, this host has {LAYOUT_VERSION}")
+            built = TopicConfig.build(int(d["capacity"]), int(d["pool"]), d["dtype"], d["shape"])
+            config = TopicConfig(built.capacity, built.pool, built.dtype, built.shape, message=d.get("message"))
+            if d["encode"] not in ENCODINGS:
+                raise ValueError(f"unknown encoding {d['encode']!r}")
+            return cls(str(d["host"]), str(d["graph"]), str(d["topic"]), config, d["encode"], int(d.get("sent", 0)))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a shmlaunch topic description ({exc})") from None
+
+
+def describe(config: TopicConfig) -> str:
+    """capacity, pool, dtype, shape and message type, for a mismatch message."""
+    return config.describe() + (f" message={config.message}" if config.message else "")
+
+
+def same_layout(a: TopicConfig, b: TopicConfig) -> bool:
+    """The fields a reader relies on agree (the pool may differ: each side sizes its own; a
+    message type counts where both name one)."""
+    if (a.capacity, a.dtype, a.shape) != (b.capacity, b.dtype, b.shape):
+        return False
+    return a.message is None or b.message is None or a.message == b.message
+
+
+def as_array(config: TopicConfig, payload: bytes) -> np.ndarray:
+    """A received raw payload as the topic's array (a view)."""
+    if config.dtype is not None and config.shape is not None:
+        return np.frombuffer(payload, config.dtype).reshape(config.shape)
+    return np.frombuffer(payload, np.uint8)
