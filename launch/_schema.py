@@ -405,7 +405,7 @@ def parse_bridge(body, graph_name: str, declared: dict, problems: Problems, line
     _bridge_session(body, section, problems, at, base_dir)
     exports = _bridge_exports(body.get("export") or {}, declared, problems, at("export"))
     imports = _bridge_imports(body.get("import") or {}, problems, at("import"))
-    if not exports and not imports:
+    if not body.get("export") and not body.get("import"):
         problems.add(line, "bridge: nothing to export or import (name topics under 'export:' or 'import:')")
     locals_ = {spec.get("topic") or remote.partition("/")[2]: remote for remote, spec in imports.items()}
     clash = sorted(set(locals_) & set(exports))

@@ -52,9 +52,11 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
 
 
 def layout_hash(config: TopicConfig) -> bytes:
-    """8 bytes that change whenever the layout a reader relies on changes."""
+    """8 bytes that change whenever the layout a reader relies on changes (capacity, dtype,
+    shape, segment layout version; not the pool, which each side sizes, nor the message type,
+    which a topic's writer may name after it was created)."""
     text = json.dumps([config.capacity, config.dtype.str if config.dtype is not None else None,
-                       list(config.shape) if config.shape is not None else None, config.message, LAYOUT_VERSION])
+                       list(config.shape) if config.shape is not None else None, LAYOUT_VERSION])
     return hashlib.blake2b(text.encode(), digest_size=8).digest()
 
 

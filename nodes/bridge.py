@@ -73,7 +73,9 @@ def default_host() -> str:
 def zenoh_config(section: dict, base_dir: Path):
     """The session's config: a zenoh config file verbatim (TLS, access control are zenoh's own),
     with ``mode``, ``listen`` and ``connect`` from the launch file on top. Shared memory off:
-    another "host" may share this machine's /dev/shm, and the bridge copies anyway."""
+    another "host" may share this machine's /dev/shm, and the bridge copies anyway. Without a
+    file, explicit endpoints turn multicast scouting off; with neither, zenoh's defaults
+    (peers on the LAN find each other)."""
     import zenoh
 
     config = zenoh.Config.from_file(str(base_dir / section["config"])) if section.get("config") else zenoh.Config()
@@ -82,6 +84,9 @@ def zenoh_config(section: dict, base_dir: Path):
     for key in ("listen", "connect"):
         if section.get(key):
             config.insert_json5(f"{key}/endpoints", json.dumps(section[key]))
+    if not section.get("config") and (section.get("listen") or section.get("connect")):
+        # explicit endpoints: an explicit mesh, not whatever else on the LAN answers multicast scouting
+        config.insert_json5("scouting/multicast/enabled", "false")
     config.insert_json5("connect/retry", RETRY)
     config.insert_json5("transport/shared_memory/enabled", "false")
     return config
@@ -151,6 +156,8 @@ class Exporter(threading.Thread):
 
     def _answer(self, query) -> None:
         b = self.bridge
+        if self.config.message is None:  # its writer may have named the message type since
+            self.config = self._config_with_message()
         meta = Metadata(b.host, b.graph_name, self.topic, self.config, self.encode, self.counters.messages)
         query.reply(query.key_expr, meta.to_json())
 
