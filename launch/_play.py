@@ -16,6 +16,7 @@ import argparse
 import collections
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,11 +42,9 @@ from ._tools import attach_dir
 
 #: timing errors kept for the report (the last ones: a bounded buffer however long it plays)
 ERRORS_KEPT = 100_000
-#: Read ahead at most this far (recorded time) and this many bytes; never closer to the next
-#: message's time than READ_SLACK_NS.
-LOOKAHEAD_NS = 200_000_000
-LOOKAHEAD_BYTES = 64 << 20
-READ_SLACK_NS = 4_000_000
+#: Read ahead at most this far (recorded time) and this many bytes.
+LOOKAHEAD_NS = 2_000_000_000
+LOOKAHEAD_BYTES = 128 << 20
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +75,7 @@ def play(argv: list[str]) -> int:
     except NoGraphError as exc:
         return error(str(exc), EXIT_FAILED)
     player = Player(RecordingReader(files), runtime_dir, remap, ns.rate)
+    sys.setswitchinterval(0.0005)  # the pacing thread gets the GIL back from the read-ahead thread within 0.5 ms
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(True))
@@ -120,6 +120,62 @@ def _target(graph: str | None) -> tuple[Path, str | None]:
         return path, run
 
 
+class ReadAhead(threading.Thread):
+    """Reads and decodes the recording on its own thread, up to LOOKAHEAD_NS of recorded time and
+    LOOKAHEAD_BYTES ahead of the player: a chunk to decompress or a slow disk then costs the
+    pacing thread nothing (it only waits for the GIL, for at most the switch interval)."""
+
+    def __init__(self, reader: RecordingReader, topics: set[str] | None, start_s: float) -> None:
+        super().__init__(name="read-ahead", daemon=True)
+        self.reader, self.topics, self.start_s = reader, topics, start_s
+        self.items: collections.deque[Played | None] = collections.deque()
+        self.nbytes = 0
+        self.cond = threading.Condition()
+        self.closed = False
+        self.error: Exception | None = None
+        self.t0_log = 0
+
+    def run(self) -> None:
+        try:
+            first = None
+            for played in self.reader.messages(self.topics):
+                if first is None:
+                    first = self.t0_log = played.log_time + int(self.start_s * 1e9)
+                if played.log_time < first:
+                    continue
+                with self.cond:
+                    while not self.closed and self.items and (self.nbytes >= LOOKAHEAD_BYTES
+                                                              or played.log_time - self.items[0].log_time >= LOOKAHEAD_NS):
+                        self.cond.wait(0.1)
+                    if self.closed:
+                        return
+                    self.items.append(played)
+                    self.nbytes += len(played.data)
+                    self.cond.notify_all()
+        except (RecordingError, OSError) as exc:
+            self.error = exc
+        finally:
+            with self.cond:
+                self.items.append(None)  # the end
+                self.cond.notify_all()
+
+    def next(self) -> Played | None:
+        with self.cond:
+            while not self.items:
+                self.cond.wait(0.1)
+            played = self.items.popleft()
+            if played is not None:
+                self.nbytes -= len(played.data)
+            self.cond.notify_all()
+            return played
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.join(5)
+
+
 class Player:
     def __init__(self, reader: RecordingReader, runtime_dir: Path, remap: dict[str, str], rate: float) -> None:
         self.reader = reader
@@ -158,37 +214,25 @@ class Player:
         self.elapsed = time.monotonic() - begin
 
     def _pass(self, topics: set[str] | None, start_s: float, stop: list, begin: float, duration: float | None) -> None:
-        messages = self.reader.messages(topics)
-        ahead: collections.deque[Played] = collections.deque()
-        ahead_bytes = 0
-        t0_log = t0 = None
-        while True:
-            # Read ahead while the next message is not due soon: reading a chunk (milliseconds)
-            # then happens in the gaps, never between two messages due together.
-            while (not ahead or (t0 is not None and self._due(ahead[0], t0, t0_log) - time.monotonic_ns() > READ_SLACK_NS
-                                 and ahead[-1].log_time - ahead[0].log_time < LOOKAHEAD_NS and ahead_bytes < LOOKAHEAD_BYTES)):
-                played = next(messages, None)
-                if played is None:
-                    break
-                if t0_log is None:
-                    t0_log = played.log_time + int(start_s * 1e9)
-                if played.log_time >= t0_log:
-                    ahead.append(played)
-                    ahead_bytes += len(played.data)
-            if not ahead:
-                return
-            played = ahead.popleft()
-            ahead_bytes -= len(played.data)
-            if t0 is None:
-                t0 = time.monotonic_ns()
-            due = self._due(played, t0, t0_log)
-            while (wait := due - time.monotonic_ns()) > 0 and not stop:
-                time.sleep(min(wait / 1e9, 0.1))
-            if stop or (duration is not None and time.monotonic() - begin >= duration):
-                stop.append(True)
-                return
-            self._publish(played)
-            self.errors_ns.append(time.monotonic_ns() - due)
+        ahead = ReadAhead(self.reader, topics, start_s)
+        ahead.start()
+        t0 = None
+        try:
+            while (played := ahead.next()) is not None:
+                if t0 is None:
+                    t0 = time.monotonic_ns()
+                due = self._due(played, t0, ahead.t0_log)
+                while (wait := due - time.monotonic_ns()) > 0 and not stop:
+                    time.sleep(min(wait / 1e9, 0.1))
+                if stop or (duration is not None and time.monotonic() - begin >= duration):
+                    stop.append(True)
+                    return
+                self._publish(played)
+                self.errors_ns.append(time.monotonic_ns() - due)
+            if ahead.error is not None:
+                raise ahead.error
+        finally:
+            ahead.close()
 
     def _due(self, played: Played, t0: int, t0_log: int) -> int:
         """When ``played`` is to be published, on the monotonic clock (ns)."""

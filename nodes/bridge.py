@@ -92,6 +92,17 @@ def zenoh_config(section: dict, base_dir: Path):
     return config
 
 
+def _endpoints(config, key: str) -> list[str]:
+    """The session's ``connect`` or ``listen`` endpoints, however they were given."""
+    try:
+        value = json.loads(config.get_json(f"{key}/endpoints"))
+    except Exception:  # noqa: BLE001 (absent, or a per-mode mapping)
+        return []
+    if isinstance(value, dict):  # {router: [...], peer: [...]}: every mode's
+        value = [e for v in value.values() for e in (v or [])]
+    return [str(e) for e in value or []]
+
+
 @dataclass
 class Counters:
     """One topic's traffic, for bridge.json: totals and the rate over the last second."""
@@ -158,6 +169,8 @@ class Exporter(threading.Thread):
         b = self.bridge
         if self.config.message is None:  # its writer may have named the message type since
             self.config = self._config_with_message()
+            if self.config.message is None and self.handle.dynamic().latest_seq == 0:
+                return  # no writer has said what it sends yet: the importer asks again
         meta = Metadata(b.host, b.graph_name, self.topic, self.config, self.encode, self.counters.messages)
         query.reply(query.key_expr, meta.to_json())
 
@@ -364,11 +377,12 @@ class Bridge(Node):
         self.exporters = [Exporter(self, topic, spec or {}) for topic, spec in section.get("export", {}).items()]
         self.importers = [Importer(self, remote, spec or {}) for remote, spec in section.get("import", {}).items()]
         try:
-            self.session = zenoh.open(zenoh_config(section, Path.cwd()))
+            config = zenoh_config(section, Path.cwd())
+            self.session = zenoh.open(config)
         except Exception as exc:  # noqa: BLE001 (zenoh raises ZError for a bad config or endpoint)
             raise NodeSetupError(f"cannot open the zenoh session: {exc}") from None
-        self.endpoints = [str(e) for e in (section.get("listen") or []) + (section.get("connect") or [])]
-        self.tls = any(e.startswith("tls/") for e in self.endpoints) or bool(section.get("config"))
+        self.endpoints = _endpoints(config, "connect") or _endpoints(config, "listen")
+        self.tls = any(e.startswith("tls/") for e in self.endpoints)
         self.remote: dict[str, dict] = {}
         self.liveliness = self.session.liveliness().declare_subscriber(f"{PREFIX}/live/**", self._on_live, history=True)
         for t in self.exporters + self.importers:
@@ -376,6 +390,7 @@ class Bridge(Node):
             t.start()
         self.started = time.monotonic()
         self.peers: list[str] = []
+        self.ever_connected = False
         self.log.info("bridge %s: zenoh %s, exporting %s, importing %s", self.host, self.session.zid(),
                       ", ".join(e.topic for e in self.exporters) or "nothing", ", ".join(i.remote for i in self.importers) or "nothing")
         self.timer(1.0, self._status)
@@ -401,7 +416,8 @@ class Bridge(Node):
             for z in sorted(gone):
                 self.log.warning("peer %s went away: imported topics keep their last message until it is back", z)
             self.peers = peers
-        if not peers and self.endpoints and time.monotonic() - self.started > NO_PEER_WARNING:
+        self.ever_connected = self.ever_connected or bool(peers)
+        if not self.ever_connected and self.endpoints and time.monotonic() - self.started > NO_PEER_WARNING:
             why = (" (with TLS: a peer whose certificate the other side does not trust, or that has none while mTLS is "
                    "required, never connects; check transport/link/tls in the zenoh config)") if self.tls else ""
             self.say_once(f"no peer has connected after {NO_PEER_WARNING:g} s (endpoints {', '.join(self.endpoints)}){why}")
