@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from netns import TwoHosts  # noqa: E402
+from summary import med_range  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PORT = 7447
@@ -139,13 +139,6 @@ def summarize(got: list, seconds: float) -> dict:
     span = (got[-1][0] - got[0][0]) / 1e9 or seconds
     return {"delivered_hz": len(got) / max(span, 1e-9), "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99)),
             "first_third_p50_us": float(np.median(lat[:third])), "last_third_p50_us": float(np.median(lat[-third:]))}
-
-
-def med_range(values: list, fmt: str) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
 
 def table(rows: list[dict]) -> str:

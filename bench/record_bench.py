@@ -30,12 +30,13 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from summary import med_range
 
 from shmlaunch.transport import Topic, graph_runtime_dir
 
@@ -130,10 +131,6 @@ def play_timing(mcap: Path) -> dict:
     if res.returncode != 0 or not m:
         raise RuntimeError(f"play failed: {res.stderr[-2000:]}")
     return {"play_p50_ms": float(m[1]), "play_p99_ms": float(m[2]), "play_max_ms": float(m[3])}
-
-
-def med_range(values: list[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
 
 def table(rows: list[dict]) -> str:

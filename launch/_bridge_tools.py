@@ -7,7 +7,7 @@ import argparse
 import time
 
 from ._exits import EXIT_FAILED, error
-from ._introspect import NoGraphError, find_graph, read_bridge_status, table
+from ._introspect import NoGraphError, add_graph_arguments, chosen_graph, read_bridge_status, table
 
 #: A status older than this means the bridge is not running (it writes one every second).
 STALE_AFTER = 5.0
@@ -16,11 +16,10 @@ STALE_AFTER = 5.0
 def bridge(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch bridge", description="The bridge of a running graph: peers, links, topics in and out.")
     ap.add_argument("action", choices=["status"])
-    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
-    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
+    add_graph_arguments(ap)
     ns = ap.parse_args(argv)
     try:
-        g = find_graph(ns.graph or ns.graph_option)
+        g = chosen_graph(ns)
     except NoGraphError as exc:
         return error(str(exc), EXIT_FAILED)
     status = read_bridge_status(g.runtime_dir)

@@ -56,6 +56,17 @@ def find_graph(name: str | None) -> GraphState:
     return graphs[0]
 
 
+def add_graph_arguments(ap) -> None:
+    """``[GRAPH | --graph GRAPH]``: how every operator command names the running graph."""
+    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
+    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
+
+
+def chosen_graph(ns) -> GraphState:
+    """The running graph ``add_graph_arguments`` options name (NoGraphError if none)."""
+    return find_graph(ns.graph or ns.graph_option)
+
+
 def find_topic_graph(topic: str, name: str | None) -> GraphState:
     """The running graph that has ``topic`` (the named one, or the only one that has it)."""
     if name is not None:

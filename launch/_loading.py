@@ -19,13 +19,12 @@ from shmlaunch.transport import validate_graph_name
 
 from ._replicas import expand_replicas
 from ._schema import (
-    BRIDGE_NODE,
     INCLUDE_KEYS,
     NODE_NAME_RE,
-    RECORD_NODE,
     TOP_KEYS,
     Graph,
     LaunchFileError,
+    NodeSpec,
     ns_join,
     parse_bridge,
     parse_node,
@@ -96,27 +95,25 @@ def _load_bridge(doc: dict, path: Path, graph: Graph, problems: Problems, top: b
         problems.add(line_of(doc, "bridge"), "'bridge' belongs in the top launch file (one bridge per graph), not in an included one")
         return
     spec = parse_bridge(doc["bridge"], graph.name, graph.topics, problems, line_of(doc, "bridge"), path.resolve().parent)
-    if spec is None:
-        return
-    if BRIDGE_NODE in graph.nodes:
-        problems.add(line_of(doc, "bridge"), f"'bridge' runs a node named {BRIDGE_NODE!r}, and the graph has one already "
-                     f"({graph.nodes[BRIDGE_NODE].where})")
-        return
-    spec.base_dir = str(path.resolve().parent)
-    graph.nodes[BRIDGE_NODE] = spec
+    _add_section_node(doc, "bridge", spec, path, graph, problems, "one bridge per graph")
 
 
 def _load_record(doc: dict, path: Path, ns: str, graph: Graph, problems: Problems) -> None:
     """``record:``, once the file's topics (its includes' too) are known. One per graph."""
     spec = parse_record(doc["record"], ns, graph.topics, problems, line_of(doc, "record"))
+    _add_section_node(doc, "record", spec, path, graph, problems, "one recording per graph")
+
+
+def _add_section_node(doc: dict, key: str, spec: NodeSpec | None, path: Path, graph: Graph, problems: Problems, rule: str) -> None:
+    """The node a section (``record:``, ``bridge:``) runs, added under its fixed name, once."""
     if spec is None:
         return
-    if RECORD_NODE in graph.nodes:
-        problems.add(line_of(doc, "record"), f"'record' runs a node named {RECORD_NODE!r}, and the graph has one already "
-                     f"({graph.nodes[RECORD_NODE].where}): one recording per graph")
+    if spec.name in graph.nodes:
+        problems.add(line_of(doc, key), f"'{key}' runs a node named {spec.name!r}, and the graph has one already "
+                     f"({graph.nodes[spec.name].where}): {rule}")
         return
     spec.base_dir = str(path.resolve().parent)
-    graph.nodes[RECORD_NODE] = spec
+    graph.nodes[spec.name] = spec
 
 
 def _launch_args(doc: dict, cli_args: dict[str, Any], top: bool, problems: Problems) -> dict[str, Any]:

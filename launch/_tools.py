@@ -19,6 +19,8 @@ from ._exits import EXIT_FAILED, error
 from ._introspect import (
     NoGraphError,
     Sampler,
+    add_graph_arguments,
+    chosen_graph,
     find_graph,
     find_topic_graph,
     node_rows,
@@ -71,11 +73,10 @@ def _sampled(rows_fn):
 def node(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch node", description="Nodes of a running graph.")
     ap.add_argument("action", choices=["list"])
-    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
-    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
+    add_graph_arguments(ap)
     ns = ap.parse_args(argv)
     try:
-        g = find_graph(ns.graph or ns.graph_option)
+        g = chosen_graph(ns)
     except NoGraphError as exc:
         return _refused(str(exc))
     print(f"graph {g.name!r} (launcher pid {g.launcher_pid}, up {uptime(g.started_ns)})")
@@ -181,12 +182,11 @@ def _stats(rt: Path, name: str, _count: int | None) -> int:
 
 def stop(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch stop", description="Stop a running graph cleanly (SIGTERM to its launcher).")
-    ap.add_argument("graph", nargs="?", help="graph name (default: the only running graph)")
-    ap.add_argument("--graph", dest="graph_option", metavar="GRAPH", help="the same, as an option")
+    add_graph_arguments(ap)
     ap.add_argument("--timeout", type=float, default=STOP_TIMEOUT + 10, help="seconds to wait for it to finish")
     ns = ap.parse_args(argv)
     try:
-        g = find_graph(ns.graph or ns.graph_option)
+        g = chosen_graph(ns)
         with RuntimeDir.open(g.runtime_dir) as rd:
             genuine = is_launcher(g, rd)
     except (NoGraphError, TransportError) as exc:
