@@ -292,7 +292,7 @@ class Importer(threading.Thread):
                                  runtime_dir=self.bridge.runtime_dir, message=c.message)
         except TransportError as exc:
             self.counters.state = "refused"
-            self.say_once("writer", f"import {self.remote!r}: {exc}", "error")
+            self.say_once("writer", f"import {self.remote!r} from {meta.host}: refused: {exc}", "error")
             return
         self.meta = meta
         self.hash = layout_hash(c)

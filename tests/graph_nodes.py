@@ -178,10 +178,11 @@ class Scene(Node):
     def setup(self):
         from shmlaunch.nodes.messages import GESTURE_TYPE, LANDMARKS_TYPE
 
-        self.image = self.publisher("image")
-        self.landmarks = self.publisher("landmarks", message=LANDMARKS_TYPE)
-        self.gesture = self.publisher("gesture", message=GESTURE_TYPE)
-        self.vector = self.publisher("vector")
+        mapped = lambda port, **kw: self.publisher(port, **kw) if self.is_mapped(port, "publish") else None  # noqa: E731
+        self.image = mapped("image")
+        self.landmarks = mapped("landmarks", message=LANDMARKS_TYPE)
+        self.gesture = mapped("gesture", message=GESTURE_TYPE)
+        self.vector = mapped("vector")
         self.timer(1.0 / self.rate, self.tick)
 
     def tick(self):
@@ -189,20 +190,25 @@ class Scene(Node):
 
         stamp = time.time_ns()
         self.n = n = getattr(self, "n", 0) + 1
-        with self.image.loan(stamp_ns=stamp) as frame:
-            frame[:] = n % 251
-        seq = self.image.statistics().last_seq
-        lm = np.zeros(1, LANDMARKS)
-        rec = lm[0]
-        rec["version"], rec["hand_count"], rec["frame_seq"], rec["capture_ns"] = 1, 1, seq, stamp
-        rec["image_width"], rec["image_height"] = frame.shape[1], frame.shape[0]
-        rec["hands"][0]["landmarks"][:, 0] = np.linspace(0.1, 0.9, 21)
-        rec["hands"][0]["landmarks"][:, 1] = (seq % 10) / 10
-        self.landmarks.publish(lm.view(np.uint8), stamp_ns=stamp, source_seq=seq)
-        g = np.zeros(1, GESTURE)
-        g[0]["version"], g[0]["hand_count"], g[0]["frame_seq"], g[0]["capture_ns"], g[0]["gesture"][0] = 1, 1, seq, stamp, seq % 9
-        self.gesture.publish(g.view(np.uint8), stamp_ns=stamp, source_seq=seq)
-        self.vector.publish(np.full(self.vector.config.shape, n, np.float32), stamp_ns=stamp, source_seq=seq)
+        seq = n
+        if self.image is not None:
+            with self.image.loan(stamp_ns=stamp) as frame:
+                frame[:] = n % 251
+            seq = self.image.statistics().last_seq
+        if self.landmarks is not None:
+            lm = np.zeros(1, LANDMARKS)
+            rec = lm[0]
+            rec["version"], rec["hand_count"], rec["frame_seq"], rec["capture_ns"] = 1, 1, seq, stamp
+            rec["image_height"], rec["image_width"] = self.image.config.shape[:2] if self.image is not None else (48, 64)
+            rec["hands"][0]["landmarks"][:, 0] = np.linspace(0.1, 0.9, 21)
+            rec["hands"][0]["landmarks"][:, 1] = (seq % 10) / 10
+            self.landmarks.publish(lm.view(np.uint8), stamp_ns=stamp, source_seq=seq)
+        if self.gesture is not None:
+            g = np.zeros(1, GESTURE)
+            g[0]["version"], g[0]["hand_count"], g[0]["frame_seq"], g[0]["capture_ns"], g[0]["gesture"][0] = 1, 1, seq, stamp, seq % 9
+            self.gesture.publish(g.view(np.uint8), stamp_ns=stamp, source_seq=seq)
+        if self.vector is not None:
+            self.vector.publish(np.full(self.vector.config.shape, n, np.float32), stamp_ns=stamp, source_seq=seq)
 
 
 class Probe(Node):

@@ -309,3 +309,47 @@ bridge:
     finally:
         for g in (robot, laptop):
             g.stop()
+
+
+def test_an_exporter_restarted_with_another_layout_is_caught_mid_run(hosts, tmp_path):
+    """The laptop does not declare the topic: its bridge creates it from the robot's description;
+    when the robot comes back with another shape, the layout hash in the samples says so."""
+    def robot_yaml(shape: int) -> Path:
+        return write(tmp_path / f"robot{shape}.yaml", f"""name: robot
+topics:
+  vec: {{dtype: float32, shape: [{shape}], pool: 4}}
+nodes:
+  scene:
+    node: graph_nodes:Scene
+    params: {{rate: 20.0}}
+    publish: {{vector: vec}}
+bridge:
+  host: robot
+  listen: [tcp/{hosts.a.addr}:{PORT}]
+  export:
+    vec: {{}}
+""")
+    laptop_yaml = write(tmp_path / "laptop.yaml", f"""name: laptop
+nodes:
+  idle: {{cmd: [sleep, "3600"]}}
+bridge:
+  host: laptop
+  connect: [tcp/{hosts.a.addr}:{PORT}]
+  import:
+    robot/vec: {{}}
+""")
+    robot = Graph(hosts.a, robot_yaml(16), tmp_path / "robot.log")
+    laptop = Graph(hosts.b, laptop_yaml, tmp_path / "laptop.log")
+    try:
+        wait_for(lambda: "importing robot/vec" in laptop.text(), 60, "the import to start", (robot, laptop))
+        listed = laptop.tool("topic", "list")
+        assert "float32[16]" in listed.stdout, listed.stdout
+        robot.stop()
+        robot = Graph(hosts.a, robot_yaml(8), tmp_path / "robot2.log")
+        wait_for(lambda: "layout changed mid-run" in laptop.text() and "refused" in laptop.text(), 60, "the change to be caught",
+                 (robot, laptop))
+        said = [ln for ln in laptop.text().splitlines() if "refused" in ln or "cannot open topic 'vec'" in ln]
+        assert said and "capacity is 32" in said[-1] and "64" in said[-1], said
+    finally:
+        for g in (robot, laptop):
+            g.stop()
