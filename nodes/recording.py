@@ -288,20 +288,18 @@ class _ImageDecoder:
         from mcap_protobuf.decoder import DecoderFactory
 
         self.factory = DecoderFactory()
-        self.decoders: dict[int, object] = {}
+        self.decoders: dict[str, object] = {}  # by schema name
 
-    def __call__(self, ch: RecordedChannel, data: bytes) -> tuple[bytes, int, int, tuple[int, int]]:
-        decoder = self.decoders.get(ch.id)
+    def __call__(self, ch: RecordedChannel, data: bytes) -> tuple[bytes, int, int]:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+
+        decoder = self.decoders.get(ch.schema_name)
         if decoder is None:
-            decoder = self.decoders[ch.id] = self.factory.decoder_for("protobuf", ch.schema)
+            decoder = self.decoders[ch.schema_name] = self.factory.decoder_for("protobuf", ch.schema)
         msg = decoder(data)
-        source_seq = 0
-        if len(data) > len(msg.data) and data.rfind(_varint(SOURCE_SEQ_FIELD << 3)) > 0:
-            from google.protobuf.unknown_fields import UnknownFieldSet
-
-            source_seq = next((f.data for f in UnknownFieldSet(msg) if f.field_number == SOURCE_SEQ_FIELD), 0)
+        source_seq = next((f.data for f in UnknownFieldSet(msg) if f.field_number == SOURCE_SEQ_FIELD), 0)
         stamp = msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos
-        return msg.data, stamp, source_seq, (msg.height, msg.width)
+        return msg.data, stamp, source_seq
 
 
 def recording_files(path: str | Path) -> list[Path]:
@@ -373,7 +371,7 @@ class RecordingReader:
         if ch.kind == IMAGE:
             if self._decode_image is None:
                 self._decode_image = _ImageDecoder()
-            pixels, stamp, source_seq, _hw = self._decode_image(ch, data)
+            pixels, stamp, source_seq = self._decode_image(ch, data)
             return Played(ch, message.log_time, message.sequence, stamp, source_seq, pixels)
         if len(data) < ENVELOPE.size:
             raise RecordingError(f"{path}: channel {ch.channel!r}: a message of {len(data)} bytes is shorter than its envelope")

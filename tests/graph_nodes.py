@@ -171,7 +171,7 @@ class Scene(Node):
     """Deterministic content on every kind of topic a recording stores: a frame (uint8 [H, W, 3]) filled with ``seq % 251``, a
     hand-landmark message for that frame (``source_seq`` = the frame's seq), a gesture
     message, and a float32 vector of the frame's number; all stamped with the frame's capture
-    time. Frame n (counting from 1) is filled with ``n % 251``."""
+    time. Frame n (counting from 1) is filled with ``n % 251`` and carries ``source_seq`` n."""
 
     rate = Param(20.0, "frames per second")
 
@@ -192,7 +192,7 @@ class Scene(Node):
         self.n = n = getattr(self, "n", 0) + 1
         seq = n
         if self.image is not None:
-            with self.image.loan(stamp_ns=stamp) as frame:
+            with self.image.loan(stamp_ns=stamp, source_seq=n) as frame:  # as a node's output image would
                 frame[:] = n % 251
             seq = self.image.statistics().last_seq
         if self.landmarks is not None:

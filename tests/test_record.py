@@ -22,6 +22,7 @@ pytest.importorskip("mcap", reason="the 'record' extra is not installed (uv pip 
 pytest.importorskip("foxglove", reason="the 'record' extra is not installed (uv pip install -e '.[record]')")
 pytest.importorskip("mcap_protobuf", reason="the 'record' extra is not installed (uv pip install -e '.[record]')")
 
+from google.protobuf.unknown_fields import UnknownFieldSet  # noqa: E402
 from mcap.exceptions import EndOfFile  # noqa: E402
 from mcap.reader import NonSeekingReader, make_reader  # noqa: E402
 from mcap_protobuf.decoder import DecoderFactory  # noqa: E402
@@ -100,8 +101,9 @@ def recorded_pool_messages(path: Path) -> dict[str, list[tuple[bytes, int, int]]
             continue
         rows = []
         for _schema, _channel, message, decoded in items:
-            if decoded is not None:  # RawImage: stamp in its timestamp; camera frames have no source_seq
-                rows.append((bytes(decoded.data), decoded.timestamp.seconds * 10**9 + decoded.timestamp.nanos, 0))
+            if decoded is not None:  # RawImage: stamp in its timestamp, a non-zero source_seq as protobuf field 1001
+                extra = {f.field_number: f.data for f in UnknownFieldSet(decoded)}
+                rows.append((bytes(decoded.data), decoded.timestamp.seconds * 10**9 + decoded.timestamp.nanos, extra.get(1001, 0)))
             else:
                 _seq, source_seq = np.frombuffer(message.data[:16], "<u8")
                 rows.append((bytes(message.data[16:]), message.publish_time, int(source_seq)))
@@ -129,8 +131,9 @@ def test_recording_has_schemas_foxglove_opens_and_plays_back_byte_for_byte(scene
     for _s, _c, message, img in images:
         stamp = img.timestamp.seconds * 10**9 + img.timestamp.nanos
         assert stamp == message.publish_time
-        if stamp in vectors:  # the same frame's number n: every pixel is n % 251
+        if stamp in vectors:  # the same frame's number n: every pixel is n % 251, its source_seq n
             assert set(np.frombuffer(img.data, np.uint8)) == {vectors[stamp] % 251}
+            assert {f.field_number: f.data for f in UnknownFieldSet(img)} == {1001: vectors[stamp]}
 
     # landmarks: the raw struct in an envelope, and the skeleton as image annotations (21 points a hand)
     schema, channel, message, _ = channels["hands/landmarks"][0]
