@@ -175,6 +175,14 @@ class Exporter(threading.Thread):
         query.reply(query.key_expr, meta.to_json())
 
     def run(self) -> None:
+        try:
+            self._export()
+        except Exception as exc:  # noqa: BLE001 (a thread must say why it stopped, not vanish)
+            if not self.bridge.stop.is_set():
+                self.counters.state, self.counters.detail = "failed", str(exc)
+                self.bridge.log.error("export %r stopped: %s: %s", self.topic, type(exc).__name__, exc)
+
+    def _export(self) -> None:
         self.counters.state = "exporting"
         next_at = 0.0
         while not self.bridge.stop.is_set():
@@ -243,6 +251,14 @@ class Importer(threading.Thread):
             getattr(self.bridge.log, level)("%s", text)
 
     def run(self) -> None:
+        try:
+            self._import()
+        except Exception as exc:  # noqa: BLE001 (a thread must say why it stopped, not vanish)
+            if not self.bridge.stop.is_set():
+                self.counters.state, self.counters.detail = "failed", str(exc)
+                self.bridge.log.error("import %r stopped: %s: %s", self.remote, type(exc).__name__, exc)
+
+    def _import(self) -> None:
         last_check = time.monotonic()
         seen = 0
         while not self.bridge.stop.is_set():
@@ -314,7 +330,12 @@ class Importer(threading.Thread):
             self.reported.discard("mismatch")
             return
         payload = sample.payload.to_bytes()
-        data = self._decode(payload) if encoding == 1 else as_array(self.meta.config, payload)
+        try:
+            data = self._decode(payload) if encoding == 1 else as_array(self.meta.config, payload)
+        except ValueError:
+            data = None
+            self.say_once("size", f"import {self.remote!r}: a sample of {len(payload)} bytes does not fit {describe(self.meta.config)}",
+                          "error")
         if data is None:
             return
         self.writer.skip_to(seq)
