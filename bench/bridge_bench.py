@@ -8,6 +8,9 @@ receiver's clock minus the stamp taken just before publishing; one machine, one 
 delivered rate, p50 of the first and last third of the run (a queue would make the last
 larger), and the bridge processes' CPU (both hosts, % of one core).
 
+A third row per case on the unshaped link, "pool hop (one host)", is the same source and probe
+through one pool topic on one host: the bridge path has two such hops more than plain zenoh.
+
 Targets: small p50 within 50 us of plain zenoh; raw 720p30 p50 within 3 ms of plain zenoh;
 latency never grows over a run.
 
@@ -83,6 +86,27 @@ bridge:
     return a, b
 
 
+def local_graph(tmp: Path, case: str, out: Path) -> Path:
+    """Source -> Latency through one pool topic on one host: the cost of one pool hop, which the
+    bridge path has twice (into the exporter, out of the importer) and plain zenoh has not."""
+    kind, rate, _jpeg = CASES[case]
+    f = tmp / "local.yaml"
+    f.write_text(f"""name: benchLocal
+topics:
+  data: {topic_line(kind)}
+nodes:
+  source:
+    node: bridge_nodes:Source
+    params: {{rate: {rate}, kind: {kind}}}
+    publish: {{out: data}}
+  latency:
+    node: bridge_nodes:Latency
+    params: {{path: {out}}}
+    subscribe: {{in: data}}
+""")
+    return f
+
+
 def cpu_of_bridges(hosts: TwoHosts) -> float:
     total = 0.0
     for h in (hosts.a, hosts.b):
@@ -99,11 +123,21 @@ def cpu_of_bridges(hosts: TwoHosts) -> float:
 def run_bridge(hosts: TwoHosts, tmp: Path, case: str, seconds: float) -> dict:
     out = tmp / f"bridge-{case}.json"
     out.unlink(missing_ok=True)
-    a, b = graphs(tmp, hosts, case, out)
+    return run_graphs(hosts, tmp, list(zip((hosts.a, hosts.b), graphs(tmp, hosts, case, out), strict=True)), out, seconds)
+
+
+def run_local(hosts: TwoHosts, tmp: Path, case: str, seconds: float) -> dict:
+    out = tmp / f"local-{case}.json"
+    out.unlink(missing_ok=True)
+    return run_graphs(hosts, tmp, [(hosts.a, local_graph(tmp, case, out))], out, seconds)
+
+
+def run_graphs(hosts: TwoHosts, tmp: Path, placed: list, out: Path, seconds: float) -> dict:
+    """Run each launch file on its host; the latency of what the Latency node received in the window."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
     cli = [sys.executable, "-m", "shmlaunch.launch.cli"]
     procs = [subprocess.Popen(h.command(*cli, str(f), "--no-status", "--quiet"), env=env, cwd=tmp, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for h, f in ((hosts.a, a), (hosts.b, b))]
+                              stderr=subprocess.DEVNULL) for h, f in placed]
     time.sleep(SETTLE)
     cpu0, t0, wall0 = cpu_of_bridges(hosts), time.monotonic(), time.time_ns()
     time.sleep(seconds)
@@ -146,11 +180,11 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
         for link in LINKS:
-            for path in ("plain zenoh", "shmlaunch bridge"):
+            for path in ("plain zenoh", "shmlaunch bridge", "pool hop (one host)"):
                 rs = [r for r in rows if (r["case"], r["link"], r["path"]) == (case, link, path)]
                 if not rs:
                     continue
-                diff = med_range([r.get("p50_minus_plain_us") for r in rs], ".0f") if path != "plain zenoh" else "-"
+                diff = med_range([r.get("p50_minus_plain_us") for r in rs], ".0f") if path == "shmlaunch bridge" else "-"
                 thirds = f"{med_range([r['first_third_p50_us'] for r in rs], '.0f')} / {med_range([r['last_third_p50_us'] for r in rs], '.0f')}"
                 lines.append(f"| {case} | {link} | {path} | {med_range([r['delivered_hz'] for r in rs], '.1f')} | "
                              f"{med_range([r['p50_us'] for r in rs], '.0f')} | {med_range([r['p99_us'] for r in rs], '.0f')} | {thirds} | "
@@ -175,11 +209,14 @@ def main() -> None:
                     if link != "none":
                         hosts.a.shape(link)
                     for case in ns.cases.split(","):
-                        order = [run_plain, run_bridge] if sitting % 2 == 0 else [run_bridge, run_plain]
+                        paths = {"plain zenoh": run_plain, "shmlaunch bridge": run_bridge, "pool hop (one host)": run_local}
+                        if link != "none":
+                            del paths["pool hop (one host)"]  # no link in it
+                        order = list(paths) if sitting % 2 == 0 else list(reversed(paths))
                         got = {}
-                        for fn in order:
-                            path = "plain zenoh" if fn is run_plain else "shmlaunch bridge"
-                            got[path] = {"case": case, "link": link, "path": path, "sitting": sitting, **fn(hosts, tmp, case, ns.seconds)}
+                        for path in order:
+                            got[path] = {"case": case, "link": link, "path": path, "sitting": sitting,
+                                         **paths[path](hosts, tmp, case, ns.seconds)}
                         b, p = got["shmlaunch bridge"], got["plain zenoh"]
                         if b["p50_us"] is not None and p["p50_us"] is not None:
                             b["p50_minus_plain_us"] = b["p50_us"] - p["p50_us"]

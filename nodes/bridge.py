@@ -231,6 +231,8 @@ class Importer(threading.Thread):
         self.meta: Metadata | None = None
         self.writer: Writer | None = None
         self.reported: set[str] = set()
+        self.inline = False  # small raw samples are written on zenoh's thread (see _on_sample)
+        self.lock = threading.Lock()  # the writer, between zenoh's thread and this one
 
     def declare(self, session) -> None:
         import zenoh
@@ -239,7 +241,14 @@ class Importer(threading.Thread):
         self.subscriber = session.declare_subscriber(data_key(self.host, self.graph, self.remote_topic), self._on_sample,
                                                      allowed_origin=zenoh.Locality.REMOTE)
 
-    def _on_sample(self, sample) -> None:  # on a zenoh thread: keep the newest, nothing more
+    def _on_sample(self, sample) -> None:
+        """On a zenoh thread. A small raw sample is written at once (a copy of a few kB: no hand-over
+        to the importer thread, which would cost a wake-up); anything else is kept as the newest
+        for the importer thread (a JPEG decode must not hold up zenoh's receiving)."""
+        if self.inline:
+            with self.lock:
+                self._write(sample)
+            return
         if self.box:
             self.counters.skipped += 1
         self.box[:] = [sample]
@@ -269,7 +278,7 @@ class Importer(threading.Thread):
                     continue
             if self.arrived.wait(0.2):
                 self.arrived.clear()
-                with contextlib.suppress(IndexError):
+                with contextlib.suppress(IndexError), self.lock:
                     self._write(self.box.pop())
             if time.monotonic() - last_check >= SILENCE_CHECK:
                 last_check = time.monotonic()
@@ -310,8 +319,9 @@ class Importer(threading.Thread):
             self.counters.state = "refused"
             self.say_once("writer", f"import {self.remote!r} from {meta.host}: refused: {exc}", "error")
             return
-        self.meta = meta
         self.hash = layout_hash(c)
+        self.meta = meta
+        self.inline = meta.encode == "raw" and c.capacity <= SMALL_TOPIC
         self.counters.state, self.counters.detail = "importing", f"from {meta.host}"
         self.bridge.log.info("importing %s/%s from %s into %r (%s%s)", self.graph, self.remote_topic, meta.host, self.local,
                              describe(c), ", jpeg" if meta.encode == "jpeg" else "")
@@ -325,6 +335,7 @@ class Importer(threading.Thread):
         if lhash != self.hash:
             self.say_once("hash", f"import {self.remote!r}: the exporter's topic layout changed mid-run (its graph restarted with "
                                   f"another layout?): asking for its description again", "error")
+            self.inline = False
             self.writer.close()
             self.meta, self.writer = None, None
             self.reported.discard("mismatch")
