@@ -327,6 +327,8 @@ class Importer(threading.Thread):
                              describe(c), ", jpeg" if meta.encode == "jpeg" else "")
 
     def _write(self, sample) -> None:
+        if self.writer is None:
+            return  # between a layout change and the new description: nothing to write into
         head = sample.attachment.to_bytes() if sample.attachment is not None else b""
         if len(head) != ATTACHMENT.size:
             self.say_once("attachment", f"import {self.remote!r}: a sample without a shmlaunch attachment was ignored", "error")
