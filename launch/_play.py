@@ -66,13 +66,13 @@ def play(argv: list[str]) -> int:
     ns = _parser().parse_intermixed_args(argv)
     try:
         remap = _remaps(ns.remap)
-        if not ns.rate > 0 or ns.start < 0:
-            raise ValueError(f"--rate must be > 0 and --start >= 0 (got {ns.rate}, {ns.start})")
+        if not ns.rate > 0 or ns.start < 0 or (ns.duration is not None and not ns.duration > 0):
+            raise ValueError(f"--rate and --duration must be > 0 and --start >= 0 (got {ns.rate}, {ns.duration}, {ns.start})")
         files = recording_files(ns.file)
         runtime_dir, own = _target(ns.graph)
     except (ValueError, RecordingError) as exc:
         return error(str(exc))
-    except NoGraphError as exc:
+    except (NoGraphError, TransportError) as exc:
         return error(str(exc), EXIT_FAILED)
     player = Player(RecordingReader(files), runtime_dir, remap, ns.rate)
     sys.setswitchinterval(0.0005)  # the pacing thread gets the GIL back from the read-ahead thread within 0.5 ms
@@ -84,6 +84,8 @@ def play(argv: list[str]) -> int:
         player.run(set(ns.topics) if ns.topics else None, ns.start, ns.loop, stop, ns.duration)
     except (TransportError, RecordingError) as exc:
         return error(str(exc), EXIT_FAILED)
+    except OSError as exc:  # the recording could not be read (permissions, a disk error)
+        return error(f"{exc.filename or ns.file}: {exc.strerror or exc}", EXIT_FAILED)
     finally:
         player.close()
         if own is not None:

@@ -269,6 +269,8 @@ def record(argv: list[str]) -> int:
                         None if ns.split_duration is None else int(ns.split_duration * 1e9))
     try:
         return Recorder(taps, series, int(ns.queue_mb * 1e6), ns.serve).run(ns.duration)
+    except RecordingError as exc:
+        return error(str(exc), EXIT_FAILED)
     finally:
         for tap in taps:
             tap.reader.close()
@@ -344,7 +346,10 @@ class Recorder:
         import foxglove
 
         context = foxglove.Context()
-        self.server = foxglove.start_server(name="shmlaunch", host="127.0.0.1", port=self.serve_port, context=context)
+        try:
+            self.server = foxglove.start_server(name="shmlaunch", host="127.0.0.1", port=self.serve_port, context=context)
+        except Exception as exc:  # noqa: BLE001 (foxglove-sdk raises its own error types, e.g. for a port in use)
+            raise RecordingError(f"cannot serve on ws://127.0.0.1:{self.serve_port}: {exc}") from None
 
         def live_channel(plan: ChannelPlan):
             schema = foxglove.Schema(name=plan.schema_name, encoding=plan.schema_encoding, data=plan.schema_data)

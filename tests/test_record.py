@@ -370,13 +370,21 @@ def test_record_play_and_info_say_what_is_wrong_in_one_line(scene, tmp_path):
         (("record", tmp_path / "x.mcap", "--graph", "no-such-graph"), 1, "no graph 'no-such-graph' is running"),
         (("play", tmp_path / "missing.mcap"), 2, f"{tmp_path / 'missing.mcap'}: no such recording"),
         (("play", existing, "--remap", "a=b"), 2, "--remap 'a=b': expected FROM:=TO"),
+        (("play", existing, "--rate", "0"), 2, "--rate and --duration must be > 0 and --start >= 0 (got 0.0, None, 0.0)"),
         (("info", existing), 1, f"{existing}: not an MCAP file"),
         (("play", existing, "--graph", unique_name("replay")), 1, f"{existing}: not an MCAP file"),
         (("record", "--recover", existing, tmp_path / "out.mcap"), 1, f"{existing}: not an MCAP recording"),
     ]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases.append((("record", tmp_path / "y.mcap", "--graph", scene, f"--serve={port}", "--duration", "1"), 1,
+                  f"cannot serve on ws://127.0.0.1:{port}: FoxgloveError: Failed to bind port"))
     for args, code, text in cases:
         res = cli(*args)
         assert res.returncode == code and "Traceback" not in res.stderr, (args, res.stderr)
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("shmlaunch: error: ") and text in last, (args, res.stderr)
+    busy.close()
     assert existing.read_bytes() == b"not mine" and not (tmp_path / "out.mcap").exists()
