@@ -12,8 +12,9 @@ Measured over a window after a warm-up: camera frames published and landmark mes
 (the topics' sequence numbers, read as an observer), the recorder's CPU (% of one core, from
 /proc) and what it wrote (MB/s); over the recorder's whole run its own counters: every frame
 published while it ran is recorded, skipped (the topic moved on before it looked) or dropped
-(its queue was full). Then each recording is played into a graph of its own and
-``shmlaunch play`` reports its timing error (actual minus planned publish time).
+(its queue was full). Then, once the kernel has written the recording back to disk
+(``os.sync()``), each recording is played into a graph of its own and ``shmlaunch play``
+reports its timing error (actual minus planned publish time).
 
 Targets: 0 frames dropped with none and lz4 while the hand node keeps >= 95% of its rate
 without the recorder; play's p99 timing error under 2 ms at rate 1.
@@ -126,6 +127,9 @@ include:
 
 
 def play_timing(mcap: Path) -> dict:
+    # The recording was just written: wait until the kernel has written it back to disk, so
+    # that its background write-back (gigabytes without compression) is not measured as play's.
+    os.sync()
     res = subprocess.run(cli("play", str(mcap), "--graph", "record-bench-replay"), capture_output=True, text=True, timeout=600)
     m = re.search(r"timing error p50 ([\d.]+) ms, p99 ([\d.]+) ms, max ([\d.]+) ms", res.stderr)
     if res.returncode != 0 or not m:
