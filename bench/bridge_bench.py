@@ -50,61 +50,42 @@ def topic_line(kind: str) -> str:
     return "{dtype: uint8, shape: [256], pool: 4}" if kind == "small" else "{dtype: uint8, shape: [720, 1280, 3], pool: 4}"
 
 
-def graphs(tmp: Path, hosts: TwoHosts, case: str, out: Path) -> tuple[Path, Path]:
-    kind, rate, jpeg = CASES[case]
-    export = "{encode: jpeg, quality: 80}" if jpeg else "{}"
-    a = tmp / "a.yaml"
-    a.write_text(f"""name: benchA
-topics:
-  data: {topic_line(kind)}
-nodes:
-  source:
+def source_node(case: str) -> str:
+    kind, rate, _jpeg = CASES[case]
+    return f"""  source:
     node: bridge_nodes:Source
     params: {{rate: {rate}, kind: {kind}}}
     publish: {{out: data}}
-bridge:
-  host: a
-  listen: [tcp/{hosts.a.addr}:{PORT}]
-  export:
-    data: {export}
-""")
-    b = tmp / "b.yaml"
-    b.write_text(f"""name: benchB
-topics:
-  data: {topic_line(kind)}
-nodes:
-  latency:
+"""
+
+
+def latency_node(out: Path) -> str:
+    return f"""  latency:
     node: bridge_nodes:Latency
     params: {{path: {out}}}
     subscribe: {{in: data}}
-bridge:
-  host: b
-  connect: [tcp/{hosts.a.addr}:{PORT}]
-  import:
-    benchA/data: {{}}
-""")
+"""
+
+
+def launch_file(path: Path, name: str, case: str, nodes: str, bridge: str = "") -> Path:
+    path.write_text(f"name: {name}\ntopics:\n  data: {topic_line(CASES[case][0])}\nnodes:\n{nodes}{bridge}")
+    return path
+
+
+def graphs(tmp: Path, hosts: TwoHosts, case: str, out: Path) -> tuple[Path, Path]:
+    """Host A: source -> pool -> bridge (export); host B: bridge (import) -> pool -> latency probe."""
+    export = "{encode: jpeg, quality: 80}" if CASES[case][2] else "{}"
+    a = launch_file(tmp / "a.yaml", "benchA", case, source_node(case),
+                    f"bridge:\n  host: a\n  listen: [tcp/{hosts.a.addr}:{PORT}]\n  export:\n    data: {export}\n")
+    b = launch_file(tmp / "b.yaml", "benchB", case, latency_node(out),
+                    f"bridge:\n  host: b\n  connect: [tcp/{hosts.a.addr}:{PORT}]\n  import:\n    benchA/data: {{}}\n")
     return a, b
 
 
 def local_graph(tmp: Path, case: str, out: Path) -> Path:
     """Source -> Latency through one pool topic on one host: the cost of one pool hop, which the
     bridge path has twice (into the exporter, out of the importer) and plain zenoh has not."""
-    kind, rate, _jpeg = CASES[case]
-    f = tmp / "local.yaml"
-    f.write_text(f"""name: benchLocal
-topics:
-  data: {topic_line(kind)}
-nodes:
-  source:
-    node: bridge_nodes:Source
-    params: {{rate: {rate}, kind: {kind}}}
-    publish: {{out: data}}
-  latency:
-    node: bridge_nodes:Latency
-    params: {{path: {out}}}
-    subscribe: {{in: data}}
-""")
-    return f
+    return launch_file(tmp / "local.yaml", "benchLocal", case, source_node(case) + latency_node(out))
 
 
 def cpu_of_bridges(hosts: TwoHosts) -> float:

@@ -130,9 +130,28 @@ class Counters:
                 "hz": round(hz, 2), "mb_s": round(mbs, 3), "last_ns": self.last_ns}
 
 
-class Exporter(threading.Thread):
+class _TopicThread(threading.Thread):
+    """One exported or imported topic's thread: ``work()`` until the bridge stops; a failure is
+    said once and shown as the topic's state, never a thread that silently vanishes."""
+
+    counters: Counters
+    bridge: Bridge
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except Exception as exc:  # noqa: BLE001 (a thread must say why it stopped, not vanish)
+            if not self.bridge.stop.is_set():
+                self.counters.state, self.counters.detail = "failed", str(exc)
+                self.bridge.log.error("%s stopped: %s: %s", self.name, type(exc).__name__, exc)
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+
+class Exporter(_TopicThread):
     def __init__(self, bridge: Bridge, topic: str, spec: dict) -> None:
-        super().__init__(name=f"export {topic}", daemon=True)
+        super().__init__(name=f"export {topic!r}", daemon=True)
         self.bridge, self.topic, self.spec = bridge, topic, spec
         self.counters = Counters()
         self.handle = Topic.open(topic, runtime_dir=bridge.runtime_dir)
@@ -174,15 +193,7 @@ class Exporter(threading.Thread):
         meta = Metadata(b.host, b.graph_name, self.topic, self.config, self.encode, self.counters.messages)
         query.reply(query.key_expr, meta.to_json())
 
-    def run(self) -> None:
-        try:
-            self._export()
-        except Exception as exc:  # noqa: BLE001 (a thread must say why it stopped, not vanish)
-            if not self.bridge.stop.is_set():
-                self.counters.state, self.counters.detail = "failed", str(exc)
-                self.bridge.log.error("export %r stopped: %s: %s", self.topic, type(exc).__name__, exc)
-
-    def _export(self) -> None:
+    def work(self) -> None:
         self.counters.state = "exporting"
         next_at = 0.0
         while not self.bridge.stop.is_set():
@@ -217,9 +228,9 @@ class Exporter(threading.Thread):
         self.handle.close()
 
 
-class Importer(threading.Thread):
+class Importer(_TopicThread):
     def __init__(self, bridge: Bridge, remote: str, spec: dict) -> None:
-        super().__init__(name=f"import {remote}", daemon=True)
+        super().__init__(name=f"import {remote!r}", daemon=True)
         self.bridge, self.remote, self.spec = bridge, remote, spec
         self.graph, _, self.remote_topic = remote.partition("/")
         self.local = spec.get("topic") or self.remote_topic
@@ -259,15 +270,7 @@ class Importer(threading.Thread):
             self.reported.add(key)
             getattr(self.bridge.log, level)("%s", text)
 
-    def run(self) -> None:
-        try:
-            self._import()
-        except Exception as exc:  # noqa: BLE001 (a thread must say why it stopped, not vanish)
-            if not self.bridge.stop.is_set():
-                self.counters.state, self.counters.detail = "failed", str(exc)
-                self.bridge.log.error("import %r stopped: %s: %s", self.remote, type(exc).__name__, exc)
-
-    def _import(self) -> None:
+    def work(self) -> None:
         last_check = time.monotonic()
         seen = 0
         while not self.bridge.stop.is_set():
