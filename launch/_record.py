@@ -34,7 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shmlaunch.nodes.recording import COMPRESSIONS, PROFILE, ChannelPlan, RecordingError, encode, plan_channels
-from shmlaunch.transport import LAYOUT_VERSION, Reader, RuntimeDir, Topic, TransportError, read_registry, wait_any
+from shmlaunch.transport import (
+    LAYOUT_VERSION,
+    Reader,
+    RuntimeDir,
+    Topic,
+    TransportError,
+    default_runtime_dir,
+    read_registry,
+    wait_any,
+)
 
 from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError, table
@@ -258,7 +267,7 @@ def record(argv: list[str]) -> int:
     if problem:
         return error(problem)
     try:
-        runtime_dir = attach_dir(ns.graph) or _env_runtime_dir()
+        runtime_dir = attach_dir(ns.graph) or default_runtime_dir()
         if not runtime_dir.exists():
             raise NoGraphError("no graph is running (start one with: shmlaunch FILE)")
         taps = _open_taps(runtime_dir, ns.topics)
@@ -292,12 +301,6 @@ def _check_options(ns) -> str | None:
         if value is not None and not value > 0:
             return f"{name} must be a positive number, got {value}"
     return None
-
-
-def _env_runtime_dir() -> Path:
-    from shmlaunch.transport import default_runtime_dir
-
-    return default_runtime_dir()
 
 
 def _open_taps(runtime_dir: Path, names: list[str]) -> list[Tap]:
