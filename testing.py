@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import uuid
@@ -34,4 +35,5 @@ def runtime_dir(graph: str | None = None) -> Iterator[Path]:
     try:
         yield path
     finally:
+        gc.collect()  # handles the test dropped without close() let their files go (Windows cannot delete an open one)
         cleanup(path)

@@ -3,7 +3,7 @@ stopped), the background processes they leave behind, and the watchdog.
 
 Each node runs in its own session and process group, with SIGTERM as its parent-death signal,
 its CPU affinity and priority set before it starts a thread (the platform backend's
-``prepare_child``). The launcher is a child subreaper: a node's orphaned descendants become
+``child_options`` and ``place_child``). The launcher is a child subreaper: a node's orphaned descendants become
 its children, so they are reaped while the graph runs and stopped with it. Stopping is the
 one SIGTERM, grace period, SIGKILL of ``_stopping``. The watchdog (``_watchdog``) learns each
 process group as it starts, and stops them and removes the run's files if the launcher dies.
@@ -12,7 +12,6 @@ process group as it starts, and stops them and removes the run's files if the la
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import selectors
 import signal
@@ -98,9 +97,9 @@ class Children:
         try:
             proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                preexec_fn=functools.partial(backend.prepare_child, os.getpid(), spec.cpus, spec.nice),
+                stderr=subprocess.STDOUT, close_fds=True, **backend.child_options(spec.cpus, spec.nice),
             )
+            backend.place_child(proc.pid, spec.cpus, spec.nice)
         except OSError as exc:
             self.say(f"node {name!r}: cannot start {argv[0]!r}: {exc.strerror or exc}")
             return None
@@ -156,7 +155,7 @@ class Children:
         def send(sig: int) -> None:
             for child in self.running.values():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pgid, sig)
+                    backend.stop_group(child.pgid, force=sig == signal.SIGKILL)
 
         def wait(seconds: float) -> None:
             self.pump(seconds)
@@ -213,7 +212,7 @@ class Children:
         and tell the watchdog this run cleaned up by itself."""
         for child in self.running.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pgid, signal.SIGKILL)
+                backend.stop_group(child.pgid, force=True)
             child.proc.wait()
         with contextlib.suppress(OSError):
             self.stop_orphans()

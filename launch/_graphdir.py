@@ -58,7 +58,7 @@ class GraphDir:
         marker = None if created else rd.check_reusable()
         self._lock_fd = rd.lock(LOCK_FILE, LOCK_WAIT)
         if self._lock_fd is None:
-            pid = rd.read_bytes(LOCK_FILE, 64).decode(errors="replace").strip()
+            pid = rd.lock_holder(LOCK_FILE)
             raise GraphRunningError(f"graph {self.graph.name!r} is already running (launcher pid {pid or '?'}, {self.path})")
         if not created:
             if any(name not in (LOCK_FILE, MARKER_FILE) for name in rd.entries()):
@@ -68,7 +68,6 @@ class GraphDir:
             # the graph's default name; one the user named with --runtime-dir stays (its files go).
             rd.write_marker(self.run_id, marker["remove_dir"] if marker else self.path == graph_runtime_dir(self.graph.name))
             self._check_room()
-        os.pwrite(self._lock_fd, f"{os.getpid():<19}\n".encode(), 0)
 
     def create_topics(self) -> list[Topic]:
         """Every topic of the launch file, with one registry update (re-created if a crash left one)."""
@@ -77,14 +76,7 @@ class GraphDir:
 
     def _check_room(self) -> None:
         need = sum(t.config.segment_size for t in self.graph.topics.values())
-        if self.rd is not None:
-            free = backend.free_bytes(self.rd.fd)
-        else:
-            parent = os.open(self.path.parent if self.path.parent.exists() else SHM_ROOT, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                free = backend.free_bytes(parent)
-            finally:
-                os.close(parent)
+        free = backend.free_bytes(self.path if self.rd is not None else self.path.parent if self.path.parent.exists() else SHM_ROOT)
         if need > free:
             raise NoRoomError(
                 f"not enough room in {self.path.parent} for graph {self.graph.name!r}: its topics need "

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, backend
+from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, backend, runtime_dir_prefix
 
 STATE_FILE = "graph.json"
 LOCK_FILE = "launcher.lock"
@@ -98,7 +98,7 @@ def is_launcher(state: GraphState, rd: RuntimeDir) -> bool:
     """True if ``state.launcher_pid`` is really this graph's live launcher: the lock is held, the
     process is this user's, and it started when graph.json says the launcher started."""
     info = backend.process_info(state.launcher_pid)
-    return (info is not None and launcher_alive(rd) and info.uid == os.geteuid() and state.launcher_start > 0
+    return (info is not None and launcher_alive(rd) and info.user == backend.USER_ID and state.launcher_start > 0
             and info.start_time == state.launcher_start)
 
 
@@ -106,7 +106,7 @@ def running_graphs() -> list[GraphState]:
     """Every graph of this user whose launcher is alive, from directories that pass the checks
     (others' directories, symlinks and unreadable states are skipped, never trusted)."""
     out = []
-    prefix = f"shmlaunch-{os.geteuid()}-"
+    prefix = runtime_dir_prefix()
     for entry in sorted(os.listdir(SHM_ROOT)):
         if not entry.startswith(prefix):
             continue

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 MAX_FILE_BYTES = 1 << 20
+#: Never block on a FIFO or a device put where a launch file was expected; bytes as they are.
+_OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 MAX_EXPANDED_NODES = 100_000
 
 
@@ -104,7 +106,7 @@ def _expanded_size(node, memo: dict) -> int:
 def _read_text(path: Path, problems: Problems) -> str | None:
     """The file's text, read with bounds: a regular file of at most MAX_FILE_BYTES of UTF-8."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
         problems.items.append(f"{path}: no such launch file")
         return None

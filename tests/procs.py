@@ -55,10 +55,18 @@ def write_forever(runtime_dir, topic, size, started):
         i += 1
 
 
+#: How long a reader waits for the first message: a writer process may take seconds to start
+#: (a cold Python, numpy, and under Wine a Windows process).
+FIRST_MESSAGE_WAIT = 30.0
+
+
 def verified_seqs(reader, stop_after_idle):
-    """Each received message's own seq (-1: torn), until nothing comes for ``stop_after_idle`` s."""
+    """Each received message's own seq (-1: torn), until nothing comes for ``stop_after_idle`` s
+    once the first one has come."""
+    timeout = FIRST_MESSAGE_WAIT
     while True:
-        msg = reader.receive(timeout=stop_after_idle)
+        msg = reader.receive(timeout=timeout)
+        timeout = stop_after_idle
         if msg is None:
             return
         with msg:

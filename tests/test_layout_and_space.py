@@ -53,7 +53,7 @@ def test_layout_document_lists_every_header_field():
     doc = (Path(transport.__file__).parent / "LAYOUT.md").read_text()
     for field in ("magic", "layout_version", "pool", "capacity", "slot_stride", "slots_offset", "itemsize", "ndim",
                   "dtype", "shape", "wake", "latest_seq", "writer_pid", "writer_generation", "writer_attach_ns",
-                  "state", "length", "source_ns", "publish_ns", "generation", "source_seq", "name", "claims"):
+                  "waiters", "wake_id", "state", "length", "source_ns", "publish_ns", "generation", "source_seq", "name", "claims"):
         assert f"`{field}`" in doc, field
 
 
@@ -64,7 +64,7 @@ def test_public_api_is_pinned():
         "RegistryCorruptError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError",
         "TopicMismatchError", "TopicNotFoundError", "TopicState", "TransportError", "Writer", "WriterBusyError", "WriterStatistics",
         "cleanup", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "graphs_present", "new_run_id", "read_registry",
-        "validate_graph_name", "validate_topic_name", "wait_any",
+        "runtime_dir_prefix", "validate_graph_name", "validate_topic_name", "wait_any",
     ])
 
 

@@ -38,9 +38,9 @@ def test_platform_backend_seam_is_pinned():
     from shmlaunch.transport import backend
 
     assert sorted(backend.__all__) == sorted([
-        "AVAILABLE", "SHM_ROOT", "UNAVAILABLE_REASON", "ByteLock", "LoanBase", "MessageBase", "ProcessInfo", "ReadCursor",
-        "WriteCursor", "allowed_cpus", "become_subreaper", "buffer_address", "child_pids", "free_bytes", "futex_wait",
-        "futex_wait_any", "futex_wake", "map_file", "may_raise_priority", "own_priority", "prepare_child", "process_info",
-        "process_start_time", "reserve",
+        "AVAILABLE", "SHM_ROOT", "UNAVAILABLE_REASON", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
+        "ReadCursor", "WriteCursor", "allowed_cpus", "become_subreaper", "buffer_address", "child_options", "child_pids", "free_bytes",
+        "futex_wait", "futex_wake", "map_file", "may_raise_priority", "own_priority", "place_child", "process_info",
+        "process_start_time", "reserve", "stop_group", "wait_any",
     ])
     assert all(hasattr(backend, name) for name in backend.__all__)

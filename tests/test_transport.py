@@ -10,6 +10,7 @@ import time
 import numpy as np
 import procs
 import pytest
+from platforms import posix_only
 
 from shmlaunch.transport import (
     ClosedError,
@@ -410,6 +411,7 @@ def test_bad_topic_names_are_refused(rt, name):
     assert sorted(p.name for p in rt.iterdir()) in ([".shmlaunch-runtime"], [".shmlaunch-runtime", "registry.lock"])
 
 
+@posix_only("file modes; on Windows the folder's DACL (test_windows.py)")
 def test_runtime_directory_and_files_are_private(rt):
     Writer("a/b", capacity=8, runtime_dir=rt)
     assert stat.S_IMODE(rt.stat().st_mode) == 0o700

@@ -34,6 +34,7 @@ from ._runtime import (
     graph_runtime_dir,
     graphs_present,
     new_run_id,
+    runtime_dir_prefix,
     validate_graph_name,
     validate_topic_name,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "graphs_present",
     "new_run_id",
     "read_registry",
+    "runtime_dir_prefix",
     "validate_graph_name",
     "validate_topic_name",
     "wait_any",

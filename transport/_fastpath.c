@@ -117,6 +117,7 @@ struct ReadCursor {
     int fd, filtered, in_group, closed;
     uint32_t pool, last_wake;
     uint64_t slots_offset, stride, capacity, full_nbytes, last_seq, pid, group_field;
+    unsigned long long wake_address; /* where the futex word is (the many-topic wait sleeps on it) */
     Py_ssize_t entry; /* offset of this reader's table entry, -1 for none */
     unsigned long long received, missed, torn, busy, stale, taken;
     long long last_age_ns, last_receive_ns;
@@ -316,6 +317,7 @@ static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
         return -1;
     }
     c->base = (uint8_t *)(uintptr_t)base;
+    c->wake_address = base + WAKE_OFFSET;
     c->fd = fd;
     c->slots_offset = slots_offset;
     c->stride = stride;
@@ -362,6 +364,7 @@ static PyMemberDef rc_members[] = {
     {"stale", T_ULONGLONG, offsetof(ReadCursor, stale), 0, NULL},
     {"taken", T_ULONGLONG, offsetof(ReadCursor, taken), 0, NULL},
     {"closed", T_INT, offsetof(ReadCursor, closed), READONLY, NULL},
+    {"wake_address", T_ULONGLONG, offsetof(ReadCursor, wake_address), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -24,7 +24,12 @@ Header (512 bytes)
   272  8     writer_pid        dynamic  u64, pid of the last writer that attached
   280  8     writer_generation dynamic  u64, +1 each time a writer attaches
   288  8     writer_attach_ns  dynamic  i64, CLOCK_REALTIME ns when it attached
-  296  216   (reserved)        dynamic  zero
+  296  8     waiters           dynamic  u64 bit mask (Windows only; zero on Linux): bit i set while
+                                        wait entry i has a wake event (set and cleared under lock
+                                        byte 2049; the writer signals each set bit's event)
+  304  8     wake_id           static   u64, random, set by the creator: names the topic's wake
+                                        events on Windows (Local\\shmlaunch-<wake_id hex>-<i>)
+  312  200   (reserved)        dynamic  zero
 
 Reader table (512 .. 4608): MAX_READERS entries of 64 bytes, entry i written only by the
 reader that holds lock byte 1024 + i (so tools can show per-reader figures):
@@ -62,6 +67,14 @@ they do not touch the bytes):
   1024 + i reader table entry i: exclusive, held by the reader that owns the entry
   2048     group table: exclusive while a reader adds a group name (short, blocking)
   4096 + g*256 + i   claim of slot i for group g: exclusive while a member checks and sets it
+  2049     waiters mask (Windows): exclusive while a waiter sets or clears its bit (short)
+  8192 + i wait entry i (Windows): exclusive, held by the reader (or observer) whose wake event is i
+
+Where the platforms differ (the bytes above are the same on both): Linux readers sleep on the
+wake word as a futex and writers wake it; Windows readers each own a wait entry with a named
+auto-reset event, and the writer, after storing the wake word, sets the event of every bit of
+``waiters``. Linux uses open-file-description locks, Windows LockFileEx byte ranges (both
+released by the system when their holder dies; neither enforced on mapped memory).
 """
 
 from __future__ import annotations
@@ -106,6 +119,11 @@ LOCK_SLOT0 = 64
 LOCK_READER0 = 1024
 LOCK_GROUP_TABLE = 2048
 LOCK_CLAIM0 = 4096  # + group * MAX_POOL + slot
+WAITERS_OFFSET = 296
+WAKE_ID_OFFSET = 304
+LOCK_WAITERS = 2049
+LOCK_WAITER0 = 8192
+MAX_WAITERS = 64
 
 
 def group_claims_offset(group: int) -> int:

@@ -1,8 +1,8 @@
 """Readers of a pool topic and the messages they hold.
 
-A reader looks at one 32-bit word, the futex word, which names the newest slot. If the
-word has not changed since its last look, there is nothing new and it sleeps on that word
-(no CPU, GIL released). Otherwise it takes a shared lock on that slot's lock byte (the
+A reader looks at one 32-bit word, the wake word, which names the newest slot. If the
+word has not changed since its last look, there is nothing new and it sleeps (Linux: a futex
+on that word; Windows: its wake event; no CPU, GIL released). Otherwise it takes a shared lock on that slot's lock byte (the
 writer cannot be writing it then, and cannot overwrite it until the lock is dropped),
 checks the slot's state word (even = complete, newer than what it last delivered) and
 hands out a zero-copy view. The lock is dropped when the message is released: by
@@ -14,15 +14,17 @@ from __future__ import annotations
 import math
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _layout as L
+from . import backend
 from ._errors import ClosedError
 from ._layout import normalize_request
 from ._runtime import default_runtime_dir
 from ._segment import Segment, open_for_reading
-from .backend import ByteLock, MessageBase, ReadCursor, futex_wait_any
+from .backend import ByteLock, MessageBase, ReadCursor
 
 _U64 = struct.Struct("<Q")
 #: Timeouts at or above this many seconds (about 116 days; inf too) mean "wait forever": the
@@ -31,7 +33,7 @@ FOREVER = 1e7
 
 
 def wait_seconds(timeout: float | None) -> float | None:
-    """A caller's timeout as the futex calls take it: None (forever) or seconds >= 0."""
+    """A caller's timeout as the waits take it: None (forever) or seconds >= 0."""
     if timeout is None:
         return None
     t = float(timeout)
@@ -114,12 +116,15 @@ class Reader:
         )
         if group is not None:
             self._cursor.write_entry()  # tools show the membership before the first message
+        # Released when this object is garbage, so a reader dropped without close() lets go of its
+        # slots, its entries and the file (which Windows could not delete while it is open).
+        self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:
         """The newest message not yet seen, waiting up to ``timeout`` seconds (None: forever).
 
-        Returns None on timeout. Sleeps on the futex while nothing is new (0% CPU). A
+        Returns None on timeout. Sleeps while nothing is new (0% CPU). A
         message whose slot is being written is not returned; the next one is waited for.
         ``inf`` (or any timeout of 10**7 s or more) waits forever; ``nan`` is a ValueError.
         """
@@ -186,11 +191,6 @@ class Reader:
         finally:
             locks[slot].release()
 
-    # ----- waiting on several topics at once (used by the node runtime)
-    def wait_word(self) -> tuple[int, int]:
-        """(address, value) of the futex word to sleep on while nothing is new."""
-        return self._seg.wake_address, self._cursor.last_wake
-
     # ----- state
     def writer_alive(self) -> bool:
         """True while a writer process holds the topic's writer lock."""
@@ -207,8 +207,7 @@ class Reader:
     def close(self) -> None:
         """Release this process's mapping and every slot this reader holds. The topic stays."""
         if self._seg is not None:
-            self._cursor.close()
-            self._seg.close()
+            self._finalizer()
             self._seg = None
 
     def __enter__(self) -> Reader:
@@ -222,13 +221,19 @@ class Reader:
         return f"<Reader {self.topic!r} {self.config.describe()} {state}>"
 
 
+def _close(cursor: ReadCursor, seg: Segment) -> None:
+    cursor.close()
+    seg.close()
+
+
 def wait_any(readers: list[Reader], timeout: float | None) -> None:
     """Sleep until any of ``readers`` may have a new message, or ``timeout`` seconds pass.
 
-    One futex_waitv over all their words: the node runtime waits on every subscription
-    with one system call and no CPU. Returns early at any change; callers re-check.
+    One system call over all of them (Linux: futex_waitv on their words; Windows:
+    WaitForMultipleObjects on their wake events): the node runtime waits on every
+    subscription with no CPU. Returns early at any change; callers re-check.
     """
-    futex_wait_any([r.wait_word() for r in readers], wait_seconds(timeout))
+    backend.wait_any([r._cursor for r in readers], wait_seconds(timeout))
 
 
 class Message(MessageBase):

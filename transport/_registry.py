@@ -30,7 +30,7 @@ import numpy as np
 from . import _layout as L
 from ._errors import LayoutVersionError, LockBusyError, RegistryCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
-from ._runtime import REGISTRY_FILE, RuntimeDir, segment_file_name, validate_segment_name, validate_topic_name
+from ._runtime import REGISTRY_FILE, RuntimeDir, note_lock_holder, segment_file_name, validate_segment_name, validate_topic_name
 from .backend import ByteLock
 
 LOCK_FILE = "registry.lock"
@@ -207,11 +207,11 @@ def locked_registry(rd: RuntimeDir, timeout: float = LOCK_WAIT) -> Iterator[dict
     fd = rd.open_file(LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         def holder() -> str:
-            pid = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
-            return f"pid {pid}" if pid.isdigit() else "another process"
+            pid = rd.lock_holder(LOCK_FILE)
+            return f"pid {pid}" if pid else "another process"
 
         lock_exclusive(ByteLock(fd, 0), timeout, f"the registry lock {rd.path / LOCK_FILE}", holder)
-        os.pwrite(fd, f"{os.getpid():<19}\n".encode(), 0)  # who holds it, for the message above
+        note_lock_holder(fd)  # who holds it, for the message above
         topics = _read(rd)
         before = format_registry(topics)
         yield topics

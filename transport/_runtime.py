@@ -1,15 +1,17 @@
 """Where a graph's files live: its private runtime directory, topic names and segment names.
 
-A graph's runtime directory is ``/dev/shm/shmlaunch-<uid>-<graph>`` (mode 0700, files 0600):
-per user so two users never collide, per graph so two graphs never collide, flat so that
-removing it leaves nothing behind in /dev/shm. ``SHMLAUNCH_RUNTIME_DIR`` (set by the
-launcher for every node) overrides the default.
+A graph's runtime directory is ``<SHM_ROOT>/shmlaunch-<user>-<graph>`` (Linux:
+``/dev/shm/shmlaunch-<uid>-<graph>``, mode 0700, files 0600; Windows: under
+``%LOCALAPPDATA%\\shmlaunch``): per user so two users never collide, per graph so two graphs
+never collide, flat so that removing it leaves nothing behind. ``SHMLAUNCH_RUNTIME_DIR`` (set
+by the launcher for every node) overrides the default.
 
-Why every file is opened through :class:`RuntimeDir` (a directory file descriptor): /dev/shm
-is writable by every user, so anything under it may have been planted. The directory itself
-is opened with ``O_DIRECTORY | O_NOFOLLOW`` and checked (a real directory, owned by this
-user, no access for others) before anything else; every file is then opened relative to that
-descriptor with ``O_NOFOLLOW``, so a symlink swapped in later is never followed either.
+Why every file is opened through :class:`RuntimeDir`: /dev/shm is writable by every user, so
+anything under it may have been planted. The platform's ``Directory`` opens the directory
+itself without following a link and checks it (a real directory, owned by this user, closed
+to others) before anything else, then opens every file in it without following a link either
+(Linux: relative to the directory's descriptor with ``O_NOFOLLOW``; Windows: through the
+held-open directory, refusing reparse points), so a symlink swapped in later is never followed.
 A directory is recognised as shmlaunch's by its marker file (``.shmlaunch-runtime``), and
 removing one deletes only the kinds of file shmlaunch creates, never anything else.
 """
@@ -25,13 +27,15 @@ import stat
 from pathlib import Path
 
 from ._errors import RuntimeDirError
-from .backend import SHM_ROOT, ByteLock
+from .backend import SHM_ROOT, USER_ID, ByteLock, Directory
 
 ENV_RUNTIME_DIR = "SHMLAUNCH_RUNTIME_DIR"
 REGISTRY_FILE = "registry.yaml"
 SEGMENT_SUFFIX = ".pool"
 MARKER_FILE = ".shmlaunch-runtime"
 MAX_GRAPH_LEN = 100
+#: Where a lock file's holder writes its pid: after byte 0, the lock byte.
+LOCK_HOLDER_OFFSET = 1
 #: The marker is tiny; anything larger is not ours.
 _MARKER_LIMIT = 4096
 
@@ -44,13 +48,12 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool")
 MAX_TOPIC_LEN = 200
 
 #: Every kind of file a shmlaunch run creates in a runtime directory (and nothing else may be
-#: there): the marker, registry and its lock, the launcher's lock and state, the bridge's status, node heartbeats,
-#: segments, and the temporary files these are built in before an atomic rename.
-OWN_FILES = re.compile(
-    r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|bridge\.json|ready\.[A-Za-z0-9_.\-]+"
-    r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool"
-    r"|\.(\.shmlaunch-runtime|registry\.yaml|graph\.json|bridge\.json|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool)\.\d+(\.[0-9a-f]+)?\.tmp)"
-)
+#: there): the marker, registry and its lock, the launcher's lock and state, the bridge's status,
+#: node heartbeats, segments, and the temporary files these are built in before an atomic rename
+#: (or, on Windows, renamed to before they are deleted: ``.<name>.<pid>.<hex>.tmp``).
+_OWN_NAMES = (r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|bridge\.json|ready\.[A-Za-z0-9_.\-]+"
+              r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool)")
+OWN_FILES = re.compile(rf"{_OWN_NAMES}|\.{_OWN_NAMES}\.\d+(\.[0-9a-f]+)?\.tmp")
 
 
 def validate_topic_name(name: object) -> str:
@@ -86,13 +89,18 @@ def validate_segment_name(name: object) -> str:
 
 def graph_runtime_dir(graph: str) -> Path:
     """The runtime directory of ``graph`` for this user: /dev/shm/shmlaunch-<uid>-<graph>."""
-    return Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{validate_graph_name(graph)}"
+    return Path(SHM_ROOT) / f"shmlaunch-{USER_ID}-{validate_graph_name(graph)}"
+
+
+def runtime_dir_prefix() -> str:
+    """What the names of this user's runtime directories under SHM_ROOT begin with."""
+    return f"shmlaunch-{USER_ID}-"
 
 
 def graphs_present() -> list[str]:
     """Names of the graphs that have a runtime directory of this user under the default root
     (running, or left by a crash): what to suggest when a topic is not where it was looked for."""
-    prefix = f"shmlaunch-{os.geteuid()}-"
+    prefix = runtime_dir_prefix()
     try:
         names = os.listdir(SHM_ROOT)
     except OSError:
@@ -111,57 +119,33 @@ def segment_file_name(topic: str) -> str:
     return validate_topic_name(topic).replace("/", ".") + SEGMENT_SUFFIX
 
 
-def _check_dir_stat(path: Path, st: os.stat_result) -> None:
-    """The one rule for trusting a runtime directory: a real directory, ours, closed to others."""
-    if stat.S_ISLNK(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {path} is a symlink; shmlaunch never follows one (remove it)")
-    if not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); refusing it")
-    if st.st_mode & 0o077:
-        raise RuntimeDirError(f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (others could "
-                              f"plant or read files there); refusing it")
-
-
 class RuntimeDir:
-    """An open, checked runtime directory; every file in it is opened relative to its fd.
+    """An open, checked runtime directory; every file in it is opened through the platform's
+    :class:`~shmlaunch.transport.backend.Directory` (relative to a directory handle, never
+    through a symlink).
 
     ``open`` takes an existing directory and checks it (``RuntimeDirError`` says what is
-    wrong, in one line); ``create`` makes it (0700, with the marker) when missing, then opens
-    it. ``close()`` releases the descriptor. Use as a context manager.
+    wrong, in one line); ``create`` makes it (private to this user, with the marker) when
+    missing, then opens it. ``close()`` releases the handle. Use as a context manager.
     """
 
-    __slots__ = ("path", "fd")
+    __slots__ = ("path", "dir")
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, directory: Directory | None) -> None:
         self.path = path
-        self.fd = fd
+        self.dir = directory
 
     @classmethod
     def open(cls, path: str | Path) -> RuntimeDir:
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                _check_dir_stat(path, os.lstat(path))  # the precise reason, when there is one
-            raise RuntimeDirError(f"cannot open runtime directory {path}: {exc.strerror}") from exc
-        try:
-            _check_dir_stat(path, os.fstat(fd))
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd)
+        return cls(path, Directory.open(path))
 
     @classmethod
     def create(cls, path: str | Path, run: str | None = None) -> RuntimeDir:
-        """Open ``path``, creating it (0700, marked as shmlaunch's) when it does not exist."""
+        """Open ``path``, creating it (private, marked as shmlaunch's) when it does not exist."""
         path = Path(path)
         try:
-            os.mkdir(path, 0o700)
+            Directory.make(path)
         except FileExistsError:
             return cls.open(path)
         except OSError as exc:
@@ -173,12 +157,12 @@ class RuntimeDir:
     # ----- files
     def open_file(self, name: str, flags: int, mode: int = 0o600) -> int:
         """``os.open`` of ``name`` in this directory; never follows a symlink."""
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        return self.dir.open_file(name, flags, mode)
 
     def read_bytes(self, name: str, limit: int) -> bytes:
         """The bytes of regular file ``name``, read with a bound: ValueError if it is not a regular
         file (a FIFO would block, a device never end) or holds more than ``limit`` bytes."""
-        fd = self.open_file(name, os.O_RDONLY | os.O_NONBLOCK)
+        fd = self.open_file(name, os.O_RDONLY)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ValueError(f"{self.path / name} is not a regular file")
@@ -207,20 +191,37 @@ class RuntimeDir:
             raise
         os.close(fd)
         try:
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            self.dir.replace(tmp, name)
         except BaseException:
             self.unlink(tmp)
             raise
 
     def lock(self, name: str, wait: float = 0.0) -> int | None:
         """Take the exclusive lock of file ``name`` (created if missing; its byte 0), waiting up to
-        ``wait`` s: the descriptor that holds it (close it to release; the kernel releases it
-        when the process dies), or None while another open file description holds it."""
+        ``wait`` s: the descriptor that holds it (close it to release; the system releases it
+        when the process dies), or None while another open file holds it. The holder's pid is
+        written after the lock byte (``lock_holder`` reads it)."""
         fd = self.open_file(name, os.O_RDWR | os.O_CREAT)
         if ByteLock(fd, 0).try_exclusive_within(wait):
+            note_lock_holder(fd)
             return fd
         os.close(fd)
         return None
+
+    def lock_holder(self, name: str) -> str:
+        """The pid the holder of lock file ``name`` wrote ("" when unknown)."""
+        try:
+            fd = self.open_file(name, os.O_RDONLY)
+        except OSError:
+            return ""
+        try:
+            os.lseek(fd, LOCK_HOLDER_OFFSET, os.SEEK_SET)
+            pid = os.read(fd, 20).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+        return pid if pid.isdigit() else ""
 
     def is_locked(self, name: str) -> bool:
         """True while another process holds file ``name``'s lock (False if there is no such file)."""
@@ -233,15 +234,23 @@ class RuntimeDir:
         finally:
             os.close(fd)
 
+    def replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` in this directory, replacing ``dst`` (atomic)."""
+        self.dir.replace(src, dst)
+
     def unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self.fd)
+            self.dir.unlink(name)
 
     def lstat(self, name: str) -> os.stat_result:
-        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        return self.dir.lstat(name)
 
     def entries(self) -> list[str]:
-        return sorted(os.listdir(self.fd))
+        return sorted(self.dir.entries())
+
+    def is_file_of(self, name: str, fd: int) -> bool:
+        """True while ``name`` here is the file ``fd`` has open (not unlinked, not replaced)."""
+        return self.dir.is_file_of(name, fd)
 
     # ----- ownership of the directory by a run
     def marker(self) -> dict | None:
@@ -286,21 +295,28 @@ class RuntimeDir:
         for name in self.entries():
             if name == MARKER_FILE or name in keep or not OWN_FILES.fullmatch(name):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):  # Windows: deleted already, still open elsewhere
                 if stat.S_ISREG(self.lstat(name).st_mode):
                     self.unlink(name)
 
     # -----
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.dir is not None:
+            self.dir.close()
+            self.dir = None
 
     def __enter__(self) -> RuntimeDir:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def note_lock_holder(fd: int) -> None:
+    """Write this process's pid into a lock file it holds, after the lock byte: Windows' locks
+    are mandatory for reads, so the byte itself is never read by anyone."""
+    os.lseek(fd, LOCK_HOLDER_OFFSET, os.SEEK_SET)
+    os.write(fd, f"{os.getpid():<19}\n".encode())
 
 
 def new_run_id() -> str:

@@ -132,7 +132,6 @@ class Segment:
         """Build the per-slot views (the header has been checked against ``config``)."""
         self.config = config
         self.address, self._pin = buffer_address(self.mm)
-        self.wake_address = self.address + L.WAKE_OFFSET
         h = self.header
         self.slots_offset, self.slot_stride = h.slots_offset, h.slot_stride
         self.slot_offsets = [h.slots_offset + i * h.slot_stride for i in range(h.pool)]
@@ -259,11 +258,13 @@ def _create_file(rd: RuntimeDir, topic: str, name: str, config: L.TopicConfig) -
         except OSError as exc:
             raise OutOfSpaceError(
                 exc.errno,
-                f"cannot create topic {topic!r}: {rd.path} has {free_bytes(rd.fd)} bytes free, "
+                f"cannot create topic {topic!r}: {rd.path} has {free_bytes(rd.path)} bytes free, "
                 f"the segment needs {config.segment_size} ({config.describe()})",
             ) from exc
-        os.pwrite(fd, config.header_bytes(), 0)
-        os.replace(tmp, name, src_dir_fd=rd.fd, dst_dir_fd=rd.fd)
+        header = bytearray(config.header_bytes())
+        header[L.WAKE_ID_OFFSET : L.WAKE_ID_OFFSET + 8] = secrets.token_bytes(8)  # names the Windows wake events
+        os.write(fd, header)  # a fresh file: at offset 0
+        rd.replace(tmp, name)
     except BaseException:
         rd.unlink(tmp)
         raise

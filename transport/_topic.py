@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class Topic:
         self.name = name
         self.runtime_dir = runtime_dir
         self._seg: Segment | None = seg
+        self._finalizer = weakref.finalize(self, seg.close)  # a handle dropped without close() lets the file go
         self.config: TopicConfig = seg.config
 
     # ----- the three verbs
@@ -154,14 +155,14 @@ class Topic:
         seg = self._segment()
         try:
             with contextlib.nullcontext(rd) if rd is not None else RuntimeDir.open(self.runtime_dir) as d:
-                return d.lstat(seg.path.name).st_ino == os.fstat(seg.fd).st_ino
+                return d.is_file_of(seg.path.name, seg.fd)
         except (OSError, TransportError):
             return False
 
     def close(self) -> None:
         """Release this process's mapping. The topic stays."""
         if self._seg is not None:
-            self._seg.close()
+            self._finalizer()
             self._seg = None
 
     def unlink(self) -> None:

@@ -2,17 +2,19 @@
 
 The rest of shmlaunch (the transport's protocol, the launcher, the tools) calls only these;
 a backend module implements them for one system: ``_linux`` (Linux 3.15+, with the C module
-``_fastpath`` for the hot path) today, a Windows backend next (file mappings, ``LockFileEx``
-byte ranges, named events; see shared/notes/windows.md). What a backend provides:
+``_fastpath`` for the hot path) and ``_windows`` (file-backed mappings, ``LockFileEx`` byte
+ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a backend provides:
 
-- segment files: ``SHM_ROOT``, ``reserve(fd, size)``, ``free_bytes(fd)``, ``map_file(fd, size)``,
-  ``buffer_address(buf)``;
+- runtime folders and segment files: ``SHM_ROOT``, ``USER_ID``, ``Directory`` (open, checked,
+  files opened in it never through a link), ``reserve(fd, size)``, ``free_bytes(path)``,
+  ``map_file(fd, size)``, ``buffer_address(buf)``;
 - locks: ``ByteLock(fd, offset)`` (one lock byte, released by the system when a process dies);
-- wake-up and the hot path: ``futex_wait``, ``futex_wake``, ``futex_wait_any``, ``ReadCursor``,
+- wake-up and the hot path: ``wait_any`` (one sleep over several readers), ``ReadCursor``,
   ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
+  ``futex_wait`` / ``futex_wake`` (Linux only: the benchmarks' bare futex transport);
 - processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
-  ``child_pids(pid)``, ``become_subreaper()``, ``prepare_child(...)``, ``allowed_cpus()``,
-  ``own_priority()``, ``may_raise_priority(nice)``.
+  ``child_pids(pid)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
+  ``stop_group(...)``, ``allowed_cpus()``, ``own_priority()``, ``may_raise_priority(nice)``.
 
 Where no backend loads, importing shmlaunch still works (a launch file can be checked
 anywhere); every call that needs the backend raises PlatformUnavailableError with the reason.
@@ -22,35 +24,70 @@ anywhere); every call that needs the backend raises PlatformUnavailableError wit
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 from .._errors import PlatformUnavailableError
 
 try:
-    from ._linux import (
-        SHM_ROOT,
-        ByteLock,
-        LoanBase,
-        MessageBase,
-        ProcessInfo,
-        ReadCursor,
-        WriteCursor,
-        allowed_cpus,
-        become_subreaper,
-        buffer_address,
-        child_pids,
-        free_bytes,
-        futex_wait,
-        futex_wait_any,
-        futex_wake,
-        map_file,
-        may_raise_priority,
-        own_priority,
-        prepare_child,
-        process_info,
-        process_start_time,
-        reserve,
-    )
+    if sys.platform == "win32":
+        from ._windows import (
+            SHM_ROOT,
+            USER_ID,
+            ByteLock,
+            Directory,
+            LoanBase,
+            MessageBase,
+            ProcessInfo,
+            ReadCursor,
+            WriteCursor,
+            allowed_cpus,
+            become_subreaper,
+            buffer_address,
+            child_options,
+            child_pids,
+            free_bytes,
+            futex_wait,
+            futex_wake,
+            map_file,
+            may_raise_priority,
+            own_priority,
+            place_child,
+            process_info,
+            process_start_time,
+            reserve,
+            stop_group,
+            wait_any,
+        )
+    else:
+        from ._linux import (
+            SHM_ROOT,
+            USER_ID,
+            ByteLock,
+            Directory,
+            LoanBase,
+            MessageBase,
+            ProcessInfo,
+            ReadCursor,
+            WriteCursor,
+            allowed_cpus,
+            become_subreaper,
+            buffer_address,
+            child_options,
+            child_pids,
+            free_bytes,
+            futex_wait,
+            futex_wake,
+            map_file,
+            may_raise_priority,
+            own_priority,
+            place_child,
+            process_info,
+            process_start_time,
+            reserve,
+            stop_group,
+            wait_any,
+        )
 
     AVAILABLE = True
     UNAVAILABLE_REASON = ""
@@ -58,6 +95,7 @@ except ImportError as exc:  # another system, or the C module was not built
     AVAILABLE = False
     UNAVAILABLE_REASON = f"pool topics have no backend on this system ({exc})"
     SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    USER_ID = str(os.geteuid()) if hasattr(os, "geteuid") else "user"
 
     def _unavailable(*_args, **_kwargs):
         raise PlatformUnavailableError(UNAVAILABLE_REASON)
@@ -78,8 +116,15 @@ except ImportError as exc:  # another system, or the C module was not built
 
     LoanBase = MessageBase  # type: ignore[misc]
 
-    buffer_address = child_pids = ReadCursor = WriteCursor = free_bytes = futex_wait = futex_wait_any = futex_wake = _unavailable
-    map_file = prepare_child = process_info = process_start_time = reserve = become_subreaper = _unavailable
+    class Directory:  # type: ignore[no-redef]
+        @classmethod
+        def open(cls, *_args):
+            _unavailable()
+
+        make = open
+
+    buffer_address = child_pids = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
+    map_file = child_options = place_child = stop_group = process_info = process_start_time = reserve = become_subreaper = _unavailable
 
     # What a launch-file check asks, answered from what Python itself knows on any system.
     def allowed_cpus() -> set[int]:
@@ -97,7 +142,9 @@ __all__ = [
     "AVAILABLE",
     "SHM_ROOT",
     "UNAVAILABLE_REASON",
+    "USER_ID",
     "ByteLock",
+    "Directory",
     "LoanBase",
     "MessageBase",
     "ProcessInfo",
@@ -106,16 +153,18 @@ __all__ = [
     "allowed_cpus",
     "become_subreaper",
     "buffer_address",
+    "child_options",
     "child_pids",
     "free_bytes",
     "futex_wait",
-    "futex_wait_any",
     "futex_wake",
     "map_file",
     "may_raise_priority",
     "own_priority",
-    "prepare_child",
+    "place_child",
     "process_info",
     "process_start_time",
     "reserve",
+    "stop_group",
+    "wait_any",
 ]

@@ -26,19 +26,24 @@ import mmap
 import os
 import resource
 import signal
+import stat
 import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 if not sys.platform.startswith("linux"):  # pragma: no cover
     raise ImportError("the Linux backend needs Linux 3.15 or later (futexes, open-file-description locks)")
 
 from .. import _fastpath  # noqa: E402
+from .._errors import RuntimeDirError  # noqa: E402
 
 #: Where runtime directories go by default: a RAM-backed file system, so a "file" is memory.
 SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+#: This user, as runtime directory names carry it (two users never share a directory).
+USER_ID = str(os.geteuid())
 
 # struct flock on 64-bit Linux, for the rare blocking and probing calls made from Python.
 _FLOCK = struct.Struct("hhqqi4x")
@@ -105,14 +110,15 @@ futex_wake = _fastpath.futex_wake
 _has_waitv = True
 
 
-def futex_wait_any(words: list[tuple[int, int]], timeout: float | None) -> None:
-    """Sleep until any word at ``address`` differs from its ``expected`` value, or timeout.
+def wait_any(cursors: list, timeout: float | None) -> None:
+    """Sleep until any reader cursor's topic may have a new message, or timeout.
 
-    ``words`` is a list of (address, expected). Kernels before 5.16 lack futex_waitv: there
+    One futex_waitv over every cursor's word. Kernels before 5.16 lack futex_waitv: there
     the first word is waited on for at most 5 ms at a time, so the others are looked at
     every 5 ms (the only place shmlaunch ever polls, and only on such kernels).
     """
     global _has_waitv
+    words = [(c.wake_address, c.last_wake) for c in cursors]
     if len(words) > 1 and _has_waitv:
         if _fastpath.futex_wait_any(words, timeout):
             return
@@ -129,15 +135,98 @@ def reserve(fd: int, size: int) -> None:
     os.posix_fallocate(fd, 0, size)
 
 
-def free_bytes(fd: int) -> int:
-    """Bytes an unprivileged process can still write on the file system of ``fd``."""
-    st = os.fstatvfs(fd)
+def free_bytes(path: str | Path) -> int:
+    """Bytes an unprivileged process can still write on the file system of ``path``."""
+    st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
 def map_file(fd: int, size: int) -> mmap.mmap:
     """A shared read-write mapping of the whole file."""
     return mmap.mmap(fd, size)
+
+
+# ----- runtime directories
+def _check_dir_stat(path: Path, st: os.stat_result) -> None:
+    """The one rule for trusting a runtime directory: a real directory, ours, closed to others."""
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is a symlink; shmlaunch never follows one (remove it)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}); refusing it")
+    if st.st_mode & 0o077:
+        raise RuntimeDirError(f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700 (others could "
+                              f"plant or read files there); refusing it")
+
+
+class Directory:
+    """An open, checked directory; every file in it is opened relative to its descriptor.
+
+    The directory is opened with ``O_DIRECTORY | O_NOFOLLOW`` and checked (a real directory,
+    owned by this user, mode 0700) before anything else; every file is then opened relative
+    to that descriptor with ``O_NOFOLLOW``, so a symlink swapped in later is never followed.
+    """
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path) -> Directory:
+        """The directory at ``path``: FileNotFoundError when there is none, RuntimeDirError
+        (one line, the reason) when it may not be trusted."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                _check_dir_stat(path, os.lstat(path))  # the precise reason, when there is one
+            raise RuntimeDirError(f"cannot open runtime directory {path}: {exc.strerror}") from exc
+        try:
+            _check_dir_stat(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    @staticmethod
+    def make(path: Path) -> None:
+        """Create a directory only this user may enter (FileExistsError when there is one)."""
+        os.mkdir(path, 0o700)
+
+    def open_file(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """``os.open`` of ``name`` in this directory; never follows a symlink (ELOOP)."""
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=self.fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def unlink(self, name: str) -> None:
+        os.unlink(name, dir_fd=self.fd)
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def entries(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    def is_file_of(self, name: str, fd: int) -> bool:
+        """True when ``name`` in this directory is the very file ``fd`` has open (False once it
+        was unlinked or replaced)."""
+        try:
+            a, b = self.lstat(name), os.fstat(fd)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # ----- processes: what the launcher and the tools need to know and to do
@@ -154,7 +243,7 @@ class ProcessInfo:
 
     pid: int
     ppid: int
-    uid: int
+    user: str  # who runs it, as USER_ID names this user (Linux: the uid)
     state: str  # R running, S sleeping, D disk, T stopped, t traced, Z zombie
     start_time: int  # clock ticks since boot: with the pid, it names one process for ever
     cpu_seconds: float  # user + system
@@ -172,7 +261,7 @@ def process_info(pid: int) -> ProcessInfo | None:
     """The process ``pid``, or None when there is none (or it vanished while being read)."""
     try:
         fields = _stat_fields(pid)
-        uid = os.stat(f"/proc/{pid}").st_uid
+        uid = str(os.stat(f"/proc/{pid}").st_uid)
         with open(f"/proc/{pid}/statm", "rb") as f:
             rss = int(f.read().split()[1]) * _PAGE
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -213,7 +302,24 @@ def become_subreaper() -> None:
     ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def prepare_child(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
+def child_options(cpus: tuple[int, ...] | None, nice: int | None) -> dict:
+    """``subprocess.Popen`` arguments that start a node in a process group (and session) of its
+    own, with SIGTERM as its parent-death signal and its CPU affinity and priority set before
+    the new program starts a thread (``_prepare_child``, between fork and exec)."""
+    return {"start_new_session": True, "preexec_fn": functools.partial(_prepare_child, os.getpid(), cpus, nice)}
+
+
+def place_child(pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
+    """Nothing to do after the start on Linux: ``child_options`` placed the child before exec."""
+
+
+def stop_group(pgid: int, force: bool) -> None:
+    """Ask a node's process group to stop (SIGTERM), or make it (``force``: SIGKILL).
+    ProcessLookupError when the group is gone."""
+    os.killpg(pgid, signal.SIGKILL if force else signal.SIGTERM)
+
+
+def _prepare_child(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
     """Run in a child between fork and exec: SIGTERM when the parent dies, then the CPU affinity
     and priority every thread of the new program inherits. Exits 126 if they cannot be set."""
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

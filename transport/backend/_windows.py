@@ -1,0 +1,437 @@
+"""The Windows backend of the platform seam (see ``shmlaunch.transport.backend``).
+
+The same guarantees as Linux, from Windows' own primitives (shared/notes/windows.md):
+- Segments are files in a per-user runtime folder, mapped with ``mmap`` (a file-backed
+  ``CreateFileMapping``), so byte-range locks have a file to lock. The folder is created with
+  a protected DACL that grants only this user, is checked (a real directory, owned by this
+  user, not a reparse point) and held open without ``FILE_SHARE_DELETE`` while it is used, so
+  it cannot be swapped for a junction; every file in it is opened with
+  ``FILE_FLAG_OPEN_REPARSE_POINT`` and refused if it is a symlink or junction.
+- Holds and ownership are ``LockFileEx`` byte ranges: they belong to one file handle (as an
+  open file description's OFD locks do on Linux) and the system releases a dead process's.
+- Wake-ups are named auto-reset events, one per waiting reader (``_windows_hotpath``).
+- Space is given to a segment at creation (its end of file moved: NTFS allocates the clusters
+  of a non-sparse file then): a full disk is an error then, not a fault later.
+- Processes: a kill-on-close Job Object holds the launcher and everything it starts, so every
+  node dies with the launcher however the launcher dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import mmap
+import msvcrt
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import PlatformUnavailableError, RuntimeDirError
+from . import _win32 as W
+from ._windows_hotpath import LoanBase, MessageBase, ReadCursor, WriteCursor, lock_byte, unlock_byte, wait_any
+
+__all__ = ["LoanBase", "MessageBase", "ReadCursor", "WriteCursor", "wait_any"]  # the hot path, re-exported
+
+#: The user this process runs as (its SID): runtime folder names carry it, and a process or a
+#: folder of another user is never trusted.
+USER_ID = W.token_user_sid(W.GetCurrentProcess())
+#: Where runtime folders go: the user's own local application data (not roamed, not shared).
+SHM_ROOT = os.path.join(os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local"), "shmlaunch")
+#: Full access for this user only, inherited by everything created inside; nobody else.
+_PRIVATE_SDDL = f"D:P(A;OICI;FA;;;{USER_ID})"
+
+
+def _handle(fd: int) -> int:
+    return msvcrt.get_osfhandle(fd)
+
+
+class ByteLock:
+    """One lock byte of a file (``LockFileEx``). ``try_shared`` / ``try_exclusive`` never block:
+    False when another handle holds a conflicting lock."""
+
+    __slots__ = ("fd", "offset", "handle", "release")
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.handle = _handle(fd)
+        self.release: Callable[[], bool] = functools.partial(unlock_byte, self.handle, offset)
+
+    def try_shared(self) -> bool:
+        return lock_byte(self.handle, self.offset, False)
+
+    def try_exclusive(self) -> bool:
+        return lock_byte(self.handle, self.offset, True)
+
+    def try_exclusive_within(self, timeout: float) -> bool:
+        """``try_exclusive`` again and again for up to ``timeout`` s (a growing sleep, 1 to 50 ms)."""
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while not self.try_exclusive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return True
+
+    def is_held_by_others(self, exclusive: bool = True) -> bool:
+        """True when another handle holds a lock that would conflict. Windows has no lock query:
+        this takes the lock for an instant and gives it back (a probe of a byte this handle
+        itself holds would count as held)."""
+        if lock_byte(self.handle, self.offset, exclusive):
+            unlock_byte(self.handle, self.offset)
+            return False
+        return True
+
+
+def buffer_address(buf) -> tuple[int, object]:
+    """Address of a writable buffer, and the object that pins it (drop it before close)."""
+    pin = ctypes.c_char.from_buffer(buf)
+    return ctypes.addressof(pin), pin
+
+
+def _unavailable_here(name: str):
+    def call(*_args, **_kwargs):
+        raise PlatformUnavailableError(f"{name} is Linux's (a futex); on Windows readers wait on their wake events")
+
+    call.__name__ = name
+    return call
+
+
+futex_wait = _unavailable_here("futex_wait")
+futex_wake = _unavailable_here("futex_wake")
+
+
+# ----- segment files
+def reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real space now (OSError when the disk is full): NTFS
+    allocates a non-sparse file's clusters when its end is moved (SetEndOfFile), so a full
+    disk fails here, never at a later write into the mapping."""
+    os.ftruncate(fd, size)
+
+
+def free_bytes(path: str | Path) -> int:
+    """Bytes this user can still write on the volume of ``path``."""
+    free = ctypes.c_ulonglong()
+    if not W.GetDiskFreeSpaceExW(str(path), ctypes.byref(free), None, None):
+        raise W.last_error(f"free space of {path}")
+    return free.value
+
+
+def map_file(fd: int, size: int) -> mmap.mmap:
+    """A shared read-write mapping of the whole file (an unnamed file-backed mapping)."""
+    return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+
+
+# ----- runtime directories
+def _file_info(handle: int) -> W.BY_HANDLE_FILE_INFORMATION:
+    info = W.BY_HANDLE_FILE_INFORMATION()
+    if not W.GetFileInformationByHandle(handle, ctypes.byref(info)):
+        raise W.last_error("GetFileInformationByHandle")
+    return info
+
+
+def _open_handle(path: str, access: int, share: int, disposition: int, flags: int) -> int:
+    h = W.CreateFileW(path, access, share, None, disposition, flags | W.FILE_FLAG_OPEN_REPARSE_POINT, None)
+    if h == W.INVALID_HANDLE_VALUE or h is None:
+        raise W.last_error(path)
+    return h
+
+
+class Directory:
+    """An open, checked runtime folder: held open (not deletable, not renamable) while in use,
+    and every file in it opened without following a symlink or junction."""
+
+    __slots__ = ("path", "handle")
+
+    def __init__(self, path: Path, handle: int) -> None:
+        self.path = path
+        self.handle = handle
+
+    @classmethod
+    def open(cls, path: Path) -> Directory:
+        """The folder at ``path``: FileNotFoundError when there is none, RuntimeDirError (one
+        line, the reason) when it may not be trusted."""
+        try:
+            h = _open_handle(str(path), W.FILE_LIST_DIRECTORY | W.FILE_READ_ATTRIBUTES | W.READ_CONTROL,
+                             W.FILE_SHARE_READ | W.FILE_SHARE_WRITE, W.OPEN_EXISTING, W.FILE_FLAG_BACKUP_SEMANTICS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot open runtime directory {path}: {exc.strerror}") from exc
+        try:
+            attrs = _file_info(h).dwFileAttributes
+            if attrs & W.FILE_ATTRIBUTE_REPARSE_POINT:
+                raise RuntimeDirError(f"runtime directory {path} is a symlink or junction; shmlaunch never follows one (remove it)")
+            if not attrs & W.FILE_ATTRIBUTE_DIRECTORY:
+                raise RuntimeDirError(f"runtime directory {path} is not a directory")
+            owner = W.owner_sid(h)
+            if owner != USER_ID:
+                raise RuntimeDirError(f"runtime directory {path} belongs to {owner}, not to this user ({USER_ID}); refusing it")
+        except BaseException:
+            W.CloseHandle(h)
+            raise
+        return cls(path, h)
+
+    @staticmethod
+    def make(path: Path) -> None:
+        """Create a folder only this user may enter (FileExistsError when there is one)."""
+        os.makedirs(path.parent, exist_ok=True)
+        descriptor = ctypes.c_void_p()
+        if not W.ConvertStringSecurityDescriptorToSecurityDescriptorW(_PRIVATE_SDDL, 1, ctypes.byref(descriptor), None):
+            raise W.last_error("building a private security descriptor")
+        try:
+            attrs = W.SECURITY_ATTRIBUTES(ctypes.sizeof(W.SECURITY_ATTRIBUTES), descriptor, False)
+            if not W.CreateDirectoryW(str(path), ctypes.byref(attrs)):
+                raise W.last_error(str(path))
+        finally:
+            W.LocalFree(descriptor)
+
+    def open_file(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """A file descriptor for ``name`` in this folder (``os.open`` flags); never through a
+        symlink or junction (ELOOP), never a directory. ``mode``: the folder's DACL decides."""
+        access = {os.O_RDONLY: W.GENERIC_READ, os.O_WRONLY: W.GENERIC_WRITE}.get(flags & 3, W.GENERIC_READ | W.GENERIC_WRITE)
+        disposition = (W.CREATE_NEW if flags & os.O_EXCL else W.OPEN_ALWAYS) if flags & os.O_CREAT else W.OPEN_EXISTING
+        h = _open_handle(str(self.path / name), access, W.FILE_SHARE_READ | W.FILE_SHARE_WRITE | W.FILE_SHARE_DELETE, disposition,
+                         W.FILE_ATTRIBUTE_NORMAL)
+        try:
+            if _file_info(h).dwFileAttributes & W.FILE_ATTRIBUTE_REPARSE_POINT:
+                raise OSError(errno.ELOOP, "is a symbolic link or junction; not followed", str(self.path / name))
+            return msvcrt.open_osfhandle(h, os.O_RDONLY if access == W.GENERIC_READ else 0)
+        except BaseException:
+            W.CloseHandle(h)
+            raise
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(self.path / src, self.path / dst)
+
+    def unlink(self, name: str) -> None:
+        """Delete ``name``. A file that is open elsewhere (a mapped segment) is only marked for
+        deletion and keeps its name until its last handle closes, so it is first renamed to
+        ``.<name>.<pid>.<hex>.tmp``: the name is free at once, as on Linux."""
+        doomed = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.rename(self.path / name, self.path / doomed)
+        except PermissionError:  # being deleted already: nothing more to do
+            return
+        os.unlink(self.path / doomed)
+
+    def lstat(self, name: str) -> os.stat_result:
+        st = os.lstat(self.path / name)
+        if st.st_file_attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT and stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ELOOP, "is a reparse point", str(self.path / name))
+        return st
+
+    def entries(self) -> list[str]:
+        return os.listdir(self.path)
+
+    def is_file_of(self, name: str, fd: int) -> bool:
+        """True when ``name`` in this folder is the very file ``fd`` has open (volume and file
+        index); False once it was deleted, replaced or is being deleted."""
+        try:
+            h = _open_handle(str(self.path / name), W.FILE_READ_ATTRIBUTES, W.FILE_SHARE_READ | W.FILE_SHARE_WRITE | W.FILE_SHARE_DELETE,
+                             W.OPEN_EXISTING, 0)
+        except OSError:
+            return False
+        try:
+            a, b = _file_info(h), _file_info(_handle(fd))
+        finally:
+            W.CloseHandle(h)
+        return (a.dwVolumeSerialNumber, a.nFileIndexHigh, a.nFileIndexLow) == (b.dwVolumeSerialNumber, b.nFileIndexHigh, b.nFileIndexLow)
+
+    def close(self) -> None:
+        if self.handle:
+            W.CloseHandle(self.handle)
+            self.handle = 0
+
+
+# ----- processes: what the launcher and the tools need to know and to do
+@dataclass(frozen=True)
+class ProcessInfo:
+    """What the system says about one process, at one moment."""
+
+    pid: int
+    ppid: int
+    user: str  # the SID it runs as
+    state: str  # R: running (Windows says no more than alive)
+    start_time: int  # creation time, 100 ns units since 1601: with the pid, it names one process for ever
+    cpu_seconds: float  # user + kernel
+    rss_bytes: int  # working set
+    cpus: str  # the CPUs it may run on, as a list ("0-3,6")
+    nice: int  # the priority class as a nice value (-20 realtime ... 19 idle)
+
+
+_NICE_OF_CLASS = {0x40: 19, 0x4000: 10, 0x20: 0, 0x8000: -5, 0x80: -10, 0x100: -20}
+_CLASS_OF_NICE = ((15, 0x40), (5, 0x4000), (-2, 0x20), (-8, 0x8000), (-15, 0x80))  # nice >= bound -> class; else REALTIME
+
+
+def _cpu_list(mask: int) -> str:
+    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    return ",".join(map(str, cpus)) or "?"
+
+
+@contextlib.contextmanager
+def _process(pid: int, access: int = W.PROCESS_QUERY_LIMITED_INFORMATION):
+    h = W.OpenProcess(access, False, pid) if pid > 0 else None
+    try:
+        yield h
+    finally:
+        if h:
+            W.CloseHandle(h)
+
+
+def _alive(h: int) -> bool:
+    code = W.DWORD()
+    return bool(W.GetExitCodeProcess(h, ctypes.byref(code))) and code.value == W.STILL_ACTIVE
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (a Toolhelp snapshot)."""
+    snap = W.CreateToolhelp32Snapshot(W.TH32CS_SNAPPROCESS, 0)
+    if snap == W.INVALID_HANDLE_VALUE:
+        return {}
+    out = {}
+    try:
+        entry = W.PROCESSENTRY32W()
+        entry.dwSize = ctypes.sizeof(entry)
+        ok = W.Process32FirstW(snap, ctypes.byref(entry))
+        while ok:
+            out[entry.th32ProcessID] = entry.th32ParentProcessID
+            ok = W.Process32NextW(snap, ctypes.byref(entry))
+    finally:
+        W.CloseHandle(snap)
+    return out
+
+
+def _start_time(h: int) -> int | None:
+    times = [ctypes.wintypes.FILETIME() for _ in range(4)]
+    if not W.GetProcessTimes(h, *(ctypes.byref(t) for t in times)):
+        return None
+    return W.filetime_int(times[0])
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """The process ``pid``, or None when there is none (or it may not be asked about)."""
+    with _process(pid) as h:
+        if not h or not _alive(h):
+            return None
+        times = [ctypes.wintypes.FILETIME() for _ in range(4)]
+        memory = W.PROCESS_MEMORY_COUNTERS()
+        memory.cb = ctypes.sizeof(memory)
+        mask, system = ctypes.c_size_t(), ctypes.c_size_t()
+        if not (W.GetProcessTimes(h, *(ctypes.byref(t) for t in times))
+                and W.K32GetProcessMemoryInfo(h, ctypes.byref(memory), memory.cb)
+                and W.GetProcessAffinityMask(h, ctypes.byref(mask), ctypes.byref(system))):
+            return None
+        try:
+            user = W.token_user_sid(h)
+        except OSError:
+            return None
+        nice = _NICE_OF_CLASS.get(W.GetPriorityClass(h), 0)
+    cpu = (W.filetime_int(times[2]) + W.filetime_int(times[3])) / 1e7
+    return ProcessInfo(pid, _parents().get(pid, 0), user, "R", W.filetime_int(times[0]), cpu, memory.WorkingSetSize,
+                       _cpu_list(mask.value), nice)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (100 ns units since 1601; None: no such live process)."""
+    with _process(pid) as h:
+        if not h or not _alive(h):
+            return None
+        return _start_time(h)
+
+
+def child_pids(parent: int) -> list[int]:
+    """Live processes whose parent is ``parent``."""
+    return [pid for pid, ppid in _parents().items() if ppid == parent and pid != parent and process_start_time(pid) is not None]
+
+
+_job: list[int] = []
+
+
+def become_subreaper() -> None:
+    """Put this process in a Job Object that kills every process in it when its last handle
+    closes: the launcher holds the only handle and every node it starts joins the job, so
+    however the launcher dies (TerminateProcess included) its nodes die with it."""
+    if _job:
+        return
+    job = W.CreateJobObjectW(None, None)
+    if not job:
+        raise W.last_error("CreateJobObject")
+    limits = W.JOBOBJECT_EXTENDED_LIMIT_INFORMATION()
+    limits.BasicLimitInformation.LimitFlags = W.JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    if not (W.SetInformationJobObject(job, W.JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS, ctypes.byref(limits), ctypes.sizeof(limits))
+            and W.AssignProcessToJobObject(job, W.GetCurrentProcess())):
+        err = W.last_error("joining a kill-on-close job")
+        W.CloseHandle(job)
+        raise err
+    _job.append(job)  # never closed: it goes when the process does
+
+
+def child_options(cpus: tuple[int, ...] | None, nice: int | None) -> dict:
+    """``subprocess.Popen`` arguments that start a node in a process group of its own (what
+    ``CTRL_BREAK_EVENT`` is sent to). It joins the launcher's kill-on-close job by inheritance.
+    Its CPUs and priority are set right after the start (``place_child``): Windows has no
+    fork/exec gap to set them in."""
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+
+
+def stop_group(pgid: int, force: bool) -> None:
+    """Ask a node to stop (``CTRL_BREAK_EVENT`` to its process group: Python raises
+    KeyboardInterrupt-like SIGBREAK, which a Node handles as a stop), or make it (``force``:
+    TerminateProcess of it and every process it started). ProcessLookupError when it is gone."""
+    if process_start_time(pgid) is None:
+        raise ProcessLookupError(pgid)
+    if not force:
+        os.kill(pgid, signal.CTRL_BREAK_EVENT)
+        return
+    parents = _parents()
+    family, grew = {pgid}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in family and pid not in family}
+        family |= more
+        grew = bool(more)
+    for pid in family:
+        with _process(pid, W.PROCESS_TERMINATE) as h:
+            if h:
+                W.TerminateProcess(h, 1)
+
+
+def place_child(pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
+    """Set a just-started child's CPU affinity and priority class (Windows has no fork/exec gap:
+    this runs right after the start, before the node has done any work worth mentioning)."""
+    if not cpus and nice is None:
+        return
+    with _process(pid, W.PROCESS_SET_INFORMATION | W.PROCESS_QUERY_LIMITED_INFORMATION) as h:
+        if not h:
+            raise W.last_error(f"opening process {pid}")
+        if cpus and not W.SetProcessAffinityMask(h, sum(1 << c for c in cpus)):
+            raise W.last_error(f"cpus {list(cpus)}")
+        if nice is not None:
+            klass = next((k for bound, k in _CLASS_OF_NICE if nice >= bound), 0x100)
+            if not W.SetPriorityClass(h, klass):
+                raise W.last_error(f"nice {nice}")
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    mask, system = ctypes.c_size_t(), ctypes.c_size_t()
+    W.GetProcessAffinityMask(W.GetCurrentProcess(), ctypes.byref(mask), ctypes.byref(system))
+    return {i for i in range(mask.value.bit_length()) if mask.value >> i & 1}
+
+
+def own_priority() -> int:
+    return _NICE_OF_CLASS.get(W.GetPriorityClass(W.GetCurrentProcess()), 0)
+
+
+def may_raise_priority(nice: int) -> bool:
+    """Any user may choose a class up to HIGH (nice -10); REALTIME needs the increase-priority right."""
+    return nice >= -10
