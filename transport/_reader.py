@@ -100,6 +100,19 @@ class Reader:
         seg = self._seg
         self.config = seg.config
         self._max_age_ns = None if max_age is None else int(max_age * 1e9)
+        try:
+            self._cursor = self._start(seg, observer, group)
+        except BaseException:  # a full group table, no free wait entry: nothing of this reader stays
+            seg.close()
+            raise
+        if group is not None:
+            self._cursor.write_entry()  # tools show the membership before the first message
+        # Released when this object is garbage, so a reader dropped without close() lets go of its
+        # slots, its entries and the file (which Windows could not delete while it is open).
+        self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
+
+    def _start(self, seg: Segment, observer: bool, group: str | None) -> ReadCursor:
+        """This reader's table entry, group membership and cursor."""
         entry = None if observer else seg.claim_reader_entry()
         self._claims = None
         group_field = 0
@@ -109,16 +122,11 @@ class Reader:
             group_field = g + 1
         # Every message's steps are one C call (see _fastpath.c); the rare cases come back to
         # _accept. Readers that filter (max_age, group) see every message in _accept.
-        self._cursor = ReadCursor(
+        return ReadCursor(
             seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.pool, self.config.capacity, seg.full_nbytes,
             tuple(seg.ro_full), seg.read_view, Message, -1 if entry is None else entry, group_field,
             self._max_age_ns is not None or self._claims is not None,
         )
-        if group is not None:
-            self._cursor.write_entry()  # tools show the membership before the first message
-        # Released when this object is garbage, so a reader dropped without close() lets go of its
-        # slots, its entries and the file (which Windows could not delete while it is open).
-        self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
 
     # ----- receiving
     def receive(self, timeout: float | None = None) -> Message | None:

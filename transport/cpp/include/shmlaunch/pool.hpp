@@ -1,20 +1,34 @@
-// shmlaunch pool topics for C++17: header-only, Linux, no dependencies beyond the C++ library.
+// shmlaunch pool topics for C++17: header-only, Linux and Windows, no dependencies beyond the
+// C++ library and the system's own API.
 //
 // Follows transport/LAYOUT.md (segment layout version 1) exactly as the Python side does:
 //   - a topic is opened through the graph's registry file and its header is checked against
 //     it (and against what the caller declares), with the same one-line errors as Python;
-//   - Reader::read(timeout) returns the newest message not seen yet, sleeping on the futex
-//     word while nothing is new; the message's slot is held (a shared OFD byte-range lock)
-//     until the Sample is destroyed, so the writer never overwrites it, and a half-written
-//     message is never returned;
+//   - Reader::receive(timeout) returns the newest message not seen yet, sleeping while nothing
+//     is new (Linux: on the futex word; Windows: on its wait entry's named event); the
+//     message's slot is held (a shared byte-range lock) until the Sample is destroyed, so the
+//     writer never overwrites it, and a half-written message is never returned;
 //   - Writer publishes into the oldest slot no reader holds, or drops (never waits).
+// Everything that differs between the systems is in namespace `os` below (files, mappings,
+// locks, wake-ups, clocks); the protocol above it is one.
 // Topics are created by the launcher (from the launch file) or by a Python Writer; C++ opens
-// existing topics.
+// existing topics. Windows: build with MSVC or mingw-w64 (link advapi32).
 //
 //   shmlaunch::Reader r("camera/image");             // runtime dir: $SHMLAUNCH_RUNTIME_DIR
 //   if (auto s = r.receive(1000)) { use(s->data(), s->size(), s->seq(), s->source_ns()); }
 #pragma once
 
+#ifdef _WIN32
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#include <aclapi.h>
+#include <sddl.h>
+#ifdef _MSC_VER
+#pragma comment(lib, "advapi32.lib")
+#endif
+#else
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -23,8 +37,10 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -45,9 +61,14 @@ constexpr uint64_t kSlotHeaderSize = 64;
 constexpr uint64_t kWakeOffset = 256;
 constexpr uint64_t kLatestSeqOffset = 264;
 constexpr uint64_t kWriterOffset = 272;
-constexpr off_t kLockWriter = 0;
-constexpr off_t kLockPresence = 1;
-constexpr off_t kLockSlot0 = 64;
+constexpr uint64_t kWaitersOffset = 296;            // Windows: bit i set while wait entry i has a wake event
+constexpr uint64_t kWakeIdOffset = 304;             // Windows: names the topic's wake events
+constexpr uint64_t kLockWriter = 0;
+constexpr uint64_t kLockPresence = 1;
+constexpr uint64_t kLockSlot0 = 64;
+constexpr uint64_t kLockWaiters = 2049;
+constexpr uint64_t kLockWaiter0 = 8192;
+constexpr uint32_t kMaxWaiters = 64;
 constexpr uint64_t kSlotsOffset = 21504;            // slot 0 of layout version 1 (after the reader and group tables)
 constexpr uint64_t kAlign = 64;
 constexpr uint32_t kMaxPool = 256;
@@ -71,6 +92,259 @@ struct SegmentCorrupt : Error {
   using Error::Error;
 };
 
+// ---------------------------------------------------------------- the platform seam
+namespace os {
+#ifdef _WIN32
+using File = HANDLE;
+inline const File kNoFile = INVALID_HANDLE_VALUE;
+constexpr char kSep = '\\';
+
+inline std::string last_error_text() {
+  char buf[256] = {0};
+  DWORD n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, nullptr, GetLastError(), 0, buf, sizeof buf, nullptr);
+  std::string out(buf, n);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r' || out.back() == '.')) out.pop_back();
+  return out;
+}
+
+inline int64_t realtime_ns() {
+  FILETIME ft;
+  GetSystemTimePreciseAsFileTime(&ft);
+  uint64_t t = (uint64_t(ft.dwHighDateTime) << 32) | ft.dwLowDateTime;
+  return int64_t(t - 116444736000000000ULL) * 100;  // 100 ns units since 1601 -> ns since 1970
+}
+
+inline int64_t monotonic_ns() {
+  LARGE_INTEGER f, c;
+  QueryPerformanceFrequency(&f);
+  QueryPerformanceCounter(&c);
+  return int64_t(double(c.QuadPart) * 1e9 / double(f.QuadPart));
+}
+
+inline std::string sid_text(PSID sid) {
+  LPSTR text = nullptr;
+  if (!ConvertSidToStringSidA(sid, &text)) return "?";
+  std::string out = text;
+  LocalFree(text);
+  return out;
+}
+
+// This user, as runtime folder names carry it (Python's backend.USER_ID): the SID.
+inline std::string user_id() {
+  HANDLE token = nullptr;
+  if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) return "?";
+  DWORD size = 0;
+  GetTokenInformation(token, TokenUser, nullptr, 0, &size);
+  std::vector<char> buf(size);
+  std::string out = GetTokenInformation(token, TokenUser, buf.data(), size, &size) ? sid_text(reinterpret_cast<TOKEN_USER*>(buf.data())->User.Sid) : "?";
+  CloseHandle(token);
+  return out;
+}
+
+inline std::string shm_root() {
+  const char* local = std::getenv("LOCALAPPDATA");
+  return std::string(local ? local : ".") + "\\shmlaunch";
+}
+
+inline std::vector<std::string> list_dir(const std::string& path) {
+  std::vector<std::string> out;
+  WIN32_FIND_DATAA d;
+  HANDLE h = FindFirstFileA((path + "\\*").c_str(), &d);
+  if (h == INVALID_HANDLE_VALUE) return out;
+  do out.push_back(d.cFileName);
+  while (FindNextFileA(h, &d));
+  FindClose(h);
+  return out;
+}
+
+// A handle never through a symlink or junction: opened as the reparse point itself, then refused.
+inline File open_no_follow(const std::string& path, DWORD access, DWORD share, DWORD flags, bool* missing, std::string* why) {
+  HANDLE h = CreateFileA(path.c_str(), access, share, nullptr, OPEN_EXISTING, flags | FILE_FLAG_OPEN_REPARSE_POINT, nullptr);
+  if (h == INVALID_HANDLE_VALUE) {
+    DWORD err = GetLastError();
+    *missing = err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND;
+    *why = last_error_text();
+    return kNoFile;
+  }
+  BY_HANDLE_FILE_INFORMATION info;
+  if (!GetFileInformationByHandle(h, &info) || (info.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT)) {
+    CloseHandle(h);
+    *missing = false;
+    *why = "is a symlink or junction; shmlaunch never follows one";
+    return kNoFile;
+  }
+  return h;
+}
+
+// An open, checked runtime folder: a real directory owned by this user, held open (it cannot be
+// renamed or removed meanwhile); files in it are opened without following links.
+class Dir {
+ public:
+  // "" when it opened; else why not ("missing" when there is no such folder).
+  std::string open(const std::string& path) {
+    bool missing = false;
+    std::string why;
+    h_ = open_no_follow(path, FILE_LIST_DIRECTORY | FILE_READ_ATTRIBUTES | READ_CONTROL, FILE_SHARE_READ | FILE_SHARE_WRITE,
+                        FILE_FLAG_BACKUP_SEMANTICS, &missing, &why);
+    if (h_ == kNoFile) return missing ? "missing" : why;
+    PSID owner = nullptr;
+    PSECURITY_DESCRIPTOR sd = nullptr;
+    if (GetSecurityInfo(h_, SE_FILE_OBJECT, OWNER_SECURITY_INFORMATION, &owner, nullptr, nullptr, nullptr, &sd) != ERROR_SUCCESS)
+      return "cannot read its owner";
+    std::string who = sid_text(owner);
+    LocalFree(sd);
+    if (who != user_id()) return "belongs to " + who + ", not to this user (" + user_id() + "); refusing it";
+    return "";
+  }
+  ~Dir() {
+    if (h_ != kNoFile) CloseHandle(h_);
+  }
+  File open_file(const std::string& dir, const std::string& name, bool write) const {
+    bool missing = false;
+    std::string why;
+    return open_no_follow(dir + "\\" + name, GENERIC_READ | (write ? GENERIC_WRITE : 0), FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                          FILE_ATTRIBUTE_NORMAL, &missing, &why);
+  }
+
+ private:
+  HANDLE h_ = INVALID_HANDLE_VALUE;
+};
+
+inline void close_file(File f) { CloseHandle(f); }
+inline long read_file(File f, char* buf, size_t n) {
+  DWORD got = 0;
+  return ReadFile(f, buf, DWORD(n), &got, nullptr) ? long(got) : -1;
+}
+// Size of a regular file; false for anything else.
+inline bool regular_size(File f, uint64_t* size) {
+  BY_HANDLE_FILE_INFORMATION info;
+  if (!GetFileInformationByHandle(f, &info) || (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY)) return false;
+  *size = (uint64_t(info.nFileSizeHigh) << 32) | info.nFileSizeLow;
+  return true;
+}
+inline uint8_t* map(File f, uint64_t size, std::string* why) {
+  HANDLE m = CreateFileMappingA(f, nullptr, PAGE_READWRITE, DWORD(size >> 32), DWORD(size), nullptr);
+  if (!m) {
+    *why = last_error_text();
+    return nullptr;
+  }
+  void* p = MapViewOfFile(m, FILE_MAP_ALL_ACCESS, 0, 0, SIZE_T(size));
+  CloseHandle(m);  // the view keeps the mapping
+  if (!p) *why = last_error_text();
+  return static_cast<uint8_t*>(p);
+}
+inline void unmap(uint8_t* base, uint64_t) { UnmapViewOfFile(base); }
+
+// Non-blocking one-byte LockFileEx locks; false when another handle conflicts.
+inline bool lock(File f, uint64_t byte, bool exclusive) {
+  OVERLAPPED ov{};
+  ov.Offset = DWORD(byte);
+  ov.OffsetHigh = DWORD(byte >> 32);
+  if (LockFileEx(f, LOCKFILE_FAIL_IMMEDIATELY | (exclusive ? LOCKFILE_EXCLUSIVE_LOCK : 0), 0, 1, 0, &ov)) return true;
+  DWORD err = GetLastError();
+  if (err == ERROR_LOCK_VIOLATION || err == ERROR_IO_PENDING) return false;
+  throw Error("LockFileEx failed: " + last_error_text());
+}
+inline void unlock(File f, uint64_t byte) {
+  OVERLAPPED ov{};
+  ov.Offset = DWORD(byte);
+  ov.OffsetHigh = DWORD(byte >> 32);
+  UnlockFileEx(f, 0, 1, 0, &ov);
+}
+// Windows has no lock query: take the lock for an instant and give it back.
+inline bool held_by_others(File f, uint64_t byte) {
+  if (!lock(f, byte, true)) return true;
+  unlock(f, byte);
+  return false;
+}
+inline uint64_t pid() { return GetCurrentProcessId(); }
+
+inline std::string event_name(const uint8_t* base, uint32_t index) {
+  uint64_t id;
+  std::memcpy(&id, base + kWakeIdOffset, 8);
+  char name[64];
+  std::snprintf(name, sizeof name, "Local\\shmlaunch-%016llx-%u", (unsigned long long)id, index);
+  return name;
+}
+
+// Sets or clears bit `index` of `waiters` under its lock byte (held for microseconds).
+inline void set_waiter_bit(File f, uint8_t* base, uint32_t index, bool on) {
+  for (int i = 0; !lock(f, kLockWaiters, true); ++i) {
+    if (i > 5000) throw Error("the topic's waiters lock is held for more than 5 s: a process holding it is stopped or hung");
+    Sleep(1);
+  }
+  auto* mask = reinterpret_cast<std::atomic<uint64_t>*>(base + kWaitersOffset);
+  if (on) mask->fetch_or(uint64_t(1) << index);
+  else mask->fetch_and(~(uint64_t(1) << index));
+  unlock(f, kLockWaiters);
+}
+
+// A reader's sleep: its own wait entry and named auto-reset event (LAYOUT.md, Protocol).
+class Waiter {
+ public:
+  void attach(File f, uint8_t* base) {
+    f_ = f;
+    base_ = base;
+    for (index_ = 0; index_ < kMaxWaiters && !lock(f, kLockWaiter0 + index_, true); ++index_) {
+    }
+    if (index_ == kMaxWaiters) throw Error("the topic has 64 waiting readers already (Windows' limit per topic)");
+    event_ = CreateEventA(nullptr, FALSE, FALSE, event_name(base, index_).c_str());
+    if (!event_) throw Error("CreateEvent failed: " + last_error_text());
+    set_waiter_bit(f, base, index_, true);
+    registered_ = monotonic_ns();
+  }
+  ~Waiter() {
+    if (event_) {
+      try {
+        set_waiter_bit(f_, base_, index_, false);
+      } catch (...) {
+      }
+      unlock(f_, kLockWaiter0 + index_);
+      CloseHandle(event_);
+    }
+  }
+  // Sleep while the word is `expected`, at most timeout_ns (negative: no limit). For 50 ms after
+  // registering, in 5 ms slices: a publish racing with the registration may not see the bit.
+  void wait(const uint32_t*, uint32_t, int64_t timeout_ns) {
+    int64_t cap = monotonic_ns() - registered_ < 50000000 ? 5000000 : -1;
+    int64_t t = timeout_ns < 0 ? cap : (cap < 0 ? timeout_ns : std::min(timeout_ns, cap));
+    WaitForSingleObject(event_, t < 0 ? INFINITE : DWORD(t / 1000000 + 1));
+  }
+
+ private:
+  File f_ = kNoFile;
+  uint8_t* base_ = nullptr;
+  uint32_t index_ = 0;
+  HANDLE event_ = nullptr;
+  int64_t registered_ = 0;
+};
+
+// A writer's wake-up: the event of every bit set in `waiters`.
+class Waker {
+ public:
+  void attach(File, uint8_t* base) { base_ = base; }
+  ~Waker() {
+    for (HANDLE h : events_)
+      if (h) CloseHandle(h);
+  }
+  void wake(uint32_t*) {
+    uint64_t mask = reinterpret_cast<std::atomic<uint64_t>*>(base_ + kWaitersOffset)->load();
+    for (uint32_t i = 0; mask; ++i, mask >>= 1) {
+      if (!(mask & 1)) continue;
+      if (!events_[i]) events_[i] = OpenEventA(EVENT_MODIFY_STATE, FALSE, event_name(base_, i).c_str());
+      if (events_[i]) SetEvent(events_[i]);
+    }
+  }
+
+ private:
+  uint8_t* base_ = nullptr;
+  HANDLE events_[kMaxWaiters] = {};
+};
+#else
+using File = int;
+constexpr File kNoFile = -1;
+constexpr char kSep = '/';
+
 inline int64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -83,16 +357,124 @@ inline int64_t monotonic_ns() {
   return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+inline std::string user_id() { return std::to_string(geteuid()); }
+
 // Where runtime directories go, as Python's SHM_ROOT: /dev/shm (RAM), or /tmp where there is none.
 inline std::string shm_root() {
   struct stat st {};
   return (::stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode)) ? "/dev/shm" : "/tmp";
 }
 
-// The runtime directory of the graph called `graph`: <shm_root>/shmlaunch-<euid>-<graph>, as
+inline std::vector<std::string> list_dir(const std::string& path) {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(path.c_str())) {
+    while (const dirent* e = ::readdir(d)) out.push_back(e->d_name);
+    ::closedir(d);
+  }
+  return out;
+}
+
+// An open, checked runtime directory: a real directory (never a symlink), owned by this user,
+// closed to others. Every file in it is opened relative to this descriptor with O_NOFOLLOW.
+class Dir {
+ public:
+  // "" when it opened; else why not ("missing" when there is no such directory).
+  std::string open(const std::string& path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd_ < 0) {
+      int err = errno;
+      if (err == ENOENT) return "missing";
+      if (err == ELOOP || err == ENOTDIR) return "is a symlink or not a directory; shmlaunch never follows one";
+      return std::string("cannot be opened: ") + std::strerror(err);
+    }
+    struct stat st {};
+    fstat(fd_, &st);
+    if (st.st_uid != geteuid())
+      return "belongs to uid " + std::to_string(st.st_uid) + ", not to this user (" + std::to_string(geteuid()) + "); refusing it";
+    if (st.st_mode & 077)
+      return "is open to other users (mode " + std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+             std::to_string(st.st_mode & 7) + "; it must be 700); refusing it";
+    return "";
+  }
+  ~Dir() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  File open_file(const std::string&, const std::string& name, bool write) const {
+    return ::openat(fd_, name.c_str(), (write ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+inline void close_file(File f) { ::close(f); }
+inline long read_file(File f, char* buf, size_t n) { return long(::read(f, buf, n)); }
+inline bool regular_size(File f, uint64_t* size) {
+  struct stat st {};
+  if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  *size = uint64_t(st.st_size);
+  return true;
+}
+inline uint8_t* map(File f, uint64_t size, std::string* why) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+  if (p != MAP_FAILED) return static_cast<uint8_t*>(p);
+  *why = std::strerror(errno);
+  return nullptr;
+}
+inline void unmap(uint8_t* base, uint64_t size) { munmap(base, size); }
+
+// Non-blocking open-file-description byte-range locks (per open(), dropped by the kernel when
+// the process dies); false when another open file description conflicts.
+inline bool set_lock(File f, uint64_t byte, short type) {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = off_t(byte);
+  fl.l_len = 1;
+  if (fcntl(f, F_OFD_SETLK, &fl) == 0) return true;
+  if (errno == EAGAIN || errno == EACCES) return false;
+  throw Error(std::string("lock failed: ") + std::strerror(errno));
+}
+inline bool lock(File f, uint64_t byte, bool exclusive) { return set_lock(f, byte, exclusive ? F_WRLCK : F_RDLCK); }
+inline void unlock(File f, uint64_t byte) { set_lock(f, byte, F_UNLCK); }
+inline bool held_by_others(File f, uint64_t byte) {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = off_t(byte);
+  fl.l_len = 1;
+  fcntl(f, F_OFD_GETLK, &fl);
+  return fl.l_type != F_UNLCK;
+}
+inline uint64_t pid() { return uint64_t(getpid()); }
+
+// A reader's sleep: the futex word itself.
+class Waiter {
+ public:
+  void attach(File, uint8_t*) {}
+  void wait(uint32_t* word, uint32_t expected, int64_t timeout_ns) {
+    timespec ts{time_t(timeout_ns / 1000000000), long(timeout_ns % 1000000000)};
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ns < 0 ? nullptr : &ts, nullptr, 0);
+  }
+};
+
+// A writer's wake-up: every sleeper on the futex word.
+class Waker {
+ public:
+  void attach(File, uint8_t*) {}
+  void wake(uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, 0x7fffffff, nullptr, nullptr, 0); }
+};
+#endif
+}  // namespace os
+
+inline int64_t realtime_ns() { return os::realtime_ns(); }
+inline int64_t monotonic_ns() { return os::monotonic_ns(); }
+inline std::string shm_root() { return os::shm_root(); }
+
+// The runtime directory of the graph called `graph`: <shm_root>/shmlaunch-<user>-<graph>, as
 // Python's graph_runtime_dir (a program attaching to a running graph by name).
 inline std::string graph_runtime_dir(const std::string& graph) {
-  return shm_root() + "/shmlaunch-" + std::to_string(geteuid()) + "-" + graph;
+  return shm_root() + os::kSep + "shmlaunch-" + os::user_id() + "-" + graph;
 }
 
 // The graph's runtime directory when none is named: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it
@@ -106,14 +488,9 @@ inline std::string runtime_dir(const std::string& graph = "default") {
 // what a "topic not found" error suggests.
 inline std::vector<std::string> graphs_present() {
   std::vector<std::string> out;
-  const std::string prefix = "shmlaunch-" + std::to_string(geteuid()) + "-";
-  if (DIR* d = ::opendir(shm_root().c_str())) {
-    while (const dirent* e = ::readdir(d)) {
-      std::string name = e->d_name;
-      if (name.compare(0, prefix.size(), prefix) == 0) out.push_back(name.substr(prefix.size()));
-    }
-    ::closedir(d);
-  }
+  const std::string prefix = "shmlaunch-" + os::user_id() + "-";
+  for (const auto& name : os::list_dir(shm_root()))
+    if (name.compare(0, prefix.size(), prefix) == 0) out.push_back(name.substr(prefix.size()));
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -126,41 +503,20 @@ inline std::string graphs_hint() {
   return " (graphs with a runtime directory: " + names + "; open one by name: shmlaunch::graph_runtime_dir(NAME), --graph NAME, or SHMLAUNCH_RUNTIME_DIR)";
 }
 
-// An open, checked runtime directory: a real directory (never a symlink), owned by this user,
-// closed to others. Every file in it is opened relative to this descriptor with O_NOFOLLOW.
+// An open, checked runtime directory (os::Dir says what "checked" means on each system).
 class RuntimeDir {
  public:
   RuntimeDir(const std::string& path, const std::string& action) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd_ < 0) {
-      int err = errno;
-      if (err == ENOENT) throw TopicNotFound(action + ": there is no runtime directory " + path + graphs_hint());
-      if (err == ELOOP || err == ENOTDIR)
-        throw Error(action + ": runtime directory " + path + " is a symlink or not a directory; shmlaunch never follows one");
-      throw Error(action + ": cannot open runtime directory " + path + ": " + std::strerror(err));
-    }
-    struct stat st {};
-    fstat(fd_, &st);
-    std::string why;
-    if (st.st_uid != geteuid())
-      why = "belongs to uid " + std::to_string(st.st_uid) + ", not to this user (" + std::to_string(geteuid()) + ")";
-    else if (st.st_mode & 077)
-      why = "is open to other users (mode " + std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
-            std::to_string(st.st_mode & 7) + "; it must be 700)";
-    if (!why.empty()) {
-      ::close(fd_);
-      throw Error(action + ": runtime directory " + path + " " + why + "; refusing it");
-    }
+    std::string why = dir_.open(path);
+    if (why == "missing") throw TopicNotFound(action + ": there is no runtime directory " + path + graphs_hint());
+    if (!why.empty()) throw Error(action + ": runtime directory " + path + " " + why);
   }
-  ~RuntimeDir() { ::close(fd_); }
-  RuntimeDir(const RuntimeDir&) = delete;
-  RuntimeDir& operator=(const RuntimeDir&) = delete;
-  int open_file(const std::string& name, int flags) const { return ::openat(fd_, name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC); }
+  os::File open_file(const std::string& name, bool write) const { return dir_.open_file(path_, name, write); }
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  int fd_ = -1;
+  os::Dir dir_;
 };
 
 // A registry's segment name must be a plain file name in the runtime directory: NAME.pool of
@@ -253,13 +609,13 @@ inline std::string topic_action(const std::string& verb, const std::string& topi
 
 inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string& topic, const std::string& action) {
   const std::string where = dir.path() + "/registry.yaml";
-  int fd = dir.open_file("registry.yaml", O_RDONLY | O_NONBLOCK);
-  if (fd < 0) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
+  os::File fd = dir.open_file("registry.yaml", false);
+  if (fd == os::kNoFile) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
   std::string text;
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0 && text.size() <= kMaxRegistryBytes) text.append(buf, size_t(n));
-  ::close(fd);
+  std::vector<char> buf(65536);
+  long n;
+  while ((n = os::read_file(fd, buf.data(), buf.size())) > 0 && text.size() <= kMaxRegistryBytes) text.append(buf.data(), size_t(n));
+  os::close_file(fd);
   if (text.size() > kMaxRegistryBytes) throw SegmentCorrupt("cannot read registry " + where + ": larger than 16 MiB");
   std::istringstream in(text);
   std::string line, prefix = "  \"" + topic + "\": ";
@@ -330,8 +686,8 @@ inline std::string shape_str(const std::vector<uint64_t>& shape) {
 }  // namespace detail
 
 // ---------------------------------------------------------------- segment
-// One mapping of a topic's segment file, with its lock bytes (OFD locks: per open(), dropped
-// by the kernel when the process dies).
+// One mapping of a topic's segment file, with its lock bytes (per open file, dropped by the
+// system when the process dies: OFD locks on Linux, LockFileEx on Windows).
 class Segment {
  public:
   Segment(const std::string& dir_path, const std::string& topic, const Expect& expect, const std::string& action)
@@ -343,33 +699,32 @@ class Segment {
     if (!expect.typestr.empty() && expect.typestr != cfg_.typestr)
       throw TopicMismatch(action + ": requested dtype is " + expect.typestr + ", the registry says " +
                           (cfg_.typestr.empty() ? "None" : cfg_.typestr));
-    std::string path = dir.path() + "/" + cfg_.segment;
-    fd_ = dir.open_file(cfg_.segment, O_RDWR);
-    if (fd_ < 0) throw TopicNotFound(action + ": its segment " + path + " is missing");
-    struct stat st {};
-    fstat(fd_, &st);
-    size_ = size_t(st.st_size);
-    if (!S_ISREG(st.st_mode) || size_ < kHeaderSize) {
-      ::close(fd_);
+    std::string path = dir.path() + os::kSep + cfg_.segment;
+    fd_ = dir.open_file(cfg_.segment, true);
+    if (fd_ == os::kNoFile) throw TopicNotFound(action + ": its segment " + path + " is missing");
+    uint64_t size = 0;
+    if (!os::regular_size(fd_, &size) || size < kHeaderSize) {
+      os::close_file(fd_);
       throw SegmentCorrupt(action + ": segment " + path + " is not a regular file of at least a header's size");
     }
-    void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-    if (p == MAP_FAILED) {
-      ::close(fd_);
-      throw SegmentCorrupt(action + ": cannot map " + path + ": " + std::strerror(errno));
+    size_ = size_t(size);
+    std::string why;
+    base_ = os::map(fd_, size_, &why);
+    if (!base_) {
+      os::close_file(fd_);
+      throw SegmentCorrupt(action + ": cannot map " + path + ": " + why);
     }
-    base_ = static_cast<uint8_t*>(p);
     try {
       check_header(action, path);
     } catch (...) {
-      munmap(base_, size_);
-      ::close(fd_);
+      os::unmap(base_, size_);
+      os::close_file(fd_);
       throw;
     }
   }
   ~Segment() {
-    if (base_) munmap(base_, size_);
-    if (fd_ >= 0) ::close(fd_);  // drops every lock this open file description holds
+    if (base_) os::unmap(base_, size_);
+    if (fd_ != os::kNoFile) os::close_file(fd_);  // drops every lock this open file holds
   }
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
@@ -380,28 +735,12 @@ class Segment {
   uint8_t* payload(uint32_t slot) const { return base_ + slot_offset(slot) + kSlotHeaderSize; }
   uint64_t* state(uint32_t slot) const { return reinterpret_cast<uint64_t*>(base_ + slot_offset(slot)); }
   uint32_t* wake() const { return reinterpret_cast<uint32_t*>(base_ + kWakeOffset); }
+  os::File file() const { return fd_; }
 
-  // Non-blocking byte-range locks; false when another open file description conflicts.
-  bool lock(off_t byte, short type) const {
-    struct flock fl {};
-    fl.l_type = type;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    if (fcntl(fd_, F_OFD_SETLK, &fl) == 0) return true;
-    if (errno == EAGAIN || errno == EACCES) return false;
-    throw Error("lock on topic '" + topic_ + "' failed: " + std::strerror(errno));
-  }
-  void unlock(off_t byte) const { lock(byte, F_UNLCK); }
-  bool held_by_others(off_t byte) const {
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = byte;
-    fl.l_len = 1;
-    fcntl(fd_, F_OFD_GETLK, &fl);
-    return fl.l_type != F_UNLCK;
-  }
+  // Non-blocking one-byte locks; false when another open file conflicts.
+  bool lock(uint64_t byte, bool exclusive) const { return os::lock(fd_, byte, exclusive); }
+  void unlock(uint64_t byte) const { os::unlock(fd_, byte); }
+  bool held_by_others(uint64_t byte) const { return os::held_by_others(fd_, byte); }
 
  private:
   void check_header(const std::string& action, const std::string& path) {
@@ -439,19 +778,12 @@ class Segment {
 
   std::string topic_;
   TopicConfig cfg_;
-  int fd_ = -1;
+  os::File fd_ = os::kNoFile;
   uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint64_t stride_ = 0;
   uint64_t slots_offset_ = 0;
 };
-
-inline void futex_wait(uint32_t* addr, uint32_t expected, int64_t timeout_ns) {
-  timespec ts{time_t(timeout_ns / 1000000000), long(timeout_ns % 1000000000)};
-  syscall(SYS_futex, addr, FUTEX_WAIT, expected, timeout_ns < 0 ? nullptr : &ts, nullptr, 0);
-}
-
-inline void futex_wake(uint32_t* addr) { syscall(SYS_futex, addr, FUTEX_WAKE, 0x7fffffff, nullptr, nullptr, 0); }
 
 // ---------------------------------------------------------------- reader
 class Reader;
@@ -504,26 +836,27 @@ class Reader {
  public:
   explicit Reader(const std::string& topic, const std::string& dir = runtime_dir(), const Expect& expect = {})
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for reading")), holds_(seg_.config().pool, 0) {
-    seg_.lock(kLockPresence, F_RDLCK);
+    seg_.lock(kLockPresence, false);
+    waiter_.attach(seg_.file(), seg_.base());
   }
 
   // The newest message not seen yet, waiting up to timeout_ms (negative: forever).
   std::optional<Sample> receive(int64_t timeout_ms) {
     int64_t deadline = timeout_ms < 0 ? -1 : monotonic_ns() + timeout_ms * 1000000;
     for (;;) {
-      uint32_t w = __atomic_load_n(seg_.wake(), __ATOMIC_ACQUIRE);
+      uint32_t w = load_wake();
       if (w != last_wake_) {
         if (auto s = take(w)) return s;
         continue;
       }
       int64_t left = deadline < 0 ? -1 : deadline - monotonic_ns();
       if (deadline >= 0 && left <= 0) return std::nullopt;
-      futex_wait(seg_.wake(), w, left);
+      waiter_.wait(seg_.wake(), w, left);
     }
   }
   // The newest message not seen yet, or nothing at once.
   std::optional<Sample> receive_nowait() {
-    uint32_t w = __atomic_load_n(seg_.wake(), __ATOMIC_ACQUIRE);
+    uint32_t w = load_wake();
     if (w == last_wake_) return std::nullopt;
     return take(w);
   }
@@ -535,11 +868,12 @@ class Reader {
   uint64_t missed() const { return missed_; }
 
  private:
+  uint32_t load_wake() const { return reinterpret_cast<std::atomic<uint32_t>*>(seg_.wake())->load(std::memory_order_acquire); }
   std::optional<Sample> take(uint32_t w) {
     last_wake_ = w;
     uint32_t slot = w & 0xff;
     if (slot >= holds_.size()) return std::nullopt;
-    if (holds_[slot] == 0 && !seg_.lock(kLockSlot0 + slot, F_RDLCK)) return std::nullopt;  // being written
+    if (holds_[slot] == 0 && !seg_.lock(kLockSlot0 + slot, false)) return std::nullopt;  // being written
     const uint8_t* h = seg_.base() + seg_.slot_offset(slot);
     uint64_t state, length, source_seq;
     int64_t source_ns, publish_ns;
@@ -571,6 +905,7 @@ class Reader {
 
   Segment seg_;
   std::vector<uint32_t> holds_;
+  os::Waiter waiter_;
   uint32_t last_wake_ = 0;
   uint64_t last_seq_ = 0;
   uint64_t missed_ = 0;
@@ -583,7 +918,7 @@ class Writer {
  public:
   explicit Writer(const std::string& topic, const std::string& dir = runtime_dir(), const Expect& expect = {})
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for writing")) {
-    if (!seg_.lock(kLockWriter, F_WRLCK)) {
+    if (!seg_.lock(kLockWriter, true)) {
       uint64_t pid;
       std::memcpy(&pid, seg_.base() + kWriterOffset, 8);
       throw WriterBusy("cannot open topic '" + topic + "' for writing: another writer (pid " + std::to_string(pid) +
@@ -600,7 +935,8 @@ class Writer {
     for (auto& a : ages) order_.push_back(a.second);
     uint64_t* gen = reinterpret_cast<uint64_t*>(seg_.base() + kWriterOffset + 8);
     generation_ = *gen + 1;
-    uint64_t pid = uint64_t(getpid());
+    waker_.attach(seg_.file(), seg_.base());
+    uint64_t pid = os::pid();
     int64_t now = realtime_ns();
     std::memcpy(seg_.base() + kWriterOffset, &pid, 8);
     std::memcpy(gen, &generation_, 8);
@@ -653,10 +989,11 @@ class Writer {
  private:
   int take_free_slot() {
     for (uint32_t slot : order_)
-      if (seg_.lock(kLockSlot0 + slot, F_WRLCK)) return int(slot);
+      if (seg_.lock(kLockSlot0 + slot, true)) return int(slot);
     return -1;
   }
-  void begin(uint32_t slot) { __atomic_store_n(seg_.state(slot), 2 * seq_ + 1, __ATOMIC_RELEASE); }
+  static void store(uint64_t* word, uint64_t v) { reinterpret_cast<std::atomic<uint64_t>*>(word)->store(v, std::memory_order_release); }
+  void begin(uint32_t slot) { store(seg_.state(slot), 2 * seq_ + 1); }
   uint64_t commit(uint32_t slot, size_t size, int64_t source_ns, uint64_t source_seq) {
     uint64_t seq = ++seq_;
     uint8_t* h = seg_.base() + seg_.slot_offset(slot);
@@ -668,12 +1005,12 @@ class Writer {
     std::memcpy(h + 24, &now, 8);
     std::memcpy(h + 32, &generation_, 8);
     std::memcpy(h + 40, &source_seq, 8);
-    __atomic_store_n(seg_.state(slot), 2 * seq, __ATOMIC_RELEASE);
+    store(seg_.state(slot), 2 * seq);
     seg_.unlock(kLockSlot0 + slot);
     uint64_t latest = seq;
     std::memcpy(seg_.base() + kLatestSeqOffset, &latest, 8);
-    __atomic_store_n(seg_.wake(), uint32_t(((seq & 0xffffff) << 8) | slot), __ATOMIC_RELEASE);
-    futex_wake(seg_.wake());
+    reinterpret_cast<std::atomic<uint32_t>*>(seg_.wake())->store(uint32_t(((seq & 0xffffff) << 8) | slot), std::memory_order_seq_cst);
+    waker_.wake(seg_.wake());
     for (size_t k = 0; k < order_.size(); ++k)
       if (order_[k] == slot) {
         order_.erase(order_.begin() + long(k));
@@ -684,6 +1021,7 @@ class Writer {
   }
 
   Segment seg_;
+  os::Waker waker_;
   std::vector<uint32_t> order_;  // slots, oldest message first
   uint64_t seq_ = 0;
   uint64_t generation_ = 0;
