@@ -1,25 +1,31 @@
 """The processes of one run: the nodes (spawned, their output pumped to the printer, reaped,
 stopped), the background processes they leave behind, and the watchdog.
 
-Each node runs in its own session and process group, with SIGTERM as its parent-death signal,
-its CPU affinity and priority set before it starts a thread (the platform backend's
-``child_options`` and ``place_child``). The launcher is a child subreaper: a node's orphaned descendants become
-its children, so they are reaped while the graph runs and stopped with it. Stopping is the
-one SIGTERM, grace period, SIGKILL of ``_stopping``. The watchdog (``_watchdog``) learns each
-process group as it starts, and stops them and removes the run's files if the launcher dies.
+Each node runs in a process group of its own, started through the platform backend
+(``child_options`` and ``place_child``: on Linux its own session, SIGTERM as its parent-death
+signal, CPU affinity and priority set before it starts a thread; on Windows a new process
+group inside the launcher's kill-on-close job). On Linux the launcher is a child subreaper:
+a node's orphaned descendants become its children, so they are reaped while the graph runs
+and stopped with it. Stopping is the one polite stop, grace period, forced stop of
+``_stopping``. The watchdog (``_watchdog``) learns each process group as it starts, and stops
+them and removes the run's files if the launcher dies.
+
+Each node's output is read by a thread of its own into one queue, which is also what a signal
+or a child's exit wakes: the run loop waits on that queue (the same on every system; pipes
+cannot be polled on Windows).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import selectors
-import signal
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shmlaunch.nodes import ENV_NODE, ENV_START_DIR, NodeLaunch
@@ -30,12 +36,27 @@ from ._printer import Printer
 from ._schema import Graph, NodeSpec
 from ._stopping import STOP_TIMEOUT, terminate_then_kill
 
+#: The longest the run loop sleeps at once: a signal handler runs at the latest this long after
+#: its signal even where a wait cannot be interrupted (Windows).
+MAX_WAIT = 0.25
+#: How long a node's output may still come in after it exited (its reader thread reaching EOF).
+_OUTPUT_GRACE = 0.5
+
 
 @dataclass
 class _Child:
     name: str
     proc: subprocess.Popen
     pgid: int
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+
+def _read_output(name: str, fd: int, events: queue.SimpleQueue) -> None:
+    """A node's output, chunk by chunk, into the queue; (name, b"") at its end."""
+    with contextlib.suppress(OSError):
+        while data := os.read(fd, 65536):
+            events.put((name, data))
+    events.put((name, b""))
 
 
 class Children:
@@ -46,19 +67,19 @@ class Children:
         self.say = say
         self.running: dict[str, _Child] = {}
         self._watchdog: subprocess.Popen | None = None
-        self.sel = selectors.DefaultSelector()
-        # Signals (and SIGCHLD) write a byte here, so one select() waits for output and events alike.
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        # Output chunks (name, bytes) and wake-ups (None: a signal, a child's exit).
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def wake(self) -> None:
+        """Make a waiting ``pump`` return (safe from a signal handler)."""
+        self.events.put(None)
 
     # ----- the watchdog
     def start_watchdog(self, run_id: str) -> None:
         """Start the watchdog for run ``run_id`` (before the first byte of a segment is reserved)."""
         self._watchdog = subprocess.Popen(
             [sys.executable, "-m", "shmlaunch.launch._watchdog", str(self.runtime_dir), run_id],
-            stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
+            stdin=subprocess.PIPE, close_fds=True, **backend.detached_options(),
         )
 
     def _tell_watchdog(self, line: str) -> None:
@@ -103,33 +124,36 @@ class Children:
         except OSError as exc:
             self.say(f"node {name!r}: cannot start {argv[0]!r}: {exc.strerror or exc}")
             return None
-        os.set_blocking(proc.stdout.fileno(), False)
-        self.sel.register(proc.stdout, selectors.EVENT_READ, name)
-        self.running[name] = _Child(name, proc, proc.pid)
+        child = self.running[name] = _Child(name, proc, proc.pid)
+        child.reader = threading.Thread(target=_read_output, args=(name, proc.stdout.fileno(), self.events), daemon=True,
+                                        name=f"output of {name}")
+        child.reader.start()
         self._tell_watchdog(f"pgid {proc.pid}")
         return proc.pid
 
     def pump(self, timeout: float | None) -> None:
-        """Wait for output, a signal or a child's exit (SIGCHLD), at most ``timeout`` seconds."""
-        for key, _ in self.sel.select(timeout):
-            if key.data is None:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self.wake_r, 512):
-                        pass
-                continue
+        """Wait for output, a signal or a child's exit, at most ``timeout`` seconds (and at most
+        MAX_WAIT), then print every chunk of output that has come in."""
+        wait = MAX_WAIT if timeout is None else min(timeout, MAX_WAIT)
+        try:
+            item = self.events.get(timeout=wait) if wait > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is not None:
+                name, data = item
+                if data:
+                    self.printer.feed(name, data)
+                else:
+                    self.printer.flush(name)
             try:
-                data = key.fileobj.read(65536)
-            except (BlockingIOError, ValueError):
-                continue
-            if data:
-                self.printer.feed(key.data, data)
-            else:
-                self.sel.unregister(key.fileobj)
-                self.printer.flush(key.data)
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
 
     def reap(self) -> list[tuple[str, int]]:
         """(name, exit code) of every node that has exited since the last call (orphans reaped too)."""
-        self._reap_orphans()
+        backend.reap_orphans(self._known_pids())
         exited = []
         for name, child in list(self.running.items()):
             code = child.proc.poll()
@@ -140,22 +164,24 @@ class Children:
         return exited
 
     def _drain(self, child: _Child) -> None:
-        out = child.proc.stdout
-        if out is None or out.closed:
-            return
-        with contextlib.suppress(BlockingIOError, ValueError):
-            while data := out.read(65536):
-                self.printer.feed(child.name, data)
+        """Print what the node wrote before it exited (its reader reaches the end of the pipe,
+        unless a process it left behind still holds the pipe open), then close the pipe."""
+        if child.reader is not None:
+            child.reader.join(_OUTPUT_GRACE)
+        self.pump(0)
         self.printer.flush(child.name)
+        if not (child.reader and child.reader.is_alive()):
+            with contextlib.suppress(OSError):
+                child.proc.stdout.close()
 
     # ----- stopping
     def stop_all(self, on_exit: Callable[[str, int], None]) -> None:
         """SIGTERM every node's process group, SIGKILL what is left after STOP_TIMEOUT; ``on_exit``
         hears of each exit; then the same for the background processes they left."""
-        def send(sig: int) -> None:
+        def send(force: bool) -> None:
             for child in self.running.values():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    backend.stop_group(child.pgid, force=sig == signal.SIGKILL)
+                    backend.stop_group(child.pgid, force)
 
         def wait(seconds: float) -> None:
             self.pump(seconds)
@@ -171,38 +197,24 @@ class Children:
             known.add(self._watchdog.pid)
         return known
 
-    def _reap_orphans(self) -> None:
-        """Reap exited orphans re-parented to us (we are a subreaper), leaving our own Popen
-        children to their Popen objects: peek with WNOWAIT, reap only what is not ours."""
-        known = self._known_pids()
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid in known:
-                return
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(info.si_pid, 0)
-
     def _orphans(self) -> list[int]:
         """Live processes whose parent is this launcher but that it did not start (a node's
         background children, re-parented here). A child cannot be another process by the time
         we signal it: its pid is not reused before we reap it."""
         known = self._known_pids()
-        return [pid for pid in backend.child_pids(os.getpid()) if pid not in known]
+        return backend.adopted_orphans(known)
 
     def stop_orphans(self) -> None:
-        def send(sig: int) -> None:
+        def send(force: bool) -> None:
             pids = self._orphans()
-            if sig == signal.SIGTERM:
+            if not force:
                 self.say(f"stopping {len(pids)} background process(es) the nodes left: pids {', '.join(map(str, pids))}")
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+                    backend.stop_process(pid, force)
 
         def alive() -> bool:
-            self._reap_orphans()
+            backend.reap_orphans(self._known_pids())
             return bool(self._orphans())
 
         terminate_then_kill(send, alive, time.sleep)
@@ -216,9 +228,6 @@ class Children:
             child.proc.wait()
         with contextlib.suppress(OSError):
             self.stop_orphans()
-        self.sel.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
 
     def watchdog_done(self) -> None:
         if self._watchdog is not None:

@@ -109,11 +109,17 @@ class GraphDir:
                 self.rd.unlink(ready_name(node))
 
     def release(self) -> None:
-        """Remove this run's files (while still holding the lock), then let the directory go."""
+        """Remove this run's files (while still holding the lock), then let the directory go.
+
+        Windows deletes an open file only when its last handle closes, and keeps a directory
+        that is open: the lock file and the directory itself go in a second pass, once this
+        process has closed them (on Linux the first pass has removed everything)."""
         if self._lock_fd is not None:
             cleanup(self.path, run=self.run_id)
-            os.close(self._lock_fd)
-            self._lock_fd = None
         if self.rd is not None:
             self.rd.close()
             self.rd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            cleanup(self.path, run=self.run_id)

@@ -7,14 +7,16 @@ flushed, anything else is a refusal); a watchdog process that cleans up if the l
 itself is killed, started before the first byte of a segment is reserved; every topic of the
 launch file created under one registry lock, with the launcher holding each one's presence
 lock (so no writer mistakes a live topic for a stale one); then every node, each in its own
-session and process group, with SIGTERM as its parent-death signal, its output piped
-through the one printer. The launcher is a child subreaper: a node's orphaned background
-processes become its children, so none outlives the graph.
+process group, its output piped through the one printer. Linux: each node in its own session
+with SIGTERM as its parent-death signal, and the launcher a child subreaper (a node's
+orphaned background processes become its children, so none outlives the graph). Windows:
+every node in the launcher's kill-on-close Job Object (all die with the launcher, however it
+dies), stopped politely with CTRL_BREAK_EVENT.
 
 This module is the run loop and its housekeeping (readiness, systemd notify and keep-alives,
 the status view); the runtime directory is ``_graphdir.py``, the processes ``_children.py``.
 
-Stop (SIGINT, SIGTERM, ``--duration``, a required node's exit, the last node's exit, its
+Stop (SIGINT, SIGTERM, Windows' Ctrl-Break, ``--duration``, a required node's exit, the last node's exit, its
 standard output closed): SIGTERM to every node's process group and every orphan, SIGKILL to
 what is left after STOP_TIMEOUT, every child reaped, this run's files removed. Nothing is
 left behind in processes or /dev/shm. The launcher's own bookkeeping (the state file, the
@@ -76,17 +78,18 @@ class Launcher:
             raise LaunchFileError(errors)
         for w in warnings:
             self.say(f"warning: {w}")
-        old_wakeup = signal.set_wakeup_fd(self.children.wake_w)
         sup = Supervisor(list(self.graph.nodes.values()), self.clock(), self.state.nodes)
 
         def on_stop(signum, _frame):
             sup.request_stop(f"received {signal.Signals(signum).name}")
+            self.children.wake()
 
-        handlers = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector
-        # A node's orphaned background processes are re-parented to us, not to init: at stop they
-        # are found and ended too (what escapes only when the launcher itself is killed: README,
-        # "Security model").
+        handlers = {s: signal.signal(s, on_stop) for s in backend.STOP_SIGNALS}
+        if backend.CHILD_EXIT_SIGNAL is not None:
+            handlers[backend.CHILD_EXIT_SIGNAL] = signal.signal(backend.CHILD_EXIT_SIGNAL, lambda *_: self.children.wake())
+        # Linux: a node's orphaned background processes are re-parented to us, not to init: at stop
+        # they are found and ended too (what escapes only when the launcher itself is killed: README,
+        # "Security model"). Windows: every node is in our kill-on-close job, which ends with us.
         backend.become_subreaper()
         try:
             self.dir.claim()
@@ -103,7 +106,6 @@ class Launcher:
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
-            signal.set_wakeup_fd(old_wakeup)
             self._cleanup()
         code = sup.exit_code()
         self.say(f"graph {self.graph.name!r} stopped, exit code {code}")

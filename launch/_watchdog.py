@@ -5,7 +5,8 @@ process group it starts (``pgid N``), and ``done`` when it has cleaned up by its
 pipe ends without ``done`` (the launcher was SIGKILLed or crashed), the watchdog stops every
 group (SIGTERM, then SIGKILL after the grace period) and removes its run's files: nothing is
 left in /dev/shm, even then. Nodes also get SIGTERM from the kernel when the launcher dies
-(PR_SET_PDEATHSIG), so they usually stop cleanly before this.
+(Linux: PR_SET_PDEATHSIG), so they usually stop cleanly before this; on Windows the launcher's
+kill-on-close job has ended them already, and the watchdog (outside that job) removes the files.
 
 It cleans only the run it belongs to: it takes the graph's launcher lock first (a new launcher
 of the same graph that already holds it owns the directory now) and checks that the
@@ -21,26 +22,16 @@ import signal
 import sys
 import time
 
-from shmlaunch.transport import RuntimeDir, TransportError, cleanup
+from shmlaunch.transport import RuntimeDir, TransportError, backend, cleanup
 
 from ._state import LOCK_FILE
 from ._stopping import terminate_then_kill
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_all(groups: set[int], sig: int) -> None:
+def _stop_all(groups: set[int], force: bool) -> None:
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
+            backend.stop_group(pgid, force)
 
 
 def clean_run(runtime_dir: str, run: str) -> bool:
@@ -69,7 +60,7 @@ def main() -> int:
             groups.add(int(arg))
         elif word == "done":
             return 0
-    terminate_then_kill(lambda sig: _signal_all(groups, sig), lambda: any(_alive(g) for g in groups), time.sleep)
+    terminate_then_kill(lambda force: _stop_all(groups, force), lambda: any(backend.group_alive(g) for g in groups), time.sleep)
     clean_run(runtime_dir, run)
     return 0
 

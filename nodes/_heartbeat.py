@@ -40,11 +40,7 @@ def beat(node: str) -> None:
         return
     # the graph is being removed, or /dev/shm is full: the launcher sees a stale heartbeat
     with contextlib.suppress(OSError, TransportError), RuntimeDir.open(rt) as rd:
-        fd = rd.open_file(ready_name(node), os.O_WRONLY | os.O_CREAT)
-        try:
-            os.utime(fd)
-        finally:
-            os.close(fd)
+        rd.touch(ready_name(node))
 
 
 def heartbeat_age(rd: RuntimeDir, node: str) -> float | None:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shmlaunch.transport import Message, Reader, TransportError, Writer, default_runtime_dir, validate_topic_name, wait_any
+from shmlaunch.transport import Message, Reader, TransportError, Writer, backend, default_runtime_dir, validate_topic_name, wait_any
 
 from ._heartbeat import HEARTBEAT, beat
 from ._params import declared_params, resolve_params
@@ -290,14 +290,16 @@ class Node:
     def run(self, duration: float | None = None) -> int:
         """The node's whole life in this process: setup, spin, teardown. Returns an exit code.
 
-        SIGINT and SIGTERM end the spin (after the running callback); teardown always runs
-        once setup succeeded; ports are closed whatever happens.
+        SIGINT and SIGTERM (Windows: also Ctrl-Break and the launcher's stop request) end the
+        spin (after the running callback); teardown always runs once setup succeeded; ports are
+        closed whatever happens.
         """
 
         def on_signal(signum, _frame):
             self.shutdown(signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, on_signal) for s in backend.STOP_SIGNALS}
+        stop_listening = backend.listen_for_stop()  # Windows: the launcher's stop request, console or not
         try:
             try:
                 self.setup()
@@ -323,6 +325,7 @@ class Node:
             return code
         finally:
             self.close()
+            stop_listening()
             for s, handler in old.items():
                 signal.signal(s, handler)
 

@@ -208,6 +208,10 @@ class RuntimeDir:
         os.close(fd)
         return None
 
+    def touch(self, name: str) -> None:
+        """Create ``name`` (0600) if missing and set its modification time to now."""
+        self.dir.touch(name)
+
     def lock_holder(self, name: str) -> str:
         """The pid the holder of lock file ``name`` wrote ("" when unknown)."""
         try:

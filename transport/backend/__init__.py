@@ -13,8 +13,10 @@ ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a
   ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
   ``futex_wait`` / ``futex_wake`` (Linux only: the benchmarks' bare futex transport);
 - processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
-  ``child_pids(pid)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
-  ``stop_group(...)``, ``allowed_cpus()``, ``own_priority()``, ``may_raise_priority(nice)``.
+  ``adopted_orphans(known)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
+  ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``group_alive(pgid)``, ``stop_process(...)``,
+  ``reap_orphans(known)``, ``STOP_SIGNALS``, ``CHILD_EXIT_SIGNAL``, ``allowed_cpus()``,
+  ``own_priority()``, ``may_raise_priority(nice)``.
 
 Where no backend loads, importing shmlaunch still works (a launch file can be checked
 anywhere); every call that needs the backend raises PlatformUnavailableError with the reason.
@@ -32,7 +34,9 @@ from .._errors import PlatformUnavailableError
 try:
     if sys.platform == "win32":
         from ._windows import (
+            CHILD_EXIT_SIGNAL,
             SHM_ROOT,
+            STOP_SIGNALS,
             USER_ID,
             ByteLock,
             Directory,
@@ -41,27 +45,34 @@ try:
             ProcessInfo,
             ReadCursor,
             WriteCursor,
+            adopted_orphans,
             allowed_cpus,
             become_subreaper,
             buffer_address,
             child_options,
-            child_pids,
+            detached_options,
             free_bytes,
             futex_wait,
             futex_wake,
+            group_alive,
+            listen_for_stop,
             map_file,
             may_raise_priority,
             own_priority,
             place_child,
             process_info,
             process_start_time,
+            reap_orphans,
             reserve,
             stop_group,
+            stop_process,
             wait_any,
         )
     else:
         from ._linux import (
+            CHILD_EXIT_SIGNAL,
             SHM_ROOT,
+            STOP_SIGNALS,
             USER_ID,
             ByteLock,
             Directory,
@@ -70,22 +81,27 @@ try:
             ProcessInfo,
             ReadCursor,
             WriteCursor,
+            adopted_orphans,
             allowed_cpus,
             become_subreaper,
             buffer_address,
             child_options,
-            child_pids,
+            detached_options,
             free_bytes,
             futex_wait,
             futex_wake,
+            group_alive,
+            listen_for_stop,
             map_file,
             may_raise_priority,
             own_priority,
             place_child,
             process_info,
             process_start_time,
+            reap_orphans,
             reserve,
             stop_group,
+            stop_process,
             wait_any,
         )
 
@@ -123,8 +139,13 @@ except ImportError as exc:  # another system, or the C module was not built
 
         make = open
 
-    buffer_address = child_pids = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
+    buffer_address = adopted_orphans = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
     map_file = child_options = place_child = stop_group = process_info = process_start_time = reserve = become_subreaper = _unavailable
+    detached_options = group_alive = listen_for_stop = reap_orphans = stop_process = _unavailable
+    import signal as _signal
+
+    STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+    CHILD_EXIT_SIGNAL = None
 
     # What a launch-file check asks, answered from what Python itself knows on any system.
     def allowed_cpus() -> set[int]:
@@ -140,6 +161,8 @@ except ImportError as exc:  # another system, or the C module was not built
 
 __all__ = [
     "AVAILABLE",
+    "CHILD_EXIT_SIGNAL",
+    "STOP_SIGNALS",
     "SHM_ROOT",
     "UNAVAILABLE_REASON",
     "USER_ID",
@@ -154,7 +177,12 @@ __all__ = [
     "become_subreaper",
     "buffer_address",
     "child_options",
-    "child_pids",
+    "detached_options",
+    "group_alive",
+    "listen_for_stop",
+    "reap_orphans",
+    "stop_process",
+    "adopted_orphans",
     "free_bytes",
     "futex_wait",
     "futex_wake",

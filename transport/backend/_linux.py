@@ -214,6 +214,14 @@ class Directory:
     def entries(self) -> list[str]:
         return os.listdir(self.fd)
 
+    def touch(self, name: str) -> None:
+        """Create ``name`` if missing and set its modification time to now (through the open file)."""
+        fd = self.open_file(name, os.O_WRONLY | os.O_CREAT)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+
     def is_file_of(self, name: str, fd: int) -> bool:
         """True when ``name`` in this directory is the very file ``fd`` has open (False once it
         was unlinked or replaced)."""
@@ -230,6 +238,10 @@ class Directory:
 
 
 # ----- processes: what the launcher and the tools need to know and to do
+#: The signals that ask a process to stop (a node, the launcher).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signal that says a child exited (the launcher's loop wakes on it).
+CHILD_EXIT_SIGNAL = signal.SIGCHLD
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
@@ -283,14 +295,16 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def child_pids(parent: int) -> list[int]:
-    """Live processes whose parent is ``parent`` (a scan of /proc: kernels without
-    CONFIG_PROC_CHILDREN have no cheaper way)."""
-    found = []
+def adopted_orphans(known: set[int]) -> list[int]:
+    """Live children of this process (a subreaper) that are not in ``known``: the orphaned
+    descendants re-parented to it. A scan of /proc (kernels without CONFIG_PROC_CHILDREN have
+    no cheaper way). A child cannot be another process by the time it is signalled: its pid is
+    not reused before it is reaped."""
+    me, found = os.getpid(), []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) not in known:
             try:
-                if int(_stat_fields(int(entry.name))[1]) == parent:
+                if int(_stat_fields(int(entry.name))[1]) == me:
                     found.append(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
@@ -307,6 +321,47 @@ def child_options(cpus: tuple[int, ...] | None, nice: int | None) -> dict:
     own, with SIGTERM as its parent-death signal and its CPU affinity and priority set before
     the new program starts a thread (``_prepare_child``, between fork and exec)."""
     return {"start_new_session": True, "preexec_fn": functools.partial(_prepare_child, os.getpid(), cpus, nice)}
+
+
+def listen_for_stop() -> Callable[[], None]:
+    """Nothing to listen for: the launcher's stop request is SIGTERM. Returns a no-op closer."""
+    return lambda: None
+
+
+def detached_options() -> dict:
+    """``subprocess.Popen`` arguments for a helper that must outlive the launcher (the watchdog):
+    a session of its own, so a signal to the launcher's group does not reach it."""
+    return {"start_new_session": True}
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of group ``pgid`` is alive (or may be: another user's)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process(pid: int, force: bool) -> None:
+    """Ask one process to stop (SIGTERM), or make it (``force``: SIGKILL)."""
+    os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
+
+
+def reap_orphans(known: set[int]) -> None:
+    """Reap exited orphans re-parented to this subreaper, leaving the children in ``known`` to
+    their Popen objects: peek with WNOWAIT, reap only what is not ours."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in known:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
 
 
 def place_child(pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:

@@ -45,6 +45,7 @@ TH32CS_SNAPPROCESS = 0x2
 TOKEN_QUERY = 0x8
 TOKEN_USER_CLASS = 1
 JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+JOB_OBJECT_LIMIT_BREAKAWAY_OK = 0x800
 JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS = 9
 SE_FILE_OBJECT, OWNER_SECURITY_INFORMATION = 1, 1
 
@@ -109,6 +110,8 @@ CreateDirectoryW = _declare(kernel32, "CreateDirectoryW", BOOL, wintypes.LPCWSTR
 GetFileInformationByHandle = _declare(kernel32, "GetFileInformationByHandle", BOOL, HANDLE, P(BY_HANDLE_FILE_INFORMATION))
 GetDiskFreeSpaceExW = _declare(kernel32, "GetDiskFreeSpaceExW", BOOL, wintypes.LPCWSTR, P(ctypes.c_ulonglong), P(ctypes.c_ulonglong),
                                P(ctypes.c_ulonglong))
+GetSystemTimeAsFileTime = _declare(kernel32, "GetSystemTimeAsFileTime", None, P(wintypes.FILETIME))
+SetFileTime = _declare(kernel32, "SetFileTime", BOOL, HANDLE, P(wintypes.FILETIME), P(wintypes.FILETIME), P(wintypes.FILETIME))
 CloseHandle = _declare(kernel32, "CloseHandle", BOOL, HANDLE)
 CreateEventW = _declare(kernel32, "CreateEventW", HANDLE, ctypes.c_void_p, BOOL, BOOL, wintypes.LPCWSTR)
 OpenEventW = _declare(kernel32, "OpenEventW", HANDLE, DWORD, BOOL, wintypes.LPCWSTR)
@@ -123,6 +126,7 @@ GetPriorityClass = _declare(kernel32, "GetPriorityClass", DWORD, HANDLE)
 GetProcessAffinityMask = _declare(kernel32, "GetProcessAffinityMask", BOOL, HANDLE, P(ctypes.c_size_t), P(ctypes.c_size_t))
 SetProcessAffinityMask = _declare(kernel32, "SetProcessAffinityMask", BOOL, HANDLE, ctypes.c_size_t)
 SetPriorityClass = _declare(kernel32, "SetPriorityClass", BOOL, HANDLE, DWORD)
+GenerateConsoleCtrlEvent = _declare(kernel32, "GenerateConsoleCtrlEvent", BOOL, DWORD, DWORD)
 TerminateProcess = _declare(kernel32, "TerminateProcess", BOOL, HANDLE, ctypes.c_uint)
 GetCurrentProcess = _declare(kernel32, "GetCurrentProcess", HANDLE)
 CreateToolhelp32Snapshot = _declare(kernel32, "CreateToolhelp32Snapshot", HANDLE, DWORD, DWORD)

@@ -29,6 +29,7 @@ import secrets
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,6 +234,17 @@ class Directory:
     def entries(self) -> list[str]:
         return os.listdir(self.path)
 
+    def touch(self, name: str) -> None:
+        """Create ``name`` if missing and set its modification time to now (through the open handle)."""
+        fd = self.open_file(name, os.O_WRONLY | os.O_CREAT)
+        try:
+            now = ctypes.wintypes.FILETIME()
+            W.GetSystemTimeAsFileTime(ctypes.byref(now))
+            if not W.SetFileTime(_handle(fd), None, None, ctypes.byref(now)):
+                raise W.last_error(f"touching {name}")
+        finally:
+            os.close(fd)
+
     def is_file_of(self, name: str, fd: int) -> bool:
         """True when ``name`` in this folder is the very file ``fd`` has open (volume and file
         index); False once it was deleted, replaced or is being deleted."""
@@ -269,6 +281,11 @@ class ProcessInfo:
     nice: int  # the priority class as a nice value (-20 realtime ... 19 idle)
 
 
+#: The signals that ask a process to stop: Ctrl-C, and CTRL_BREAK_EVENT (the launcher's polite
+#: stop of a node's process group), which Python delivers as SIGBREAK.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGBREAK, signal.SIGTERM)
+#: Windows does not signal a child's exit: the launcher sees it by the end of its output and by polling.
+CHILD_EXIT_SIGNAL = None
 _NICE_OF_CLASS = {0x40: 19, 0x4000: 10, 0x20: 0, 0x8000: -5, 0x80: -10, 0x100: -20}
 _CLASS_OF_NICE = ((15, 0x40), (5, 0x4000), (-2, 0x20), (-8, 0x8000), (-15, 0x80))  # nice >= bound -> class; else REALTIME
 
@@ -349,9 +366,10 @@ def process_start_time(pid: int) -> int | None:
         return _start_time(h)
 
 
-def child_pids(parent: int) -> list[int]:
-    """Live processes whose parent is ``parent``."""
-    return [pid for pid, ppid in _parents().items() if ppid == parent and pid != parent and process_start_time(pid) is not None]
+def adopted_orphans(known: set[int]) -> list[int]:
+    """None: Windows re-parents nobody (a node's descendants are in the launcher's job, which
+    ends them with it)."""
+    return []
 
 
 _job: list[int] = []
@@ -360,14 +378,15 @@ _job: list[int] = []
 def become_subreaper() -> None:
     """Put this process in a Job Object that kills every process in it when its last handle
     closes: the launcher holds the only handle and every node it starts joins the job, so
-    however the launcher dies (TerminateProcess included) its nodes die with it."""
+    however the launcher dies (TerminateProcess included) its nodes die with it. Breaking away
+    is allowed for the one helper that must outlive it (``detached_options``: the watchdog)."""
     if _job:
         return
     job = W.CreateJobObjectW(None, None)
     if not job:
         raise W.last_error("CreateJobObject")
     limits = W.JOBOBJECT_EXTENDED_LIMIT_INFORMATION()
-    limits.BasicLimitInformation.LimitFlags = W.JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    limits.BasicLimitInformation.LimitFlags = W.JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | W.JOB_OBJECT_LIMIT_BREAKAWAY_OK
     if not (W.SetInformationJobObject(job, W.JOB_OBJECT_EXTENDED_LIMIT_INFORMATION_CLASS, ctypes.byref(limits), ctypes.sizeof(limits))
             and W.AssignProcessToJobObject(job, W.GetCurrentProcess())):
         err = W.last_error("joining a kill-on-close job")
@@ -385,14 +404,21 @@ def child_options(cpus: tuple[int, ...] | None, nice: int | None) -> dict:
 
 
 def stop_group(pgid: int, force: bool) -> None:
-    """Ask a node to stop (``CTRL_BREAK_EVENT`` to its process group: Python raises
-    KeyboardInterrupt-like SIGBREAK, which a Node handles as a stop), or make it (``force``:
-    TerminateProcess of it and every process it started). ProcessLookupError when it is gone."""
+    """Ask a node to stop, or make it (``force``: TerminateProcess of it and every process it
+    started). The request: a Python node's stop event (``listen_for_stop``), which works with
+    or without a console (a service, a detached run); else ``CTRL_BREAK_EVENT`` to its process
+    group, which Python delivers as SIGBREAK; where neither can be sent, the stop is forced at
+    once. ProcessLookupError when the node is gone."""
     if process_start_time(pgid) is None:
         raise ProcessLookupError(pgid)
     if not force:
-        os.kill(pgid, signal.CTRL_BREAK_EVENT)
-        return
+        event = W.OpenEventW(W.EVENT_MODIFY_STATE, False, _stop_event_name(pgid))
+        if event:  # a Python node listening for the request (listen_for_stop)
+            W.SetEvent(event)
+            W.CloseHandle(event)
+            return
+        if W.GenerateConsoleCtrlEvent(signal.CTRL_BREAK_EVENT, pgid):  # (not os.kill: it terminates the process when this fails)
+            return
     parents = _parents()
     family, grew = {pgid}, True
     while grew:
@@ -403,6 +429,57 @@ def stop_group(pgid: int, force: bool) -> None:
         with _process(pid, W.PROCESS_TERMINATE) as h:
             if h:
                 W.TerminateProcess(h, 1)
+
+
+def _stop_event_name(pid: int) -> str:
+    return f"Local\\shmlaunch-stop-{pid}"
+
+
+def listen_for_stop() -> Callable[[], None]:
+    """Turn the launcher's stop request (its named event for this process) into SIGBREAK, so
+    a node stops as on Ctrl-Break even with no console to carry one. Returns the function that
+    stops listening."""
+    event = W.CreateEventW(None, True, False, _stop_event_name(os.getpid()))
+    if not event:
+        raise W.last_error("creating the stop event")
+    closed = threading.Event()
+
+    def wait() -> None:
+        W.WaitForSingleObject(event, 0xFFFFFFFF)
+        if not closed.is_set():
+            signal.raise_signal(signal.SIGBREAK)
+
+    threading.Thread(target=wait, daemon=True, name="stop request").start()
+
+    def close() -> None:
+        closed.set()
+        W.SetEvent(event)
+        W.CloseHandle(event)
+
+    return close
+
+
+def detached_options() -> dict:
+    """``subprocess.Popen`` arguments for a helper that must outlive the launcher (the watchdog):
+    out of the launcher's kill-on-close job, in a process group of its own."""
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_BREAKAWAY_FROM_JOB}
+
+
+def group_alive(pgid: int) -> bool:
+    """True while the process that leads group ``pgid`` is alive."""
+    return process_start_time(pgid) is not None
+
+
+def stop_process(pid: int, force: bool) -> None:
+    """Stop one process: Windows has no polite request to a process that leads no group, so
+    both are TerminateProcess. ProcessLookupError when it is gone."""
+    with _process(pid, W.PROCESS_TERMINATE) as h:
+        if not h or not W.TerminateProcess(h, 1):
+            raise ProcessLookupError(pid)
+
+
+def reap_orphans(known: set[int]) -> None:
+    """Nothing to reap: Windows keeps no zombies and re-parents nobody."""
 
 
 def place_child(pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:

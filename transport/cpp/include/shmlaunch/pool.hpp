@@ -96,8 +96,8 @@ struct SegmentCorrupt : Error {
 namespace os {
 #ifdef _WIN32
 using File = HANDLE;
-inline const File kNoFile = INVALID_HANDLE_VALUE;
-constexpr char kSep = '\\';
+inline const File no_file = INVALID_HANDLE_VALUE;
+constexpr char path_sep = '\\';
 
 inline std::string last_error_text() {
   char buf[256] = {0};
@@ -164,14 +164,14 @@ inline File open_no_follow(const std::string& path, DWORD access, DWORD share, D
     DWORD err = GetLastError();
     *missing = err == ERROR_FILE_NOT_FOUND || err == ERROR_PATH_NOT_FOUND;
     *why = last_error_text();
-    return kNoFile;
+    return no_file;
   }
   BY_HANDLE_FILE_INFORMATION info;
   if (!GetFileInformationByHandle(h, &info) || (info.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT)) {
     CloseHandle(h);
     *missing = false;
     *why = "is a symlink or junction; shmlaunch never follows one";
-    return kNoFile;
+    return no_file;
   }
   return h;
 }
@@ -186,7 +186,7 @@ class Dir {
     std::string why;
     h_ = open_no_follow(path, FILE_LIST_DIRECTORY | FILE_READ_ATTRIBUTES | READ_CONTROL, FILE_SHARE_READ | FILE_SHARE_WRITE,
                         FILE_FLAG_BACKUP_SEMANTICS, &missing, &why);
-    if (h_ == kNoFile) return missing ? "missing" : why;
+    if (h_ == no_file) return missing ? "missing" : why;
     PSID owner = nullptr;
     PSECURITY_DESCRIPTOR sd = nullptr;
     if (GetSecurityInfo(h_, SE_FILE_OBJECT, OWNER_SECURITY_INFORMATION, &owner, nullptr, nullptr, nullptr, &sd) != ERROR_SUCCESS)
@@ -197,7 +197,7 @@ class Dir {
     return "";
   }
   ~Dir() {
-    if (h_ != kNoFile) CloseHandle(h_);
+    if (h_ != no_file) CloseHandle(h_);
   }
   File open_file(const std::string& dir, const std::string& name, bool write) const {
     bool missing = false;
@@ -312,7 +312,7 @@ class Waiter {
   }
 
  private:
-  File f_ = kNoFile;
+  File f_ = no_file;
   uint8_t* base_ = nullptr;
   uint32_t index_ = 0;
   HANDLE event_ = nullptr;
@@ -342,8 +342,8 @@ class Waker {
 };
 #else
 using File = int;
-constexpr File kNoFile = -1;
-constexpr char kSep = '/';
+constexpr File no_file = -1;
+constexpr char path_sep = '/';
 
 inline int64_t realtime_ns() {
   timespec ts{};
@@ -474,7 +474,7 @@ inline std::string shm_root() { return os::shm_root(); }
 // The runtime directory of the graph called `graph`: <shm_root>/shmlaunch-<user>-<graph>, as
 // Python's graph_runtime_dir (a program attaching to a running graph by name).
 inline std::string graph_runtime_dir(const std::string& graph) {
-  return shm_root() + os::kSep + "shmlaunch-" + os::user_id() + "-" + graph;
+  return shm_root() + os::path_sep + "shmlaunch-" + os::user_id() + "-" + graph;
 }
 
 // The graph's runtime directory when none is named: $SHMLAUNCH_RUNTIME_DIR (the launcher sets it
@@ -610,7 +610,7 @@ inline std::string topic_action(const std::string& verb, const std::string& topi
 inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string& topic, const std::string& action) {
   const std::string where = dir.path() + "/registry.yaml";
   os::File fd = dir.open_file("registry.yaml", false);
-  if (fd == os::kNoFile) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
+  if (fd == os::no_file) throw TopicNotFound(action + ": the registry in " + dir.path() + " does not list it" + graphs_hint());
   std::string text;
   std::vector<char> buf(65536);
   long n;
@@ -699,9 +699,9 @@ class Segment {
     if (!expect.typestr.empty() && expect.typestr != cfg_.typestr)
       throw TopicMismatch(action + ": requested dtype is " + expect.typestr + ", the registry says " +
                           (cfg_.typestr.empty() ? "None" : cfg_.typestr));
-    std::string path = dir.path() + os::kSep + cfg_.segment;
+    std::string path = dir.path() + os::path_sep + cfg_.segment;
     fd_ = dir.open_file(cfg_.segment, true);
-    if (fd_ == os::kNoFile) throw TopicNotFound(action + ": its segment " + path + " is missing");
+    if (fd_ == os::no_file) throw TopicNotFound(action + ": its segment " + path + " is missing");
     uint64_t size = 0;
     if (!os::regular_size(fd_, &size) || size < kHeaderSize) {
       os::close_file(fd_);
@@ -724,7 +724,7 @@ class Segment {
   }
   ~Segment() {
     if (base_) os::unmap(base_, size_);
-    if (fd_ != os::kNoFile) os::close_file(fd_);  // drops every lock this open file holds
+    if (fd_ != os::no_file) os::close_file(fd_);  // drops every lock this open file holds
   }
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
@@ -778,7 +778,7 @@ class Segment {
 
   std::string topic_;
   TopicConfig cfg_;
-  os::File fd_ = os::kNoFile;
+  os::File fd_ = os::no_file;
   uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint64_t stride_ = 0;
