@@ -36,16 +36,19 @@ def _stop_all(groups: set[int], force: bool) -> None:
 
 def clean_run(runtime_dir: str, run: str) -> bool:
     """Remove run ``run``'s files from ``runtime_dir``, holding the launcher lock meanwhile;
-    False (nothing touched) when another launcher holds it or the directory is another run's."""
+    False (nothing touched) when another launcher holds it or the directory is another run's.
+    As the launcher does (``GraphDir.release``): a second pass once the lock file and the
+    directory are closed, for what Windows keeps while they are open."""
     try:
         with RuntimeDir.open(runtime_dir) as rd:
             fd = rd.lock(LOCK_FILE)
-            if fd is None:
-                return False
-            try:
-                return cleanup(runtime_dir, run=run)
-            finally:
-                os.close(fd)
+        if fd is None:
+            return False
+        try:
+            cleanup(runtime_dir, run=run)
+        finally:
+            os.close(fd)
+        return cleanup(runtime_dir, run=run)
     except (OSError, TransportError):
         return False
 

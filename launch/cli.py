@@ -94,7 +94,7 @@ def _launch(argv: list[str]) -> int:
     ap.add_argument("file", help="launch file (YAML)")
     ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
     ap.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
-    ap.add_argument("--runtime-dir", help="override the graph's runtime directory (default /dev/shm/shmlaunch-<uid>-<name>)")
+    ap.add_argument("--runtime-dir", help="override the graph's runtime directory (default <SHM_ROOT>/shmlaunch-<user>-<name>; Linux: /dev/shm)")
     ap.add_argument("--quiet", action="store_true", help="do not print the nodes' output (the launcher's own lines stay)")
     ap.add_argument("--log-dir", help="also append each node's output to DIR/<node>.log")
     ap.add_argument("--no-status", action="store_true", help="no live status table, even on a terminal")

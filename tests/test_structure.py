@@ -69,8 +69,11 @@ def test_layers_import_downward_only():
     assert offenders == []
 
 
-OS_MODULES = {"fcntl", "ctypes", "mmap", "resource"}
-OS_CALLS = {"posix_fallocate", "sched_getaffinity", "sched_setaffinity", "getpriority", "setpriority", "statvfs", "fstatvfs"}
+OS_MODULES = {"fcntl", "ctypes", "mmap", "resource", "msvcrt", "_winapi", "winreg"}
+OS_CALLS = {"posix_fallocate", "sched_getaffinity", "sched_setaffinity", "getpriority", "setpriority", "statvfs", "fstatvfs", "killpg",
+            "waitid", "geteuid", "getuid", "pwrite", "pread", "O_NOFOLLOW", "O_DIRECTORY", "set_blocking"}
+#: Signals one system has and the other lacks.
+OS_SIGNALS = {"SIGKILL", "SIGCHLD", "SIGBREAK", "CTRL_BREAK_EVENT", "CTRL_C_EVENT", "SIGUSR1", "SIGUSR2", "SIGHUP"}
 
 
 def _os_specific(tree: ast.AST) -> list[tuple[int, str]]:
@@ -82,6 +85,10 @@ def _os_specific(tree: ast.AST) -> list[tuple[int, str]]:
             found.append((node.lineno, f"from {node.module} import ..."))
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" and node.attr in OS_CALLS:
             found.append((node.lineno, f"os.{node.attr}"))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "signal" and node.attr in OS_SIGNALS:
+            found.append((node.lineno, f"signal.{node.attr}"))
+        elif isinstance(node, ast.keyword) and node.arg in ("dir_fd", "preexec_fn", "start_new_session"):
+            found.append((node.value.lineno, f"{node.arg}="))
         elif _is_proc_path(node):
             found.append((node.lineno, "a /proc path"))
     return found

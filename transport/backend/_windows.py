@@ -405,20 +405,18 @@ def child_options(cpus: tuple[int, ...] | None, nice: int | None) -> dict:
 
 def stop_group(pgid: int, force: bool) -> None:
     """Ask a node to stop, or make it (``force``: TerminateProcess of it and every process it
-    started). The request: a Python node's stop event (``listen_for_stop``), which works with
-    or without a console (a service, a detached run); else ``CTRL_BREAK_EVENT`` to its process
-    group, which Python delivers as SIGBREAK; where neither can be sent, the stop is forced at
-    once. ProcessLookupError when the node is gone."""
+    started). The request: the node's stop event (made by ``place_child``, heard by a Python
+    node's ``listen_for_stop``), which works with or without a console (a service, a detached
+    run) and even before the node listens; and ``CTRL_BREAK_EVENT`` to its process group, which
+    a command hears where there is a console. ProcessLookupError when the node is gone."""
     if process_start_time(pgid) is None:
         raise ProcessLookupError(pgid)
     if not force:
-        event = W.OpenEventW(W.EVENT_MODIFY_STATE, False, _stop_event_name(pgid))
-        if event:  # a Python node listening for the request (listen_for_stop)
-            W.SetEvent(event)
-            W.CloseHandle(event)
-            return
-        if W.GenerateConsoleCtrlEvent(signal.CTRL_BREAK_EVENT, pgid):  # (not os.kill: it terminates the process when this fails)
-            return
+        event = _stop_events.get(pgid) or W.OpenEventW(W.EVENT_MODIFY_STATE, False, _stop_event_name(pgid))
+        if event:
+            W.SetEvent(event)  # a Python node hears it (listen_for_stop), even if it is still starting
+        W.GenerateConsoleCtrlEvent(signal.CTRL_BREAK_EVENT, pgid)  # a command, where there is a console (not os.kill:
+        return  # it terminates the process when this fails); what hears neither is forced after the grace period
     parents = _parents()
     family, grew = {pgid}, True
     while grew:
@@ -433,6 +431,10 @@ def stop_group(pgid: int, force: bool) -> None:
 
 def _stop_event_name(pid: int) -> str:
     return f"Local\\shmlaunch-stop-{pid}"
+
+
+#: The stop events this launcher made for its nodes, by pid (closed when their process is gone).
+_stop_events: dict[int, int] = {}
 
 
 def listen_for_stop() -> Callable[[], None]:
@@ -483,8 +485,15 @@ def reap_orphans(known: set[int]) -> None:
 
 
 def place_child(pid: int, cpus: tuple[int, ...] | None, nice: int | None) -> None:
-    """Set a just-started child's CPU affinity and priority class (Windows has no fork/exec gap:
-    this runs right after the start, before the node has done any work worth mentioning)."""
+    """Make a just-started child's stop event (so a stop asked before it listens is not lost),
+    and set its CPU affinity and priority class (Windows has no fork/exec gap: this runs right
+    after the start, before the node has done any work worth mentioning)."""
+    for old in [p for p in _stop_events if process_start_time(p) is None]:
+        W.CloseHandle(_stop_events.pop(old))
+    event = W.CreateEventW(None, True, False, _stop_event_name(pid))
+    if not event:
+        raise W.last_error(f"creating the stop event of process {pid}")
+    _stop_events[pid] = event
     if not cpus and nice is None:
         return
     with _process(pid, W.PROCESS_SET_INFORMATION | W.PROCESS_QUERY_LIMITED_INFORMATION) as h:
