@@ -176,8 +176,9 @@ class Children:
 
     # ----- stopping
     def stop_all(self, on_exit: Callable[[str, int], None]) -> None:
-        """SIGTERM every node's process group, SIGKILL what is left after STOP_TIMEOUT; ``on_exit``
-        hears of each exit; then the same for the background processes they left."""
+        """Ask every node's process group to stop, force what is left after STOP_TIMEOUT (the
+        backend's stop_group); ``on_exit`` hears of each exit; then the same for the background
+        processes they left."""
         def send(force: bool) -> None:
             for child in self.running.values():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -198,11 +199,9 @@ class Children:
         return known
 
     def _orphans(self) -> list[int]:
-        """Live processes whose parent is this launcher but that it did not start (a node's
-        background children, re-parented here). A child cannot be another process by the time
-        we signal it: its pid is not reused before we reap it."""
-        known = self._known_pids()
-        return backend.adopted_orphans(known)
+        """Live processes re-parented to this launcher that it did not start (a node's background
+        children; Linux only: Windows re-parents nobody)."""
+        return backend.adopted_orphans(self._known_pids())
 
     def stop_orphans(self) -> None:
         def send(force: bool) -> None:
@@ -220,8 +219,7 @@ class Children:
         terminate_then_kill(send, alive, time.sleep)
 
     def close(self) -> None:
-        """Leave nothing running (after an unexpected error, SIGKILL at once), release the pipes,
-        and tell the watchdog this run cleaned up by itself."""
+        """Leave nothing running (after an unexpected error, forced at once)."""
         for child in self.running.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 backend.stop_group(child.pgid, force=True)

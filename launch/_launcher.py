@@ -11,14 +11,16 @@ process group, its output piped through the one printer. Linux: each node in its
 with SIGTERM as its parent-death signal, and the launcher a child subreaper (a node's
 orphaned background processes become its children, so none outlives the graph). Windows:
 every node in the launcher's kill-on-close Job Object (all die with the launcher, however it
-dies), stopped politely with CTRL_BREAK_EVENT.
+dies), asked to stop by its stop event and CTRL_BREAK_EVENT.
 
 This module is the run loop and its housekeeping (readiness, systemd notify and keep-alives,
 the status view); the runtime directory is ``_graphdir.py``, the processes ``_children.py``.
 
-Stop (SIGINT, SIGTERM, Windows' Ctrl-Break, ``--duration``, a required node's exit, the last node's exit, its
-standard output closed): SIGTERM to every node's process group and every orphan, SIGKILL to
-what is left after STOP_TIMEOUT, every child reaped, this run's files removed. Nothing is
+Stop (SIGINT, SIGTERM, Windows' Ctrl-Break, ``--duration``, a required node's exit, the last
+node's exit, its standard output closed): the polite stop to every node's process group and
+every orphan (the backend's: SIGTERM; Windows: the stop event and CTRL_BREAK_EVENT), the forced
+one (SIGKILL; TerminateProcess) to what is left after STOP_TIMEOUT, every child reaped, this
+run's files removed. Nothing is
 left behind in processes or /dev/shm. The launcher's own bookkeeping (the state file, the
 status view) never takes the graph down: a failure there is one logged line.
 """

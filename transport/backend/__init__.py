@@ -26,85 +26,27 @@ anywhere); every call that needs the backend raises PlatformUnavailableError wit
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 
 from .._errors import PlatformUnavailableError
+from ._common import buffer_address
+
+#: What a backend module provides (``buffer_address`` is shared: ``_common``).
+_SEAM = (
+    "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
+    "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "detached_options",
+    "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
+    "place_child", "process_info", "process_start_time", "reap_orphans", "reserve", "stop_group", "stop_process", "wait_any",
+)
 
 try:
     if sys.platform == "win32":
-        from ._windows import (
-            CHILD_EXIT_SIGNAL,
-            SHM_ROOT,
-            STOP_SIGNALS,
-            USER_ID,
-            ByteLock,
-            Directory,
-            LoanBase,
-            MessageBase,
-            ProcessInfo,
-            ReadCursor,
-            WriteCursor,
-            adopted_orphans,
-            allowed_cpus,
-            become_subreaper,
-            buffer_address,
-            child_options,
-            detached_options,
-            free_bytes,
-            futex_wait,
-            futex_wake,
-            group_alive,
-            listen_for_stop,
-            map_file,
-            may_raise_priority,
-            own_priority,
-            place_child,
-            process_info,
-            process_start_time,
-            reap_orphans,
-            reserve,
-            stop_group,
-            stop_process,
-            wait_any,
-        )
+        from . import _windows as _impl
     else:
-        from ._linux import (
-            CHILD_EXIT_SIGNAL,
-            SHM_ROOT,
-            STOP_SIGNALS,
-            USER_ID,
-            ByteLock,
-            Directory,
-            LoanBase,
-            MessageBase,
-            ProcessInfo,
-            ReadCursor,
-            WriteCursor,
-            adopted_orphans,
-            allowed_cpus,
-            become_subreaper,
-            buffer_address,
-            child_options,
-            detached_options,
-            free_bytes,
-            futex_wait,
-            futex_wake,
-            group_alive,
-            listen_for_stop,
-            map_file,
-            may_raise_priority,
-            own_priority,
-            place_child,
-            process_info,
-            process_start_time,
-            reap_orphans,
-            reserve,
-            stop_group,
-            stop_process,
-            wait_any,
-        )
-
+        from . import _linux as _impl
+    globals().update({name: getattr(_impl, name) for name in _SEAM})
     AVAILABLE = True
     UNAVAILABLE_REASON = ""
 except ImportError as exc:  # another system, or the C module was not built
@@ -139,12 +81,10 @@ except ImportError as exc:  # another system, or the C module was not built
 
         make = open
 
-    buffer_address = adopted_orphans = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
+    adopted_orphans = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
     map_file = child_options = place_child = stop_group = process_info = process_start_time = reserve = become_subreaper = _unavailable
     detached_options = group_alive = listen_for_stop = reap_orphans = stop_process = _unavailable
-    import signal as _signal
-
-    STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
     CHILD_EXIT_SIGNAL = None
 
     # What a launch-file check asks, answered from what Python itself knows on any system.
@@ -159,40 +99,4 @@ except ImportError as exc:  # another system, or the C module was not built
     def may_raise_priority(_nice: int) -> bool:
         return False  # not knowable here: the check says what is needed
 
-__all__ = [
-    "AVAILABLE",
-    "CHILD_EXIT_SIGNAL",
-    "STOP_SIGNALS",
-    "SHM_ROOT",
-    "UNAVAILABLE_REASON",
-    "USER_ID",
-    "ByteLock",
-    "Directory",
-    "LoanBase",
-    "MessageBase",
-    "ProcessInfo",
-    "ReadCursor",
-    "WriteCursor",
-    "allowed_cpus",
-    "become_subreaper",
-    "buffer_address",
-    "child_options",
-    "detached_options",
-    "group_alive",
-    "listen_for_stop",
-    "reap_orphans",
-    "stop_process",
-    "adopted_orphans",
-    "free_bytes",
-    "futex_wait",
-    "futex_wake",
-    "map_file",
-    "may_raise_priority",
-    "own_priority",
-    "place_child",
-    "process_info",
-    "process_start_time",
-    "reserve",
-    "stop_group",
-    "wait_any",
-]
+__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "buffer_address", *_SEAM]

@@ -29,7 +29,6 @@ import signal
 import stat
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ if not sys.platform.startswith("linux"):  # pragma: no cover
 
 from .. import _fastpath  # noqa: E402
 from .._errors import RuntimeDirError  # noqa: E402
+from ._common import ByteLockBase  # noqa: E402
 
 #: Where runtime directories go by default: a RAM-backed file system, so a "file" is memory.
 SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
@@ -52,7 +52,7 @@ _SHARED, _EXCLUSIVE, _UNLOCK = 0, 1, 2
 _lock = _fastpath.lock
 
 
-class ByteLock:
+class ByteLock(ByteLockBase):
     """One lock byte of a file. ``try_shared`` / ``try_exclusive`` never block: False when
     another open file description holds a conflicting lock (the short critical sections of the
     registry and the group table wait by retrying, for a bounded time)."""
@@ -70,29 +70,10 @@ class ByteLock:
     def try_exclusive(self) -> bool:
         return _lock(self.fd, self.offset, _EXCLUSIVE)
 
-    def try_exclusive_within(self, timeout: float) -> bool:
-        """``try_exclusive`` again and again for up to ``timeout`` s (a growing sleep, 1 to 50 ms,
-        between tries): the critical sections waited for take microseconds, so a holder that
-        keeps the lock this long is stopped or hung, and the caller says so instead of hanging."""
-        deadline = time.monotonic() + timeout
-        pause = 0.001
-        while not self.try_exclusive():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        return True
-
     def is_held_by_others(self, exclusive: bool = True) -> bool:
         """True when another open file description holds a lock that would conflict."""
         probe = _FLOCK.pack(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, self.offset, 1, 0)
         return _FLOCK.unpack(fcntl.fcntl(self.fd, _F_OFD_GETLK, probe))[0] != fcntl.F_UNLCK
-
-
-def buffer_address(buf) -> tuple[int, object]:
-    """Address of a writable buffer, and the object that pins it (drop it before close)."""
-    pin = ctypes.c_char.from_buffer(buf)
-    return ctypes.addressof(pin), pin
 
 
 #: The hot path (see _fastpath.c): a reader's and a writer's per-message state and steps, and

@@ -30,13 +30,13 @@ import signal
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import PlatformUnavailableError, RuntimeDirError
 from . import _win32 as W
+from ._common import ByteLockBase
 from ._windows_hotpath import LoanBase, MessageBase, ReadCursor, WriteCursor, lock_byte, unlock_byte, wait_any
 
 __all__ = ["LoanBase", "MessageBase", "ReadCursor", "WriteCursor", "wait_any"]  # the hot path, re-exported
@@ -54,7 +54,7 @@ def _handle(fd: int) -> int:
     return msvcrt.get_osfhandle(fd)
 
 
-class ByteLock:
+class ByteLock(ByteLockBase):
     """One lock byte of a file (``LockFileEx``). ``try_shared`` / ``try_exclusive`` never block:
     False when another handle holds a conflicting lock."""
 
@@ -72,17 +72,6 @@ class ByteLock:
     def try_exclusive(self) -> bool:
         return lock_byte(self.handle, self.offset, True)
 
-    def try_exclusive_within(self, timeout: float) -> bool:
-        """``try_exclusive`` again and again for up to ``timeout`` s (a growing sleep, 1 to 50 ms)."""
-        deadline = time.monotonic() + timeout
-        pause = 0.001
-        while not self.try_exclusive():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        return True
-
     def is_held_by_others(self, exclusive: bool = True) -> bool:
         """True when another handle holds a lock that would conflict. Windows has no lock query:
         this takes the lock for an instant and gives it back (a probe of a byte this handle
@@ -91,12 +80,6 @@ class ByteLock:
             unlock_byte(self.handle, self.offset)
             return False
         return True
-
-
-def buffer_address(buf) -> tuple[int, object]:
-    """Address of a writable buffer, and the object that pins it (drop it before close)."""
-    pin = ctypes.c_char.from_buffer(buf)
-    return ctypes.addressof(pin), pin
 
 
 def _unavailable_here(name: str):
