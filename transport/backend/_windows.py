@@ -27,7 +27,6 @@ import msvcrt
 import os
 import secrets
 import signal
-import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -209,10 +208,8 @@ class Directory:
         os.unlink(self.path / doomed)
 
     def lstat(self, name: str) -> os.stat_result:
-        st = os.lstat(self.path / name)
-        if st.st_file_attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT and stat.S_ISREG(st.st_mode):
-            raise OSError(errno.ELOOP, "is a reparse point", str(self.path / name))
-        return st
+        """The entry itself (a symlink is S_IFLNK, never what it points to)."""
+        return os.lstat(self.path / name)
 
     def entries(self) -> list[str]:
         return os.listdir(self.path)
