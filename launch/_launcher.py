@@ -93,6 +93,7 @@ class Launcher:
         # they are found and ended too (what escapes only when the launcher itself is killed: README,
         # "Security model"). Windows: every node is in our kill-on-close job, which ends with us.
         backend.become_subreaper()
+        stop_listening = backend.listen_for_stop()  # Windows: `shmlaunch stop`'s request, console or not
         try:
             self.dir.claim()
             self.children.start_watchdog(self.run_id)  # before the first byte of a segment is reserved
@@ -106,6 +107,7 @@ class Launcher:
             notify("STOPPING=1")
             self.children.stop_all(lambda name, code: self._exited(sup, name, code))
         finally:
+            stop_listening()
             for s, h in handlers.items():
                 signal.signal(s, h)
             self._cleanup()

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import time
 from pathlib import Path
 
-from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError
+from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError, backend
 
 from ._bridge_tools import remote_lines
 from ._exits import EXIT_FAILED, error
@@ -181,7 +180,8 @@ def _stats(rt: Path, name: str, _count: int | None) -> int:
 
 
 def stop(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="shmlaunch stop", description="Stop a running graph cleanly (SIGTERM to its launcher).")
+    ap = argparse.ArgumentParser(prog="shmlaunch stop",
+                                 description="Stop a running graph cleanly (SIGTERM to its launcher; Windows: its stop event).")
     add_graph_arguments(ap)
     ap.add_argument("--timeout", type=float, default=STOP_TIMEOUT + 10, help="seconds to wait for it to finish")
     ns = ap.parse_args(argv)
@@ -196,7 +196,10 @@ def stop(argv: list[str]) -> int:
     if not genuine:
         return _refused(f"graph {g.name!r}: pid {g.launcher_pid} is not its launcher (not holding the graph's lock, or started at "
                      f"another time than graph.json says); not signalling it")
-    os.kill(g.launcher_pid, signal.SIGTERM)
+    try:
+        backend.request_stop(g.launcher_pid)
+    except ProcessLookupError:
+        return _refused(f"graph {g.name!r}: its launcher (pid {g.launcher_pid}) is gone")
     deadline = time.monotonic() + ns.timeout
     while Path(g.runtime_dir).exists() and time.monotonic() < deadline:
         time.sleep(0.1)

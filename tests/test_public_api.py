@@ -41,7 +41,7 @@ def test_platform_backend_seam_is_pinned():
         "AVAILABLE", "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "UNAVAILABLE_REASON", "USER_ID", "ByteLock", "Directory", "LoanBase",
         "MessageBase", "ProcessInfo", "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "buffer_address",
         "child_options", "detached_options", "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file",
-        "may_raise_priority", "own_priority", "place_child", "process_info", "process_start_time", "reap_orphans", "reserve", "stop_group",
-        "stop_process", "wait_any",
+        "may_raise_priority", "own_priority", "place_child", "process_info", "process_start_time", "reap_orphans", "request_stop",
+        "reserve", "stop_group", "stop_process", "wait_any",
     ])
     assert all(hasattr(backend, name) for name in backend.__all__)

@@ -187,3 +187,29 @@ def test_nodes_die_with_a_killed_launcher_and_the_watchdog_removes_the_graph(tmp
         time.sleep(0.1)
     assert not any(backend.process_start_time(p) for p in pids), "a node outlived its launcher"
     assert _gone(folder, 30), "the watchdog did not remove the graph's folder"
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_operator_tools_see_a_running_graph_and_stop_stops_it_cleanly(tmp_path):
+    name = unique_name("win")
+    (tmp_path / "g.yaml").write_text((HERE / "three_nodes.yaml").read_text().replace("name: three-nodes", f"name: {name}"))
+    launcher = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(tmp_path / "g.yaml"), "--no-status",
+                                 f"out:={tmp_path / 'three.jsonl'}"], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if "all 3 nodes are up" in line:
+            break
+    topics, nodes, graphs = _tool("topic", "list", name), _tool("node", "list", name), _tool("list")
+    assert re.search(r"^scaled\s+int64\[1\]\s+8\s+4\s+\d+ \(gen 1\)", topics.stdout, re.M), topics.stdout + topics.stderr
+    assert all(re.search(rf"^{n}\s+\d+\s+running\s+0\s", nodes.stdout, re.M) for n in ("counter", "scale", "record")), nodes.stdout
+    assert re.search(rf"^{name}\s+{launcher.pid}\s.*3/3", graphs.stdout, re.M), graphs.stdout
+    stopped = _tool("stop", name)
+    output = "".join(lines) + launcher.stdout.read()
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"graph {name!r} stopped", stopped.stdout + stopped.stderr
+    assert launcher.wait(30) == 0 and "stopping: received SIGBREAK" in output, output
+    assert all(f"node '{n}' exited (exit code 0)" in output for n in ("counter", "scale", "record")), output
+    assert not os.path.lexists(graph_runtime_dir(name))

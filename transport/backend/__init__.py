@@ -14,7 +14,7 @@ ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a
   ``futex_wait`` / ``futex_wake`` (Linux only: the benchmarks' bare futex transport);
 - processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
   ``adopted_orphans(known)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
-  ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``group_alive(pgid)``, ``stop_process(...)``,
+  ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``request_stop(pid)``, ``group_alive(pgid)``, ``stop_process(...)``,
   ``reap_orphans(known)``, ``STOP_SIGNALS``, ``CHILD_EXIT_SIGNAL``, ``allowed_cpus()``,
   ``own_priority()``, ``may_raise_priority(nice)``.
 
@@ -38,7 +38,7 @@ _SEAM = (
     "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
     "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "detached_options",
     "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
-    "place_child", "process_info", "process_start_time", "reap_orphans", "reserve", "stop_group", "stop_process", "wait_any",
+    "place_child", "process_info", "process_start_time", "reap_orphans", "request_stop", "reserve", "stop_group", "stop_process", "wait_any",
 )
 
 try:
@@ -83,7 +83,7 @@ except ImportError as exc:  # another system, or the C module was not built
 
     adopted_orphans = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
     map_file = child_options = place_child = stop_group = process_info = process_start_time = reserve = become_subreaper = _unavailable
-    detached_options = group_alive = listen_for_stop = reap_orphans = stop_process = _unavailable
+    detached_options = group_alive = listen_for_stop = reap_orphans = request_stop = stop_process = _unavailable
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
     CHILD_EXIT_SIGNAL = None
 

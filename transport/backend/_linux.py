@@ -309,6 +309,11 @@ def listen_for_stop() -> Callable[[], None]:
     return lambda: None
 
 
+def request_stop(pid: int) -> None:
+    """Ask process ``pid`` (a launcher, a node) to stop: SIGTERM."""
+    os.kill(pid, signal.SIGTERM)
+
+
 def detached_options() -> dict:
     """``subprocess.Popen`` arguments for a helper that must outlive the launcher (the watchdog):
     a session of its own, so a signal to the launcher's group does not reach it."""

@@ -441,6 +441,16 @@ def listen_for_stop() -> Callable[[], None]:
     return close
 
 
+def request_stop(pid: int) -> None:
+    """Ask process ``pid`` (a launcher, a node) to stop as it would on Ctrl-Break: set its stop
+    event. ProcessLookupError when it has none (it is gone, or does not listen)."""
+    event = W.OpenEventW(W.EVENT_MODIFY_STATE, False, _stop_event_name(pid))
+    if not event:
+        raise ProcessLookupError(pid)
+    W.SetEvent(event)
+    W.CloseHandle(event)
+
+
 def detached_options() -> dict:
     """``subprocess.Popen`` arguments for a helper that must outlive the launcher (the watchdog):
     out of the launcher's kill-on-close job, in a process group of its own."""
