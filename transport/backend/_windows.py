@@ -270,9 +270,9 @@ _NICE_OF_CLASS = {0x40: 19, 0x4000: 10, 0x20: 0, 0x8000: -5, 0x80: -10, 0x100: -
 _CLASS_OF_NICE = ((15, 0x40), (5, 0x4000), (-2, 0x20), (-8, 0x8000), (-15, 0x80))  # nice >= bound -> class; else REALTIME
 
 
-def _cpu_list(mask: int) -> str:
-    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
-    return ",".join(map(str, cpus)) or "?"
+def _cpus_of(mask: int) -> list[int]:
+    """The CPUs an affinity mask names."""
+    return [i for i in range(mask.bit_length()) if mask >> i & 1]
 
 
 @contextlib.contextmanager
@@ -308,11 +308,12 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def _start_time(h: int) -> int | None:
+def _times(h: int) -> list[int] | None:
+    """A process's creation, exit, kernel and user times (100 ns units), or None."""
     times = [ctypes.wintypes.FILETIME() for _ in range(4)]
     if not W.GetProcessTimes(h, *(ctypes.byref(t) for t in times)):
         return None
-    return W.filetime_int(times[0])
+    return [W.filetime_int(t) for t in times]
 
 
 def process_info(pid: int) -> ProcessInfo | None:
@@ -320,12 +321,11 @@ def process_info(pid: int) -> ProcessInfo | None:
     with _process(pid) as h:
         if not h or not _alive(h):
             return None
-        times = [ctypes.wintypes.FILETIME() for _ in range(4)]
+        times = _times(h)
         memory = W.PROCESS_MEMORY_COUNTERS()
         memory.cb = ctypes.sizeof(memory)
         mask, system = ctypes.c_size_t(), ctypes.c_size_t()
-        if not (W.GetProcessTimes(h, *(ctypes.byref(t) for t in times))
-                and W.K32GetProcessMemoryInfo(h, ctypes.byref(memory), memory.cb)
+        if not (times and W.K32GetProcessMemoryInfo(h, ctypes.byref(memory), memory.cb)
                 and W.GetProcessAffinityMask(h, ctypes.byref(mask), ctypes.byref(system))):
             return None
         try:
@@ -333,9 +333,8 @@ def process_info(pid: int) -> ProcessInfo | None:
         except OSError:
             return None
         nice = _NICE_OF_CLASS.get(W.GetPriorityClass(h), 0)
-    cpu = (W.filetime_int(times[2]) + W.filetime_int(times[3])) / 1e7
-    return ProcessInfo(pid, _parents().get(pid, 0), user, "R", W.filetime_int(times[0]), cpu, memory.WorkingSetSize,
-                       _cpu_list(mask.value), nice)
+    return ProcessInfo(pid, _parents().get(pid, 0), user, "R", times[0], (times[2] + times[3]) / 1e7, memory.WorkingSetSize,
+                       ",".join(map(str, _cpus_of(mask.value))) or "?", nice)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -343,7 +342,8 @@ def process_start_time(pid: int) -> int | None:
     with _process(pid) as h:
         if not h or not _alive(h):
             return None
-        return _start_time(h)
+        times = _times(h)
+        return times[0] if times else None
 
 
 def adopted_orphans(known: set[int]) -> list[int]:
@@ -501,7 +501,7 @@ def allowed_cpus() -> set[int]:
     """The CPUs this process may run on."""
     mask, system = ctypes.c_size_t(), ctypes.c_size_t()
     W.GetProcessAffinityMask(W.GetCurrentProcess(), ctypes.byref(mask), ctypes.byref(system))
-    return {i for i in range(mask.value.bit_length()) if mask.value >> i & 1}
+    return set(_cpus_of(mask.value))
 
 
 def own_priority() -> int:
