@@ -24,8 +24,19 @@ from ._state import NodeState
 MAX_BACKOFF = 30.0
 
 
+#: What a node's death by these signals usually means, for the person reading the log.
+SIGNAL_MEANINGS = {
+    "SIGILL": "the CPU lacks an instruction this node's native code needs (e.g. MediaPipe 1.x on an ARMv8.0 core: use runtime: litert)",
+    "SIGABRT": "native code aborted (its last lines above say why)",
+    "SIGSEGV": "native code crashed (a bad memory access)",
+    "SIGBUS": "a shared-memory segment was truncated under it, or memory ran out",
+    "SIGFPE": "native code divided by zero",
+}
+
+
 def describe_exit(code: int) -> str:
-    """'exit code 3', or 'killed by SIGKILL (exit code 137)' for a negative Popen returncode."""
+    """'exit code 3', or 'killed by SIGILL (exit code 132): the CPU lacks ...' for a negative
+    Popen returncode (what the signal usually means, where that is worth saying)."""
     if code < 0:
         import signal
 
@@ -33,7 +44,8 @@ def describe_exit(code: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"killed by {name} (exit code {128 - code})"
+        meaning = SIGNAL_MEANINGS.get(name)
+        return f"killed by {name} (exit code {128 - code})" + (f": {meaning}" if meaning else "")
     return f"exit code {code}"
 
 

@@ -19,19 +19,14 @@ them the detector fails with one line naming the Debian package to install.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from importlib import resources
 
 import numpy as np
 
-from .messages import MAX_HANDS
+from ._hand_runtime import MODELS, model_bytes
+from ._native_output import filtered_native_output
+from .messages import MAX_HANDS, fill_hands
 
-MODELS = {0: "hand_landmarker_lite.task", 1: "hand_landmarker_full.task"}
 #: the shared libraries MediaPipe's Tasks C library loads, and the Debian/Ubuntu packages with them
 SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
 # Lines MediaPipe's C++ side writes straight to file descriptor 2 while it starts and stops
@@ -45,29 +40,6 @@ _HARMLESS = ("Created TensorFlow Lite XNNPACK delegate", "All log messages befor
 
 class MediaPipeUnavailable(RuntimeError):
     """MediaPipe or a system library it needs is missing: the message says what to install."""
-
-
-@contextlib.contextmanager
-def _filtered_stderr() -> Iterator[None]:
-    """Capture file descriptor 2 (C++ writes bypass sys.stderr) and re-emit all but _HARMLESS lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                if line and not any(h in line for h in _HARMLESS):
-                    print(line, file=sys.stderr)
-
-
-def model_bytes(model_complexity: int) -> bytes:
-    """The bundled ``.task`` file for ``model_complexity`` (0 lite, 1 full), from the installed package."""
-    return (resources.files("shmlaunch.nodes") / "models" / MODELS[model_complexity]).read_bytes()
 
 
 def _missing_library(exc: OSError) -> MediaPipeUnavailable | None:
@@ -87,7 +59,7 @@ class HandDetector:
             raise ValueError(f"max_num_hands must be 1 to {MAX_HANDS}, got {max_num_hands}")
         if model_complexity not in MODELS:
             raise ValueError(f"model_complexity must be 0 or 1, got {model_complexity}")
-        with _filtered_stderr():  # MediaPipe's C++ start-up lines stay out of the node's log
+        with filtered_native_output(_HARMLESS):  # MediaPipe's C++ start-up lines stay out of the node's log (and an abort's do not)
             try:  # ~1.5 s (it imports OpenCV and matplotlib): only when a detector is made
                 import mediapipe as mp
                 from mediapipe.tasks.python.core.base_options import BaseOptions
@@ -126,24 +98,16 @@ class HandDetector:
             result = self._run(rgb)
         else:
             self._sizes.add(rgb.shape)
-            with _filtered_stderr():
+            with filtered_native_output(_HARMLESS):
                 t0 = time.perf_counter_ns()
                 result = self._run(rgb)
-        rec["inference_ns"] = time.perf_counter_ns() - t0
-        rec["image_height"], rec["image_width"] = rgb.shape[:2]
-        n = min(len(result.hand_landmarks), MAX_HANDS)
-        rec["hand_count"] = n
-        hands = rec["hands"]
-        for i in range(n):
-            hand = hands[i]
-            hand["landmarks"] = [(p.x, p.y, p.z) for p in result.hand_landmarks[i]]
-            world = result.hand_world_landmarks
-            hand["world"] = [(p.x, p.y, p.z) for p in world[i]] if world else 0.0
-            best = result.handedness[i][0]
-            hand["handedness"] = 1 if best.category_name == "Left" else 0  # mirrored: see the module's docstring
-            hand["score"] = best.score
-        return n
+        world = result.hand_world_landmarks
+        # handedness mirrored: see the module's docstring
+        hands = (([(p.x, p.y, p.z) for p in result.hand_landmarks[i]], [(p.x, p.y, p.z) for p in world[i]] if world else None,
+                  1 if result.handedness[i][0].category_name == "Left" else 0, result.handedness[i][0].score)
+                 for i in range(len(result.hand_landmarks)))
+        return fill_hands(rec, rgb.shape, time.perf_counter_ns() - t0, hands)
 
     def close(self) -> None:
-        with _filtered_stderr():
+        with filtered_native_output(_HARMLESS):
             self._landmarker.close()

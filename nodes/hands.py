@@ -1,5 +1,9 @@
 """The hand-landmark node: MediaPipe's hand landmarker on the newest camera frame, one message per frame.
 
+Two runtimes give the same message (``runtime``): MediaPipe's own Tasks graph, and the same
+models and steps on LiteRT for the CPUs MediaPipe 1.x aborts on (Raspberry Pi 4 and 3,
+Jetson Nano). ``auto`` picks without loading either library first (``_hand_runtime``).
+
 Subscribes to ``image`` (BGR uint8, height x width x 3) and publishes ``landmarks`` (the
 LANDMARKS layout of ``shmlaunch.nodes.messages``). It always takes the newest frame: a frame
 that arrived while the model ran on the previous one is skipped, never queued (latency over
@@ -13,7 +17,9 @@ import time
 import cv2
 import numpy as np
 
-from ._mediapipe_hands import HandDetector, MediaPipeUnavailable
+from ._hand_runtime import RUNTIMES, RuntimeUnavailable, choose_runtime, make_detector
+from ._litert_hands import LiteRTUnavailable
+from ._mediapipe_hands import MediaPipeUnavailable
 from ._node import Node, NodeSetupError
 from ._params import Param
 from .messages import LANDMARKS, LANDMARKS_TYPE, LANDMARKS_VERSION, MAX_HANDS
@@ -25,24 +31,25 @@ class HandLandmarks(Node):
     min_detection_confidence = Param(0.5, "palm detection threshold")
     min_tracking_confidence = Param(0.5, "landmark tracking threshold (below it, detection runs again)")
     static_image_mode = Param(False, "detect on every frame instead of tracking (for unrelated images)")
+    runtime = Param("auto", f"{' | '.join(RUNTIMES)}: auto takes MediaPipe where it can run, else LiteRT")
     subscribes = {"image": {"dtype": "uint8", "ndim": 3}}
     publishes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
 
     def setup(self) -> None:
         try:
-            self.detector = HandDetector(
-                max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
+            choice = choose_runtime(self.runtime)
+            self.detector = make_detector(
+                choice, max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
                 min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
                 static_image_mode=self.static_image_mode,
             )
-        except MediaPipeUnavailable as exc:
+        except (RuntimeUnavailable, MediaPipeUnavailable, LiteRTUnavailable, ValueError) as exc:
             raise NodeSetupError(str(exc)) from None
         self.out = self.publisher("landmarks", message=LANDMARKS_TYPE)
         self.subscribe("image", self.on_frame)
         self.rgb: np.ndarray | None = None
-        self.log.info("MediaPipe hand landmarker ready (max_num_hands=%d, model_complexity=%d: %s model, %s)", self.max_num_hands,
-                      self.model_complexity, ("lite", "full")[self.model_complexity],
-                      "static images" if self.static_image_mode else "tracking")
+        self.log.info("hand landmarker ready (runtime %s: %s; max_num_hands=%d, %s model, %s)", choice.runtime, choice.reason,
+                      self.max_num_hands, ("lite", "full")[self.model_complexity], "static images" if self.static_image_mode else "tracking")
 
     def on_frame(self, msg) -> None:
         received = time.time_ns()

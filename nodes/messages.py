@@ -90,6 +90,26 @@ def hand_count(rec: np.ndarray) -> int:
     return min(int(rec["hand_count"]), MAX_HANDS)
 
 
+def fill_hands(rec: np.ndarray, image_shape: tuple[int, ...], inference_ns: int, hands) -> int:
+    """Write a detector's result into a LANDMARKS record: image size, inference time and, for
+    each (landmarks (21, 3), world (21, 3) or None, handedness code, score) of ``hands``, one
+    hand (at most MAX_HANDS). Returns the hand count written."""
+    rec["inference_ns"] = inference_ns
+    rec["image_height"], rec["image_width"] = image_shape[:2]
+    n = 0
+    for landmarks, world, handedness, score in hands:
+        if n == MAX_HANDS:
+            break
+        hand = rec["hands"][n]
+        hand["landmarks"] = landmarks
+        hand["world"] = 0.0 if world is None else world
+        hand["handedness"] = handedness
+        hand["score"] = score
+        n += 1
+    rec["hand_count"] = n
+    return n
+
+
 def decode_landmarks(rec: np.ndarray, digits: int = 5) -> dict:
     """A LANDMARKS record as plain Python data (what the recorder writes and tools print)."""
     hands = []

@@ -40,7 +40,7 @@ def test_platform_backend_seam_is_pinned():
     assert sorted(backend.__all__) == sorted([
         "AVAILABLE", "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "UNAVAILABLE_REASON", "USER_ID", "ByteLock", "Directory", "LoanBase",
         "MessageBase", "ProcessInfo", "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "buffer_address",
-        "child_options", "detached_options", "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file",
+        "child_options", "cpu_features", "detached_options", "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file",
         "may_raise_priority", "own_priority", "place_child", "process_info", "process_start_time", "reap_orphans", "request_stop",
         "reserve", "stop_group", "stop_process", "wait_any",
     ])

@@ -16,7 +16,8 @@ ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a
   ``adopted_orphans(known)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
   ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``request_stop(pid)``, ``group_alive(pgid)``, ``stop_process(...)``,
   ``reap_orphans(known)``, ``STOP_SIGNALS``, ``CHILD_EXIT_SIGNAL``, ``allowed_cpus()``,
-  ``own_priority()``, ``may_raise_priority(nice)``.
+  ``own_priority()``, ``may_raise_priority(nice)``, ``cpu_features()`` (what the CPU can do, so a
+  node can choose a native library that will not abort it).
 
 Where no backend loads, importing shmlaunch still works (a launch file can be checked
 anywhere); every call that needs the backend raises PlatformUnavailableError with the reason.
@@ -36,7 +37,7 @@ from ._common import buffer_address
 #: What a backend module provides (``buffer_address`` is shared: ``_common``).
 _SEAM = (
     "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
-    "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "detached_options",
+    "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "cpu_features", "detached_options",
     "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
     "place_child", "process_info", "process_start_time", "reap_orphans", "request_stop", "reserve", "stop_group", "stop_process", "wait_any",
 )
@@ -98,5 +99,8 @@ except ImportError as exc:  # another system, or the C module was not built
 
     def may_raise_priority(_nice: int) -> bool:
         return False  # not knowable here: the check says what is needed
+
+    def cpu_features() -> frozenset[str]:
+        return frozenset()  # unknown: a caller chooses what runs on any CPU
 
 __all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "buffer_address", *_SEAM]

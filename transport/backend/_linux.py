@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import logging
 import mmap
 import os
 import resource
@@ -88,22 +89,29 @@ LoanBase = _fastpath.Loan
 futex_wait = _fastpath.futex_wait
 #: futex_wake(address): wake every process and thread sleeping on the word.
 futex_wake = _fastpath.futex_wake
+#: False once futex_waitv answered ENOSYS (kernels before 5.16, and qemu-user, which does not emulate it)
 _has_waitv = True
+#: SHMLAUNCH_NO_FUTEX_WAITV=1 takes the fallback on purpose (its tests, on kernels that have futex_waitv)
+_FORCE_FALLBACK = os.environ.get("SHMLAUNCH_NO_FUTEX_WAITV", "") == "1"
 
 
 def wait_any(cursors: list, timeout: float | None) -> None:
     """Sleep until any reader cursor's topic may have a new message, or timeout.
 
-    One futex_waitv over every cursor's word. Kernels before 5.16 lack futex_waitv: there
-    the first word is waited on for at most 5 ms at a time, so the others are looked at
-    every 5 ms (the only place shmlaunch ever polls, and only on such kernels).
+    One futex_waitv over every cursor's word. Kernels before 5.16 (and qemu-user) lack
+    futex_waitv: there the first word is waited on for at most 5 ms at a time, so the others
+    are looked at every 5 ms (the only place shmlaunch ever polls, and only there); a debug
+    log line says so once.
     """
     global _has_waitv
     words = [(c.wake_address, c.last_wake) for c in cursors]
     if len(words) > 1 and _has_waitv:
-        if _fastpath.futex_wait_any(words, timeout):
+        if not _FORCE_FALLBACK and _fastpath.futex_wait_any(words, timeout):
             return
         _has_waitv = False
+        logging.getLogger("shmlaunch.transport").debug(
+            "futex_waitv is not available here (ENOSYS: a kernel before 5.16, or an emulator): "
+            "waiting on several topics polls the others every 5 ms")
     if len(words) > 1:
         timeout = 0.005 if timeout is None else min(timeout, 0.005)
     futex_wait(words[0][0], words[0][1], timeout)
@@ -379,6 +387,18 @@ def _prepare_child(parent_pid: int, cpus: tuple[int, ...] | None, nice: int | No
 def allowed_cpus() -> set[int]:
     """The CPUs this process may run on."""
     return os.sched_getaffinity(0)
+
+
+def cpu_features() -> frozenset[str]:
+    """The kernel's names for what this CPU can do (``Features`` on ARM: ``atomics``, ``asimddp``
+    ...; ``flags`` on x86: ``avx2`` ...), read from /proc/cpuinfo: which native libraries can
+    run here, decided without loading one that would abort the process."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() in ("Features", "flags"):
+                return frozenset(value.split())
+    return frozenset()
 
 
 def own_priority() -> int:

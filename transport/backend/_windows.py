@@ -504,6 +504,12 @@ def allowed_cpus() -> set[int]:
     return set(_cpus_of(mask.value))
 
 
+def cpu_features() -> frozenset[str]:
+    """Not read on Windows: its only hand runtimes' wheels are x86-64 ones, which need nothing
+    beyond what every x86-64 Windows CPU has."""
+    return frozenset()
+
+
 def own_priority() -> int:
     return _NICE_OF_CLASS.get(W.GetPriorityClass(W.GetCurrentProcess()), 0)
 
