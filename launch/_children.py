@@ -43,6 +43,28 @@ MAX_WAIT = 0.25
 _OUTPUT_GRACE = 0.5
 
 
+def node_argv_env(spec: NodeSpec, runtime_dir: Path | None, *, deep_check: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment a node process starts with (``deep_check``: a Python
+    node's process that only loads what the node needs, ``shmlaunch check --deep``)."""
+    env = dict(os.environ)
+    if runtime_dir is not None:
+        env[ENV_RUNTIME_DIR] = str(runtime_dir)
+    env[ENV_NODE] = spec.name
+    env[ENV_START_DIR] = os.getcwd()
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in spec.env.items():
+        if key == "PYTHONPATH" and env.get(key):
+            value = value + os.pathsep + env[key]
+        env[key] = value
+    # node modules: beside the launch file (the node's cwd), then where shmlaunch was started, then PYTHONPATH
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+    if spec.node_class:
+        node = NodeLaunch(spec.name, spec.node_class, spec.params, spec.publish, spec.subscribe, spec.groups, spec.merge,
+                          str(runtime_dir) if runtime_dir is not None else None)
+        return [sys.executable, "-m", "shmlaunch.nodes", *(["--deep-check"] if deep_check else []), node.to_json()], env
+    return list(spec.cmd), env
+
+
 @dataclass
 class _Child:
     name: str
@@ -89,28 +111,10 @@ class Children:
                 self._watchdog.stdin.flush()
 
     # ----- nodes
-    def _argv_env(self, spec: NodeSpec) -> tuple[list[str], dict[str, str]]:
-        env = dict(os.environ)
-        env[ENV_RUNTIME_DIR] = str(self.runtime_dir)
-        env[ENV_NODE] = spec.name
-        env[ENV_START_DIR] = os.getcwd()
-        env["PYTHONUNBUFFERED"] = "1"
-        for key, value in spec.env.items():
-            if key == "PYTHONPATH" and env.get(key):
-                value = value + os.pathsep + env[key]
-            env[key] = value
-        # node modules: beside the launch file (the node's cwd), then where shmlaunch was started, then PYTHONPATH
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
-        if spec.node_class:
-            node = NodeLaunch(spec.name, spec.node_class, spec.params, spec.publish, spec.subscribe, spec.groups, spec.merge,
-                              str(self.runtime_dir))
-            return [sys.executable, "-m", "shmlaunch.nodes", node.to_json()], env
-        return list(spec.cmd), env
-
     def spawn(self, name: str) -> int | None:
         """Start node ``name``; its pid, or None (said why) when it cannot be started."""
         spec = self.graph.nodes[name]
-        argv, env = self._argv_env(spec)
+        argv, env = node_argv_env(spec, self.runtime_dir)
         cwd = node_cwd(self.graph, spec)
         if not cwd.is_dir():  # checked before the start; a folder may vanish while the graph runs
             self.say(f"node {name!r}: cannot start: its cwd {cwd} is not a directory")

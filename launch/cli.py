@@ -2,7 +2,7 @@
 
     shmlaunch FILE [key:=value ...] [--duration S]     run a graph (also: shmlaunch launch FILE)
               [--quiet] [--log-dir DIR] [--no-status]
-    shmlaunch check FILE [key:=value ...]              validate a launch file, start nothing
+    shmlaunch check FILE [key:=value ...] [--deep]     validate a launch file, start nothing (--deep: load each node's models)
     shmlaunch run module:Class [--graph G] [--param k=v ...]   run one node alone, attached to a running graph
     shmlaunch list                                     running graphs
     shmlaunch node list [GRAPH | --graph G]            nodes: pid, state, restarts, CPU%, RSS, CPUs, nice
@@ -52,6 +52,7 @@ from shmlaunch.transport import LAYOUT_VERSION, TransportError
 from . import _tools
 from ._bridge_tools import bridge
 from ._check import check_graph
+from ._deep_check import deep_check_graph
 from ._exits import EXIT_FAILED, error
 from ._graphdir import GraphRunningError, NoRoomError
 from ._launcher import Launcher
@@ -118,6 +119,8 @@ def _check(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmlaunch check", description="Validate a launch file; start nothing.")
     ap.add_argument("file")
     ap.add_argument("args", nargs="*", help="launch arguments, key:=value")
+    ap.add_argument("--deep", action="store_true", help="also load each node's models and native libraries, each in a process of "
+                    "its own (finds a board that cannot run the graph, e.g. MediaPipe on a Raspberry Pi 4)")
     ns = ap.parse_intermixed_args(argv)
     try:
         graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args, Path.cwd()))
@@ -128,6 +131,12 @@ def _check(argv: list[str]) -> int:
         print(f"shmlaunch: warning: {w}", file=sys.stderr)
     if errors:
         return error("\n".join(errors))
+    if ns.deep:
+        errors, reports = deep_check_graph(graph)
+        for line in reports:
+            print(f"{graph.file}: {line}")
+        if errors:
+            return error("\n".join(errors), EXIT_FAILED)
     print(f"{graph.file}: graph {graph.name!r} is consistent: {len(graph.nodes)} nodes, {len(graph.topics)} topics")
     return 0
 

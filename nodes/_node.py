@@ -151,6 +151,14 @@ class Node:
         self._stop_reason: str | None = None
 
     # ----- hooks
+    @classmethod
+    def deep_check(cls, params: dict[str, Any]) -> str:
+        """Load what this node needs to run (models, native libraries, devices) with ``params``
+        (resolved, the launch file's), open no topic, and say in one line what was loaded; raise
+        to fail. ``shmlaunch check --deep`` calls it in a process of its own, so a library that
+        aborts the process is found before the graph runs. The default loads nothing."""
+        return ""
+
     def setup(self) -> None:
         """Open publishers and subscriptions, start timers. Runs once before spinning."""
 

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._node import EXIT_BAD_CONFIG, Node, configure_logging
-from ._params import ParamError
+from ._node import EXIT_BAD_CONFIG, Node, NodeSetupError, configure_logging
+from ._params import ParamError, resolve_params
 
 
 class NodeClassError(ValueError):
@@ -93,8 +93,24 @@ def run_node(spec: NodeLaunch, duration: float | None = None) -> int:
     return node.run(duration)
 
 
+def deep_check_node(spec: NodeLaunch) -> int:
+    """``Node.deep_check`` of the node ``spec`` describes, in this process; prints its line."""
+    log = logging.getLogger("shmlaunch.node." + spec.name)
+    try:
+        cls = load_node_class(spec.node_class)
+        said = cls.deep_check(resolve_params(cls, spec.name, spec.params))
+    except (NodeClassError, ParamError, NodeSetupError) as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_CONFIG
+    print(said or "nothing to load", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry of a node process started by the launcher: one JSON argument, the node's NodeLaunch."""
+    """Entry of a node process started by the launcher: one JSON argument, the node's NodeLaunch
+    (after ``--deep-check``: only load what the node needs, ``shmlaunch check --deep``)."""
     args = sys.argv[1:] if argv is None else argv
     configure_logging(None)
+    if args[0] == "--deep-check":
+        return deep_check_node(NodeLaunch.from_json(args[1]))
     return run_node(NodeLaunch.from_json(args[0]))

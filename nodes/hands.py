@@ -13,6 +13,7 @@ completeness). Frame sequence and capture time travel with the landmarks.
 from __future__ import annotations
 
 import time
+from importlib import resources
 
 import cv2
 import numpy as np
@@ -50,6 +51,24 @@ class HandLandmarks(Node):
         self.rgb: np.ndarray | None = None
         self.log.info("hand landmarker ready (runtime %s: %s; max_num_hands=%d, %s model, %s)", choice.runtime, choice.reason,
                       self.max_num_hands, ("lite", "full")[self.model_complexity], "static images" if self.static_image_mode else "tracking")
+
+    @classmethod
+    def deep_check(cls, params: dict) -> str:
+        """Choose the runtime as the node will, load its model and run it on a bundled photo."""
+        try:
+            choice = choose_runtime(params["runtime"])
+            detector = make_detector(choice, max_num_hands=params["max_num_hands"], model_complexity=params["model_complexity"],
+                                     min_detection_confidence=params["min_detection_confidence"],
+                                     min_tracking_confidence=params["min_tracking_confidence"], static_image_mode=True)
+        except (RuntimeUnavailable, MediaPipeUnavailable, LiteRTUnavailable, ValueError) as exc:
+            raise NodeSetupError(str(exc)) from None
+        photo = resources.files("shmlaunch.nodes") / "sample" / "2-four.jpg"
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(photo.read_bytes(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        rec = np.zeros(1, LANDMARKS)[0]
+        found = detector.detect_into(rgb, rec)
+        detector.close()
+        return (f"runtime {choice.runtime} ({choice.reason}): {('lite', 'full')[params['model_complexity']]} model loaded, "
+                f"{found} hand(s) in the bundled {photo.name} in {rec['inference_ns'] / 1e6:.0f} ms")
 
     def on_frame(self, msg) -> None:
         received = time.time_ns()
