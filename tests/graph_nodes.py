@@ -231,3 +231,28 @@ class Probe(Node):
 
     def teardown(self):
         self.file.close()
+
+
+class NativeAbort(Node):
+    """Loads ``library`` and calls its ``die()`` (prints, then abort()) under the hand node's
+    native-output filter, in setup or in its deep check: what MediaPipe 1.x does on an ARMv8.0 core."""
+
+    library = Param("", "path of the shared library with die()")
+    publishes = {"out": {"dtype": "int64"}}
+
+    @classmethod
+    def deep_check(cls, params):
+        cls._die(params["library"])
+        return "not reached"
+
+    @staticmethod
+    def _die(library):
+        import ctypes
+
+        from shmlaunch.nodes._native_output import filtered_native_output
+
+        with filtered_native_output(("harmless start-up chatter",)):
+            ctypes.CDLL(library).die()
+
+    def setup(self):
+        self._die(self.library)

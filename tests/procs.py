@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import time
 
@@ -119,3 +120,69 @@ def second_writer(runtime_dir, topic, results):
         results.put("opened")
     except Exception as exc:  # the parent checks the type and message
         results.put(f"{type(exc).__name__}: {exc}")
+
+
+# ----- memory-order litmus bodies (tests/test_memory_order.py)
+def _pin(cpu: int | None) -> None:
+    """Run on one CPU, so writer and reader sit on different cores (weak ordering shows only there)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def write_stamped(runtime_dir, topic, size, count, cpu, ready):
+    """Publish ``count`` messages whose every 8-byte word is the message's own seq, loaned and
+    filled in place (the stores a weakly ordered core may make visible late), back to back."""
+    _pin(cpu)
+    w = Writer(topic, runtime_dir=runtime_dir)
+    ready.wait(30)
+    words = size // 8
+    for _ in range(count):
+        with w.loan(nbytes=size) as buf:
+            buf.view(np.uint64)[:words] = w.statistics().last_seq + 1  # the seq this loan will be published as
+    w.close()
+
+
+def read_stamped(runtime_dir, topic, cpu, ready, results, count):
+    """Receive until the last message; count messages whose words are not all their header's seq
+    (a payload store seen after the publish), out of order, or repeated."""
+    _pin(cpu)
+    r = Reader(topic, runtime_dir=runtime_dir)
+    ready.set()
+    received = bad = disorder = 0
+    last = 0
+    deadline = time.monotonic() + 300
+    while last < count and time.monotonic() < deadline:
+        msg = r.receive(timeout=FIRST_MESSAGE_WAIT)
+        if msg is None:
+            break
+        with msg:
+            words = msg.data.view(np.uint64)
+            bad += int(np.count_nonzero(words != words[0]) > 0 or words[0] != msg.seq)
+            disorder += msg.seq <= last
+            last = max(last, msg.seq)
+            received += 1
+    r.close()
+    results.put((received, bad, disorder, last))
+
+
+def ping_pong(runtime_dir, inbox, outbox, rounds, first, cpu, results):
+    """Answer each value on ``inbox`` with value + 1 on ``outbox`` (``first``: start with 0):
+    a lost wake-up (a publish the sleeper never hears of) stops the exchange and shows as a timeout."""
+    _pin(cpu)
+    w = Writer(outbox, runtime_dir=runtime_dir)
+    r = Reader(inbox, runtime_dir=runtime_dir)
+    value, timeouts = 0, 0
+    if first:
+        time.sleep(0.5)  # the peer is attached
+        w.publish(np.array([0], np.int64))
+    while value < rounds:
+        msg = r.receive(timeout=10)
+        if msg is None:
+            timeouts += 1
+            break
+        with msg:
+            value = int(msg.data.view(np.int64)[0]) + 1
+        w.publish(np.array([value], np.int64))
+    r.close()
+    w.close()
+    results.put((first, value, timeouts))

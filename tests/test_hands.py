@@ -38,19 +38,24 @@ def image_label(gestures: list[str]) -> str:
     return next((g for g in gestures if g in NAMED), "none")
 
 
+RUNTIMES = ("mediapipe", "litert")
+
+
 @pytest.fixture(scope="module")
 def detectors():
-    """Static-image detectors for model_complexity 0 (lite) and 1 (full)."""
-    from shmlaunch.nodes._mediapipe_hands import HandDetector
+    """Static-image detectors of both runtimes for model_complexity 0 (lite) and 1 (full)."""
+    from shmlaunch.nodes._hand_runtime import choose_runtime, make_detector
 
-    dets = {c: HandDetector(static_image_mode=True, max_num_hands=2, model_complexity=c) for c in (0, 1)}
+    dets = {(r, c): make_detector(choose_runtime(r), static_image_mode=True, max_num_hands=2, model_complexity=c)
+            for r in RUNTIMES for c in (0, 1)}
     yield dets
     for det in dets.values():
         det.close()
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["lite", "full"])
+@pytest.fixture(scope="module", params=[(r, c) for r in RUNTIMES for c in (0, 1)], ids=[f"{r}-{m}" for r in RUNTIMES for m in ("lite", "full")])
 def detector(request, detectors):
+    """Each runtime and model: both runtimes pass the same detector tests."""
     return detectors[request.param]
 
 
@@ -86,7 +91,7 @@ def test_gesture_accuracy_on_the_labelled_photos_is_at_least_90_percent(detector
     right = total = 0
     misses, per_class, none_hands = [], {label: [0, 0, 0] for label in LABELS}, []
     for label, p in photos():
-        rec = detect(detectors[complexity], cv2.imread(str(p)))
+        rec = detect(detectors["mediapipe", complexity], cv2.imread(str(p)))
         n = int(rec["hand_count"])
         if not n:
             per_class[label][2] += 1  # no hand found
