@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import procs
+
 from shmlaunch.transport import Writer
 
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
