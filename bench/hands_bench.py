@@ -42,7 +42,7 @@ import numpy as np
 
 from shmlaunch.nodes.camera import letterbox
 from shmlaunch.nodes.gestures import classify
-from shmlaunch.nodes.hands import HandDetector
+from shmlaunch.nodes.hands import choose_runtime, make_detector
 from shmlaunch.nodes.messages import LANDMARKS
 from shmlaunch.transport import backend
 
@@ -54,6 +54,8 @@ HOLD = 10
 REPLICA_CAMERA_RATES = (1.7, 1.4, 2.0)
 #: Frames the single-process loop runs for (more than the 24 photos x HOLD of its video).
 LOOP_FRAMES = 300
+#: The hand node's runtime in every run (--runtime); bench/hand_runtimes.py compares the two.
+RUNTIME = "mediapipe"
 
 
 def make_video(path: Path, width: int, height: int, hold: int) -> None:
@@ -79,7 +81,7 @@ def pct(values, q) -> float:
 
 
 def single_process_loop(video: Path, frames: int) -> dict:
-    det = HandDetector(max_num_hands=2, model_complexity=0, static_image_mode=False)
+    det = make_detector(choose_runtime(RUNTIME), max_num_hands=2, model_complexity=0, static_image_mode=False)
     cap = cv2.VideoCapture(str(video))
     buf = np.zeros(1, LANDMARKS)
     rec = buf[0]
@@ -117,7 +119,7 @@ nodes:
     publish: {{image: camera/image}}
   hands:
     node: shmlaunch.nodes.hands:HandLandmarks
-    params: {{max_num_hands: 2, model_complexity: 0, static_image_mode: false}}
+    params: {{max_num_hands: 2, model_complexity: 0, static_image_mode: false, runtime: {runtime}}}
     subscribe: {{image: camera/image}}
     publish: {{landmarks: hands/landmarks}}
     replicas: {replicas}
@@ -155,7 +157,7 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
     out = tmp / f"{name}.npz"
     launch = tmp / f"{name}.yaml"
     launch.write_text(GRAPH.format(name=name, w=w, h=h, video=video, fps=round(fps, 2), out=out, replicas=replicas, bench=Path(__file__).parent,
-                                   cpus="all" if pinned else "null"))
+                                   runtime=RUNTIME, cpus="all" if pinned else "null"))
     rt = f"/dev/shm/shmlaunch-{os.getuid()}-{name}"
     warmup = 4.0
     proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", str(warmup + seconds)],
@@ -243,8 +245,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--pairs", type=int, default=5, help="loop/replicas pairs for the replicas target (0: none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "hands.json"))
+    ap.add_argument("--runtime", default=RUNTIME, choices=("mediapipe", "litert"), help="the hand node's runtime")
     args = ap.parse_args()
-    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "cpus": os.cpu_count(),
+    globals()["RUNTIME"] = args.runtime
+    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "cpus": os.cpu_count(), "runtime": RUNTIME,
                "command": " ".join(["python"] + sys.argv), "runs": {}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

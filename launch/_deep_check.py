@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import subprocess
 
+from shmlaunch.nodes import DEEP_CHECK_MARK
+
 from ._check import node_cwd
 from ._children import node_argv_env
 from ._schema import Graph, NodeSpec
@@ -54,7 +56,8 @@ def deep_check_graph(graph: Graph, timeout: float = DEEP_CHECK_TIMEOUT) -> tuple
             continue
         lines = [ln for ln in (done.stdout + done.stderr).decode("utf-8", "replace").splitlines() if ln.strip()]
         if done.returncode == 0:
-            reports.append(f"node {node.name!r}: {lines[-1] if lines else 'loaded'}")
+            said = [ln[len(DEEP_CHECK_MARK):] for ln in lines if ln.startswith(DEEP_CHECK_MARK)]
+            reports.append(f"node {node.name!r}: {said[-1] if said else 'loaded'}")
             continue
         said = "; its last output: " + " | ".join(lines[-3:]) if lines else ""
         errors.append(f"{node.where}: node {node.name!r} cannot load what it needs ({describe_exit(done.returncode)}){said}")

@@ -18,9 +18,10 @@ from ._node import (
     describe_params,
 )
 from ._params import Param, ParamError, declared_params, parse_cli_value, resolve_params
-from ._runner import NodeClassError, NodeLaunch, load_node_class, run_node
+from ._runner import DEEP_CHECK_MARK, NodeClassError, NodeLaunch, load_node_class, run_node
 
 __all__ = [
+    "DEEP_CHECK_MARK",
     "ENV_NODE",
     "ENV_START_DIR",
     "EXIT_BAD_CONFIG",

@@ -93,6 +93,10 @@ def run_node(spec: NodeLaunch, duration: float | None = None) -> int:
     return node.run(duration)
 
 
+#: what starts the line a deep check prints (native libraries may print more, even after it, at exit)
+DEEP_CHECK_MARK = "deep check: "
+
+
 def deep_check_node(spec: NodeLaunch) -> int:
     """``Node.deep_check`` of the node ``spec`` describes, in this process; prints its line."""
     log = logging.getLogger("shmlaunch.node." + spec.name)
@@ -102,7 +106,7 @@ def deep_check_node(spec: NodeLaunch) -> int:
     except (NodeClassError, ParamError, NodeSetupError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_CONFIG
-    print(said or "nothing to load", flush=True)
+    print(f"{DEEP_CHECK_MARK}{said or 'nothing to load'}", flush=True)
     return 0
 
 

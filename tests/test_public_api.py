@@ -6,7 +6,7 @@ import shmlaunch.nodes as nodes
 
 def test_nodes_public_api_is_pinned():
     assert sorted(nodes.__all__) == sorted([
-        "ENV_NODE", "ENV_START_DIR", "EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_SETUP_FAILED", "HEARTBEAT", "Node",
+        "DEEP_CHECK_MARK", "ENV_NODE", "ENV_START_DIR", "EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_SETUP_FAILED", "HEARTBEAT", "Node",
         "NodeClassError", "NodeLaunch", "NodeSetupError", "Param", "ParamError", "Subscription", "Timer", "configure_logging",
         "declared_params", "describe_params", "heartbeat_age", "load_node_class", "parse_cli_value", "ready_name",
         "resolve_params", "run_node", "start_dir",
