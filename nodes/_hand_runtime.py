@@ -23,6 +23,8 @@ from importlib import resources
 
 from shmlaunch.transport import backend
 
+from .messages import MAX_HANDS
+
 RUNTIMES = ("auto", "mediapipe", "litert")
 #: the bundled model files by ``model_complexity``: both runtimes read the same bytes
 MODELS = {0: "hand_landmarker_lite.task", 1: "hand_landmarker_full.task"}
@@ -49,6 +51,14 @@ class RuntimeChoice:
 def model_bytes(model_complexity: int) -> bytes:
     """The bundled ``.task`` file for ``model_complexity`` (0 lite, 1 full), from the installed package."""
     return (resources.files("shmlaunch.nodes") / "models" / MODELS[model_complexity]).read_bytes()
+
+
+def check_options(max_num_hands: int, model_complexity: int) -> None:
+    """ValueError naming the option for what neither runtime can do."""
+    if not 1 <= max_num_hands <= MAX_HANDS:
+        raise ValueError(f"max_num_hands must be 1 to {MAX_HANDS}, got {max_num_hands}")
+    if model_complexity not in MODELS:
+        raise ValueError(f"model_complexity must be 0 or 1, got {model_complexity}")
 
 
 def _version(package: str) -> str | None:

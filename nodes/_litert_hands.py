@@ -42,9 +42,9 @@ from io import BytesIO
 import cv2
 import numpy as np
 
-from ._hand_runtime import MODELS, model_bytes
+from ._hand_runtime import check_options, model_bytes
 from ._native_output import filtered_native_output
-from .messages import MAX_HANDS, fill_hands
+from .messages import fill_hands
 
 PALM_MODEL = "hand_detector.tflite"
 LANDMARK_MODEL = "hand_landmarks_detector.tflite"
@@ -360,17 +360,13 @@ class LiteRTHandLandmarker:
         return hands
 
 
-
 class LiteRTHandDetector:
     """The hand node's LiteRT runtime: HandDetector's interface (``detect_into``, ``close``) on
     ``LiteRTHandLandmarker``, with the bundled model of ``model_complexity``."""
 
     def __init__(self, *, max_num_hands: int = 2, model_complexity: int = 0, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, static_image_mode: bool = False, threads: int = 1) -> None:
-        if not 1 <= max_num_hands <= MAX_HANDS:
-            raise ValueError(f"max_num_hands must be 1 to {MAX_HANDS}, got {max_num_hands}")
-        if model_complexity not in MODELS:
-            raise ValueError(f"model_complexity must be 0 or 1, got {model_complexity}")
+        check_options(max_num_hands, model_complexity)
         self.landmarker = LiteRTHandLandmarker(
             model_bytes(model_complexity), max_num_hands=max_num_hands, min_detection_confidence=min_detection_confidence,
             min_presence_confidence=min_tracking_confidence, min_tracking_confidence=min_tracking_confidence,

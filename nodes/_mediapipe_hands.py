@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from ._hand_runtime import MODELS, model_bytes
+from ._hand_runtime import check_options, model_bytes
 from ._native_output import filtered_native_output
-from .messages import MAX_HANDS, fill_hands
+from .messages import fill_hands
 
 #: the shared libraries MediaPipe's Tasks C library loads, and the Debian/Ubuntu packages with them
 SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
@@ -55,10 +55,7 @@ class HandDetector:
 
     def __init__(self, *, max_num_hands: int = 2, model_complexity: int = 0, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, static_image_mode: bool = False) -> None:
-        if not 1 <= max_num_hands <= MAX_HANDS:
-            raise ValueError(f"max_num_hands must be 1 to {MAX_HANDS}, got {max_num_hands}")
-        if model_complexity not in MODELS:
-            raise ValueError(f"model_complexity must be 0 or 1, got {model_complexity}")
+        check_options(max_num_hands, model_complexity)
         with filtered_native_output(_HARMLESS):  # MediaPipe's C++ start-up lines stay out of the node's log (and an abort's do not)
             try:  # ~1.5 s (it imports OpenCV and matplotlib): only when a detector is made
                 import mediapipe as mp

@@ -234,3 +234,28 @@ def test_deep_check_of_the_hands_graph_loads_the_model_and_finds_the_hand_in_a_b
         assert res.returncode == 0, res.stderr
         assert "node 'hands': runtime " in res.stdout and "lite model loaded, 1 hand(s) in the bundled 2-four.jpg" in res.stdout
     assert "runtime litert (asked for; LiteRT " in res.stdout
+
+
+def test_litert_tracking_runs_the_palm_model_only_while_a_hand_is_missing():
+    """VIDEO mode: with one hand asked for and found, the next frames take the region from the
+    landmarks; the palm model runs again only when the hand is lost."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed")
+    from shmlaunch.nodes._hand_runtime import model_bytes
+
+    tracker = litert.LiteRTHandLandmarker(model_bytes(0), max_num_hands=1, static_image_mode=False)
+    still = litert.LiteRTHandLandmarker(model_bytes(0), max_num_hands=1, static_image_mode=True)
+    palm_runs = []
+    detect_palms = tracker.detect_palms
+    tracker.detect_palms = lambda rgb: palm_runs.append(1) or detect_palms(rgb)
+    rgb = cv2.cvtColor(cv2.imread(str(SAMPLES / "2-four.jpg")), cv2.COLOR_BGR2RGB)
+    reference = still.detect(rgb)[0].landmarks
+    for _ in range(5):
+        hands = tracker.detect(rgb)
+        assert len(hands) == 1
+        assert np.abs(hands[0].landmarks[:, :2] - reference[:, :2]).mean() < 0.01
+    assert len(palm_runs) == 1
+    assert tracker.detect(np.zeros_like(rgb)) == [] and tracker.tracked == []  # the hand is gone: its region finds nothing
+    assert len(palm_runs) == 1
+    tracker.detect(np.zeros_like(rgb))  # no hand tracked: the palm model looks again
+    assert len(palm_runs) == 2

@@ -167,10 +167,8 @@ def test_bundled_hands_graph_passes_the_preflight_check():
     assert "graph 'hands' is consistent: 5 nodes, 4 topics" in res.stdout
 
 
-@pytest.fixture(scope="module")
-def graph_run(tmp_path_factory):
+def run_hands_graph(tmp: Path, *args: str):
     """The hands graph through the launcher on 8 labelled photos, static mode: (photos, recorder lines, stdout)."""
-    tmp = tmp_path_factory.mktemp("graph")
     folder = tmp / "photos"
     folder.mkdir()
     chosen = [(label, p) for label in LABELS for p in sorted((HANDS / label).glob("*.jpg"))[:2]]
@@ -179,13 +177,19 @@ def graph_run(tmp_path_factory):
     out = tmp / "hands.jsonl"
     res = subprocess.run(
         [sys.executable, "-m", "shmlaunch.launch.cli", str(ROOT / "launch" / "hands.yaml"), f"source:={folder}", "fps:=10",
-         f"record:={out}", "static:=true", "complexity:=1", "hold:=0", "width:=384", "height:=512", "--duration", "12"],
+         f"record:={out}", "static:=true", "complexity:=1", "hold:=0", "width:=384", "height:=512", "--duration", "12", *args],
         capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     files = sorted(folder.iterdir())
     return files, lines, res.stdout
+
+
+@pytest.fixture(scope="module")
+def graph_run(tmp_path_factory):
+    """The hands graph with the runtime auto takes here (MediaPipe on x86-64)."""
+    return run_hands_graph(tmp_path_factory.mktemp("graph"))
 
 
 def photo_of(files: list[Path], frame_seq: int) -> Path:
@@ -248,6 +252,21 @@ def test_full_graph_recorder_gestures_match_the_photos(graph_run):
     assert "console  | INFO" in stdout and " fps | capture->landmarks p50 " in stdout
     mediapipe_noise = [line for line in stdout.splitlines() if "InitGoogle" in line or "INFO: [" in line or " W0000 " in line]
     assert mediapipe_noise == []  # MediaPipe's start-up lines stay out of the log
+
+
+@needs_photos
+def test_the_graph_on_the_litert_runtime_names_the_photos_gestures_as_often():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files, lines, stdout = run_hands_graph(Path(tmp), "runtime:=litert")
+    assert "hand landmarker ready (runtime litert: asked for; LiteRT " in stdout
+    gestures = [line for line in lines if line["type"] == "gesture" and line["hands"]]
+    assert len(gestures) >= 30
+    right = sum(image_label([h["gesture"] for h in g["hands"]]) == photo_of(files, g["frame_seq"]).stem.split("-")[1]
+                for g in gestures)
+    assert right / len(gestures) >= 0.85, f"{right}/{len(gestures)}"
+    assert "XNNPACK" not in stdout  # LiteRT's start-up line stays out of the log
 
 
 @needs_photos
