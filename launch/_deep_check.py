@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import subprocess
 
-from shmlaunch.nodes import DEEP_CHECK_MARK
+from shmlaunch.nodes import DEEP_CHECK_MARK, Node, NodeClassError, load_node_class
 
-from ._check import node_cwd
+from ._check import import_context, node_cwd
 from ._children import node_argv_env
 from ._schema import Graph, NodeSpec
 from ._supervisor import describe_exit
@@ -24,10 +24,6 @@ DEEP_CHECK_TIMEOUT = 600.0
 
 
 def _has_deep_check(graph: Graph, node: NodeSpec) -> bool:
-    from shmlaunch.nodes import Node, NodeClassError, load_node_class
-
-    from ._check import import_context
-
     with import_context(graph, node):
         try:
             cls = load_node_class(node.node_class)

@@ -36,16 +36,21 @@ class HandLandmarks(Node):
     subscribes = {"image": {"dtype": "uint8", "ndim": 3}}
     publishes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
 
-    def setup(self) -> None:
+    @staticmethod
+    def _detector(params: dict, static_image_mode: bool):
+        """(the runtime chosen, a detector on it) for the node's parameters; NodeSetupError, one line, if none can run."""
         try:
-            choice = choose_runtime(self.runtime)
-            self.detector = make_detector(
-                choice, max_num_hands=self.max_num_hands, model_complexity=self.model_complexity,
-                min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=self.min_tracking_confidence,
-                static_image_mode=self.static_image_mode,
+            choice = choose_runtime(params["runtime"])
+            return choice, make_detector(
+                choice, max_num_hands=params["max_num_hands"], model_complexity=params["model_complexity"],
+                min_detection_confidence=params["min_detection_confidence"],
+                min_tracking_confidence=params["min_tracking_confidence"], static_image_mode=static_image_mode,
             )
         except (RuntimeUnavailable, MediaPipeUnavailable, LiteRTUnavailable, ValueError) as exc:
             raise NodeSetupError(str(exc)) from None
+
+    def setup(self) -> None:
+        choice, self.detector = self._detector(self.params, self.static_image_mode)
         self.out = self.publisher("landmarks", message=LANDMARKS_TYPE)
         self.subscribe("image", self.on_frame)
         self.rgb: np.ndarray | None = None
@@ -55,13 +60,7 @@ class HandLandmarks(Node):
     @classmethod
     def deep_check(cls, params: dict) -> str:
         """Choose the runtime as the node will, load its model and run it on a bundled photo."""
-        try:
-            choice = choose_runtime(params["runtime"])
-            detector = make_detector(choice, max_num_hands=params["max_num_hands"], model_complexity=params["model_complexity"],
-                                     min_detection_confidence=params["min_detection_confidence"],
-                                     min_tracking_confidence=params["min_tracking_confidence"], static_image_mode=True)
-        except (RuntimeUnavailable, MediaPipeUnavailable, LiteRTUnavailable, ValueError) as exc:
-            raise NodeSetupError(str(exc)) from None
+        choice, detector = cls._detector(params, static_image_mode=True)
         photo = resources.files("shmlaunch.nodes") / "sample" / "2-four.jpg"
         rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(photo.read_bytes(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         rec = np.zeros(1, LANDMARKS)[0]

@@ -17,14 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HANDS = ROOT.parent / "shared" / "testdata" / "hands"
 LABELS = ("call", "four", "none", "rock")
-NAMED = ("call", "four", "rock")
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
 pytest.importorskip("mediapipe", reason="MediaPipe is not installed (README, Quick start: uv pip install --override overrides.txt -e '.[hands]')")
 needs_photos = pytest.mark.skipif(not HANDS.is_dir(), reason=f"the hand photos are not at {HANDS} (see shared/testdata/hands/NOTICE.md)")
 
 from shmlaunch.nodes.camera import Camera, letterbox  # noqa: E402
-from shmlaunch.nodes.gestures import BOUNDS, fit_bounds, photo_label  # noqa: E402
+from shmlaunch.nodes.gestures import BOUNDS, PHOTO_LABELS, fit_bounds, photo_label  # noqa: E402
 from shmlaunch.nodes.messages import GESTURE_NAMES, LANDMARKS, LANDMARKS_VERSION, landmarks_message  # noqa: E402
 from shmlaunch.transport import Reader, Writer  # noqa: E402
 
@@ -35,7 +34,7 @@ def photos() -> list[tuple[str, Path]]:
 
 def image_label(gestures: list[str]) -> str:
     """What an image shows: its first hand with a named gesture, else none."""
-    return next((g for g in gestures if g in NAMED), "none")
+    return next((g for g in gestures if g in PHOTO_LABELS), "none")
 
 
 RUNTIMES = ("mediapipe", "litert")
