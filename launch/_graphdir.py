@@ -76,7 +76,9 @@ class GraphDir:
 
     def _check_room(self) -> None:
         need = sum(t.config.segment_size for t in self.graph.topics.values())
-        free = backend.free_bytes(self.path if self.rd is not None else self.path.parent if self.path.parent.exists() else SHM_ROOT)
+        # the runtime folder, else its nearest existing ancestor: on a fresh Windows profile even
+        # %LOCALAPPDATA%\shmlaunch does not exist before the first run
+        free = backend.free_bytes(self.path if self.rd is not None else next((p for p in self.path.parents if p.exists()), Path(SHM_ROOT)))
         if need > free:
             raise NoRoomError(
                 f"not enough room in {self.path.parent} for graph {self.graph.name!r}: its topics need "
