@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import signal
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from shmlaunch.transport import (
 from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError
 from ._state import running_graphs
+from ._stopping import stop_on_request
 from ._tools import attach_dir
 
 #: timing errors kept for the report (the last ones: a bounded buffer however long it plays)
@@ -77,8 +77,7 @@ def play(argv: list[str]) -> int:
     player = Player(RecordingReader(files), runtime_dir, remap, ns.rate)
     sys.setswitchinterval(0.0005)  # the pacing thread gets the GIL back from the read-ahead thread within 0.5 ms
     stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
+    stop_listening = stop_on_request(lambda: stop.append(True))
     try:
         print(f"shmlaunch: playing {', '.join(map(str, files))} into {runtime_dir} at rate {ns.rate:g}", file=sys.stderr, flush=True)
         player.run(set(ns.topics) if ns.topics else None, ns.start, ns.loop, stop, ns.duration)
@@ -87,6 +86,7 @@ def play(argv: list[str]) -> int:
     except OSError as exc:  # the recording could not be read (permissions, a disk error)
         return error(f"{exc.filename or ns.file}: {exc.strerror or exc}", EXIT_FAILED)
     finally:
+        stop_listening()
         player.close()
         if own is not None:
             cleanup(runtime_dir, own)

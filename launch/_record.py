@@ -26,7 +26,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from shmlaunch.transport import (
 from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError, table
 from ._state import BadStateError, GraphState
+from ._stopping import stop_on_request
 from ._tools import attach_dir
 
 CHUNK_BYTES = 4 << 20
@@ -366,8 +366,7 @@ class Recorder:
         # The reading thread must get the GIL back within a millisecond of a wake-up, not the
         # default 5 ms the writing thread could keep it for while it encodes a frame.
         sys.setswitchinterval(0.001)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop.set())
+        stop_listening = stop_on_request(self.stop.set)
         writer = threading.Thread(target=self._write, name="mcap-writer", daemon=True)
         writer.start()
         start = time.monotonic()
@@ -376,6 +375,7 @@ class Recorder:
         try:
             self._read(start, duration)
         finally:
+            stop_listening()
             self.queue.close()
             writer.join()
             if self.server is not None:

@@ -9,8 +9,11 @@ is one constant and the steps are one function.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
+
+from shmlaunch.transport import backend
 
 #: Seconds between the polite stop and the forced one.
 STOP_TIMEOUT = 5.0
@@ -31,3 +34,13 @@ def terminate_then_kill(send: Callable[[bool], None], alive: Callable[[], bool],
         deadline = time.monotonic() + timeout
         while alive() and time.monotonic() < deadline:
             wait(0.05)
+
+
+def stop_on_request(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` when this process is asked to stop: SIGINT, SIGTERM, and on Windows
+    Ctrl-Break and the launcher's stop event, so a tool run as a graph's ``cmd:`` node (the
+    ``record:`` section's recorder) stops cleanly there too, not killed after the grace period.
+    Returns the function that stops listening for the event."""
+    for sig in backend.STOP_SIGNALS:
+        signal.signal(sig, lambda *_: callback())
+    return backend.listen_for_stop()
