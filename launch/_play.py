@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import threading
 import time
@@ -28,15 +29,17 @@ from shmlaunch.transport import (
     TopicMismatchError,
     TransportError,
     Writer,
-    cleanup,
+    backend,
     graph_runtime_dir,
     new_run_id,
     validate_topic_name,
 )
 
 from ._exits import EXIT_FAILED, error
+from ._graphdir import GraphDir, GraphRunningError
 from ._introspect import NoGraphError
-from ._state import running_graphs
+from ._schema import Graph
+from ._state import STATE_FILE, GraphState, launcher_alive, running_graphs
 from ._stopping import stop_on_request
 from ._tools import attach_dir
 
@@ -69,15 +72,19 @@ def play(argv: list[str]) -> int:
         if not ns.rate > 0 or ns.start < 0 or (ns.duration is not None and not ns.duration > 0):
             raise ValueError(f"--rate and --duration must be > 0 and --start >= 0 (got {ns.rate}, {ns.duration}, {ns.start})")
         files = recording_files(ns.file)
-        runtime_dir, own = _target(ns.graph)
+        reader = RecordingReader(files)
+        _check_topics(reader, ns.topics, ns.file)
+        runtime_dir, own = _target(ns.graph, ns.file)
     except (ValueError, RecordingError) as exc:
         return error(str(exc))
-    except (NoGraphError, TransportError) as exc:
+    except OSError as exc:
+        return error(f"{exc.filename or ns.file}: {exc.strerror or exc}", EXIT_FAILED)
+    except (NoGraphError, TransportError, GraphRunningError) as exc:
         return error(str(exc), EXIT_FAILED)
-    player = Player(RecordingReader(files), runtime_dir, remap, ns.rate)
+    player = Player(reader, runtime_dir, remap, ns.rate)
     sys.setswitchinterval(0.0005)  # the pacing thread gets the GIL back from the read-ahead thread within 0.5 ms
-    stop = []
-    stop_listening = stop_on_request(lambda: stop.append(True))
+    stop = threading.Event()
+    stop_listening = stop_on_request(stop.set)
     try:
         print(f"shmlaunch: playing {', '.join(map(str, files))} into {runtime_dir} at rate {ns.rate:g}", file=sys.stderr, flush=True)
         player.run(set(ns.topics) if ns.topics else None, ns.start, ns.loop, stop, ns.duration)
@@ -89,11 +96,19 @@ def play(argv: list[str]) -> int:
         stop_listening()
         player.close()
         if own is not None:
-            cleanup(runtime_dir, own)
+            own.release()
     missing = sorted(set(ns.topics or ()) - set(player.reader.pool_topics()))
     if missing:
         return error(f"{ns.file}: no recorded topic {missing[0]!r} (recorded: {', '.join(player.reader.pool_topics())})")
     return player.report()
+
+
+def _check_topics(reader: RecordingReader, topics: list[str] | None, file: str) -> None:
+    """--topics must name recorded topics (known before playing when the files have summaries)."""
+    known = sorted(ch.topic for ch in reader.summary_channels())
+    missing = sorted(set(topics or ()) - set(known))
+    if missing and reader.summarised:
+        raise ValueError(f"{file}: no recorded topic {missing[0]!r} (recorded: {', '.join(known)})")
 
 
 def _remaps(items: list[str]) -> dict[str, str]:
@@ -106,26 +121,39 @@ def _remaps(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _target(graph: str | None) -> tuple[Path, str | None]:
-    """(runtime directory, run id if this player made it and must remove it at the end)."""
+def _target(graph: str | None, file: str) -> tuple[Path, GraphDir | None]:
+    """(runtime directory, the hold on it if this player made the graph and must remove it).
+
+    A graph of its own is claimed like a launcher claims one (its lock held, graph.json
+    written), so ``shmlaunch list`` shows it and a player killed with SIGKILL leaves a directory
+    the next one recognises as dead and flushes (never one whose topics a script made by hand)."""
     if graph is None and running_graphs():
         return attach_dir(None) or graph_runtime_dir("default"), None
     if graph is not None and any(g.name == graph for g in running_graphs()):
         return attach_dir(graph), None
-    path = graph_runtime_dir(graph or "replay")
+    name = graph or "replay"
+    path = graph_runtime_dir(name)
     try:
-        RuntimeDir.open(path).close()
-        return path, None  # exists (topics made by hand, or a graph that is starting): play into it, leave it
+        with RuntimeDir.open(path) as rd:
+            if launcher_alive(rd) or STATE_FILE not in rd.entries():
+                return path, None  # a graph that is starting, or topics made by hand: play into it, leave it
     except FileNotFoundError:
-        run = new_run_id()
-        RuntimeDir.create(path, run).close()
-        return path, run
+        pass
+    run = new_run_id()
+    own = GraphDir(path, Graph(name, str(Path(file).absolute()), {}, {}), run, lambda text: print(f"shmlaunch: {text}", file=sys.stderr))
+    own.claim()
+    own.write_state(GraphState(name, str(Path(file).absolute()), str(path), os.getpid(), time.time_ns(),
+                               launcher_start=backend.process_start_time(os.getpid()) or 0, run=run))
+    return path, own
 
 
 class ReadAhead(threading.Thread):
     """Reads and decodes the recording on its own thread, up to LOOKAHEAD_NS of recorded time and
     LOOKAHEAD_BYTES ahead of the player: a chunk to decompress or a slow disk then costs the
-    pacing thread nothing (it only waits for the GIL, for at most the switch interval)."""
+    pacing thread nothing (it only waits for the GIL, for at most the switch interval).
+
+    Whatever ends the reading early is kept in ``error`` and raised on the pacing thread: a
+    reading thread never dies silently (a play that lost data never exits 0)."""
 
     def __init__(self, reader: RecordingReader, topics: set[str] | None, start_s: float) -> None:
         super().__init__(name="read-ahead", daemon=True)
@@ -134,7 +162,7 @@ class ReadAhead(threading.Thread):
         self.nbytes = 0
         self.cond = threading.Condition()
         self.closed = False
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         self.t0_log = 0
 
     def run(self) -> None:
@@ -143,7 +171,7 @@ class ReadAhead(threading.Thread):
             for played in self.reader.messages(self.topics):
                 if first is None:
                     first = self.t0_log = played.log_time + int(self.start_s * 1e9)
-                if played.log_time < first:
+                if self.start_s and played.log_time < first:  # (messages of several topics may be out of order by a little)
                     continue
                 with self.cond:
                     while not self.closed and self.items and (self.nbytes >= LOOKAHEAD_BYTES
@@ -154,17 +182,20 @@ class ReadAhead(threading.Thread):
                     self.items.append(played)
                     self.nbytes += len(played.data)
                     self.cond.notify_all()
-        except (RecordingError, OSError) as exc:
+        except BaseException as exc:  # noqa: BLE001 (handed to the pacing thread, which reports it: never lost)
             self.error = exc
         finally:
             with self.cond:
                 self.items.append(None)  # the end
                 self.cond.notify_all()
 
-    def next(self) -> Played | None:
+    def next(self, stop: threading.Event) -> Played | None:
+        """The next message; None at the end or once ``stop`` is set (checked at least every 0.1 s)."""
         with self.cond:
-            while not self.items:
+            while not self.items and not stop.is_set():
                 self.cond.wait(0.1)
+            if not self.items:
+                return None
             played = self.items.popleft()
             if played is not None:
                 self.nbytes -= len(played.data)
@@ -185,11 +216,11 @@ class Player:
         self.remap = remap
         self.rate = rate
         self.writers: dict[str, Writer] = {}
-        self.shapes: dict[str, tuple] = {}
         self.published = 0
         self.dropped = 0
         self.errors_ns: collections.deque[int] = collections.deque(maxlen=ERRORS_KEPT)
         self.elapsed = 0.0
+        self.empty_pass = False
 
     def _writer(self, ch: RecordedChannel) -> Writer:
         w = self.writers.get(ch.topic)
@@ -204,30 +235,35 @@ class Player:
                                          f"({str(exc).replace('requested', 'recorded')})") from None
         return w
 
-    def run(self, topics: set[str] | None, start_s: float, loop: bool, stop: list, duration: float | None) -> None:
+    def run(self, topics: set[str] | None, start_s: float, loop: bool, stop: threading.Event, duration: float | None) -> None:
         for ch in self.reader.summary_channels():  # topics first, so the timeline starts with no set-up in it
             if topics is None or ch.topic in topics:
                 self._writer(ch)
         begin = time.monotonic()
-        while True:
-            self._pass(topics, start_s, stop, begin, duration)
-            if not loop or stop:
+        deadline = None if duration is None else begin + duration
+        while not stop.is_set():
+            published = self.published
+            self._pass(topics, start_s, stop, deadline)
+            if not loop or self.published == published:  # a pass that published nothing would spin forever
+                self.empty_pass = self.published == published
                 break
         self.elapsed = time.monotonic() - begin
 
-    def _pass(self, topics: set[str] | None, start_s: float, stop: list, begin: float, duration: float | None) -> None:
+    def _pass(self, topics: set[str] | None, start_s: float, stop: threading.Event, deadline: float | None) -> None:
         ahead = ReadAhead(self.reader, topics, start_s)
         ahead.start()
         t0 = None
         try:
-            while (played := ahead.next()) is not None:
+            while (played := ahead.next(stop)) is not None:
                 if t0 is None:
                     t0 = time.monotonic_ns()
                 due = self._due(played, t0, ahead.t0_log)
-                while (wait := due - time.monotonic_ns()) > 0 and not stop:
-                    time.sleep(min(wait / 1e9, 0.1))
-                if stop or (duration is not None and time.monotonic() - begin >= duration):
-                    stop.append(True)
+                while (wait := due - time.monotonic_ns()) > 0 and not stop.is_set():
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    stop.wait(min(wait / 1e9, 0.1))
+                if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    stop.set()
                     return
                 self._publish(played)
                 self.errors_ns.append(time.monotonic_ns() - due)
@@ -257,9 +293,9 @@ class Player:
             w.close()
 
     def report(self) -> int:
-        for path in self.reader.truncated:
-            print(f"shmlaunch: {path} ends without a footer (its recorder was killed?): played every complete message; "
-                  f"'shmlaunch record --recover {path} OUT' makes it a complete file", file=sys.stderr)
+        for line in self.reader.truncated:
+            print(f"shmlaunch: {line}: played every complete message; 'shmlaunch record --recover IN OUT' makes it a "
+                  "complete file", file=sys.stderr)
         if self.errors_ns:
             e = np.abs(np.array(self.errors_ns)) / 1e6
             timing = f"timing error p50 {np.percentile(e, 50):.3f} ms, p99 {np.percentile(e, 99):.3f} ms, max {e.max():.3f} ms"
@@ -268,4 +304,8 @@ class Player:
         skipped = f", {self.dropped} not published (every slot held)" if self.dropped else ""
         print(f"shmlaunch: played {self.published} messages on {len(self.writers)} topics in {self.elapsed:.2f} s{skipped}; {timing}",
               file=sys.stderr, flush=True)
+        lost = self.reader.lost
+        if lost:
+            return error("\n".join(lost + [f"the recording is damaged: {len(lost)} kind{'s' * (len(lost) != 1)} of loss above; "
+                                            "everything intact was played"]), EXIT_FAILED)
         return 0

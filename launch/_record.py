@@ -22,6 +22,7 @@ import collections
 import contextlib
 import dataclasses
 import getpass
+import glob
 import importlib.metadata
 import json
 import os
@@ -32,13 +33,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shmlaunch.nodes.recording import COMPRESSIONS, PROFILE, ChannelPlan, RecordingError, encode, plan_channels
+from shmlaunch.nodes.recording import (
+    COMPRESSIONS,
+    MAX_MESSAGE,
+    PROFILE,
+    RECORDING_MODE,
+    ChannelPlan,
+    RecordingError,
+    create_recording,
+    encode,
+    plan_channels,
+)
 from shmlaunch.transport import (
     LAYOUT_VERSION,
     Reader,
     RuntimeDir,
-    Topic,
     TransportError,
+    backend,
     default_runtime_dir,
     read_registry,
     wait_any,
@@ -56,18 +67,27 @@ CHUNK_SECONDS = 1.0
 DEFAULT_QUEUE_MB = 128
 LOG_EVERY = 30.0
 MAX_LAUNCH_FILE_BYTES = 256 << 10
+#: Open files a recorded topic costs (its observer reader: the segment and the mapping's own),
+#: and what the recorder needs besides (the file, libraries, the live server).
+FDS_PER_TAP = 2
+FDS_SPARE = 64
 
 
-@dataclass
+@dataclass(eq=False)
 class Tap:
-    """One recorded topic: its observer reader, its channels and its counters."""
+    """One recorded topic: its observer reader (the only handle kept: 2 file descriptors a
+    topic), its channels and its counters."""
 
-    topic: Topic
     reader: Reader
     plans: list[ChannelPlan] | None = None  # made at the first message (see _plan)
-    recorded: int = 0
+    recorded: int = 0  # in the file and handed to the disk (fsync)
     dropped: int = 0  # the queue was full (the disk was slower than the graph)
+    lost: int = 0  # written into a chunk the disk then refused (a full disk)
     bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.reader.topic
 
     @property
     def skipped(self) -> int:
@@ -131,6 +151,7 @@ class FileSeries:
     metadata: dict[str, str]
     split_bytes: int | None = None
     split_ns: int | None = None
+    mode: int = RECORDING_MODE
     written: list[Path] = field(default_factory=list)
 
     def next_path(self) -> Path:
@@ -139,7 +160,13 @@ class FileSeries:
 
 
 class McapSink:
-    """The writing thread's MCAP writer: one file of the series at a time."""
+    """The writing thread's MCAP writer: one file of the series at a time.
+
+    A message counts as *recorded* only once the chunk holding it reached the disk: each chunk
+    boundary (a full chunk, the once-a-second flush, the end of a file) flushes and fsyncs the
+    file, and only then are the messages since the last boundary counted. Messages of a chunk
+    the disk refused (a full disk) count as *lost*: the summary never claims more than the file
+    holds."""
 
     def __init__(self, series: FileSeries, live=None) -> None:
         self.series = series
@@ -148,12 +175,15 @@ class McapSink:
         self.writer = None
         self.bytes_written = 0
         self.error: str | None = None
+        self.pending: collections.Counter[Tap] = collections.Counter()  # written since the last boundary
+        self.fsyncs = 0
+        self.fsync_seconds = 0.0
 
     def _open(self, first_ns: int) -> None:
         from mcap.writer import CompressionType, Writer
 
         path = self.series.next_path()
-        self.file = open(path, "xb")  # noqa: SIM115 (closed in _close)
+        self.file = create_recording(path, self.series.mode)
         self.series.written.append(path)
         compression = {"none": CompressionType.NONE, "lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
         self.writer = w = Writer(self.file, chunk_size=CHUNK_BYTES, compression=compression[self.series.compression])
@@ -162,6 +192,7 @@ class McapSink:
         self.ids: dict[str, int] = {}  # MCAP channel id by channel name, registered at its first message in this file
         self.first_ns = first_ns
         self.flushed = time.monotonic()
+        self.durable_at = self.file.tell()
 
     def _channel(self, plan: ChannelPlan) -> int:
         cid = self.ids.get(plan.channel)
@@ -177,7 +208,8 @@ class McapSink:
             self._close()
         if self.writer is None:
             self._open(item.publish_ns)
-        shape = item.tap.topic.config.shape
+        shape = item.tap.reader.config.shape
+        self.pending[item.tap] += 1
         for plan in item.tap.plans:
             data = encode(plan, item.seq, item.stamp_ns, item.source_seq, item.data, shape)
             if data is None:
@@ -186,10 +218,29 @@ class McapSink:
                                     sequence=item.seq & 0xFFFFFFFF)
             if self.live is not None:
                 self.live_channels[plan.channel].log(data, log_time=item.publish_ns)
-        item.tap.recorded += 1
         self.bytes_written += len(item.data)
-        if time.monotonic() - self.flushed >= CHUNK_SECONDS:
+        if self.file.tell() != self.durable_at:  # the writer finished a chunk (this message is in it)
+            self._sync()
+        elif time.monotonic() - self.flushed >= CHUNK_SECONDS:
             self.flush()
+
+    def _sync(self) -> None:
+        """Hand what was written to the disk, then count its messages as recorded."""
+        start = time.perf_counter()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.fsyncs += 1
+        self.fsync_seconds += time.perf_counter() - start
+        self.durable_at = self.file.tell()
+        for tap, n in self.pending.items():
+            tap.recorded += n
+        self.pending.clear()
+
+    def lose_pending(self) -> None:
+        """The disk refused the open chunk: its messages are lost, and counted so."""
+        for tap, n in self.pending.items():
+            tap.lost += n
+        self.pending.clear()
 
     def _full(self, now_ns: int) -> bool:
         s = self.series
@@ -197,19 +248,27 @@ class McapSink:
                 or (s.split_ns is not None and now_ns - self.first_ns >= s.split_ns))
 
     def flush(self) -> None:
-        """Finish the open chunk and hand it to the kernel: a SIGKILL now loses nothing written."""
+        """Finish the open chunk and hand it to the disk: a SIGKILL or a power cut now loses
+        nothing written."""
         if self.writer is not None:
             self.writer.flush()
+            self._sync()
             self.flushed = time.monotonic()
 
     def _close(self) -> None:
         self.writer.finish()
+        self._sync()
         self.file.close()
         self.writer = None
 
     def close(self) -> None:
         if self.writer is not None:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self.writer = None
+                with contextlib.suppress(OSError):
+                    self.file.close()
 
 
 def _version(package: str) -> str:
@@ -248,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
                     "frames do not compress; lz4 is cheap and shrinks landmarks)")
     ap.add_argument("--queue-mb", type=float, default=DEFAULT_QUEUE_MB, help="bound of the queue between reading and writing "
                     f"(default {DEFAULT_QUEUE_MB}); past it the oldest message is dropped and counted")
+    ap.add_argument("--mode", type=_octal, default=RECORDING_MODE, metavar="OCTAL", help="permissions of the files "
+                    "(default 600: only you; a recording holds camera frames and the launch file's text)")
     ap.add_argument("--serve", type=int, nargs="?", const=8765, metavar="PORT", help="also serve the channels live to the "
                     "Foxglove app on ws://127.0.0.1:PORT (default 8765)")
     ap.add_argument("--recover", nargs=2, metavar=("IN", "OUT"), help="rewrite a recording whose recorder was killed (no "
@@ -275,7 +336,7 @@ def record(argv: list[str]) -> int:
         return error(str(exc), EXIT_FAILED)
     series = FileSeries(Path(ns.file), ns.compression, file_metadata(runtime_dir),
                         None if ns.split_size is None else int(ns.split_size * 1e6),
-                        None if ns.split_duration is None else int(ns.split_duration * 1e9))
+                        None if ns.split_duration is None else int(ns.split_duration * 1e9), ns.mode)
     try:
         return Recorder(taps, series, int(ns.queue_mb * 1e6), ns.serve).run(ns.duration)
     except RecordingError as exc:
@@ -283,7 +344,6 @@ def record(argv: list[str]) -> int:
     finally:
         for tap in taps:
             tap.reader.close()
-            tap.topic.close()
 
 
 def _check_options(ns) -> str | None:
@@ -292,8 +352,13 @@ def _check_options(ns) -> str | None:
     path = Path(ns.file)
     if path.suffix != ".mcap":
         return f"{ns.file}: the file name must end in .mcap"
-    if path.exists() or path.with_name(f"{path.stem}_0{path.suffix}").exists():
+    if os.path.lexists(path):
         return f"{ns.file}: exists; give a new file name (a recording is never overwritten)"
+    if ns.split_size is not None or ns.split_duration is not None:
+        taken = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.stem)}_*{path.suffix}")
+                       if p.stem[len(path.stem) + 1:].isdigit())
+        if taken:
+            return f"{ns.file}: {taken[0]} exists in {str(path.parent)!r}; a split recording needs every {path.stem}_N.mcap free"
     if not path.parent.is_dir():
         return f"{ns.file}: no such directory {str(path.parent)!r}"
     for name, value in (("--duration", ns.duration), ("--split-size", ns.split_size), ("--split-duration", ns.split_duration),
@@ -303,6 +368,16 @@ def _check_options(ns) -> str | None:
     return None
 
 
+def _octal(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 600 or 640") from None
+    if not 0 <= mode <= 0o777 or not mode & 0o600 == 0o600:
+        raise argparse.ArgumentTypeError(f"mode {text} must be 600 to 777 and let you read and write")
+    return mode
+
+
 def _open_taps(runtime_dir: Path, names: list[str]) -> list[Tap]:
     registry = read_registry(runtime_dir)
     if not registry:
@@ -310,15 +385,23 @@ def _open_taps(runtime_dir: Path, names: list[str]) -> list[Tap]:
     missing = [n for n in names if n not in registry]
     if missing:
         raise LookupError(f"no topic {missing[0]!r} in graph at {runtime_dir} (topics: {', '.join(sorted(registry))})")
+    chosen = names or sorted(registry)
+    too_big = [n for n in chosen if registry[n]["capacity"] > MAX_MESSAGE]
+    if too_big:
+        raise LookupError(f"topic {too_big[0]!r} takes messages of {registry[too_big[0]]['capacity']} bytes; a recording "
+                          f"holds messages of at most {MAX_MESSAGE} bytes (name the other topics to record them)")
+    need = FDS_PER_TAP * len(chosen) + FDS_SPARE
+    limit = backend.raise_open_file_limit()
+    if need > limit:
+        raise LookupError(f"recording {len(chosen)} topics needs about {need} open files; the limit is {limit} "
+                          f"(raise it with ulimit -n {need}, or LimitNOFILE= in a systemd unit)")
     taps: list[Tap] = []
     try:
-        for name in names or sorted(registry):
-            topic = Topic.open(name, runtime_dir=runtime_dir)
-            taps.append(Tap(topic, topic.reader(observer=True)))
+        for name in chosen:
+            taps.append(Tap(Reader(name, runtime_dir=runtime_dir, observer=True)))
     except BaseException:
         for tap in taps:
             tap.reader.close()
-            tap.topic.close()
         raise
     return taps
 
@@ -326,11 +409,11 @@ def _open_taps(runtime_dir: Path, names: list[str]) -> list[Tap]:
 def _plan(tap: Tap) -> list[ChannelPlan]:
     """The channels of a tap, made at its first message: by then its writer has named the
     message type in the registry (a launcher creates topics before any writer runs)."""
-    entry = read_registry(tap.topic.runtime_dir).get(tap.topic.name) or {}
-    config = tap.topic.config
+    entry = read_registry(tap.reader.runtime_dir).get(tap.name) or {}
+    config = tap.reader.config
     if entry.get("message") and config.message is None:
         config = dataclasses.replace(config, message=entry["message"])
-    return plan_channels(tap.topic.name, config)
+    return plan_channels(tap.name, config)
 
 
 class Recorder:
@@ -392,7 +475,7 @@ class Recorder:
                 return
             if now - checked >= 1.0:
                 checked = now
-                if not all(tap.topic.same_file() for tap in self.taps):
+                if not self._graph_alive():
                     self.stopped_because = "the graph stopped"
                     return
             if now - shown >= (1.0 if sys.stderr.isatty() else LOG_EVERY):
@@ -409,6 +492,14 @@ class Recorder:
                     tap.bytes += len(item.data)
                     self.queue.put(item)
 
+    def _graph_alive(self) -> bool:
+        """Every recorded topic's file is still the one read (one directory open for them all)."""
+        try:
+            with RuntimeDir.open(self.taps[0].reader.runtime_dir) as rd:
+                return all(tap.reader.same_file(rd) for tap in self.taps)
+        except (OSError, TransportError):
+            return False
+
     def _write(self) -> None:
         try:
             while (item := self.queue.get()) is not None or not self.queue.closed:
@@ -419,11 +510,19 @@ class Recorder:
         except (OSError, RecordingError) as exc:
             self.sink.error = f"{self.sink.series.path}: cannot write: {getattr(exc, 'strerror', None) or exc}"
         finally:
-            with contextlib.suppress(OSError):
+            try:
                 self.sink.close()
+            except OSError as exc:
+                self.sink.error = self.sink.error or f"{self.sink.series.path}: cannot finish: {exc.strerror or exc}"
+            if self.sink.error:
+                self.sink.lose_pending()
+                with self.queue.cond:
+                    for item in self.queue.items:
+                        item.tap.lost += 1
+                    self.queue.items.clear()
 
     def _progress(self, elapsed: float) -> None:
-        parts = [f"{t.topic.name} {t.recorded}" + (f" (-{t.dropped} dropped)" if t.dropped else "") for t in self.taps]
+        parts = [f"{t.name} {t.recorded}" + (f" (-{t.dropped} dropped)" if t.dropped else "") for t in self.taps]
         mb = self.sink.bytes_written / 1e6
         line = f"recording {elapsed:6.1f} s  {mb:8.1f} MB  queue {self.queue.nbytes / 1e6:5.1f} MB  " + "  ".join(parts)
         if sys.stderr.isatty():
@@ -434,12 +533,14 @@ class Recorder:
     def _report(self, elapsed: float) -> int:
         if sys.stderr.isatty():
             print(file=sys.stderr)
-        rows = [["TOPIC", "RECORDED", "SKIPPED", "DROPPED", "MB"]]
-        rows += [[t.topic.name, str(t.recorded), str(t.skipped), str(t.dropped), f"{t.bytes / 1e6:.1f}"] for t in self.taps]
+        rows = [["TOPIC", "RECORDED", "SKIPPED", "DROPPED", "LOST", "MB"]]
+        rows += [[t.name, str(t.recorded), str(t.skipped), str(t.dropped), str(t.lost), f"{t.bytes / 1e6:.1f}"] for t in self.taps]
         files = ", ".join(str(p) for p in self.series.written) or "no file (nothing was published)"
         print("\n".join(table(rows)))
         summary = {"files": [str(p) for p in self.series.written], "seconds": round(elapsed, 3),
-                   "topics": {t.topic.name: {"recorded": t.recorded, "skipped": t.skipped, "dropped": t.dropped} for t in self.taps}}
+                   "fsyncs": self.sink.fsyncs, "fsync_seconds": round(self.sink.fsync_seconds, 4),
+                   "topics": {t.name: {"recorded": t.recorded, "skipped": t.skipped, "dropped": t.dropped, "lost": t.lost}
+                              for t in self.taps}}
         print(f"shmlaunch: {self.stopped_because} after {elapsed:.1f} s; wrote {files}", file=sys.stderr)
         print(f"shmlaunch: summary {json.dumps(summary)}", file=sys.stderr, flush=True)
         if self.sink.error:

@@ -44,6 +44,11 @@ EXIT_BAD_CONFIG = 2  # unknown or ill-typed parameter, bad port mapping
 EXIT_SETUP_FAILED = 3  # setup() raised: not respawned, the launcher stops the graph
 
 
+class NodeError(Exception):
+    """Raise from a callback for an expected failure (a source that lost data): the node stops
+    with EXIT_FAILED and one log line, without a traceback."""
+
+
 class NodeSetupError(Exception):
     """Raise from setup() for an expected failure (a missing camera, a bad source): the node
     exits with EXIT_SETUP_FAILED and one log line, without a traceback."""
@@ -320,6 +325,9 @@ class Node:
             code = EXIT_OK
             try:
                 self.spin(duration)
+            except NodeError as exc:
+                self.log.error("%s", exc)
+                code = EXIT_FAILED
             except Exception:
                 self.log.exception("a callback raised; stopping")
                 code = EXIT_FAILED

@@ -10,6 +10,7 @@ made by ``shmlaunch record`` plays its frames as if they came from the camera.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._node import Node, NodeSetupError
+from ._node import Node, NodeError, NodeSetupError
 from ._params import Param
 from .messages import FRAME_SOURCE, FRAME_SOURCE_KINDS, FRAME_SOURCE_TYPE, FRAME_SOURCE_VERSION
 
@@ -122,25 +123,37 @@ class _Recording:
     live = False
     kind = "recording"
 
-    def __init__(self, path: Path, loop: bool) -> None:
+    def __init__(self, path: Path, loop: bool, log: logging.Logger) -> None:
         from .recording import RecordingError, check_record_extra, image_frames
 
-        self.path, self.loop, self.index = path, loop, -1
-        self.open = lambda: image_frames(path)
+        self.path, self.loop, self.index, self.lost = path, loop, -1, []
+        self.errors = (RecordingError, OSError)
+
+        def lost(lines: list[str]) -> None:  # a damaged recording: said at each pass, fails the node at its end
+            for line in lines:
+                log.warning("%s", line)
+            self.lost = lines
+
+        self.open = lambda: image_frames(path, on_loss=lost)
         try:
             check_record_extra()
             self.frames = self.open()
             self.pending = next(self.frames)
-        except (RecordingError, OSError) as exc:
+        except self.errors as exc:
             raise NodeSetupError(f"cannot open camera source {str(path)!r}: {exc}") from None
 
     def read_into(self, out: np.ndarray) -> bool:
         got, self.pending = self.pending, None
-        if got is None:
-            got = next(self.frames, None)
-        if got is None and self.loop:
-            self.frames, self.index = self.open(), -1
-            got = next(self.frames, None)
+        try:
+            if got is None:
+                got = next(self.frames, None)
+            if got is None and self.loop:
+                self.frames, self.index = self.open(), -1
+                got = next(self.frames, None)
+        except self.errors as exc:
+            raise NodeError(f"camera source {str(self.path)!r}: {exc}") from None
+        if got is None and self.lost:
+            raise NodeError(f"end of {str(self.path)!r}: frames were lost ({self.lost[0]})")
         if got is None:
             return False
         pixels, _capture_ns = got
@@ -203,7 +216,7 @@ class Camera(Node):
         if path.is_dir():
             return self._folder(path, shape)
         if path.suffix == ".mcap":  # a recording (or a split one's stem)
-            return _Recording(path, self.loop)
+            return _Recording(path, self.loop, self.log)
         if not path.exists():
             raise NodeSetupError(f"cannot open camera source {str(path.absolute())!r}: no such file, device or folder")
         return _Capture(str(path), source.startswith("/dev/"), self.loop, self.width, self.height, self.fps)

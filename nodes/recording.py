@@ -26,14 +26,16 @@ number (low 32 bits).
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.transport import LAYOUT_VERSION, TopicConfig
+from shmlaunch.transport import LAYOUT_VERSION, TopicConfig, validate_topic_name
 
 from .messages import (
     GESTURE_TYPE,
@@ -46,10 +48,10 @@ from .messages import (
 )
 
 __all__ = [
-    "ANNOTATIONS_SUFFIX", "ARRAY", "COMPRESSIONS", "ENVELOPE", "GESTURE_TEXT", "IMAGE", "MAX_RECORD", "NDARRAY_ENCODING", "PROFILE",
-    "RECORD_EXTRA", "SKELETON", "SOURCE_SEQ_FIELD", "ChannelPlan", "Played", "RecordedChannel", "RecordingError",
-    "RecordingReader", "channel_of", "check_record_extra", "config_from_metadata", "describe_problem", "encode", "image_frames",
-    "is_image", "plan_channels", "recording_files", "stream_records", "topic_metadata",
+    "ANNOTATIONS_SUFFIX", "ARRAY", "COMPRESSIONS", "ENVELOPE", "GESTURE_TEXT", "IMAGE", "MAX_MESSAGE", "NDARRAY_ENCODING", "PROFILE",
+    "RECORD_EXTRA", "RECORDING_MODE", "SKELETON", "SOURCE_SEQ_FIELD", "BadMessage", "ChannelPlan", "Played", "RecordedChannel", "RecordingError",
+    "RecordingReader", "channel_of", "check_record_extra", "config_from_metadata", "create_recording", "encode", "image_frames",
+    "is_image", "plan_channels", "printable", "recording_files", "topic_metadata",
 ]
 
 PROFILE = "shmlaunch"
@@ -58,13 +60,13 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 NDARRAY_ENCODING = "shmlaunch.ndarray"
 #: In front of every ``shmlaunch.ndarray`` message: sequence number, source_seq.
 ENVELOPE = struct.Struct("<QQ")
+#: The largest message a recording holds (the recorder refuses bigger topics, the player skips
+#: bigger channels): what keeps a reader's memory bounded (nodes/mcap_records.py).
+MAX_MESSAGE = 200 << 20
 #: The protobuf field a RawImage's non-zero source_seq is appended as.
 SOURCE_SEQ_FIELD = 1001
 META = "shmlaunch."
 ANNOTATIONS_SUFFIX = "/annotations"
-#: MCAP records longer than this are refused when reading (a corrupt length field must not
-#: make a reader allocate gigabytes): well above a 4K frame's chunk.
-MAX_RECORD = 1 << 30
 
 IMAGE, ARRAY, SKELETON, GESTURE_TEXT = "image", "array", "skeleton", "gesture text"
 SKELETON_RGBA = (0.1, 0.9, 0.2, 1.0)
@@ -77,6 +79,26 @@ class RecordingError(Exception):
 
 #: The libraries of the ``record`` extra, by import name.
 RECORD_EXTRA = ("mcap", "mcap_protobuf", "foxglove")
+
+
+#: A new recording's permissions: it holds camera frames and the launch file's text, so only
+#: its owner reads it unless asked otherwise (``shmlaunch record --mode``).
+RECORDING_MODE = 0o600
+
+
+def create_recording(path: str | Path, mode: int = RECORDING_MODE):
+    """A new file for a recording, opened for writing: never an existing file, never through a
+    symlink, made with ``mode`` (whatever the umask)."""
+    import os
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        os.chmod(fd if os.chmod in os.supports_fd else path, mode)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def check_record_extra() -> None:
@@ -119,11 +141,17 @@ def topic_metadata(topic: str, config: TopicConfig) -> dict[str, str]:
 def config_from_metadata(meta: dict[str, str], where: str) -> TopicConfig:
     """The topic a recorded channel came from; RecordingError says what is wrong and where."""
     try:
+        topic = validate_topic_name(meta.get(META + "topic"))
         dtype = meta[META + "dtype"] or None
         shape = json.loads(meta[META + "shape"]) if meta[META + "shape"] else None
+        if shape is not None and (not isinstance(shape, list) or not all(type(x) is int for x in shape)):
+            raise ValueError(f"shape {printable(str(shape))[:80]} is not a list of integers")
         config = TopicConfig.build(int(meta[META + "capacity"]), int(meta[META + "pool"]), dtype, shape)
     except (KeyError, ValueError, TypeError) as exc:
-        raise RecordingError(f"{where}: channel metadata does not describe a topic ({exc})") from None
+        raise RecordingError(f"{where}: channel metadata does not describe a topic ({printable(str(exc))[:200]})") from None
+    if config.capacity > MAX_MESSAGE:
+        raise RecordingError(f"{where}: topic {topic!r} takes messages of {config.capacity} bytes (a recording holds at most "
+                             f"{MAX_MESSAGE})")
     message = meta.get(META + "message") or None
     return TopicConfig(config.capacity, config.pool, config.dtype, config.shape, message=message)
 
@@ -275,31 +303,50 @@ class Played:
 
 
 def channel_of(schema, channel, where: str) -> RecordedChannel:
+    """A channel record as the reader sees it; RecordingError when its metadata describes no
+    topic it could publish into (a pool topic's image channel must be an image topic)."""
     meta = dict(channel.metadata or {})
-    config = config_from_metadata(meta, f"{where}: channel {channel.topic!r}") if META + "capacity" in meta else None
-    return RecordedChannel(channel.id, channel.topic, schema.name if schema else "", channel.message_encoding, meta, config, schema)
+    name = printable(channel.topic)
+    config = config_from_metadata(meta, f"{where}: channel {name!r}") if META + "capacity" in meta else None
+    ch = RecordedChannel(channel.id, channel.topic, schema.name if schema else "", channel.message_encoding, meta, config, schema)
+    if config is not None and (ch.kind == IMAGE) != is_image(config):
+        raise RecordingError(f"{where}: channel {name!r}: encoding {printable(channel.message_encoding)!r} does not fit "
+                             f"its topic ({config.describe()})")
+    if config is not None and ch.kind == IMAGE and schema is None:
+        raise RecordingError(f"{where}: channel {name!r}: its schema is missing")
+    return ch
 
 
 class _ImageDecoder:
     """foxglove.RawImage bytes -> pixels, stamp and source_seq (mcap-protobuf-support builds the
-    message class from the schema stored in the file)."""
+    message class from the schema stored in the file). ``shape`` is the last image's (h, w)."""
 
     def __init__(self) -> None:
         from mcap_protobuf.decoder import DecoderFactory
 
         self.factory = DecoderFactory()
         self.decoders: dict[str, object] = {}  # by schema name
+        self.shape = (0, 0)
 
     def __call__(self, ch: RecordedChannel, data: bytes) -> tuple[bytes, int, int]:
+        from google.protobuf.message import DecodeError
         from google.protobuf.unknown_fields import UnknownFieldSet
 
-        decoder = self.decoders.get(ch.schema_name)
-        if decoder is None:
-            decoder = self.decoders[ch.schema_name] = self.factory.decoder_for("protobuf", ch.schema)
-        msg = decoder(data)
-        source_seq = next((f.data for f in UnknownFieldSet(msg) if f.field_number == SOURCE_SEQ_FIELD), 0)
-        stamp = msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos
-        return msg.data, stamp, source_seq
+        try:
+            decoder = self.decoders.get(ch.schema_name)
+            if decoder is None:
+                decoder = self.decoders[ch.schema_name] = self.factory.decoder_for("protobuf", ch.schema)
+            msg = decoder(data)
+            source_seq = next((f.data for f in UnknownFieldSet(msg) if f.field_number == SOURCE_SEQ_FIELD), 0)
+            stamp = msg.timestamp.seconds * 1_000_000_000 + msg.timestamp.nanos
+            self.shape = (msg.height, msg.width)
+            pixels, encoding, step = msg.data, msg.encoding, msg.step
+        except (DecodeError, AttributeError, TypeError, ValueError, KeyError) as exc:
+            # a schema from the file that is no RawImage, or bytes that are not its message
+            raise BadMessage(f"not a foxglove.RawImage ({printable(str(exc))[:120] or type(exc).__name__})") from None
+        if encoding != "bgr8" or step != msg.width * 3 or not isinstance(source_seq, int):
+            raise BadMessage(f"an image of encoding {printable(encoding)!r}, step {step} (expected bgr8, width x 3)")
+        return pixels, stamp, source_seq
 
 
 def recording_files(path: str | Path) -> list[Path]:
@@ -317,124 +364,128 @@ def recording_files(path: str | Path) -> list[Path]:
     return series
 
 
-class RecordingReader:
-    """The pool messages of one recording (or a split series, as one timeline), in order.
+class BadMessage(RecordingError):
+    """One recorded message that cannot be published as its channel says (skipped and counted)."""
 
-    A finished file is read through its index; one without a footer (the recorder was
-    killed) is streamed record by record up to its last complete record, and
-    ``truncated`` says so. Derived channels are skipped.
+
+class RecordingReader:
+    """The pool messages of one recording (or a split series, as one timeline), in the order
+    they were written.
+
+    Every file is streamed through ``mcap_records`` (bounded, CRC-checked, resynchronised past
+    damage). What could not be read is kept, never silent: ``damage`` (records that did not
+    check out), ``skipped`` (messages that do not fit their channel's topic, by reason and
+    channel) and ``truncated`` (files cut short by a killed recorder: nothing they hold is lost).
+    Derived channels are skipped.
     """
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = paths
         self.channels: dict[str, RecordedChannel] = {}
-        self.truncated: list[str] = []  # files read up to a broken or missing end
+        self.truncated: list[str] = []
+        self.damage: list[str] = []
+        self.skipped: Counter[str] = Counter()  # "channel 'x': reason" -> messages
+        self.summarised = False  # every file had a summary (its topics were known before reading)
         self._decode_image = None
+
+    @property
+    def lost(self) -> list[str]:
+        """One line per kind of loss (empty: every message the files hold was read)."""
+        return self.damage + [f"{n} message{'s' * (n != 1)} skipped: {what}" for what, n in self.skipped.items()]
 
     def summary_channels(self) -> list[RecordedChannel]:
         """The pool topics the finished files of the recording list in their summaries (a file
         without one shows its channels only as it is streamed)."""
-        from mcap.exceptions import McapError
-        from mcap.reader import make_reader
+        from .mcap_records import open_recording, read_summary
 
         found = {}
+        self.summarised = True
         for path in self.paths:
-            with open(path, "rb") as f:
-                try:
-                    summary = make_reader(f).get_summary()
-                except (McapError, ValueError, struct.error, EOFError):
-                    continue
-                for c in summary.channels.values() if summary else ():
-                    ch = channel_of(summary.schemas.get(c.schema_id), c, str(path))
-                    if ch.config is not None:
-                        found.setdefault(ch.topic, ch)
+            with open_recording(path) as f:
+                summary = read_summary(f)
+            self.summarised = self.summarised and summary is not None
+            for c in summary.channels.values() if summary else ():
+                ch = self._channel(summary.schemas.get(c.schema_id), c, path)
+                if isinstance(ch, RecordedChannel) and ch.config is not None:
+                    found.setdefault(ch.topic, ch)
         return list(found.values())
 
     def pool_topics(self) -> list[str]:
         """The recorded pool topics seen so far (derived channels left out)."""
         return sorted(ch.topic for ch in self.channels.values() if ch.config is not None)
 
-    def messages(self, topics: set[str] | None = None, start_ns: int | None = None) -> Iterator[Played]:
-        for path in self.paths:
-            for schema, channel, message in self._records(path):
-                ch = self.channels.get(channel.topic)
-                if ch is None or ch.id != channel.id:
-                    ch = self.channels[channel.topic] = channel_of(schema, channel, str(path))
-                if ch.config is None or (topics is not None and ch.topic not in topics):
-                    continue
-                if start_ns is not None and message.log_time < start_ns:
-                    continue
-                yield self._decoded(ch, message, path)
+    def messages(self, topics: set[str] | None = None) -> Iterator[Played]:
+        from mcap.records import Channel, Message, Schema
 
-    def _decoded(self, ch: RecordedChannel, message, path: Path) -> Played:
+        from .mcap_records import RecordStream, open_recording
+
+        for path in self.paths:
+            schemas: dict[int, object] = {}
+            by_id: dict[int, RecordedChannel | str] = {}
+            with open_recording(path) as f:
+                stream = RecordStream(f, str(path))
+                for record in stream:
+                    if isinstance(record, Schema):
+                        schemas[record.id] = record
+                    elif isinstance(record, Channel):
+                        by_id[record.id] = self._channel(schemas.get(record.schema_id), record, path)
+                    elif isinstance(record, Message):
+                        ch = by_id.get(record.channel_id, f"{path}: channel id {record.channel_id}: no channel record before its messages")
+                        if isinstance(ch, str):
+                            self.skipped[ch] += 1
+                            continue
+                        if ch.config is None or (topics is not None and ch.topic not in topics):
+                            continue
+                        try:
+                            yield self._decoded(ch, record)
+                        except BadMessage as bad:
+                            self.skipped[f"{path}: channel {printable(ch.channel)!r}: {bad}"] += 1
+            self.damage += stream.damage
+            if stream.truncated:
+                self.truncated.append(stream.truncated)
+
+    def _channel(self, schema, channel, path: Path) -> RecordedChannel | str:
+        """The channel, or why its messages cannot be played (its metadata lies)."""
+        try:
+            ch = channel_of(schema, channel, str(path))
+        except RecordingError as exc:
+            return str(exc)
+        if ch.config is not None:
+            self.channels.setdefault(ch.topic, ch)
+        return ch
+
+    def _decoded(self, ch: RecordedChannel, message) -> Played:
+        """The message as its topic takes it; BadMessage when it does not fit the topic."""
+        config: TopicConfig = ch.config
         data = message.data
         if ch.kind == IMAGE:
             if self._decode_image is None:
                 self._decode_image = _ImageDecoder()
-            pixels, stamp, source_seq = self._decode_image(ch, data)
-            return Played(ch, message.log_time, message.sequence, stamp, source_seq, pixels)
-        if len(data) < ENVELOPE.size:
-            raise RecordingError(f"{path}: channel {ch.channel!r}: a message of {len(data)} bytes is shorter than its envelope")
-        seq, source_seq = ENVELOPE.unpack_from(data)
-        return Played(ch, message.log_time, seq, message.publish_time, source_seq, memoryview(data)[ENVELOPE.size:])
-
-    def _records(self, path: Path):
-        from mcap.exceptions import McapError
-        from mcap.reader import make_reader
-
-        with open(path, "rb") as f:
-            try:
-                reader = make_reader(f)
-                summary = reader.get_summary()
-            except (McapError, ValueError, struct.error, EOFError):
-                summary = None
-            if summary is not None:
-                yield from reader.iter_messages(log_time_order=True)
-                return
-            f.seek(0)
-            yield from self._stream(f, path)
-
-    def _stream(self, f, path: Path):
-        """Every complete message of a file with no footer, in the order it was written."""
-        from mcap.records import Channel, Message, Schema
-
-        schemas, channels, problems = {}, {}, []
-        records = 0
-        for record in stream_records(f, problems):
-            records += 1
-            if isinstance(record, Schema):
-                schemas[record.id] = record
-            elif isinstance(record, Channel):
-                channels[record.id] = record
-            elif isinstance(record, Message) and record.channel_id in channels:
-                channel = channels[record.channel_id]
-                yield schemas.get(channel.schema_id), channel, record
-        if problems and not records:
-            raise RecordingError(f"{path}: not an MCAP file ({describe_problem(problems[0])})")
-        if problems:
-            self.truncated.append(str(path))
+            data, stamp, source_seq = self._decode_image(ch, data)
+            h, w, _ = config.shape
+            if (msg_shape := self._decode_image.shape) != (h, w):
+                raise BadMessage(f"an image of {msg_shape[1]}x{msg_shape[0]} on a {w}x{h} topic")
+        else:
+            if len(data) < ENVELOPE.size:
+                raise BadMessage(f"a message of {len(data)} bytes, shorter than its {ENVELOPE.size}-byte envelope")
+            seq, source_seq = ENVELOPE.unpack_from(data)
+            data, stamp = memoryview(data)[ENVELOPE.size:], message.publish_time
+        need = config.capacity if config.shape is None else math.prod(config.shape) * config.dtype.itemsize
+        if len(data) > need or (config.shape is not None and len(data) != need):
+            raise BadMessage(f"{len(data)} bytes where the topic takes {'exactly' if config.shape else 'at most'} {need}")
+        return Played(ch, message.log_time, message.sequence if ch.kind == IMAGE else seq, stamp, source_seq, data)
 
 
-def describe_problem(exc: Exception) -> str:
-    """What stopped a stream, in a few words (some of mcap's exceptions carry no message)."""
-    return str(exc) or type(exc).__name__
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escape sequences) shown as escapes: what a
+    recording says is printed through this, never raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def stream_records(f, problems: list[Exception]) -> Iterator:
-    """Every record of an MCAP stream, front to back, up to the last complete one; what stopped
-    it early (a record cut short by a killed writer, a missing footer) goes into ``problems``."""
-    from mcap.exceptions import McapError
-    from mcap.stream_reader import StreamReader
-
-    try:
-        yield from StreamReader(f, record_size_limit=MAX_RECORD).records
-    except (McapError, ValueError, struct.error, EOFError) as exc:
-        problems.append(exc)
-
-
-def image_frames(path: str | Path) -> Iterator[tuple[np.ndarray, int]]:
+def image_frames(path: str | Path, on_loss=None) -> Iterator[tuple[np.ndarray, int]]:
     """The frames of a recording's first image topic, as (H, W, 3) uint8 arrays with their
-    capture stamps: what the camera node plays when its source is an ``.mcap`` file."""
+    capture stamps: what the camera node plays when its source is an ``.mcap`` file. A frame
+    that does not decode is skipped; ``on_loss(lines)`` hears of every loss once the file ends."""
     reader = RecordingReader(recording_files(path))
     topic = None
     for played in reader.messages():
@@ -443,5 +494,7 @@ def image_frames(path: str | Path) -> Iterator[tuple[np.ndarray, int]]:
         topic = played.channel.topic
         h, w, _ = played.channel.config.shape
         yield np.frombuffer(played.data, np.uint8).reshape(h, w, 3), played.stamp_ns
+    if reader.lost and on_loss is not None:
+        on_loss(reader.lost)
     if topic is None:
         raise RecordingError(f"{path}: the recording has no image topic (uint8 [height, width, 3]) to play as a camera")

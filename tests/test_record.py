@@ -381,7 +381,7 @@ def test_record_play_and_info_say_what_is_wrong_in_one_line(scene, tmp_path):
         (("play", existing, "--rate", "0"), 2, "--rate and --duration must be > 0 and --start >= 0 (got 0.0, None, 0.0)"),
         (("info", existing), 1, f"{existing}: not an MCAP file"),
         (("play", existing, "--graph", unique_name("replay")), 1, f"{existing}: not an MCAP file"),
-        (("record", "--recover", existing, tmp_path / "out.mcap"), 1, f"{existing}: not an MCAP recording"),
+        (("record", "--recover", existing, tmp_path / "out.mcap"), 1, f"{existing}: not an MCAP file"),
     ]
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -586,15 +586,24 @@ static PyObject *commit_slot(WriteCursor *w, int slot, uint64_t length, PyObject
     return PyLong_FromUnsignedLongLong(seq);
 }
 
+/* Python objects (a numpy object array: format "O") are pointers: their bytes mean nothing in another process. */
+static int refuse_objects(WriteCursor *w, Py_buffer *b) {
+    const char *f = b->format;
+    if (f == NULL || !(f[0] == 'O' || (f[0] != '\0' && f[1] == 'O')) || strlen(f) > 2) return 0;
+    PyBuffer_Release(b);
+    PyErr_Format(PyExc_ValueError, "cannot publish to topic %R: an array of Python objects (its bytes are pointers)", w->topic);
+    return -1;
+}
+
 static int get_payload(WriteCursor *w, PyObject *data, Py_buffer *b) {
-    if (PyObject_GetBuffer(data, b, PyBUF_C_CONTIGUOUS) == 0) return 0;
+    if (PyObject_GetBuffer(data, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) return refuse_objects(w, b);
     if (!PyErr_ExceptionMatches(PyExc_BufferError) && !PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
     PyErr_Clear(); /* a strided array: copy it to a contiguous one first */
     PyObject *flat = PyObject_CallOneArg(w->contiguous, data);
     if (flat == NULL) return -1;
-    int r = PyObject_GetBuffer(flat, b, PyBUF_C_CONTIGUOUS);
+    int r = PyObject_GetBuffer(flat, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT);
     Py_DECREF(flat);
-    return r;
+    return r == 0 ? refuse_objects(w, b) : r;
 }
 
 /* Positional-or-keyword arguments of a METH_FASTCALL|METH_KEYWORDS method: out[i] is the

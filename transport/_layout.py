@@ -247,6 +247,8 @@ def nbytes_of(dtype: np.dtype, shape: tuple[int, ...]) -> int:
 def normalize_request(capacity=None, pool=None, dtype=None, shape=None, message=None) -> dict:
     """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
     dt = None if dtype is None else np.dtype(dtype)
+    if dt is not None and dt.hasobject:
+        raise ValueError(f"invalid dtype {dt}: Python objects cannot go through shared memory (their bytes are pointers)")
     shp = None
     if shape is not None:
         shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))

@@ -22,8 +22,8 @@ from . import _layout as L
 from . import backend
 from ._errors import ClosedError
 from ._layout import normalize_request
-from ._runtime import default_runtime_dir
-from ._segment import Segment, open_for_reading
+from ._runtime import RuntimeDir, default_runtime_dir
+from ._segment import Segment, open_for_reading, segment_is_current
 from .backend import ByteLock, MessageBase, ReadCursor
 
 _U64 = struct.Struct("<Q")
@@ -200,6 +200,13 @@ class Reader:
             locks[slot].release()
 
     # ----- state
+    def same_file(self, rd: RuntimeDir | None = None) -> bool:
+        """True while the topic's segment file is still the one this reader maps (False once
+        the topic was unlinked or re-created); ``rd`` as in ``Topic.same_file``."""
+        if self._seg is None:
+            raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        return segment_is_current(self._seg, self.runtime_dir, rd)
+
     def writer_alive(self) -> bool:
         """True while a writer process holds the topic's writer lock."""
         return self._seg.writer_lock.is_held_by_others()

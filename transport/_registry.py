@@ -172,12 +172,54 @@ def parse_registry(text: str, where: str) -> dict[str, dict]:
 def read_registry(runtime_dir: Path | RuntimeDir) -> dict[str, dict]:
     """Every topic entry of the graph's registry ({} when there is no registry yet)."""
     if isinstance(runtime_dir, RuntimeDir):
-        return _read(runtime_dir)
+        return _copy(_read(runtime_dir))
     with RuntimeDir.open(runtime_dir) as rd:
-        return _read(rd)
+        return _copy(_read(rd))
+
+
+def registry_entry(rd: RuntimeDir, topic: str) -> dict | None:
+    """One topic's registry entry (None: not listed): what opening a topic needs, in time that
+    does not grow with the number of topics once the registry was parsed."""
+    entry = _read(rd).get(topic)
+    return None if entry is None else dict(entry)
+
+
+def _copy(topics: dict[str, dict]) -> dict[str, dict]:
+    return {name: dict(entry) for name, entry in topics.items()}
+
+
+#: The last registry parsed per runtime directory, by the file's identity: opening 2000 topics
+#: parses a 2000-line registry once, not 2000 times (the registry is only ever replaced whole,
+#: so a new version is a new file).
+_parsed: dict[str, tuple[tuple, dict[str, dict]]] = {}
+_PARSED_KEPT = 8
+
+
+def _identity(rd: RuntimeDir) -> tuple:
+    st = rd.lstat(REGISTRY_FILE)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _read(rd: RuntimeDir) -> dict[str, dict]:
+    try:
+        before = _identity(rd)
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        before = None
+    cached = _parsed.get(str(rd.path))
+    if before is not None and cached is not None and cached[0] == before:
+        return cached[1]  # never handed out: callers get copies
+    topics = _read_file(rd)
+    with contextlib.suppress(OSError):
+        if before is not None and _identity(rd) == before:
+            if len(_parsed) >= _PARSED_KEPT:
+                _parsed.clear()
+            _parsed[str(rd.path)] = (before, topics)
+    return topics
+
+
+def _read_file(rd: RuntimeDir) -> dict[str, dict]:
     where = rd.path / REGISTRY_FILE
     try:
         raw = rd.read_bytes(REGISTRY_FILE, MAX_REGISTRY_BYTES)

@@ -30,9 +30,10 @@ from ._errors import (
     TopicExistsError,
     TopicMismatchError,
     TopicNotFoundError,
+    TransportError,
     WriterBusyError,
 )
-from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, read_registry
+from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, registry_entry
 from ._runtime import ENV_RUNTIME_DIR, RuntimeDir, graphs_present, segment_file_name, validate_topic_name
 from .backend import ByteLock, buffer_address, free_bytes, map_file, reserve
 
@@ -413,6 +414,16 @@ def _graphs_hint() -> str:
             f"runtime_dir=graph_runtime_dir(NAME), shmlaunch run --graph NAME, or {ENV_RUNTIME_DIR}")
 
 
+def segment_is_current(seg: Segment, runtime_dir: Path, rd: RuntimeDir | None = None) -> bool:
+    """True while ``runtime_dir``'s file for the topic is still the one ``seg`` maps (False once
+    the topic was unlinked or re-created, or the directory is gone)."""
+    try:
+        with contextlib.nullcontext(rd) if rd is not None else RuntimeDir.open(runtime_dir) as d:
+            return d.is_file_of(seg.path.name, seg.fd)
+    except (OSError, TransportError):
+        return False
+
+
 def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, observer: bool = False) -> Segment:
     """Open an existing topic: the registry supplies the config, the header must agree.
     A reader holds the presence lock; an ``observer`` (a tool) does not."""
@@ -422,7 +433,7 @@ def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, 
     except FileNotFoundError:
         raise TopicNotFoundError(f"cannot {action}: there is no runtime directory {runtime_dir} ({_graphs_hint()})") from None
     with ctx as rd:
-        entry = read_registry(rd).get(topic)
+        entry = registry_entry(rd, topic)
         if entry is None:
             raise TopicNotFoundError(f"cannot {action}: the registry in {rd.path} does not list it ({_graphs_hint()})")
         config = entry_to_config(entry)

@@ -21,7 +21,6 @@ publishing and receiving (``Writer(...)`` and ``Reader(...)`` are the short form
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import struct
 import weakref
@@ -29,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _layout as L
-from ._errors import ClosedError, TransportError
+from ._errors import ClosedError
 from ._layout import TopicConfig
 from ._reader import Reader
 from ._registry import validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir, validate_topic_name
-from ._segment import Segment, create_segments, open_for_reading, open_or_create_segment, unlink_topic
+from ._segment import Segment, create_segments, open_for_reading, open_or_create_segment, segment_is_current, unlink_topic
 from ._writer import Writer
 
 _U64 = struct.Struct("<Q")
@@ -152,12 +151,7 @@ class Topic:
         """True while the runtime directory's segment file is still the one this handle maps
         (False once the topic was unlinked or re-created). ``rd``: the directory, if the caller
         has it open already (a view checking hundreds of topics a second)."""
-        seg = self._segment()
-        try:
-            with contextlib.nullcontext(rd) if rd is not None else RuntimeDir.open(self.runtime_dir) as d:
-                return d.is_file_of(seg.path.name, seg.fd)
-        except (OSError, TransportError):
-            return False
+        return segment_is_current(self._segment(), self.runtime_dir, rd)
 
     def close(self) -> None:
         """Release this process's mapping. The topic stays."""

@@ -7,7 +7,8 @@ ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a
 
 - runtime folders and segment files: ``SHM_ROOT``, ``USER_ID``, ``Directory`` (open, checked,
   files opened in it never through a link), ``reserve(fd, size)``, ``free_bytes(path)``,
-  ``map_file(fd, size)``, ``buffer_address(buf)``;
+  ``map_file(fd, size)``, ``buffer_address(buf)``, ``raise_open_file_limit()`` (the soft limit
+  raised to the hard one: a graph of thousands of topics needs thousands of descriptors);
 - locks: ``ByteLock(fd, offset)`` (one lock byte, released by the system when a process dies);
 - wake-up and the hot path: ``wait_any`` (one sleep over several readers), ``ReadCursor``,
   ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
@@ -39,7 +40,8 @@ _SEAM = (
     "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
     "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "cpu_features", "detached_options",
     "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
-    "place_child", "process_info", "process_start_time", "reap_orphans", "request_stop", "reserve", "stop_group", "stop_process", "wait_any",
+    "place_child", "process_info", "process_start_time", "raise_open_file_limit", "reap_orphans", "request_stop", "reserve", "stop_group",
+    "stop_process", "wait_any",
 )
 
 try:

@@ -89,6 +89,8 @@ LoanBase = _fastpath.Loan
 futex_wait = _fastpath.futex_wait
 #: futex_wake(address): wake every process and thread sleeping on the word.
 futex_wake = _fastpath.futex_wake
+#: The most words one futex_waitv takes (the kernel's FUTEX_WAITV_MAX)
+MAX_WAITV = 128
 #: False once futex_waitv answered ENOSYS (kernels before 5.16, and qemu-user, which does not emulate it)
 _has_waitv = True
 #: SHMLAUNCH_NO_FUTEX_WAITV=1 takes the fallback on purpose (its tests, on kernels that have futex_waitv)
@@ -98,13 +100,16 @@ _FORCE_FALLBACK = os.environ.get("SHMLAUNCH_NO_FUTEX_WAITV", "") == "1"
 def wait_any(cursors: list, timeout: float | None) -> None:
     """Sleep until any reader cursor's topic may have a new message, or timeout.
 
-    One futex_waitv over every cursor's word. Kernels before 5.16 (and qemu-user) lack
-    futex_waitv: there the first word is waited on for at most 5 ms at a time, so the others
-    are looked at every 5 ms (the only place shmlaunch ever polls, and only there); a debug
-    log line says so once.
+    One futex_waitv over every cursor's word. futex_waitv takes at most 128 words: past 128
+    topics the first 128 are waited on for at most 5 ms at a time, so the others are looked at
+    every 5 ms (as Windows does past 64). Kernels before 5.16 (and qemu-user) lack
+    futex_waitv: there the first word is waited on for at most 5 ms at a time. These are the
+    only places shmlaunch ever polls; a debug log line says so once.
     """
     global _has_waitv
-    words = [(c.wake_address, c.last_wake) for c in cursors]
+    words = [(c.wake_address, c.last_wake) for c in cursors[:MAX_WAITV]]
+    if len(cursors) > MAX_WAITV:
+        timeout = 0.005 if timeout is None else min(timeout, 0.005)
     if len(words) > 1 and _has_waitv:
         if not _FORCE_FALLBACK and _fastpath.futex_wait_any(words, timeout):
             return
@@ -131,8 +136,24 @@ def free_bytes(path: str | Path) -> int:
 
 
 def map_file(fd: int, size: int) -> mmap.mmap:
-    """A shared read-write mapping of the whole file."""
+    """A shared read-write mapping of the whole file (from Python 3.13 without the duplicate
+    descriptor mmap otherwise keeps: one descriptor a topic handle instead of two)."""
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, trackfd=False)
     return mmap.mmap(fd, size)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (children inherit it);
+    return the limit now in force. systemd and most shells start at 1024, which ~500 topics reach."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
 
 
 # ----- runtime directories

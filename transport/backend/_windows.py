@@ -109,6 +109,11 @@ def free_bytes(path: str | Path) -> int:
     return free.value
 
 
+def raise_open_file_limit() -> int:
+    """The C runtime's fixed limit on descriptors (os.open's numbers); nothing to raise."""
+    return 8192
+
+
 def map_file(fd: int, size: int) -> mmap.mmap:
     """A shared read-write mapping of the whole file (an unnamed file-backed mapping)."""
     return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)

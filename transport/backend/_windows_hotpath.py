@@ -444,6 +444,8 @@ class WriteCursor:
         view = memoryview(data)
         if not view.c_contiguous:
             view = memoryview(self.contiguous(data))
+        if view.format.lstrip("@=<>!") == "O":
+            raise ValueError(f"cannot publish to topic {self.topic!r}: an array of Python objects (its bytes are pointers)")
         n = view.nbytes
         if n > self.capacity:
             raise ValueError(f"cannot publish {n} bytes to topic {self.topic!r}: capacity is {self.capacity} bytes")
