@@ -267,7 +267,7 @@ class RecordStream:
         the file ends (False)."""
         found = _next_chunk(self.f, start + 1, self.size)
         if found is None:
-            if bad.cut:
+            if bad.cut and _footer(self.f, self.size) is None:  # a file that ends with its footer was not cut short
                 self.truncated = f"{self.where}: ends without a footer, inside a record at byte {start} (its recorder was stopped hard?)"
             else:
                 self.damage.append(f"{self.where}: bytes {start}-{self.size} are damaged ({bad}); nothing intact follows")
@@ -310,16 +310,26 @@ class Summary:
     metadata: dict[str, dict[str, str]]
 
 
+def _footer(f: BinaryIO, size: int) -> bytes | None:
+    """The footer record and closing magic that end a finished file (None: it has none)."""
+    if size < 2 * len(MAGIC) + _FOOTER_RECORD:
+        return None
+    here = f.tell()
+    f.seek(size - len(MAGIC) - _FOOTER_RECORD)
+    tail = f.read(len(MAGIC) + _FOOTER_RECORD)
+    f.seek(here)
+    opcode, length = _HEAD.unpack_from(tail)
+    if tail[-len(MAGIC):] != MAGIC or opcode != Opcode.FOOTER or length != _FOOTER.size:
+        return None
+    return tail
+
+
 def read_summary(f: BinaryIO) -> Summary | None:
     """The summary of a finished file; None when it has none or it does not check out (a
     caller then streams the data section, which is checked record by record)."""
     size = os.fstat(f.fileno()).st_size
-    if size < 2 * len(MAGIC) + _FOOTER_RECORD:
-        return None
-    f.seek(size - len(MAGIC) - _FOOTER_RECORD)
-    tail = f.read(len(MAGIC) + _FOOTER_RECORD)
-    opcode, length = _HEAD.unpack_from(tail)
-    if tail[-len(MAGIC):] != MAGIC or opcode != Opcode.FOOTER or length != _FOOTER.size:
+    tail = _footer(f, size)
+    if tail is None:
         return None
     start, _, crc = _FOOTER.unpack_from(tail, _HEAD.size)
     end = size - len(MAGIC) - _FOOTER_RECORD

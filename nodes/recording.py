@@ -417,12 +417,17 @@ class RecordingReader:
     def messages(self, topics: set[str] | None = None) -> Iterator[Played]:
         from mcap.records import Channel, Message, Schema
 
-        from .mcap_records import RecordStream, open_recording
+        from .mcap_records import RecordStream, open_recording, read_summary
 
         for path in self.paths:
             schemas: dict[int, object] = {}
             by_id: dict[int, RecordedChannel | str] = {}
             with open_recording(path) as f:
+                # A finished file lists its schemas and channels again in its (CRC-checked) summary:
+                # a damaged chunk that held a channel's record then costs only that chunk's messages.
+                if (summary := read_summary(f)) is not None:
+                    schemas.update(summary.schemas)
+                    by_id.update({c.id: self._channel(summary.schemas.get(c.schema_id), c, path) for c in summary.channels.values()})
                 stream = RecordStream(f, str(path))
                 for record in stream:
                     if isinstance(record, Schema):
