@@ -311,6 +311,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(default 600: only you; a recording holds camera frames and the launch file's text)")
     ap.add_argument("--serve", type=int, nargs="?", const=8765, metavar="PORT", help="also serve the channels live to the "
                     "Foxglove app on ws://127.0.0.1:PORT (default 8765)")
+    ap.add_argument("--no-auth", action="store_true", help="needed with --serve: the Foxglove WebSocket protocol has no "
+                    "authentication, so every user of this machine can connect to 127.0.0.1:PORT and see the frames")
     ap.add_argument("--recover", nargs=2, metavar=("IN", "OUT"), help="rewrite a recording whose recorder was killed (no "
                     "footer) as a complete, indexed file; records nothing")
     return ap
@@ -349,6 +351,9 @@ def record(argv: list[str]) -> int:
 def _check_options(ns) -> str | None:
     if ns.all and ns.topics:
         return "give topics or --all, not both"
+    if ns.serve is not None and not ns.no_auth:
+        return ("--serve: the Foxglove WebSocket server has no authentication (every user of this machine could watch the "
+                "frames on 127.0.0.1); add --no-auth to serve anyway")
     path = Path(ns.file)
     if path.suffix != ".mcap":
         return f"{ns.file}: the file name must end in .mcap"
@@ -454,6 +459,9 @@ class Recorder:
         writer.start()
         start = time.monotonic()
         where = f"{self.series.path}" + (f" (and ws://127.0.0.1:{self.serve_port})" if self.server else "")
+        if self.server:
+            print(f"shmlaunch: warning: serving ws://127.0.0.1:{self.serve_port} WITHOUT authentication (--no-auth): every user "
+                  "of this machine can connect and see the recorded topics", file=sys.stderr, flush=True)
         print(f"shmlaunch: recording {len(self.taps)} topics to {where}; Ctrl-C stops", file=sys.stderr, flush=True)
         try:
             self._read(start, duration)

@@ -47,7 +47,7 @@ from shmlaunch.nodes import (
     parse_cli_value,
 )
 from shmlaunch.nodes.recording import RecordingError, check_record_extra
-from shmlaunch.transport import LAYOUT_VERSION, TransportError
+from shmlaunch.transport import LAYOUT_VERSION, TransportError, validate_graph_name
 
 from . import _tools
 from ._bridge_tools import bridge
@@ -99,13 +99,21 @@ def _launch(argv: list[str]) -> int:
     ap.add_argument("--quiet", action="store_true", help="do not print the nodes' output (the launcher's own lines stay)")
     ap.add_argument("--log-dir", help="also append each node's output to DIR/<node>.log")
     ap.add_argument("--no-status", action="store_true", help="no live status table, even on a terminal")
+    ap.add_argument("--name", help="run the graph under this name instead of the file's (two copies of one file side by side)")
     if any(a in ("-h", "--help") for a in argv) and argv and not argv[0].startswith("-"):
         ap.print_help()
         print(_file_arguments(argv[0]))
         return 0
     ns = ap.parse_intermixed_args(argv)
     try:
+        if ns.name is not None:
+            validate_graph_name(ns.name)
+    except ValueError as exc:
+        return error(f"--name: {exc}")
+    try:
         graph = load_launch_file(resolve_launch_file(ns.file), parse_launch_args(ns.args, Path.cwd()))
+        if ns.name is not None:
+            graph.name = ns.name
         printer = Printer(list(graph.nodes), quiet=ns.quiet, log_dir=ns.log_dir)
         return Launcher(graph, printer, duration=ns.duration, runtime_dir=ns.runtime_dir,
                         status=False if ns.no_status else None).run()

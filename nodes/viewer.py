@@ -11,14 +11,27 @@ The page pulls frames one after another (each request waits for the next frame),
 works in every browser, shows the frame rate the viewer can really deliver, and makes each
 displayed frame observable (a test can count them); the MJPEG stream is for other clients.
 Frames are drawn and JPEG-encoded only while somebody is looking: with no client connected,
-the viewer takes each newest frame and lets it go at once. It binds to 127.0.0.1 unless told
-otherwise; with ``token`` set, every request needs ``?token=...`` or an ``X-Token`` header.
+the viewer takes each newest frame and lets it go at once.
+
+Access: it binds to 127.0.0.1 unless told otherwise, and every request needs the token as
+``?token=...`` or an ``X-Token`` header (127.0.0.1 is open to every user of the machine). The
+default token is made at the first start, kept in the graph's runtime directory (this user's
+only: ``viewer-<node>.token``), reused by a respawned viewer and logged once, as the URL to
+open. ``no_auth: true`` serves without one (a warning says so).
+
+Slow clients: a request's line and headers must arrive within HEADER_SECONDS in all (not per
+read), at most MAX_PENDING connections may be at that stage (MAX_PENDING_PER_ADDRESS from one
+remote address), and a connection takes one of the MAX_CONNECTIONS serving slots only once its
+token checked out: connections that never finish a request cannot starve real clients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import secrets
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -30,7 +43,7 @@ import numpy as np
 
 from shmlaunch.transport import RuntimeDir, TransportError
 
-from ._node import Node
+from ._node import Node, NodeSetupError
 from ._params import Param
 from .messages import GESTURE, HAND_CONNECTIONS, LANDMARKS, decode_gesture, gesture_message, hand_count, handedness_label, landmarks_message
 
@@ -39,8 +52,14 @@ POINT_BGR = (0, 0, 255)
 WAIT_FOR_FRAME = 5.0
 #: A connection that neither sends its request nor takes our bytes for this long is closed.
 CONNECTION_TIMEOUT = 30.0
-#: At most this many connections at once (one thread each); more get 503 at once.
+#: At most this many requests served at once (one thread each), counted once their token checked
+#: out; more get 503 at once.
 MAX_CONNECTIONS = 32
+#: A request's line and headers must have arrived within this many seconds.
+HEADER_SECONDS = 5.0
+#: Connections still sending their request, in all and from one remote (not loopback) address.
+MAX_PENDING = 128
+MAX_PENDING_PER_ADDRESS = 16
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>shmlaunch viewer</title>
@@ -93,7 +112,9 @@ class Viewer(Node):
     port = Param(8080, "TCP port (0: any free port, printed in the log)")
     width = Param(640, "width of the served image (height follows the frame's aspect)")
     quality = Param(80, "JPEG quality, 1-100")
-    token = Param("", "if set, required as ?token= or an X-Token header")
+    token = Param("auto", "required as ?token= or an X-Token header; 'auto': one made at the first start, kept in the "
+                  "runtime directory (viewer-<node>.token) and logged as the URL to open")
+    no_auth = Param(False, "serve without a token (any user of this machine, or of the network with host 0.0.0.0, sees the view)")
     subscribes = {"image": {"dtype": "uint8", "ndim": 3}, "landmarks": {"min_capacity": LANDMARKS.itemsize},
                   "gesture": {"min_capacity": GESTURE.itemsize}}
 
@@ -110,12 +131,41 @@ class Viewer(Node):
             if self.is_mapped(port):
                 self.rates[port] = _Rate()
                 self.subscribe(port, handler)
+        self.key = "" if self.no_auth else self._token()
         self.server = _BoundedServer((self.host, self.port), _handler(self))
         threading.Thread(target=self.server.serve_forever, name="viewer-http", daemon=True).start()
         host, port = self.server.server_address[:2]
         if self.host not in ("127.0.0.1", "localhost", "::1"):
-            self.log.warning("the view is exposed on %s:%d to the network%s", host, port, "" if self.token else " WITHOUT a token")
-        self.log.info("serving the view at http://%s:%d/", host, port)
+            self.log.warning("the view is exposed on %s:%d to the network%s", host, port, " WITHOUT a token" if self.no_auth else "")
+        if self.no_auth:
+            self.log.warning("serving the view at http://%s:%d/ WITHOUT a token (no_auth): every user of this machine can see it",
+                             host, port)
+        elif self.token == "auto" and self.new_token:
+            self.log.info("serving the view at http://%s:%d/?token=%s (token kept in %s)", host, port, self.key,
+                          self.runtime_dir / self.token_file)
+        else:
+            self.log.info("serving the view at http://%s:%d/ (token %s)", host, port,
+                          f"in {self.runtime_dir / self.token_file}" if self.token == "auto" else "as set")
+
+    def _token(self) -> str:
+        """The token to require: the one set, or the graph's own for this viewer (made once)."""
+        if self.token != "auto":
+            if len(self.token) < 8:
+                raise NodeSetupError(f"token {self.token!r} is too short (8 characters or more; 'auto' makes one)")
+            return self.token
+        self.token_file = f"viewer-{self.name}.token"
+        self.new_token = False
+        with RuntimeDir.open(self.runtime_dir) as rd:
+            try:
+                key = rd.read_bytes(self.token_file, 256).decode("ascii").strip()
+                if len(key) >= 16:
+                    return key
+            except (FileNotFoundError, UnicodeDecodeError, ValueError):
+                pass
+            key = secrets.token_urlsafe(18)
+            rd.write_atomic(self.token_file, key.encode())
+            self.new_token = True
+            return key
 
     # ----- messages
     def on_landmarks(self, msg) -> None:
@@ -193,29 +243,43 @@ class Viewer(Node):
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """A threading HTTP server with a cap on concurrent connections: a client that opens
-    hundreds of slow connections cannot make the viewer start hundreds of threads."""
+    """A threading HTTP server whose connections are bounded at each stage (see the module's
+    docstring): a client that opens hundreds of slow connections can neither make the viewer
+    start hundreds of threads nor keep real clients out."""
 
     daemon_threads = True
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.pending: dict[str, int] = {}  # remote address -> connections still sending their request
+        self.lock = threading.Lock()
 
     def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 22\r\nConnection: close\r\n\r\n"
-                                b"too many connections\r\n")
+        address = client_address[0]
+        with self.lock:
+            remote = not ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+            full = sum(self.pending.values()) >= MAX_PENDING or (remote and self.pending.get(address, 0) >= MAX_PENDING_PER_ADDRESS)
+            if not full:
+                self.pending[address] = self.pending.get(address, 0) + 1
+        if full:
+            _refuse(request)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+    def done_pending(self, address: str) -> None:
+        with self.lock:
+            left = self.pending.get(address, 0) - 1
+            if left > 0:
+                self.pending[address] = left
+            else:
+                self.pending.pop(address, None)
+
+
+def _refuse(sock) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 22\r\nConnection: close\r\n\r\ntoo many connections\r\n")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -238,12 +302,47 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def handle_one_request(self) -> None:
+        """The request line and headers within HEADER_SECONDS in all: a client dripping a byte at a
+        time is cut off then (the socket's own timeout is per read)."""
+        self.pending = True
+        timer = threading.Timer(HEADER_SECONDS, self._too_slow)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+            self._received()
+
+    def _too_slow(self) -> None:
+        if self.pending:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _received(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.server.done_pending(self.client_address[0])
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._received()
         url = urlparse(self.path)
         q = parse_qs(url.query)
-        if self.viewer.token and self.viewer.token not in (q.get("token", [""])[0], self.headers.get("X-Token", "")):
+        key = self.viewer.key
+        if key and not any(secrets.compare_digest(key.encode(), given.encode())
+                           for given in (q.get("token", [""])[0], self.headers.get("X-Token", ""))):
             self._send(HTTPStatus.UNAUTHORIZED, b"a token is required: ?token=... or an X-Token header\n", "text/plain")
             return
+        if not self.server.slots.acquire(blocking=False):
+            _refuse(self.connection)
+            return
+        try:
+            self._route(url, q)
+        finally:
+            self.server.slots.release()
+
+    def _route(self, url, q) -> None:
         raw_after = q.get("after", q.get("at", ["0"]))[0] or "0"
         if not raw_after.isdigit() or len(raw_after) > 18:
             self._send(HTTPStatus.BAD_REQUEST, f"after/at must be a frame number, got {raw_after[:40]!r}\n".encode(), "text/plain")

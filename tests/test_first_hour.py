@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_launcher import unique_name
 
 from shmlaunch.launch import parse_launch_args
 from shmlaunch.launch._loading import launch_arguments
@@ -193,11 +194,12 @@ def test_a_read_only_install_runs_the_bundled_graph_and_records_in_the_current_d
     pytest.importorskip("mediapipe", reason="MediaPipe is not installed (the hands extra)")
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare (a read-only bind mount in a private mount namespace)")
+    graph = unique_name("hands")
     script = (f'mount --bind "{ROOT}" "{ROOT}" && mount -o remount,bind,ro "{ROOT}" && cd "{tmp_path}" && '
-              f'exec "$0" -m shmlaunch.launch.cli hands.yaml --duration 12 --no-status')
+              f'exec "$0" -m shmlaunch.launch.cli hands.yaml --duration 12 --no-status --name {graph}')
     res = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"recording to {tmp_path / 'hands.jsonl'}" in res.stdout
     lines = (tmp_path / "hands.jsonl").read_text().splitlines()
     assert any('"type":"landmarks"' in line for line in lines)
-    assert not graph_runtime_dir("hands").exists()
+    assert not graph_runtime_dir(graph).exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_launcher import unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDS = ROOT.parent / "shared" / "testdata" / "hands"
@@ -176,7 +177,8 @@ def run_hands_graph(tmp: Path, *args: str):
     out = tmp / "hands.jsonl"
     res = subprocess.run(
         [sys.executable, "-m", "shmlaunch.launch.cli", str(ROOT / "launch" / "hands.yaml"), f"source:={folder}", "fps:=10",
-         f"record:={out}", "static:=true", "complexity:=1", "hold:=0", "width:=384", "height:=512", "--duration", "12", *args],
+         f"record:={out}", "static:=true", "complexity:=1", "hold:=0", "width:=384", "height:=512", "--duration", "12",
+         "--name", unique_name("hands"), *args],
         capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr

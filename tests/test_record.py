@@ -345,7 +345,7 @@ def test_record_serves_the_channels_live_to_foxglove_on_localhost(scene, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", "record", tmp_path / "live.mcap", "--graph", scene,
-                             f"--serve={port}", "--duration", "20"], stderr=subprocess.PIPE, text=True)
+                             f"--serve={port}", "--no-auth", "--duration", "20"], stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: _port_open(port), what="the Foxglove server")
         with _websocket(port) as sock:
@@ -361,6 +361,7 @@ def test_record_serves_the_channels_live_to_foxglove_on_localhost(scene, tmp_pat
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert "WITHOUT authentication" in err, err
 
 
 def _port_open(port: int) -> bool:
@@ -387,7 +388,9 @@ def test_record_play_and_info_say_what_is_wrong_in_one_line(scene, tmp_path):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    cases.append((("record", tmp_path / "y.mcap", "--graph", scene, f"--serve={port}", "--duration", "1"), 1,
+    cases.append((("record", tmp_path / "z.mcap", "--graph", scene, f"--serve={port}", "--duration", "1"), 2,
+                  "--serve: the Foxglove WebSocket server has no authentication"))
+    cases.append((("record", tmp_path / "y.mcap", "--graph", scene, f"--serve={port}", "--no-auth", "--duration", "1"), 1,
                   f"cannot serve on ws://127.0.0.1:{port}: FoxgloveError: Failed to bind port"))
     for args, code, text in cases:
         res = cli(*args)

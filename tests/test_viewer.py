@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_launcher import assert_nothing_left, node_pids, start, wait_for, write_graph
+from test_launcher import assert_nothing_left, node_pids, start, unique_name, wait_for, write_graph
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
 
-from shmlaunch.transport import backend  # noqa: E402
+from shmlaunch.transport import backend, graph_runtime_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ nodes:
     env: {PYTHONPATH: PYTHONPATH_HERE}
   viewer:
     node: shmlaunch.nodes.viewer:Viewer
-    params: {port: PORT, width: 320, token: TOKEN}
+    params: {port: PORT, width: 320, AUTH}
     subscribe: {image: camera/image, landmarks: hands/landmarks}
 """
 
@@ -60,9 +61,10 @@ def up(url: str) -> bool:
 
 @pytest.fixture
 def viewer_graph(tmp_path, request):
-    token = getattr(request, "param", "")
+    token = getattr(request, "param", None)  # None: no_auth; "auto": the viewer's own; else that token
     port = free_port()
-    path, graph = write_graph(tmp_path, FAKE.replace("PORT", str(port)).replace("TOKEN", f'"{token}"'))
+    auth = "no_auth: true" if token is None else f'token: "{token}"'
+    path, graph = write_graph(tmp_path, FAKE.replace("PORT", str(port)).replace("AUTH", auth))
     proc = start(path, "--duration", 60)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -111,53 +113,75 @@ def test_a_bad_frame_number_is_a_400_and_the_viewer_goes_on(viewer_graph):
     assert get(base + "/status.json")[0] == 200
 
 
-def test_connections_are_capped_and_silent_ones_time_out(monkeypatch):
-    """The viewer's HTTP server alone: past MAX_CONNECTIONS a client gets 503 at once, and a
-    connection that never sends its request is closed after CONNECTION_TIMEOUT."""
+def test_connections_are_capped_and_slow_ones_are_cut_off(monkeypatch):
+    """The viewer's HTTP server alone: past MAX_PENDING connections still sending their request a
+    client gets 503 at once, and a request that drips in is cut off HEADER_SECONDS after it began
+    (not per read)."""
     import threading
 
     from shmlaunch.nodes import viewer as v
 
-    monkeypatch.setattr(v, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(v, "MAX_PENDING", 3)
+    monkeypatch.setattr(v, "HEADER_SECONDS", 1.5)
 
-    class Slow(v.BaseHTTPRequestHandler):
-        timeout = 1.0
+    class Probe(v._Handler):
+        viewer = type("V", (), {"key": "", "stopping": False})()
 
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
+        def _route(self, url, q):
+            self._send(200, b"ok", "text/plain")
 
-        def log_message(self, *args):
-            pass
-
-    server = v._BoundedServer(("127.0.0.1", 0), Slow)
+    server = v._BoundedServer(("127.0.0.1", 0), Probe)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # send nothing: each holds a slot
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # each holds a pending place
         time.sleep(0.3)
         extra = socket.create_connection(("127.0.0.1", port))
         extra.settimeout(5)
         assert extra.recv(100).startswith(b"HTTP/1.1 503 Service Unavailable")
         started = time.monotonic()
-        idle[0].settimeout(10)
-        assert idle[0].recv(100) == b""  # closed by the server's timeout
-        assert time.monotonic() - started < 5
+        idle[0].settimeout(0.4)
+        closed = False
+        while not closed and time.monotonic() - started < 10:  # one byte every 0.4 s: never idle long enough to time out
+            with contextlib.suppress(OSError):
+                idle[0].sendall(b"G")
+            with contextlib.suppress(TimeoutError):
+                closed = idle[0].recv(100) == b""
+        assert closed and time.monotonic() - started < 4, time.monotonic() - started
         for s in idle + [extra]:
             s.close()
-        wait_for(lambda: get(f"http://127.0.0.1:{port}/")[0] == 200, 10, "a slot to come back")
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/")[0] == 200, 10, "a place to come back")
     finally:
         server.shutdown()
         server.server_close()
 
 
-@pytest.mark.parametrize("viewer_graph", ["s3cret"], indirect=True)
+@pytest.mark.parametrize("viewer_graph", ["auto"], indirect=True)
+def test_by_default_a_token_is_made_kept_private_and_slow_clients_cannot_keep_a_real_one_out(viewer_graph):
+    base, graph = viewer_graph
+    token_file = graph_runtime_dir(graph) / "viewer-viewer.token"
+    assert os.stat(token_file).st_mode & 0o077 == 0
+    token = token_file.read_text().strip()
+    assert len(token) >= 16 and get(base + "/snapshot.jpg")[0] == 401 and get(base + "/snapshot.jpg?token=" + token)[0] == 200
+    drips = [socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) for _ in range(40)]  # slowloris
+    try:
+        for s in drips:
+            s.sendall(b"G")
+        started = time.monotonic()
+        assert get(base + "/status.json", {"X-Token": token}, timeout=5)[0] == 200
+        assert time.monotonic() - started < 3
+    finally:
+        for s in drips:
+            s.close()
+
+
+@pytest.mark.parametrize("viewer_graph", ["s3cret-token"], indirect=True)
 def test_token_is_enforced_when_set(viewer_graph):
     base, _ = viewer_graph
     assert get(base + "/")[0] == 401
     assert get(base + "/snapshot.jpg?token=wrong")[0] == 401
-    assert get(base + "/?token=s3cret")[0] == 200
-    assert get(base + "/snapshot.jpg", {"X-Token": "s3cret"})[0] == 200
+    assert get(base + "/?token=s3cret-token")[0] == 200
+    assert get(base + "/snapshot.jpg", {"X-Token": "s3cret-token"})[0] == 200
 
 
 def test_viewer_uses_almost_no_cpu_with_no_client(viewer_graph):
@@ -176,7 +200,9 @@ def test_page_updates_in_a_real_headless_chromium(tmp_path):
         pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
     port = free_port()
-    proc = start(ROOT / "launch" / "hands_view.yaml", f"port:={port}", f"record:={tmp_path / 'hands.jsonl'}", "--duration", "120")
+    graph = unique_name("hands-view")
+    proc = start(ROOT / "launch" / "hands_view.yaml", f"port:={port}", f"record:={tmp_path / 'hands.jsonl'}", "--duration", "120",
+                 "--name", graph)
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -186,7 +212,8 @@ def test_page_updates_in_a_real_headless_chromium(tmp_path):
     try:
         wait_for(lambda: up(f"http://127.0.0.1:{port}/status.json"), 60, "the viewer to serve")
         browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
-        browser.get(f"http://127.0.0.1:{port}/")
+        token = (graph_runtime_dir(graph) / "viewer-viewer.token").read_text().strip()  # the viewer's own, made at its start
+        browser.get(f"http://127.0.0.1:{port}/?token={token}")
         wait_for(lambda: int(browser.execute_script("return document.body.dataset.frames")) >= 3, 60, "the image to update")
         wait_for(lambda: "hands/landmarks" in browser.find_element("id", "topics").text, 10, "the topic table")
         shot = tmp_path / "viewer.png"
@@ -199,4 +226,4 @@ def test_page_updates_in_a_real_headless_chromium(tmp_path):
             browser.quit()
         proc.terminate()
         proc.communicate(timeout=30)
-    assert_nothing_left("hands-view")
+    assert_nothing_left(graph)
