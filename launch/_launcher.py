@@ -34,17 +34,23 @@ import time
 from pathlib import Path
 
 from shmlaunch.nodes import HEARTBEAT, heartbeat_age
-from shmlaunch.transport import Topic, backend, graph_runtime_dir, new_run_id
+from shmlaunch.transport import backend, graph_runtime_dir, new_run_id
 
 from ._check import check_graph
 from ._children import Children
-from ._graphdir import GraphDir
+from ._graphdir import GraphDir, NoRoomError
 from ._printer import Printer
 from ._schema import Graph, LaunchFileError
 from ._state import GraphState, NodeState
 from ._status import StatusView
 from ._supervisor import Supervisor
 from ._systemd import notify, watchdog_interval
+
+#: Open files: a topic handle (its segment, and the mapping's own on Python < 3.13), a node's
+#: supervision (its output pipe and process handles), and what any process needs besides.
+FDS_PER_TOPIC = 2
+FDS_PER_CHILD = 3
+FDS_SPARE = 64
 
 
 class Launcher:
@@ -60,7 +66,6 @@ class Launcher:
         self.run_id = new_run_id()
         self.dir = GraphDir(self.runtime_dir, graph, self.run_id, self.say)
         self.children = Children(graph, self.runtime_dir, self.printer, self.say)
-        self._topics: list[Topic] = []
         self.state = GraphState(graph.name, str(Path(graph.file).resolve()), str(self.runtime_dir), os.getpid(), time.time_ns(),
                                 {n: NodeState(kind="python" if s.node_class else "cmd") for n, s in graph.nodes.items()},
                                 launcher_start=backend.process_start_time(os.getpid()) or 0, run=self.run_id)
@@ -78,6 +83,7 @@ class Launcher:
         errors, warnings = check_graph(self.graph)
         if errors:
             raise LaunchFileError(errors)
+        self._check_open_files()
         for w in warnings:
             self.say(f"warning: {w}")
         sup = Supervisor(list(self.graph.nodes.values()), self.clock(), self.state.nodes)
@@ -97,7 +103,8 @@ class Launcher:
         try:
             self.dir.claim()
             self.children.start_watchdog(self.run_id)  # before the first byte of a segment is reserved
-            self._topics = self.dir.create_topics()
+            for topic in self.dir.create_topics():  # made; the nodes hold them from now on (a handle costs file descriptors)
+                topic.close()
             self.dir.write_state(self.state)
             self.say(f"graph {self.graph.name!r}: {len(self.graph.topics)} topics in {self.runtime_dir}, "
                      f"starting {len(self.graph.nodes)} nodes")
@@ -114,6 +121,18 @@ class Launcher:
         code = sup.exit_code()
         self.say(f"graph {self.graph.name!r} stopped, exit code {code}")
         return code
+
+    def _check_open_files(self) -> None:
+        """Raise the open-file limit as far as allowed (children inherit it) and refuse, before
+        anything starts, a graph whose launcher or busiest node would still run out."""
+        launcher = FDS_SPARE + FDS_PER_TOPIC * len(self.graph.topics) + FDS_PER_CHILD * len(self.graph.nodes)
+        busiest = max(((FDS_SPARE + FDS_PER_TOPIC * (len(n.publish) + len(n.subscribe)), name) for name, n in self.graph.nodes.items()),
+                      default=(0, ""))
+        limit = backend.raise_open_file_limit()
+        need, who = max((launcher, "its launcher"), (busiest[0], f"node {busiest[1]!r}"))
+        if need > limit:
+            raise NoRoomError(f"graph {self.graph.name!r} needs about {need} open files ({who}: {FDS_PER_TOPIC} a topic); the "
+                              f"limit is {limit}: raise it (ulimit -n {need}; LimitNOFILE={need} in a systemd unit)")
 
     def _loop(self, sup: Supervisor) -> None:
         end = None if self.duration is None else self.clock() + self.duration
@@ -205,7 +224,5 @@ class Launcher:
         self.children.close()
         if self.status:
             self.status.clear()
-        for topic in self._topics:
-            topic.close()
         self.dir.release()
         self.children.watchdog_done()

@@ -52,11 +52,18 @@ def exec_word(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def unit_text(graph: Graph, launch_file: Path, args: list[str], user: bool) -> str:
+#: The unit's open-file limit (soft and hard): a graph of thousands of topics needs thousands
+#: of descriptors, and systemd's default soft limit is 1024.
+LIMIT_NOFILE = 524288
+
+
+def unit_text(graph: Graph, launch_file: Path, args: list[str], user: bool, workdir: Path) -> str:
+    """The unit; it runs in ``workdir`` (where ``shmlaunch systemd`` was run, by default): where
+    relative paths of the graph (a recorder's file) land, never inside an installed package."""
     exe = shutil.which("shmlaunch")
     argv = [exe] if exe else [sys.executable, "-m", "shmlaunch.launch.cli"]
     cmd = " ".join(exec_word(w) for w in [*argv, str(launch_file.resolve()), *args])
-    workdir = str(launch_file.resolve().parent).replace("%", "%%")
+    workdir = str(workdir.resolve()).replace("%", "%%")
     return f"""# shmlaunch graph {graph.name!r}, from {launch_file.resolve()}
 # Install: copy to {'~/.config/systemd/user/' if user else '/etc/systemd/system/'}shmlaunch-{graph.name}.service, then
 #   systemctl {'--user ' if user else ''}daemon-reload && systemctl {'--user ' if user else ''}enable --now shmlaunch-{graph.name}
@@ -75,6 +82,7 @@ RestartSec=2
 KillMode=mixed
 TimeoutStopSec=20
 WatchdogSec={WATCHDOG_SEC}
+LimitNOFILE={LIMIT_NOFILE}
 # Keep the graph's shared memory while it runs (systemd's default removes a user's IPC objects).
 RemoveIPC=no
 Environment=PYTHONUNBUFFERED=1

@@ -196,13 +196,17 @@ def _systemd(argv: list[str]) -> int:
     ap.add_argument("args", nargs="*", help="launch arguments for the unit's command line, key:=value")
     ap.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     ap.add_argument("-o", "--output", help="write the unit here (default: standard output)")
+    ap.add_argument("--workdir", default=".", help="the graph's working directory, where relative paths such as a recorder's file "
+                    "land (default: this directory)")
     ns = ap.parse_intermixed_args(argv)
     try:
         path = resolve_launch_file(ns.file)
         graph = load_launch_file(path, parse_launch_args(ns.args, Path.cwd()))
     except LaunchFileError as exc:
         return error(str(exc))
-    text = unit_text(graph, path, ns.args, ns.user)
+    if not Path(ns.workdir).is_dir():
+        return error(f"--workdir {ns.workdir}: no such directory")
+    text = unit_text(graph, path, ns.args, ns.user, Path(ns.workdir))
     if ns.output:
         Path(ns.output).write_text(text)
         print(f"wrote {ns.output}")

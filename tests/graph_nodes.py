@@ -256,3 +256,38 @@ class NativeAbort(Node):
 
     def setup(self):
         self._die(self.library)
+
+
+class FanOut(Node):
+    """Publishes its tick count to ports out0 .. out{ports-1}, ``rate`` times a second."""
+
+    ports = Param(2, "how many output ports")
+    rate = Param(20.0, "ticks per second")
+
+    def setup(self):
+        self.outs = [self.publisher(f"out{i}") for i in range(self.ports)]
+        self.n = 0
+        self.timer(1.0 / self.rate, self.tick)
+
+    def tick(self):
+        self.n += 1
+        for out in self.outs:
+            out.publish(np.array([self.n], np.int64))
+
+
+class FanIn(Node):
+    """Subscribes to in0 .. in{ports-1}; writes to ``path`` how many ports have delivered (as ports deliver)."""
+
+    ports = Param(2, "how many input ports")
+    path = Param("", "where to write the count")
+
+    def setup(self):
+        self.seen = set()
+        for i in range(self.ports):
+            self.subscribe(f"in{i}", lambda msg, i=i: self.on_value(i))
+
+    def on_value(self, i):
+        if i not in self.seen:
+            self.seen.add(i)
+            with open(self.path, "w") as f:
+                f.write(str(len(self.seen)))

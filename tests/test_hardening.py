@@ -788,7 +788,7 @@ def test_systemd_unit_quotes_paths_with_spaces_and_escapes_percent(tmp_path):
     folder.mkdir()
     path = folder / "g.yaml"
     path.write_text("name: g\nargs: {note: x}\nnodes: {n: {cmd: [true], env: {NOTE: $(arg note)}}}\n")
-    res = shmlaunch("systemd", path, "note:=a b")
+    res = shmlaunch("systemd", path, "note:=a b", "--workdir", folder)
     assert res.returncode == 0, res.stderr
     exec_line = next(line for line in res.stdout.splitlines() if line.startswith("ExecStart="))
     assert f'"{str(path).replace("%", "%%")}"' in exec_line and exec_line.endswith('"note:=a b"')
