@@ -8,7 +8,9 @@ median and range are reported.
 - start: from spawning ``shmlaunch FILE`` to its line "graph ...: N topics in ..., starting"
   (printed once every topic exists), so Python's own start-up (shown apart) is included;
 - status view: the launcher's CPU (from /proc) over ``--window`` seconds with the view on,
-  minus the same with it off, as a percentage of one core.
+  minus the same with it off, as a percentage of one core;
+- tools on a running graph of N topics: ``shmlaunch topic list`` from spawn to exit, and
+  ``shmlaunch record`` from spawn to its line "recording N topics" (every topic opened).
 
     python bench/topics_bench.py               # about 3 minutes; writes bench/results/topics.json and .md
 """
@@ -56,6 +58,38 @@ def start_seconds(path: Path, n: int) -> float:
     return took
 
 
+def tool_seconds(path: Path, n: int, tmp: Path) -> tuple[float, float]:
+    """(topic list, record start) in seconds, on the running graph of ``path``."""
+    graph = path.read_text().split("\n", 1)[0].removeprefix("name: ")
+    proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(path), "--duration", "120", "--no-status"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if f": {n} topics in " in line:
+                break
+        t0 = time.monotonic()
+        listed = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "topic", "list", "--graph", graph], capture_output=True,
+                                text=True, check=True)
+        listing = time.monotonic() - t0
+        assert sum(1 for x in listed.stdout.splitlines() if x.startswith("t")) == n
+        out = tmp / f"r-{time.monotonic_ns()}.mcap"
+        t0 = time.monotonic()
+        rec = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", "record", str(out), "--graph", graph, "--duration", "0.2"],
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        started = None
+        for line in rec.stderr:
+            if started is None and f"recording {n} topics" in line:
+                started = time.monotonic() - t0
+        if rec.wait() != 0 or started is None:
+            raise SystemExit(f"record on the {n}-topic graph failed (exit {rec.returncode})")
+        out.unlink(missing_ok=True)
+        return listing, started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def python_start_seconds() -> float:
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", "import shmlaunch.launch"], check=True)
@@ -94,12 +128,20 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "topics.json"))
     args = ap.parse_args()
     results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "cpus": os.cpu_count(),
-               "python_start_s": summary([python_start_seconds() for _ in range(args.runs)]), "start_s": {}, "view_cpu_pct": {}}
+               "python_start_s": summary([python_start_seconds() for _ in range(args.runs)]), "start_s": {}, "view_cpu_pct": {},
+               "topic_list_s": {}, "record_start_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.sizes.split(",")):
             path = launch_file(Path(tmp), n, "start")
             results["start_s"][n] = summary([start_seconds(path, n) for _ in range(args.runs)])
             print(f"{n} topics: start {results['start_s'][n]['median']:.2f} s", flush=True)
+        for n in (1000,):
+            path = launch_file(Path(tmp), n, "tools")
+            runs = [tool_seconds(path, n, Path(tmp)) for _ in range(args.runs)]
+            results["topic_list_s"][n] = summary([r[0] for r in runs])
+            results["record_start_s"][n] = summary([r[1] for r in runs])
+            print(f"{n} topics: topic list {results['topic_list_s'][n]['median']:.2f} s, record start "
+                  f"{results['record_start_s'][n]['median']:.2f} s", flush=True)
         for n in (300,):
             path = launch_file(Path(tmp), n, "view")
             runs = {view: [launcher_cpu_percent(path, view, args.window) for _ in range(max(args.runs // 2, 2))] for view in ("off", "on")}
@@ -115,6 +157,9 @@ def main() -> None:
     for n, r in results["start_s"].items():
         target = "under 5 s" if n == 1000 else ""
         md.append(f"| graph of {n} topics: launch to all topics created | {r['median']:.2f} s | {r['min']:.2f}-{r['max']:.2f} s | {target} |")
+    for key, what in (("topic_list_s", "`shmlaunch topic list`"), ("record_start_s", "`shmlaunch record`: spawn to every topic open")):
+        for n, r in results[key].items():
+            md.append(f"| {what} on a graph of {n} topics | {r['median']:.2f} s | {r['min']:.2f}-{r['max']:.2f} s | linear in topics |")
     for n, r in results["view_cpu_pct"].items():
         md.append(f"| launcher CPU at {n} topics, status view off | {r['off']['median']:.2f}% | {r['off']['min']:.2f}-{r['off']['max']:.2f}% | |")
         md.append(f"| launcher CPU at {n} topics, status view on | {r['on']['median']:.2f}% | {r['on']['min']:.2f}-{r['on']['max']:.2f}% "

@@ -161,6 +161,8 @@ def _run(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
     ap.add_argument("--help-params", action="store_true", help="list the node's parameters and exit")
     ns = ap.parse_intermixed_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the installed console script does not look here; python -m does
+        sys.path.insert(0, os.getcwd())
     try:
         cls = load_node_class(ns.node)
     except NodeClassError as exc:

@@ -5,8 +5,11 @@ crash loses at most the message being written. Lines are ``{"type": "landmarks",
 and, when the ``gesture`` port is mapped, ``{"type": "gesture", ...}``; both carry the
 camera frame's sequence number and capture time, which is how they join. When the ``source``
 port is mapped (the camera's provenance topic), each landmarks line also says which input it
-came from: ``"source": {"kind": "image folder", "index": 3, "name": "4-none.jpg"}``. When the file
-passes ``max_bytes`` it is rotated: ``out.jsonl`` -> ``out.jsonl.1`` -> ... -> ``.<backups>``.
+came from: ``"source": {"kind": "image folder", "index": 3, "name": "4-none.jpg"}``. The join is
+exact: provenance is taken before landmarks in each wake-up and kept for the last SOURCES_KEPT
+frames, and a landmarks line whose frame's provenance has not arrived yet waits for it (at most
+SOURCE_WAIT seconds; then it is written without, and counted). When the file passes
+``max_bytes`` it is rotated: ``out.jsonl`` -> ``out.jsonl.1`` -> ... -> ``.<backups>``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from .messages import (
 
 #: frames whose provenance is kept for the landmarks still to come (a few seconds of frames)
 SOURCES_KEPT = 256
+#: how long a landmarks line waits for its frame's provenance
+SOURCE_WAIT = 0.5
 
 
 class Recorder(Node):
@@ -50,12 +55,15 @@ class Recorder(Node):
             self.file = open(self.file_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown()
         except OSError as exc:
             raise NodeSetupError(f"cannot open recorder file {str(self.file_path.absolute())!r}: {exc.strerror}") from exc
+        self.sources: OrderedDict[int, dict] = OrderedDict()  # frame_seq -> provenance, the newest SOURCES_KEPT
+        self.waiting: OrderedDict[int, tuple[float, dict]] = OrderedDict()  # frame_seq -> (since, landmarks line)
+        self.unsourced = 0
+        if self.is_mapped("source"):  # first: each wake-up takes a frame's provenance before its landmarks
+            self.subscribe("source", self.on_source)
+            self.timer(SOURCE_WAIT / 5, self.flush_waiting)
         self.subscribe("landmarks", self.on_landmarks)
         if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
-        self.sources: OrderedDict[int, dict] = OrderedDict()  # frame_seq -> provenance, the newest SOURCES_KEPT
-        if self.is_mapped("source"):
-            self.subscribe("source", self.on_source)
         self.lines = 0
         self.log.info("recording to %s", self.file_path.resolve())
 
@@ -80,9 +88,21 @@ class Recorder(Node):
 
     def on_source(self, msg) -> None:
         rec = frame_source_message(msg.data)
-        self.sources[int(rec["frame_seq"])] = decode_frame_source(rec)
+        frame = int(rec["frame_seq"])
+        self.sources[frame] = decode_frame_source(rec)
         while len(self.sources) > SOURCES_KEPT:
             self.sources.popitem(last=False)
+        waiting = self.waiting.pop(frame, None)
+        if waiting is not None:
+            self.write({**waiting[1], "source": self.sources[frame]})
+
+    def flush_waiting(self, force: bool = False) -> None:
+        """Write the landmarks lines that waited SOURCE_WAIT for a provenance that never came."""
+        now = time.monotonic()
+        while self.waiting and (force or now - next(iter(self.waiting.values()))[0] >= SOURCE_WAIT):
+            _, (_, line) = self.waiting.popitem(last=False)
+            self.unsourced += 1
+            self.write(line)
 
     def on_landmarks(self, msg) -> None:
         received = time.time_ns()
@@ -92,6 +112,9 @@ class Recorder(Node):
         source = self.sources.get(line["frame_seq"])
         if source is not None:
             line["source"] = source
+        elif self.is_mapped("source"):
+            self.waiting[line["frame_seq"]] = (time.monotonic(), line)
+            return
         self.write(line)
 
     def on_gesture(self, msg) -> None:
@@ -102,5 +125,7 @@ class Recorder(Node):
                     "received_ns": received, "hands": hands})
 
     def teardown(self) -> None:
+        self.flush_waiting(force=True)
         self.file.close()
-        self.log.info("wrote %d lines", self.lines)
+        unsourced = f" ({self.unsourced} landmarks lines without their frame's source: it never came)" if self.unsourced else ""
+        self.log.info("wrote %d lines%s", self.lines, unsourced)

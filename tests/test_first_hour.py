@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_launcher import unique_name
+from test_launcher import unique_name, wait_for
 
 from shmlaunch.launch import parse_launch_args
 from shmlaunch.launch._loading import launch_arguments
@@ -24,6 +24,9 @@ from shmlaunch.transport import SHM_ROOT, graph_runtime_dir
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SHMLAUNCH = [sys.executable, "-m", "shmlaunch.launch.cli"]
+#: The console script pip/uv installed: what a new user types (python -m puts the current
+#: directory on sys.path; the script does not, so the README's examples run through it).
+INSTALLED = [str(Path(sys.executable).with_name("shmlaunch"))] if Path(sys.executable).with_name("shmlaunch").exists() else SHMLAUNCH
 HELLO = '''from shmlaunch.nodes import Node
 
 
@@ -105,10 +108,11 @@ def test_the_readme_scale_example_works_as_written_and_leaves_nothing(tmp_path):
     attach = next(line for line in readme_block("shmlaunch run scale:Scale").splitlines() if "--graph scale" in line)
     before = ours_in_shm()
     assert graph_runtime_dir("scale").name not in before, "a graph called 'scale' runs already"
-    graph = subprocess.Popen([*SHMLAUNCH, *command.split()[1:]], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    graph = subprocess.Popen([*INSTALLED, *command.split()[1:]], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
-    time.sleep(1.5)  # the graph is up: attach a node to it by its name, as the README shows
-    probe = shmlaunch(*attach.split()[1:], cwd=tmp_path)
+    wait_for(lambda: any(g.name == "scale" and all(n.state == "running" for n in g.nodes.values()) for g in running_graphs()),
+             what="the scale graph to be up")  # then attach a node to it by its name, as the README shows
+    probe = subprocess.run([*INSTALLED, *attach.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     out, _ = graph.communicate(timeout=60)
     assert graph.returncode == 0, out
     assert re.search(r"scale +\| INFO 2 -> 6\n", out), out
