@@ -7,9 +7,12 @@ to start on any. Python node classes are imported here (with the node's ``cwd`` 
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import os
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +136,33 @@ def _ports(node: NodeSpec, direction: str, mapping: dict[str, str]):
             yield port, topic
 
 
+_LAYOUT_KEYS = ("capacity", "pool", "dtype", "shape")
+
+
+def code_declared_ports(cls) -> dict[tuple[str, str], dict]:
+    """What the class's own code declares where it opens its ports: literal keyword arguments of
+    ``self.publisher("port", dtype=..., shape=...)`` and ``self.subscribe("port", cb, ...)``
+    (read from the source, nothing is run), so ``check`` compares them with the topics too."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    found: dict[tuple[str, str], dict] = {}
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in ("publisher", "subscribe")
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == "self" and call.args
+                and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
+            continue
+        decl = {}
+        for kw in call.keywords:
+            if kw.arg in _LAYOUT_KEYS:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    decl[kw.arg] = ast.literal_eval(kw.value)
+        if decl:
+            found[("publish" if call.func.attr == "publisher" else "subscribe", call.args[0].value)] = decl
+    return found
+
+
 def _check_python_node(graph: Graph, node: NodeSpec, errors: list[str]) -> None:
     with import_context(graph, node):
         try:
@@ -144,7 +174,9 @@ def _check_python_node(graph: Graph, node: NodeSpec, errors: list[str]) -> None:
         resolve_params(cls, node.name, node.params)
     except ParamError as exc:
         errors.append(f"{node.where}: {exc}")
-    for direction, expectations, mapping in (("publish", cls.publishes, node.publish), ("subscribe", cls.subscribes, node.subscribe)):
+    in_code = code_declared_ports(cls)
+    for direction, declared, mapping in (("publish", cls.publishes, node.publish), ("subscribe", cls.subscribes, node.subscribe)):
+        expectations = {**{port: decl for (d, port), decl in in_code.items() if d == direction}, **declared}
         for port, expected in expectations.items():
             topic = graph.topics.get(node.merge[port][0] if direction == "subscribe" and port in node.merge else mapping.get(port, port))
             if topic is None:  # an optional port left unmapped; a required one fails at setup, naming the topic

@@ -153,6 +153,7 @@ def _load_topics(doc: dict, ns: str, graph: Graph, problems: Problems) -> None:
         line = line_of(topics, tname)
         spec = parse_topic(ns_join(ns, str(tname)), body, problems, line)
         if spec is None:
+            graph.unparsed.add(ns_join(ns, str(tname)))
             continue
         if spec.name in graph.topics:
             problems.add(line, f"topic {spec.name!r} is declared twice (first at {graph.topics[spec.name].where})")
@@ -225,9 +226,22 @@ def load_launch_file(path: str | Path, args: dict[str, Any] | None = None) -> Gr
     if not problems.items and not graph.nodes:
         problems.add(1, "the launch file declares no nodes")
     if problems.items:
-        raise LaunchFileError(problems.items)
+        raise LaunchFileError(problems.items + _consistency_of_what_parsed(graph))
     expand_replicas(graph)
     return graph
+
+
+def _consistency_of_what_parsed(graph: Graph) -> list[str]:
+    """check_graph's errors for the nodes and topics that did parse, so that a file with problems
+    of both kinds hears of them all at once (never "undeclared" for a topic whose declaration
+    was only wrong)."""
+    if not graph.nodes:
+        return []
+    from ._check import check_graph
+
+    expand_replicas(graph)
+    errors, _ = check_graph(graph)
+    return [e for e in errors if not any(f"topic {name!r}" in e for name in graph.unparsed)]
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class Graph:
     file: str
     topics: dict[str, TopicSpec]
     nodes: dict[str, NodeSpec]
+    unparsed: set[str] = field(default_factory=set)  # topics whose declarations had problems (not "undeclared" too)
 
 
 def unknown_keys(mapping: dict, allowed: set, what: str, problems: Problems) -> None:

@@ -366,5 +366,6 @@ def describe_params(cls) -> str:
     lines = []
     for name, p in sorted(declared_params(cls).items()):
         default = "required" if p.required else f"default {p.default!r}"
-        lines.append(f"  {name} ({p.type_name()}, {default}): {p.help}")
+        allowed = f", {p.allowed()}" if p.allowed() else ""
+        lines.append(f"  {name} ({p.type_name()}{allowed}, {default}): {p.help}")
     return "\n".join(lines) or "  (no parameters)"

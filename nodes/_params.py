@@ -5,7 +5,10 @@
         source = Param("auto", "device index, video file, URL or image folder")
 
 Inside the node ``self.fps`` is the value in force. The type is the default's type unless
-given; values from the launch file or ``--param key=value`` are checked against it.
+given; values from the launch file or ``--param key=value`` are checked against it, and against
+``choices`` or ``low``/``high`` when declared (``Param(0, "...", choices=(0, 1))``,
+``Param(0.5, "...", low=0.0, high=1.0)``): ``shmlaunch check`` then refuses a value the node
+would refuse, before anything starts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class ParamError(ValueError):
 class Param:
     """A typed node parameter with a default (a data descriptor on the Node class)."""
 
-    def __init__(self, default: Any = _MISSING, help: str = "", *, type: type | tuple[type, ...] | None = None) -> None:
+    def __init__(self, default: Any = _MISSING, help: str = "", *, type: type | tuple[type, ...] | None = None,
+                 choices: tuple | None = None, low: float | None = None, high: float | None = None) -> None:
         if type is None:
             if default is _MISSING or default is None:
                 raise TypeError("Param needs a default or an explicit type")
@@ -32,6 +36,8 @@ class Param:
         self.default = default
         self.help = help
         self.type = type
+        self.choices = None if choices is None else tuple(choices)
+        self.low, self.high = low, high
         self.name = ""
 
     def __set_name__(self, owner, name: str) -> None:
@@ -53,6 +59,16 @@ class Param:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         return " or ".join(t.__name__ for t in types)
 
+    def allowed(self) -> str:
+        """What values are allowed beyond the type ('' when any of the type)."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.low is not None and self.high is not None:
+            return f"from {self.low} to {self.high}"
+        if self.low is not None:
+            return f"at least {self.low}"
+        return "" if self.high is None else f"at most {self.high}"
+
     def coerce(self, value: Any, node_name: str) -> Any:
         """``value`` as this parameter's type (int -> float is allowed), or ParamError."""
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -60,14 +76,22 @@ class Param:
             return None
         is_bool = isinstance(value, bool)  # True is an int in Python: never accept it for int or float
         if is_bool == (bool in types) and isinstance(value, types):
-            return value
+            return self._in_range(value, node_name)
         if float in types and isinstance(value, int) and not is_bool:
-            return float(value)
+            return self._in_range(float(value), node_name)
         if tuple in types and isinstance(value, list):
             return tuple(value)
         raise ParamError(
             f"parameter {self.name!r} of node {node_name!r} must be {self.type_name()}, got {value!r} ({type(value).__name__})"
         )
+
+
+    def _in_range(self, value: Any, node_name: str) -> Any:
+        ok = ((self.choices is None or value in self.choices) and (self.low is None or value >= self.low)
+              and (self.high is None or value <= self.high))
+        if not ok:
+            raise ParamError(f"parameter {self.name!r} of node {node_name!r} must be {self.allowed()}, got {value!r}")
+        return value
 
 
 def declared_params(cls) -> dict[str, Param]:

@@ -175,11 +175,11 @@ class Camera(Node):
     source = Param("auto", "'auto', a device index or /dev/videoN, a video file, an rtsp:// or http:// URL, a folder of images, "
                    "or an .mcap recording (its first image topic)",
                    type=(str, int))
-    width = Param(640, "width asked of a live camera (frames are resized to the topic's shape anyway)")
-    height = Param(480, "height asked of a live camera")
-    fps = Param(30.0, "frames per second: the pace for files and folders, asked of a live camera")
+    width = Param(640, "width asked of a live camera (frames are resized to the topic's shape anyway)", low=1)
+    height = Param(480, "height asked of a live camera", low=1)
+    fps = Param(30.0, "frames per second: the pace for files and folders, asked of a live camera", low=0.01, high=1000.0)
     loop = Param(True, "start a video file again at its end (folders always cycle)")
-    image_seconds = Param(0.0, "for a folder: how long each image is shown (0: one frame each)")
+    image_seconds = Param(0.0, "for a folder: how long each image is shown (0: one frame each)", low=0.0)
     publishes = {"image": {"dtype": "uint8", "ndim": 3}, "source": {"min_capacity": FRAME_SOURCE.itemsize}}
 
     def setup(self) -> None:

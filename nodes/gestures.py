@@ -138,7 +138,7 @@ def photo_label(worlds: list[np.ndarray], bounds: Bounds) -> str:
 class Gestures(Node):
     """Subscribes to ``landmarks``, publishes ``gesture`` (the GESTURE layout) per message."""
 
-    model_complexity = Param(0, "the hand node's model_complexity (0 lite, 1 full): the bounds fitted to that model")
+    model_complexity = Param(0, "the hand node's model_complexity (0 lite, 1 full): the bounds fitted to that model", choices=(0, 1))
     subscribes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
     publishes = {"gesture": {"min_capacity": GESTURE.itemsize}}
 

@@ -27,12 +27,12 @@ from .messages import LANDMARKS, LANDMARKS_TYPE, LANDMARKS_VERSION, MAX_HANDS
 
 
 class HandLandmarks(Node):
-    max_num_hands = Param(2, f"hands to look for, 1 to {MAX_HANDS}")
-    model_complexity = Param(0, "0 (faster) or 1 (more accurate)")
-    min_detection_confidence = Param(0.5, "palm detection threshold")
-    min_tracking_confidence = Param(0.5, "landmark tracking threshold (below it, detection runs again)")
+    max_num_hands = Param(2, f"hands to look for, 1 to {MAX_HANDS}", low=1, high=MAX_HANDS)
+    model_complexity = Param(0, "0 (faster) or 1 (more accurate)", choices=(0, 1))
+    min_detection_confidence = Param(0.5, "palm detection threshold", low=0.0, high=1.0)
+    min_tracking_confidence = Param(0.5, "landmark tracking threshold (below it, detection runs again)", low=0.0, high=1.0)
     static_image_mode = Param(False, "detect on every frame instead of tracking (for unrelated images)")
-    runtime = Param("auto", f"{' | '.join(RUNTIMES)}: auto takes MediaPipe where it can run, else LiteRT")
+    runtime = Param("auto", f"{' | '.join(RUNTIMES)}: auto takes MediaPipe where it can run, else LiteRT", choices=RUNTIMES)
     subscribes = {"image": {"dtype": "uint8", "ndim": 3}}
     publishes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}}
 

@@ -43,8 +43,8 @@ SOURCE_WAIT = 0.5
 
 class Recorder(Node):
     path = Param("", "the JSON Lines file to append to (empty: hands.jsonl in the directory shmlaunch was started in)")
-    max_bytes = Param(50_000_000, "rotate the file when it grows past this size")
-    backups = Param(3, "rotated files to keep")
+    max_bytes = Param(50_000_000, "rotate the file when it grows past this size", low=1)
+    backups = Param(3, "rotated files to keep", low=0)
     subscribes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}, "gesture": {"min_capacity": GESTURE.itemsize},
                   "source": {"min_capacity": FRAME_SOURCE.itemsize}}
 

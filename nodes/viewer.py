@@ -109,9 +109,9 @@ class _Rate:
 
 class Viewer(Node):
     host = Param("127.0.0.1", "address to listen on; 0.0.0.0 exposes the view to the network")
-    port = Param(8080, "TCP port (0: any free port, printed in the log)")
-    width = Param(640, "width of the served image (height follows the frame's aspect)")
-    quality = Param(80, "JPEG quality, 1-100")
+    port = Param(8080, "TCP port (0: any free port, printed in the log)", low=0, high=65535)
+    width = Param(640, "width of the served image (height follows the frame's aspect)", low=16, high=7680)
+    quality = Param(80, "JPEG quality, 1-100", low=1, high=100)
     token = Param("auto", "required as ?token= or an X-Token header; 'auto': one made at the first start, kept in the "
                   "runtime directory (viewer-<node>.token) and logged as the URL to open")
     no_auth = Param(False, "serve without a token (any user of this machine, or of the network with host 0.0.0.0, sees the view)")
