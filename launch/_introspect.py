@@ -19,10 +19,13 @@ import numpy as np
 from shmlaunch.nodes import HEARTBEAT, heartbeat_age
 from shmlaunch.nodes.bridge import STATUS_FILE as BRIDGE_STATUS_FILE
 from shmlaunch.nodes.messages import (
+    FRAME_SOURCE_TYPE,
     GESTURE_TYPE,
     LANDMARKS_TYPE,
+    decode_frame_source,
     decode_landmarks,
     describe_gestures,
+    frame_source_message,
     gesture_message,
     landmarks_message,
 )
@@ -225,6 +228,10 @@ def summarize(reader: Reader, msg, data: np.ndarray) -> str:
         if cfg.message == GESTURE_TYPE:
             rec = gesture_message(data)
             return f"{head} gesture frame {int(rec['frame_seq'])}: {describe_gestures(rec)}"
+        if cfg.message == FRAME_SOURCE_TYPE:
+            rec = frame_source_message(data)
+            src = decode_frame_source(rec)
+            return f"{head} source of frame {int(rec['frame_seq'])}: {src['kind']} #{src['index']} {src['name']!r}"
     except ValueError as exc:  # a message of another version: say so, show the bytes
         return f"{head} {cfg.message}: {exc}; {raw.nbytes} bytes: {raw[:32].tobytes().hex(' ')}"
     if cfg.dtype is not None and cfg.shape is not None and len(cfg.shape) == 3 and cfg.dtype == np.uint8:

@@ -127,7 +127,22 @@ def _launch_args(doc: dict, cli_args: dict[str, Any], top: bool, problems: Probl
             where = "the command line" if top else "the include"
             problems.add(line_of(doc, "args"), f"launch argument {key!r} from {where} is not declared under 'args:' "
                          f"(declared: {', '.join(sorted(declared)) or 'none'})")
-    return {**declared, **cli_args}
+    args = {**declared, **cli_args}
+    # a default may use other arguments ($(arg width) in a default): resolved in as many passes as
+    # there are arguments; what still refers to an argument after that is a cycle
+    for _ in range(len(args)):
+        pending = [k for k, v in args.items() if isinstance(v, str) and _ARG_RE.search(v)]
+        if not pending:
+            break
+        for key in pending:
+            args[key] = _substitute(args[key], args, set(), problems,
+                                    line_of(declared, key) if key in declared else line_of(doc, "args"), f"args.{key}")
+    for key, value in args.items():
+        if isinstance(value, str) and _ARG_RE.search(value):
+            problems.add(line_of(declared, key) if key in declared else line_of(doc, "args"),
+                         f"args.{key}: its value {value!r} refers back to itself through $(arg ...)")
+            break
+    return args
 
 
 def _graph_name(doc: dict, graph: Graph, problems: Problems) -> None:

@@ -1,4 +1,4 @@
-"""The ``shmlaunch`` command.
+"""shmlaunch: a graph of processes joined by shared-memory pool topics.
 
     shmlaunch FILE [key:=value ...] [--duration S]     run a graph (also: shmlaunch launch FILE)
               [--quiet] [--log-dir DIR] [--no-status]

@@ -21,6 +21,7 @@ class Console(Node):
         if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
         self.latencies: list[int] = []
+        self.last_landmarks: float | None = None  # monotonic time of the last landmarks message
         self.hands = 0
         self.gesture = "-"
         self.since = time.monotonic()
@@ -29,6 +30,7 @@ class Console(Node):
     def on_landmarks(self, msg) -> None:
         rec = landmarks_message(msg.data)
         self.latencies.append(time.time_ns() - int(rec["capture_ns"]))
+        self.last_landmarks = time.monotonic()
         self.hands = int(rec["hand_count"])
 
     def on_gesture(self, msg) -> None:
@@ -40,8 +42,10 @@ class Console(Node):
         if self.latencies:
             lat = np.array(self.latencies) / 1e6
             timing = f"capture->landmarks p50 {np.median(lat):.1f} ms max {lat.max():.1f}"
-        else:
+        elif self.last_landmarks is None:
             timing = "no landmarks yet"
+        else:
+            timing = f"no landmarks for {now - self.last_landmarks:.0f} s"
         self.log.info("%.1f fps | %s | hands %d | %s", fps, timing, self.hands, self.gesture)
         self.latencies.clear()
         self.since = now

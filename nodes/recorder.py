@@ -42,15 +42,21 @@ SOURCE_WAIT = 0.5
 
 
 class Recorder(Node):
-    path = Param("", "the JSON Lines file to append to (empty: hands.jsonl in the directory shmlaunch was started in)")
+    path = Param("auto", "the JSON Lines file to append to ('auto': hands.jsonl in the directory shmlaunch was started in; "
+                 "'': write nothing)")
     max_bytes = Param(50_000_000, "rotate the file when it grows past this size", low=1)
     backups = Param(3, "rotated files to keep", low=0)
     subscribes = {"landmarks": {"min_capacity": LANDMARKS.itemsize}, "gesture": {"min_capacity": GESTURE.itemsize},
                   "source": {"min_capacity": FRAME_SOURCE.itemsize}}
 
     def setup(self) -> None:
+        self.lines = 0
+        if self.path == "":
+            self.file = None
+            self.log.info("recording off (path is empty)")
+            return
         # never beside the launch file by default: for a pip-installed user that is site-packages
-        self.file_path = Path(self.path) if self.path else start_dir() / "hands.jsonl"
+        self.file_path = start_dir() / "hands.jsonl" if self.path == "auto" else Path(self.path)
         try:
             self.file = open(self.file_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in teardown()
         except OSError as exc:
@@ -64,7 +70,6 @@ class Recorder(Node):
         self.subscribe("landmarks", self.on_landmarks)
         if self.is_mapped("gesture"):
             self.subscribe("gesture", self.on_gesture)
-        self.lines = 0
         self.log.info("recording to %s", self.file_path.resolve())
 
     def write(self, record: dict) -> None:
@@ -125,6 +130,8 @@ class Recorder(Node):
                     "received_ns": received, "hands": hands})
 
     def teardown(self) -> None:
+        if self.file is None:
+            return
         self.flush_waiting(force=True)
         self.file.close()
         unsourced = f" ({self.unsourced} landmarks lines without their frame's source: it never came)" if self.unsourced else ""

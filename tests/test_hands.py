@@ -21,7 +21,8 @@ LABELS = ("call", "four", "none", "rock")
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
 pytest.importorskip("mediapipe", reason="MediaPipe is not installed (README, Quick start: uv pip install --override overrides.txt -e '.[hands]')")
-needs_photos = pytest.mark.skipif(not HANDS.is_dir(), reason=f"the hand photos are not at {HANDS} (see shared/testdata/hands/NOTICE.md)")
+needs_photos = pytest.mark.skipif(not HANDS.is_dir(), reason=f"the 24 labelled hand photos are not at {HANDS} "
+                                  "(README, 'The test photos': tests/hand_photos.txt lists them)")
 
 from shmlaunch.nodes.camera import Camera, letterbox  # noqa: E402
 from shmlaunch.nodes.gestures import BOUNDS, PHOTO_LABELS, fit_bounds, photo_label  # noqa: E402

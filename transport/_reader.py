@@ -12,6 +12,7 @@ hands out a zero-copy view. The lock is dropped when the message is released: by
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 import time
 import weakref
@@ -36,6 +37,8 @@ def wait_seconds(timeout: float | None) -> float | None:
     """A caller's timeout as the waits take it: None (forever) or seconds >= 0."""
     if timeout is None:
         return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):  # float("1") would take a string
+        raise TypeError(f"timeout must be seconds (a number) or None, got {timeout!r} ({type(timeout).__name__})")
     t = float(timeout)
     if math.isnan(t):
         raise ValueError("invalid timeout nan: give seconds >= 0, or None (or inf) to wait forever")
