@@ -81,6 +81,31 @@ def _read_output(name: str, fd: int, events: queue.SimpleQueue) -> None:
     events.put((name, b""))
 
 
+class Watchdog:
+    """The launcher's (or a player's) end of its watchdog: started in a session of its own with
+    a pipe on stdin, told each process group, and ``done`` at a clean end."""
+
+    def __init__(self, runtime_dir: str | os.PathLike, run_id: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch._watchdog", str(runtime_dir), run_id],
+                                     stdin=subprocess.PIPE, close_fds=True, **backend.detached_options())
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tell(self, line: str) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write(f"{line}\n".encode())
+            self.proc.stdin.flush()
+
+    def done(self) -> None:
+        """This run cleaned up by itself: the watchdog leaves without touching anything."""
+        self.tell("done")
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
 class Children:
     def __init__(self, graph: Graph, runtime_dir: Path, printer: Printer, say: Callable[[str], None]) -> None:
         self.graph = graph
@@ -88,7 +113,7 @@ class Children:
         self.printer = printer
         self.say = say
         self.running: dict[str, _Child] = {}
-        self._watchdog: subprocess.Popen | None = None
+        self._watchdog: Watchdog | None = None
         # Output chunks (name, bytes) and wake-ups (None: a signal, a child's exit).
         self.events: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -99,16 +124,11 @@ class Children:
     # ----- the watchdog
     def start_watchdog(self, run_id: str) -> None:
         """Start the watchdog for run ``run_id`` (before the first byte of a segment is reserved)."""
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "shmlaunch.launch._watchdog", str(self.runtime_dir), run_id],
-            stdin=subprocess.PIPE, close_fds=True, **backend.detached_options(),
-        )
+        self._watchdog = Watchdog(self.runtime_dir, run_id)
 
     def _tell_watchdog(self, line: str) -> None:
         if self._watchdog is not None:
-            with contextlib.suppress(OSError):
-                self._watchdog.stdin.write(f"{line}\n".encode())
-                self._watchdog.stdin.flush()
+            self._watchdog.tell(line)
 
     # ----- nodes
     def spawn(self, name: str) -> int | None:
@@ -233,6 +253,4 @@ class Children:
 
     def watchdog_done(self) -> None:
         if self._watchdog is not None:
-            self._tell_watchdog("done")
-            self._watchdog.stdin.close()
-            self._watchdog.wait()
+            self._watchdog.done()

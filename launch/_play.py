@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from shmlaunch.transport import (
     validate_topic_name,
 )
 
+from ._children import Watchdog
 from ._exits import EXIT_FAILED, error
 from ._graphdir import GraphDir, GraphRunningError
 from ._introspect import NoGraphError
@@ -121,12 +123,26 @@ def _remaps(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _target(graph: str | None, file: str) -> tuple[Path, GraphDir | None]:
+@dataclass
+class OwnGraph:
+    """A graph the player made for itself: its hold on the directory, and the watchdog that
+    removes it should the player be killed."""
+
+    dir: GraphDir
+    watchdog: Watchdog
+
+    def release(self) -> None:
+        self.dir.release()
+        self.watchdog.done()
+
+
+def _target(graph: str | None, file: str) -> tuple[Path, OwnGraph | None]:
     """(runtime directory, the hold on it if this player made the graph and must remove it).
 
     A graph of its own is claimed like a launcher claims one (its lock held, graph.json
-    written), so ``shmlaunch list`` shows it and a player killed with SIGKILL leaves a directory
-    the next one recognises as dead and flushes (never one whose topics a script made by hand)."""
+    written, a watchdog that removes it if the player is killed), so ``shmlaunch list`` shows
+    it and a player killed with SIGKILL leaves nothing (and a directory left by an older one is
+    recognised as dead and flushed; never one whose topics a script made by hand)."""
     if graph is None and running_graphs():
         return attach_dir(None) or graph_runtime_dir("default"), None
     if graph is not None and any(g.name == graph for g in running_graphs()):
@@ -140,10 +156,11 @@ def _target(graph: str | None, file: str) -> tuple[Path, GraphDir | None]:
     except FileNotFoundError:
         pass
     run = new_run_id()
-    own = GraphDir(path, Graph(name, str(Path(file).absolute()), {}, {}), run, lambda text: print(f"shmlaunch: {text}", file=sys.stderr))
-    own.claim()
-    own.write_state(GraphState(name, str(Path(file).absolute()), str(path), os.getpid(), time.time_ns(),
-                               launcher_start=backend.process_start_time(os.getpid()) or 0, run=run))
+    hold = GraphDir(path, Graph(name, str(Path(file).absolute()), {}, {}), run, lambda text: print(f"shmlaunch: {text}", file=sys.stderr))
+    hold.claim()
+    own = OwnGraph(hold, Watchdog(path, run))
+    hold.write_state(GraphState(name, str(Path(file).absolute()), str(path), os.getpid(), time.time_ns(),
+                                launcher_start=backend.process_start_time(os.getpid()) or 0, run=run))
     return path, own
 
 
