@@ -9,8 +9,9 @@ memory and already bounded.
 
 - A record is at most MAX_RECORD bytes and a chunk inflates to at most MAX_CHUNK; a length the
   file cannot back allocates nothing (records are read in pieces).
-- A chunk is decompressed into a bounded output and checked against its CRC; the data section
-  and the summary against theirs when the writer stored them.
+- A chunk is decompressed into a bounded output and checked against its CRC, the summary
+  against its own when the writer stored one. (The data section's CRC is not computed: it would
+  read every byte a second time, and what lies outside chunks is checked by its framing.)
 - A chunk that fails a check is skipped and said (``damage``), and the stream goes on. A record
   whose framing is broken (an opcode or a length that cannot be) is searched past: the stream
   resumes at the next chunk whose header and length agree.
@@ -37,7 +38,7 @@ from typing import BinaryIO
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
 from mcap.opcode import Opcode
-from mcap.records import Channel, DataEnd, Message, Metadata, MetadataIndex, Schema, Statistics
+from mcap.records import Channel, Message, Metadata, MetadataIndex, Schema, Statistics
 
 from .recording import RecordingError
 
@@ -59,7 +60,7 @@ _COMPRESSIONS = ("", "lz4", "zstd")
 #: Opcodes this reader parses; any other opcode of the spec's range is skipped by its length,
 #: and one outside it (0, or 0x10-0x7f) means the framing is broken.
 _PARSERS = {Opcode.SCHEMA: Schema.read, Opcode.CHANNEL: Channel.read, Opcode.METADATA: Metadata.read,
-            Opcode.STATISTICS: Statistics.read, Opcode.METADATA_INDEX: MetadataIndex.read, Opcode.DATA_END: DataEnd.read}
+            Opcode.STATISTICS: Statistics.read, Opcode.METADATA_INDEX: MetadataIndex.read}
 _KNOWN = {int(op) for op in Opcode}
 #: What mcap's field parsers raise on bytes that lie (they read from memory here, so nothing else).
 _PARSE_ERRORS = (McapError, struct.error, ValueError, EOFError, IndexError)
@@ -175,14 +176,13 @@ class RecordStream:
     def __post_init__(self) -> None:
         self.size = os.fstat(self.f.fileno()).st_size
         self.pos = 0
-        self.crc = 0  # of the data section, up to the record being read
 
     def __iter__(self) -> Iterator[Schema | Channel | Message | Metadata]:
         self.f.seek(0)
         if self.size < len(MAGIC) or self._read(len(MAGIC)) != MAGIC:
             raise RecordingError(f"{self.where}: not an MCAP file (it does not start with MCAP's magic bytes)")
         while self.pos < self.size:
-            start, crc_before = self.pos, self.crc
+            start = self.pos
             try:
                 opcode, body = self._record()
                 if opcode == Opcode.CHUNK:
@@ -190,7 +190,6 @@ class RecordStream:
                 elif opcode == Opcode.MESSAGE:
                     yield _message(body)
                 elif opcode == Opcode.DATA_END:
-                    self._check_data_crc(_parse(opcode, body), crc_before)
                     self.complete = True
                     return
                 elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL, Opcode.METADATA):
@@ -200,7 +199,7 @@ class RecordStream:
                     return
         self.truncated = f"{self.where}: ends without a footer at byte {self.size} (its recorder was stopped hard?)"
 
-    def _read(self, n: int, crc: bool = True) -> bytes:
+    def _read(self, n: int) -> bytes:
         """The next ``n`` bytes, read in pieces (a length the file cannot back allocates nothing)."""
         if n > self.size - self.pos:
             raise _Bad(f"a record of {n} bytes reaches past the end of the file", cut=True)
@@ -208,8 +207,6 @@ class RecordStream:
         if len(data) != n:
             raise _Bad("the file changed size while it was read", cut=True)
         self.pos += n
-        if crc:
-            self.crc = zlib.crc32(data, self.crc)
         return data
 
     def _pieces(self, n: int) -> bytes:
@@ -257,10 +254,6 @@ class RecordStream:
                     yield _parse(opcode, view)
             except _Bad as bad:
                 self.damage.append(f"{self.where}: the chunk at byte {start} holds {bad}; skipped")
-
-    def _check_data_crc(self, end: DataEnd, crc: int) -> None:
-        if end.data_section_crc and not self.damage and end.data_section_crc != crc:
-            self.damage.append(f"{self.where}: the data section's CRC does not match (some byte outside the chunks changed)")
 
     def _resync(self, start: int, bad: _Bad) -> bool:
         """Move to the next intact chunk after the broken record at ``start`` (True), or say how

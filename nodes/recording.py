@@ -25,6 +25,7 @@ number (low 32 bits).
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import struct
@@ -60,6 +61,9 @@ COMPRESSIONS = ("none", "lz4", "zstd")
 NDARRAY_ENCODING = "shmlaunch.ndarray"
 #: In front of every ``shmlaunch.ndarray`` message: sequence number, source_seq.
 ENVELOPE = struct.Struct("<QQ")
+#: How far (recorded time) messages may be out of order in a file and still be played in order.
+REORDER_NS = 100_000_000
+REORDER_BYTES = 64 << 20
 #: The largest message a recording holds (the recorder refuses bigger topics, the player skips
 #: bigger channels): what keeps a reader's memory bounded (nodes/mcap_records.py).
 MAX_MESSAGE = 200 << 20
@@ -415,6 +419,22 @@ class RecordingReader:
         return sorted(ch.topic for ch in self.channels.values() if ch.config is not None)
 
     def messages(self, topics: set[str] | None = None) -> Iterator[Played]:
+        """The messages in log-time order: the recorder writes them in the order it read them,
+        which can put one topic's message a few milliseconds before another's published
+        earlier; a window of REORDER_NS (recorded time) puts them back in order."""
+        window: list[tuple[int, int, Played]] = []
+        held = 0
+        for n, played in enumerate(self._in_file_order(topics)):
+            heapq.heappush(window, (played.log_time, n, played))
+            held += len(played.data)
+            while window[0][0] < played.log_time - REORDER_NS or held > REORDER_BYTES:  # bounded in time and bytes
+                out = heapq.heappop(window)[2]
+                held -= len(out.data)
+                yield out
+        while window:
+            yield heapq.heappop(window)[2]
+
+    def _in_file_order(self, topics: set[str] | None) -> Iterator[Played]:
         from mcap.records import Channel, Message, Schema
 
         from .mcap_records import RecordStream, open_recording, read_summary

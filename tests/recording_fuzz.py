@@ -23,6 +23,7 @@ from mcap.writer import CompressionType, Writer
 
 from shmlaunch.launch import cli
 from shmlaunch.nodes.recording import RecordingError, image_frames
+from shmlaunch.transport import cleanup, ensure_runtime_dir, graph_runtime_dir
 
 CHUNK = 0x06
 
@@ -179,6 +180,9 @@ def main(argv: list[str]) -> int:
     mutants += lie_mutants(files[0], out_dir)
     for i, path in enumerate(mutants):
         graph = f"fuzz-{seed}-{i}"
+        # a graph directory made here (as a script makes one): play plays into it and leaves it,
+        # with no watchdog process to start for each of hundreds of mutants; removed below
+        ensure_runtime_dir(graph_runtime_dir(graph))
         results = {
             "info": _run(cli.main, ["info", str(path)]),
             "recover": _run(cli.main, ["record", "--recover", str(path), str(out_dir / f"rec-{i}.mcap")]),
@@ -187,6 +191,7 @@ def main(argv: list[str]) -> int:
         }
         for tool, r in results.items():
             print(json.dumps({"mutant": path.name, "tool": tool, **r}), flush=True)
+        cleanup(graph_runtime_dir(graph))
         (out_dir / f"rec-{i}.mcap").unlink(missing_ok=True)
         path.unlink()
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
