@@ -81,9 +81,7 @@ def open_recording(path: str | Path) -> BinaryIO:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file (a recording is read from a file, not a FIFO or device)", str(path))
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")  # (O_NONBLOCK changes nothing for a regular file's reads)
     except BaseException:
         os.close(fd)
         raise

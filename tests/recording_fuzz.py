@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import random
-import resource
 import struct
 import sys
 from pathlib import Path
@@ -168,6 +167,12 @@ def camera_frames(path: Path) -> dict:
         return {"rc": None, "escaped": f"{type(exc).__name__}: {exc}", "stderr": []}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent at fork)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def main(argv: list[str]) -> int:
     out_dir, seed, count, files = Path(argv[0]), int(argv[1]), int(argv[2]), [Path(p) for p in argv[3:]]
     rng = random.Random(seed)
@@ -194,7 +199,7 @@ def main(argv: list[str]) -> int:
         cleanup(graph_runtime_dir(graph))
         (out_dir / f"rec-{i}.mcap").unlink(missing_ok=True)
         path.unlink()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
     return 0
 
 

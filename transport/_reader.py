@@ -37,7 +37,8 @@ def wait_seconds(timeout: float | None) -> float | None:
     """A caller's timeout as the waits take it: None (forever) or seconds >= 0."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):  # float("1") would take a string
+    if type(timeout) is not float and type(timeout) is not int and (  # the common cases cost no ABC check
+            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)):  # float("1") would take a string
         raise TypeError(f"timeout must be seconds (a number) or None, got {timeout!r} ({type(timeout).__name__})")
     t = float(timeout)
     if math.isnan(t):
