@@ -34,6 +34,10 @@ def _stop_all(groups: set[int], force: bool) -> None:
             backend.stop_group(pgid, force)
 
 
+#: How long to wait for the dead run's lock to be released (a live new run would keep it longer).
+LOCK_RELEASE_WAIT = 2.0
+
+
 def clean_run(runtime_dir: str, run: str) -> bool:
     """Remove run ``run``'s files from ``runtime_dir``, holding the launcher lock meanwhile;
     False (nothing touched) when another launcher holds it or the directory is another run's.
@@ -41,7 +45,9 @@ def clean_run(runtime_dir: str, run: str) -> bool:
     directory are closed, for what Windows keeps while they are open."""
     try:
         with RuntimeDir.open(runtime_dir) as rd:
-            fd = rd.lock(LOCK_FILE)
+            # the pipe's end can reach us before the dead process's lock is released (the kernel
+            # closes a dying process's files one by one): wait for it a little
+            fd = rd.lock(LOCK_FILE, LOCK_RELEASE_WAIT)
         if fd is None:
             return False
         try:
