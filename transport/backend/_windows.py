@@ -29,6 +29,7 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,10 @@ def _open_handle(path: str, access: int, share: int, disposition: int, flags: in
     return h
 
 
+#: How long a rename over a file another process has open for a moment is retried.
+REPLACE_RETRY_SECONDS = 2.0
+
+
 class Directory:
     """An open, checked runtime folder: held open (not deletable, not renamable) while in use,
     and every file in it opened without following a symlink or junction."""
@@ -199,7 +204,18 @@ class Directory:
             raise
 
     def replace(self, src: str, dst: str) -> None:
-        os.replace(self.path / src, self.path / dst)
+        """Rename ``src`` over ``dst``. While another process has ``dst`` open for a moment (a
+        reader of the registry, a stat), Windows refuses with a sharing violation: retried for
+        up to REPLACE_RETRY_SECONDS (every reader closes at once), then raised."""
+        deadline = time.monotonic() + REPLACE_RETRY_SECONDS
+        while True:
+            try:
+                os.replace(self.path / src, self.path / dst)
+                return
+            except PermissionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def unlink(self, name: str) -> None:
         """Delete ``name``. A file that is open elsewhere (a mapped segment) is only marked for
