@@ -135,3 +135,17 @@ def test_the_license_is_an_spdx_expression():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+
+
+def test_the_registry_cache_never_serves_a_registry_that_changed_on_disk():
+    from shmlaunch.transport import RegistryCorruptError, read_registry
+
+    with runtime_dir() as rt:
+        Writer("t", capacity=8, runtime_dir=rt).close()
+        assert "t" in read_registry(rt)  # parsed and cached
+        path = Path(rt) / "registry.yaml"
+        with open(path, "r+b") as f:  # changed in place (same inode), as a hostile or broken writer would
+            f.seek(0)
+            f.write(b"garbage\n")
+        with pytest.raises(RegistryCorruptError):
+            read_registry(rt)
