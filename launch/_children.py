@@ -82,11 +82,12 @@ def _read_output(name: str, fd: int, events: queue.SimpleQueue) -> None:
 
 
 class Watchdog:
-    """The launcher's (or a player's) end of its watchdog: started in a session of its own with
-    a pipe on stdin, told each process group, and ``done`` at a clean end."""
+    """The launcher's (or a player's, or a tracer's) end of its watchdog: started in a session of
+    its own with a pipe on stdin, told each process group, and ``done`` at a clean end. A tracer's
+    (``run_id`` None) withdraws its trace request instead of removing a run."""
 
-    def __init__(self, runtime_dir: str | os.PathLike, run_id: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch._watchdog", str(runtime_dir), run_id],
+    def __init__(self, runtime_dir: str | os.PathLike, run_id: str | None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch._watchdog", str(runtime_dir), run_id or "--trace"],
                                      stdin=subprocess.PIPE, close_fds=True, **backend.detached_options())
 
     @property

@@ -22,9 +22,9 @@ import signal
 import sys
 import time
 
-from shmlaunch.transport import RuntimeDir, TransportError, backend, cleanup
+from shmlaunch.transport import RuntimeDir, TransportError, backend, cleanup, clear_trace_request
 
-from ._state import LOCK_FILE
+from ._state import LOCK_FILE, TRACE_STATUS_FILE
 from ._stopping import terminate_then_kill
 
 
@@ -69,6 +69,10 @@ def main() -> int:
             groups.add(int(arg))
         elif word == "done":
             return 0
+    if run == "--trace":  # a tracer's: its request and table go, the graph runs on
+        with contextlib.suppress(OSError, TransportError):
+            clear_trace_request(runtime_dir, TRACE_STATUS_FILE)
+        return 0
     terminate_then_kill(lambda force: _stop_all(groups, force), lambda: any(backend.group_alive(g) for g in groups), time.sleep)
     clean_run(runtime_dir, run)
     return 0

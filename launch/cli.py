@@ -18,6 +18,7 @@
     shmlaunch record --recover IN.mcap OUT.mcap        make a killed recorder's file complete
     shmlaunch play FILE.mcap [--rate R] [--loop] [--start S] [--topics T ...] [--remap A:=B] [--graph G]
     shmlaunch info FILE.mcap                           topics, schemas, counts, rates, duration of a recording
+    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json]   where each hop's latency goes, live
     shmlaunch systemd FILE [--user] [-o UNIT]          a systemd unit for the graph
     shmlaunch FILE --help                              the launch arguments FILE declares, with defaults
     shmlaunch --version
@@ -63,6 +64,7 @@ from ._printer import Printer
 from ._record import record
 from ._schema import LaunchFileError
 from ._systemd import unit_text
+from ._trace import trace
 
 
 def resolve_launch_file(name: str) -> Path:
@@ -249,7 +251,7 @@ def _version() -> str:
 def _dispatch(argv: list[str]) -> int:
     commands = {"run": _run, "check": _check, "launch": _launch, "systemd": _systemd, "list": _tools.list_graphs,
                 "node": _tools.node, "topic": _tools.topic, "stop": _tools.stop, "record": record, "play": play, "info": info,
-                "bridge": bridge}
+                "bridge": bridge, "trace": trace}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\n" + _bundled(), flush=True)
         return 0

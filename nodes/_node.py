@@ -32,7 +32,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shmlaunch.transport import Message, Reader, TransportError, Writer, backend, default_runtime_dir, validate_topic_name, wait_any
+from shmlaunch.transport import (
+    Message,
+    Reader,
+    TransportError,
+    Writer,
+    backend,
+    default_runtime_dir,
+    record_callback,
+    validate_topic_name,
+    wait_any,
+)
 
 from ._heartbeat import HEARTBEAT, beat
 from ._params import declared_params, resolve_params
@@ -70,21 +80,22 @@ class Subscription:
         self.ordered = ordered
         self.last_key = 0
         self.dropped_out_of_order = 0
+        self.trace_ids = [r.trace_id for r in readers]  # each reader's topic, as trace records name it
 
-    def poll(self) -> list[Message]:
-        """The new messages to deliver now, in order."""
-        msgs = [m for r in self.readers if (m := r.receive_nowait()) is not None]
+    def poll(self) -> list[tuple[Message, int]]:
+        """The new messages to deliver now, in order, each with its topic's trace id."""
+        msgs = [(m, t) for r, t in zip(self.readers, self.trace_ids, strict=True) if (m := r.receive_nowait()) is not None]
         if not self.ordered:
             return msgs
         out = []
-        for m in sorted(msgs, key=lambda m: m.source_seq or m.seq):
+        for m, t in sorted(msgs, key=lambda mt: mt[0].source_seq or mt[0].seq):
             key = m.source_seq or m.seq
             if key <= self.last_key:
                 self.dropped_out_of_order += 1
                 m.release()
                 continue
             self.last_key = key
-            out.append(m)
+            out.append((m, t))
         return out
 
     def statistics(self):
@@ -249,9 +260,8 @@ class Node:
                 t.callback()
                 ran = True
         for sub in self._subscriptions:
-            for msg in sub.poll():
-                with msg:
-                    sub.callback(msg)
+            for msg, trace_id in sub.poll():
+                self._handle(sub, msg, trace_id)
                 ran = True
             if self._stop_reason is not None:
                 return ran
@@ -269,6 +279,20 @@ class Node:
         else:
             time.sleep(timeout)
         return False
+
+    def _handle(self, sub: Subscription, msg: Message, trace_id: int) -> None:
+        """One callback: while it runs, what the node publishes names ``msg`` as its input
+        (``source_seq``, unless the call gives one), and an attached tracer sees its start and end."""
+        for w in self._writers:
+            w.default_source_seq = msg.seq
+        with msg:
+            record_callback(trace_id, msg, end=False)
+            try:
+                sub.callback(msg)
+            finally:
+                record_callback(trace_id, msg, end=True)
+                for w in self._writers:
+                    w.default_source_seq = 0
 
     def spin(self, duration: float | None = None) -> None:
         """Handle messages and timers until shutdown(), a signal, or ``duration`` seconds.

@@ -291,3 +291,17 @@ class FanIn(Node):
             self.seen.add(i)
             with open(self.path, "w") as f:
                 f.write(str(len(self.seen)))
+
+
+class Slow(Node):
+    """Passes each value on after ``delay`` seconds of work (a deliberately slow stage)."""
+
+    delay = Param(0.03, "seconds per message")
+
+    def setup(self):
+        self.out = self.publisher("out")
+        self.subscribe("in", self.on_value)
+
+    def on_value(self, msg):
+        time.sleep(self.delay)
+        self.out.publish(msg.data.copy(), stamp_ns=msg.stamp_ns)  # source_seq: the node runtime's default, msg.seq

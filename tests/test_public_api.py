@@ -48,6 +48,6 @@ def test_platform_backend_seam_is_pinned():
         "child_options", "cpu_features", "detached_options", "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file",
         "may_raise_priority", "own_priority", "place_child", "process_info", "process_start_time", "raise_open_file_limit", "reap_orphans",
         "request_stop",
-        "reserve", "stop_group", "stop_process", "wait_any",
+        "reserve", "stop_group", "stop_process", "wait_any", "TRACING", "trace_event", "trace_start", "trace_stop",
     ])
     assert all(hasattr(backend, name) for name in backend.__all__)

@@ -39,6 +39,7 @@ from ._runtime import (
     validate_topic_name,
 )
 from ._topic import ReaderInfo, Topic, TopicState
+from ._trace import TraceRecord, TraceSession, clear_trace_request, record_callback
 from ._writer import Loan, Writer, WriterStatistics
 from .backend import SHM_ROOT
 
@@ -68,17 +69,21 @@ __all__ = [
     "TopicMismatchError",
     "TopicNotFoundError",
     "TopicState",
+    "TraceRecord",
+    "TraceSession",
     "TransportError",
     "Writer",
     "WriterBusyError",
     "WriterStatistics",
     "cleanup",
+    "clear_trace_request",
     "default_runtime_dir",
     "ensure_runtime_dir",
     "graph_runtime_dir",
     "graphs_present",
     "new_run_id",
     "read_registry",
+    "record_callback",
     "runtime_dir_prefix",
     "validate_graph_name",
     "validate_topic_name",

@@ -37,6 +37,13 @@
 #define MAX_POOL 256
 #define SLOT_HEADER 64
 #define BIG_COPY (1 << 20)
+#define READERS_OFFSET 512
+#define READER_ENTRY 64
+#define WAKE_ID_OFFSET 304
+#define TRACE_HEAD_OFFSET 16
+#define TRACE_RECORDS_OFFSET 128
+#define TRACE_RECORD 64
+enum { TRACE_PUBLISH = 1, TRACE_RECEIVE = 2, TRACE_RELEASE = 3, TRACE_CALLBACK_START = 4, TRACE_CALLBACK_END = 5, TRACE_DROP = 6 };
 
 struct futex_waitv_entry {
     uint64_t val;
@@ -96,6 +103,74 @@ static void read_header(const uint8_t *h, SlotHeader *out) {
     memcpy(&out->source_seq, h + 40, 8);
 }
 
+/* ===================================================================== tracing
+ * While a tracer is attached to the graph (transport/_trace.py), this process's records go to
+ * its ring in shared memory (the layout is _layout.py's trace ring): a 64-byte record per
+ * publish, receive and release, written in the call that does the step. Off, each step pays
+ * one test of `trace_base`. Every write happens with the GIL held, so the ring has one writer. */
+static uint8_t *trace_base = NULL;
+static uint64_t trace_mask = 0;
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* One record: the step, the topic (its header's wake_id), the message, and for a receive the
+ * messages this reader lost since its previous receive (overwritten, stale, taken by a replica). */
+static void trace_put(uint32_t kind, uint64_t topic, uint32_t entry, uint64_t seq, uint64_t source_seq, int64_t stamp,
+                      uint64_t generation, const uint32_t lost[3]) {
+    uint64_t head = __atomic_load_n((uint64_t *)(trace_base + TRACE_HEAD_OFFSET), __ATOMIC_RELAXED);
+    uint8_t *r = trace_base + TRACE_RECORDS_OFFSET + (head & trace_mask) * TRACE_RECORD;
+    int64_t now = monotonic_ns();
+    uint32_t kind_entry[2] = {kind | (entry << 16), (uint32_t)generation};
+    memcpy(r, &now, 8);
+    memcpy(r + 8, &topic, 8);
+    memcpy(r + 16, &seq, 8);
+    memcpy(r + 24, &source_seq, 8);
+    memcpy(r + 32, &stamp, 8);
+    memcpy(r + 40, kind_entry, 8);
+    if (lost) memcpy(r + 48, lost, 12);
+    else memset(r + 48, 0, 12);
+    memset(r + 60, 0, 4);
+    __atomic_store_n((uint64_t *)(trace_base + TRACE_HEAD_OFFSET), head + 1, __ATOMIC_RELEASE);
+}
+
+/* trace_start(address, capacity): records go to the ring mapped at address (capacity records, a power of two). */
+static PyObject *py_trace_start(PyObject *self, PyObject *args) {
+    unsigned long long addr, capacity;
+    if (!PyArg_ParseTuple(args, "KK", &addr, &capacity)) return NULL;
+    if (capacity == 0 || (capacity & (capacity - 1)) != 0) return PyErr_Format(PyExc_ValueError, "trace ring capacity %llu is not a power of two", capacity);
+    trace_mask = capacity - 1;
+    trace_base = (uint8_t *)(uintptr_t)addr;
+    Py_RETURN_NONE;
+}
+
+/* trace_stop(): no more records (the caller unmaps the ring afterwards). */
+static PyObject *py_trace_stop(PyObject *self, PyObject *unused) {
+    trace_base = NULL;
+    Py_RETURN_NONE;
+}
+
+/* A topic's identity in trace records: its header's wake_id. */
+static uint64_t topic_id(const uint8_t *header) {
+    uint64_t id;
+    memcpy(&id, header + WAKE_ID_OFFSET, 8);
+    return id;
+}
+
+/* trace_event(kind, topic_id, seq, source_seq, stamp_ns): a record from Python (the node
+ * runtime's callback start and end); nothing when no tracer is attached. */
+static PyObject *py_trace_event(PyObject *self, PyObject *args) {
+    unsigned int kind;
+    unsigned long long topic, seq, source_seq;
+    long long stamp;
+    if (!PyArg_ParseTuple(args, "IKKKL", &kind, &topic, &seq, &source_seq, &stamp)) return NULL;
+    if (trace_base) trace_put(kind, topic, 0xffff, seq, source_seq, stamp, 0, NULL);
+    Py_RETURN_NONE;
+}
+
 /* ===================================================================== reading */
 
 typedef struct ReadCursor ReadCursor;
@@ -120,6 +195,8 @@ struct ReadCursor {
     unsigned long long wake_address; /* where the futex word is (the many-topic wait sleeps on it) */
     Py_ssize_t entry; /* offset of this reader's table entry, -1 for none */
     unsigned long long received, missed, torn, busy, stale, taken;
+    unsigned long long traced_lost[3]; /* missed, stale, taken as of this reader's last traced receive */
+    uint32_t trace_entry;              /* its reader table index in trace records (0xffff: an observer) */
     long long last_age_ns, last_receive_ns;
     PyObject *views;      /* tuple: each slot's read-only array of a full-size message */
     PyObject *sized_view; /* callable (slot, length) -> array, for messages of other lengths */
@@ -147,10 +224,15 @@ static int cursor_release(ReadCursor *c, int slot) {
     return 0;
 }
 
+static void trace_release(ReadCursor *c, MessageObject *m) {
+    if (trace_base && !c->closed) trace_put(TRACE_RELEASE, topic_id(c->base), c->trace_entry, m->seq, m->source_seq, m->stamp_ns, m->generation, NULL);
+}
+
 static void message_release_hold(MessageObject *m) {
     ReadCursor *c = m->cursor;
     if (c == NULL) return;
     m->cursor = NULL;
+    trace_release(c, m);
     if (cursor_release(c, m->slot) < 0) PyErr_WriteUnraisable((PyObject *)m);
     Py_DECREF(c);
 }
@@ -187,6 +269,15 @@ static PyObject *deliver(ReadCursor *c, int slot, const SlotHeader *hd, int64_t 
     m->publish_ns = hd->publish_ns;
     m->generation = hd->generation;
     m->source_seq = hd->source_seq;
+    if (trace_base) {
+        unsigned long long now_lost[3] = {c->missed, c->stale, c->taken};
+        uint32_t lost[3];
+        for (int i = 0; i < 3; i++) {
+            lost[i] = (uint32_t)(now_lost[i] - c->traced_lost[i]);
+            c->traced_lost[i] = now_lost[i];
+        }
+        trace_put(TRACE_RECEIVE, topic_id(c->base), c->trace_entry, seq, hd->source_seq, hd->source_ns, hd->generation, lost);
+    }
     return (PyObject *)m;
 }
 
@@ -325,6 +416,7 @@ static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
     c->capacity = capacity;
     c->full_nbytes = full;
     c->entry = entry;
+    c->trace_entry = entry >= READERS_OFFSET ? (uint32_t)((entry - READERS_OFFSET) / READER_ENTRY) : 0xffff;
     c->group_field = group_field;
     c->in_group = group_field != 0;
     c->filtered = filtered;
@@ -420,6 +512,7 @@ static PyObject *message_release(MessageObject *m, PyObject *unused) {
     ReadCursor *c = m->cursor;
     if (c != NULL) {
         m->cursor = NULL;
+        trace_release(c, m);
         int r = cursor_release(c, m->slot);
         Py_DECREF(c);
         if (r < 0) return NULL;
@@ -485,6 +578,7 @@ typedef struct {
     uint32_t pool;
     uint64_t slots_offset, stride, capacity, exact_nbytes, full_nbytes;
     unsigned long long seq, generation, published, dropped;
+    unsigned long long default_source_seq; /* what publish and loan use when not given one (the node runtime sets it) */
     PyObject *views;       /* tuple: each slot's writable full-size array (loans) */
     PyObject *sized_view;  /* callable (slot, nbytes) -> writable array; slot -1 is the scratch buffer */
     PyObject *contiguous;  /* numpy.ascontiguousarray, for a publish of a non-contiguous array */
@@ -535,7 +629,10 @@ static int begin_write(WriteCursor *w) {
         w->next_slot = -1;
     else
         slot = lock_oldest_free(w, w->pool);
-    if (slot == -1) w->dropped++;
+    if (slot == -1) {
+        w->dropped++;
+        if (trace_base) trace_put(TRACE_DROP, topic_id(w->base), 0xffff, w->seq + 1, 0, 0, w->generation, NULL);
+    }
     if (slot >= 0) __atomic_store_n((uint64_t *)(w->base + w->slots_offset + slot * w->stride), 2 * w->seq + 1, __ATOMIC_RELEASE);
     return slot;
 }
@@ -570,6 +667,7 @@ static PyObject *commit_slot(WriteCursor *w, int slot, uint64_t length, PyObject
     memcpy(h + 24, &now, 8);
     memcpy(h + 32, &w->generation, 8);
     memcpy(h + 40, &source_seq, 8);
+    if (trace_base) trace_put(TRACE_PUBLISH, topic_id(w->base), 0xffff, seq, source_seq, src, w->generation, NULL); /* before any reader can see it */
     __atomic_store_n((uint64_t *)h, 2 * seq, __ATOMIC_RELEASE);
     if (ofd_lock(w->fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
     __atomic_store_n((uint64_t *)(w->base + LATEST_SEQ_OFFSET), seq, __ATOMIC_RELEASE);
@@ -636,8 +734,8 @@ static int fast_args(const char *fn, PyObject *const *args, Py_ssize_t nargs, Py
     return 0;
 }
 
-static int source_seq_arg(PyObject *o, unsigned long long *out) {
-    *out = 0;
+static int source_seq_arg(WriteCursor *w, PyObject *o, unsigned long long *out) {
+    *out = w->default_source_seq;
     if (o == NULL) return 0;
     *out = PyLong_AsUnsignedLongLong(o);
     return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
@@ -648,7 +746,7 @@ static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t na
     static const char *const names[] = {"data", "stamp_ns", "source_seq"};
     PyObject *a[3];
     unsigned long long source_seq;
-    if (fast_args("publish", args, nargs, kwnames, names, 3, 1, a) < 0 || source_seq_arg(a[2], &source_seq) < 0) return NULL;
+    if (fast_args("publish", args, nargs, kwnames, names, 3, 1, a) < 0 || source_seq_arg(w, a[2], &source_seq) < 0) return NULL;
     if (closed_check(w) < 0) return NULL;
     Py_buffer b;
     if (get_payload(w, a[0], &b) < 0) return NULL;
@@ -688,7 +786,7 @@ static PyObject *wc_loan(WriteCursor *w, PyObject *const *args, Py_ssize_t nargs
     static const char *const names[] = {"nbytes", "stamp_ns", "source_seq"};
     PyObject *a[3];
     unsigned long long nbytes = w->full_nbytes, source_seq;
-    if (fast_args("loan", args, nargs, kwnames, names, 3, 0, a) < 0 || source_seq_arg(a[2], &source_seq) < 0) return NULL;
+    if (fast_args("loan", args, nargs, kwnames, names, 3, 0, a) < 0 || source_seq_arg(w, a[2], &source_seq) < 0) return NULL;
     PyObject *stamp = a[1] ? a[1] : Py_None;
     if (a[0] != NULL && a[0] != Py_None) {
         long long want = PyLong_AsLongLong(a[0]);
@@ -820,6 +918,7 @@ static PyMethodDef wc_methods[] = {
 static PyMemberDef wc_members[] = {
     {"seq", T_ULONGLONG, offsetof(WriteCursor, seq), READONLY, NULL},
     {"generation", T_ULONGLONG, offsetof(WriteCursor, generation), READONLY, NULL},
+    {"default_source_seq", T_ULONGLONG, offsetof(WriteCursor, default_source_seq), 0, NULL},
     {"published", T_ULONGLONG, offsetof(WriteCursor, published), READONLY, NULL},
     {"dropped", T_ULONGLONG, offsetof(WriteCursor, dropped), READONLY, NULL},
     {"closed", T_INT, offsetof(WriteCursor, closed), READONLY, NULL},
@@ -1007,6 +1106,9 @@ static PyMethodDef methods[] = {
     {"futex_wait", py_futex_wait, METH_VARARGS, "futex_wait(addr, expected, timeout): sleep while the word equals expected"},
     {"futex_wake", py_futex_wake, METH_VARARGS, "futex_wake(addr): wake every sleeper on the word"},
     {"futex_wait_any", py_futex_wait_any, METH_VARARGS, "futex_wait_any(words, timeout) -> False if futex_waitv is missing"},
+    {"trace_start", py_trace_start, METH_VARARGS, "trace_start(address, capacity): record every step into the ring at address"},
+    {"trace_stop", py_trace_stop, METH_NOARGS, "trace_stop(): record nothing more"},
+    {"trace_event", py_trace_event, METH_VARARGS, "trace_event(kind, topic_id, seq, source_seq, stamp_ns): one record, if tracing"},
     {NULL, NULL, 0, NULL},
 };
 

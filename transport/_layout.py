@@ -125,6 +125,50 @@ LOCK_WAITERS = 2049
 LOCK_WAITER0 = 8192
 MAX_WAITERS = 64
 
+# ----- trace rings (``shmlaunch trace``; transport/_trace.py writes and reads them)
+# While a tracer holds the lock of ``trace.request`` in a runtime directory, each process with
+# a topic open there writes ``trace.<pid>.ring`` (0600), and only that process writes it:
+#   Header (128 bytes)
+#   0    8   magic          b"SHMLTRCE"
+#   8    4   version        u32, 1
+#   12   4   capacity       u32, records in the ring (a power of two)
+#   16   8   head           u64, records written so far (stored with release order after each)
+#   24   8   pid            u64, the writing process
+#   32   8   clock_offset   i64, CLOCK_REALTIME - CLOCK_MONOTONIC in ns when the ring was made
+#   40   8   (reserved)
+#   48   64  name           UTF-8 process name (the node's, under a launcher), NUL padded
+#   112  16  (reserved)
+#   Record i of the ring is at 128 + (i % capacity) * 64; record i is valid while head - i <= capacity:
+#   0    8   ns             i64, CLOCK_MONOTONIC when the step happened
+#   8    8   topic          u64, the topic segment's wake_id (its identity while it exists)
+#   16   8   seq            u64, the message's sequence number
+#   24   8   source_seq     u64, the input message it was computed from (0: none)
+#   32   8   stamp_ns       i64, the message's source timestamp (CLOCK_REALTIME)
+#   40   2   kind           u16, TRACE_PUBLISH ... TRACE_DROP
+#   42   2   entry          u16, the reader's table index (0xFFFF: a writer, an observer, a callback)
+#   44   4   generation     u32, low bits of the writer generation that published it
+#   48   12  lost           u32[3], receive only: messages overwritten, stale, taken by another
+#                           group member since this reader's previous traced receive
+#   60   4   (reserved)
+TRACE_MAGIC = b"SHMLTRCE"
+TRACE_VERSION = 1
+TRACE_HEADER = struct.Struct("<8sIIQQq8x64s16x")  # magic, version, capacity, head, pid, clock_offset, name
+TRACE_HEAD_OFFSET = 16
+TRACE_RECORD = struct.Struct("<qQQQqHHIIII4x")  # ns, topic, seq, source_seq, stamp_ns, kind, entry, generation, overwritten, stale, taken
+TRACE_CAPACITY = 1 << 15
+TRACE_NO_ENTRY = 0xFFFF
+TRACE_PUBLISH, TRACE_RECEIVE, TRACE_RELEASE, TRACE_CALLBACK_START, TRACE_CALLBACK_END, TRACE_DROP = range(1, 7)
+#: The request a tracer holds locked while it listens, and each process's ring.
+TRACE_REQUEST = "trace.request"
+
+
+def trace_ring_name(pid: int) -> str:
+    return f"trace.{pid}.ring"
+
+
+def trace_ring_size(capacity: int = TRACE_CAPACITY) -> int:
+    return TRACE_HEADER.size + capacity * TRACE_RECORD.size
+
 
 def group_claims_offset(group: int) -> int:
     return GROUPS_OFFSET + group * GROUP_ENTRY_SIZE + GROUP_NAME_SIZE

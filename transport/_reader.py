@@ -25,6 +25,7 @@ from ._errors import ClosedError
 from ._layout import normalize_request
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_for_reading, segment_is_current
+from ._trace import watch as watch_for_tracer
 from .backend import ByteLock, MessageBase, ReadCursor
 
 _U64 = struct.Struct("<Q")
@@ -111,6 +112,8 @@ class Reader:
             raise
         if group is not None:
             self._cursor.write_entry()  # tools show the membership before the first message
+        if not observer:
+            watch_for_tracer(self.runtime_dir)
         # Released when this object is garbage, so a reader dropped without close() lets go of its
         # slots, its entries and the file (which Windows could not delete while it is open).
         self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
@@ -210,6 +213,13 @@ class Reader:
         if self._seg is None:
             raise ClosedError(f"reader of topic {self.topic!r} is closed")
         return segment_is_current(self._seg, self.runtime_dir, rd)
+
+    @property
+    def trace_id(self) -> int:
+        """The topic's identity in trace records (its segment's ``wake_id``)."""
+        if self._seg is None:
+            raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        return self._seg.wake_id
 
     def writer_alive(self) -> bool:
         """True while a writer process holds the topic's writer lock."""

@@ -48,10 +48,11 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool")
 MAX_TOPIC_LEN = 200
 
 #: Every kind of file a shmlaunch run creates in a runtime directory (and nothing else may be
-#: there): the marker, registry and its lock, the launcher's lock and state, the bridge's status,
+#: there): the marker, registry and its lock, the launcher's lock and state, the bridge's status, a tracer's request and table and the trace rings,
 #: node heartbeats, segments, servers' access tokens, and the temporary files these are built in before an atomic rename
 #: (or, on Windows, renamed to before they are deleted: ``.<name>.<pid>.<hex>.tmp``).
 _OWN_NAMES = (r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|bridge\.json|ready\.[A-Za-z0-9_.\-]+"
+              r"|trace\.request|trace\.json|trace\.[1-9][0-9]*\.ring"
               r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.token)")
 OWN_FILES = re.compile(rf"{_OWN_NAMES}|\.{_OWN_NAMES}\.\d+(\.[0-9a-f]+)?\.tmp")
 

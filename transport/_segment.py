@@ -126,6 +126,11 @@ class Segment:
                 out.append(entry)
         return out
 
+    @property
+    def wake_id(self) -> int:
+        """The topic's random identity, fixed by its creator (Windows wake events, trace records)."""
+        return int.from_bytes(self.mm[L.WAKE_ID_OFFSET : L.WAKE_ID_OFFSET + 8], "little")
+
     def in_use_by_others(self) -> bool:
         return self.writer_lock.is_held_by_others() or self.presence_lock.is_held_by_others()
 

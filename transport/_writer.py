@@ -25,6 +25,7 @@ from ._layout import normalize_request
 from ._registry import validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_or_create_segment, unlink_topic
+from ._trace import watch as watch_for_tracer
 from .backend import LoanBase, WriteCursor
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
@@ -99,13 +100,14 @@ class Writer:
         )
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
         self._finalizer = weakref.finalize(self, _close, self._cursor, seg)
+        watch_for_tracer(self.runtime_dir)
 
     # ----- publishing
     # publish and loan are the cursor's C methods, handed out by properties: a message costs
     # one C call and no Python frame (a typed topic's publish checks dtype and shape first).
     @property
     def publish(self) -> Callable[..., int | None]:
-        """``publish(data, stamp_ns=None, source_seq=0) -> seq | None``: copy ``data`` into a
+        """``publish(data, stamp_ns=None, source_seq=default_source_seq) -> seq | None``: copy ``data`` into a
         free slot and publish it.
 
         ``data`` is bytes-like or an ndarray (a strided one is made contiguous first). Returns
@@ -136,6 +138,24 @@ class Writer:
         """
         return self._cursor.loan
 
+    @property
+    def default_source_seq(self) -> int:
+        """The ``source_seq`` that ``publish`` and ``loan`` give a message when the call names
+        none (0 unless set). The node runtime sets it to the sequence number of the message
+        whose callback is running, so every output a callback publishes names its input."""
+        return self._cursor.default_source_seq
+
+    @default_source_seq.setter
+    def default_source_seq(self, seq: int) -> None:
+        self._cursor.default_source_seq = seq
+
+    @property
+    def trace_id(self) -> int:
+        """The topic's identity in trace records (its segment's ``wake_id``)."""
+        if self._seg is None:
+            raise ClosedError(f"writer of topic {self.topic!r} is closed")
+        return self._seg.wake_id
+
     def skip_to(self, seq: int) -> None:
         """Number the next message ``seq`` when that is ahead of the last one (numbers never go
         back). What a bridge importing a remote topic does to keep the remote numbering, so
@@ -144,8 +164,10 @@ class Writer:
             raise ClosedError(f"writer of topic {self.topic!r} is closed")
         self._cursor.skip_to(seq)
 
-    def _publish_checked(self, data, stamp_ns: int | None = None, source_seq: int = 0) -> int | None:
+    def _publish_checked(self, data, stamp_ns: int | None = None, source_seq: int | None = None) -> int | None:
         self._check_type(data)
+        if source_seq is None:
+            return self._cursor.publish(data, stamp_ns)
         return self._cursor.publish(data, stamp_ns, source_seq)
 
     def _check_type(self, data) -> None:

@@ -13,6 +13,8 @@ ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a
 - wake-up and the hot path: ``wait_any`` (one sleep over several readers), ``ReadCursor``,
   ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
   ``futex_wait`` / ``futex_wake`` (Linux only: the benchmarks' bare futex transport);
+- trace points (Linux only, ``TRACING``): ``trace_start(address, capacity)``, ``trace_stop()``,
+  ``trace_event(kind, topic_id, seq, source_seq, stamp_ns)`` (transport/_trace.py);
 - processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
   ``adopted_orphans(known)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
   ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``request_stop(pid)``, ``group_alive(pgid)``, ``stop_process(...)``,
@@ -37,11 +39,11 @@ from ._common import buffer_address
 
 #: What a backend module provides (``buffer_address`` is shared: ``_common``).
 _SEAM = (
-    "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
+    "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "TRACING", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
     "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "cpu_features", "detached_options",
     "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
     "place_child", "process_info", "process_start_time", "raise_open_file_limit", "reap_orphans", "request_stop", "reserve", "stop_group",
-    "stop_process", "wait_any",
+    "stop_process", "trace_event", "trace_start", "trace_stop", "wait_any",
 )
 
 try:
@@ -87,6 +89,8 @@ except ImportError as exc:  # another system, or the C module was not built
     adopted_orphans = ReadCursor = WriteCursor = free_bytes = futex_wait = wait_any = futex_wake = _unavailable
     map_file = child_options = place_child = stop_group = process_info = process_start_time = reserve = become_subreaper = _unavailable
     detached_options = group_alive = listen_for_stop = reap_orphans = request_stop = stop_process = _unavailable
+    trace_start = trace_stop = trace_event = _unavailable
+    TRACING = False
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
     CHILD_EXIT_SIGNAL = None
 

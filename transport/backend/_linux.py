@@ -89,6 +89,13 @@ LoanBase = _fastpath.Loan
 futex_wait = _fastpath.futex_wait
 #: futex_wake(address): wake every process and thread sleeping on the word.
 futex_wake = _fastpath.futex_wake
+#: Trace points (see transport/_trace.py): trace_start(address, capacity) sends every publish,
+#: receive and release of this process to the ring mapped at address; trace_stop() ends it;
+#: trace_event(kind, topic_id, seq, source_seq, stamp_ns) adds one record (nothing when stopped).
+TRACING = True
+trace_start = _fastpath.trace_start
+trace_stop = _fastpath.trace_stop
+trace_event = _fastpath.trace_event
 #: The most words one futex_waitv takes (the kernel's FUTEX_WAITV_MAX)
 MAX_WAITV = 128
 #: False once futex_waitv answered ENOSYS (kernels before 5.16, and qemu-user, which does not emulate it)

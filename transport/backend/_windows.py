@@ -92,6 +92,11 @@ def _unavailable_here(name: str):
 
 futex_wait = _unavailable_here("futex_wait")
 futex_wake = _unavailable_here("futex_wake")
+#: Trace points live in the Linux C hot path only: a Windows process never starts recording.
+TRACING = False
+trace_start = _unavailable_here("trace_start")
+trace_stop = _unavailable_here("trace_stop")
+trace_event = _unavailable_here("trace_event")
 
 
 # ----- segment files

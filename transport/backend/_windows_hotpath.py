@@ -378,6 +378,7 @@ class WriteCursor:
         self.views, self.sized_view, self.contiguous = views, sized_view, contiguous
         self.topic, self.closed_error, self.loan_type = topic, closed_error, loan_type
         self.published = self.dropped = 0
+        self.default_source_seq = 0  # what publish and loan use when not given one (the node runtime sets it)
         self.closed = False
         self.next_slot = -1
         self._states = [ctypes.c_uint64.from_address(self.slot_address(i)) for i in range(self.pool)]
@@ -438,7 +439,7 @@ class WriteCursor:
             self.next_slot = self._lock_oldest_free(self.pool - 1)
         return seq
 
-    def publish(self, data, stamp_ns=None, source_seq=0):
+    def publish(self, data, stamp_ns=None, source_seq=None):
         """Copy ``data`` into a free slot and publish it: its seq, or None when every slot is held."""
         self.closed_check()
         view = memoryview(data)
@@ -456,9 +457,9 @@ class WriteCursor:
             return None
         if n:
             ctypes.memmove(self.slot_address(slot) + L.SLOT_HEADER_SIZE, np.frombuffer(view, np.uint8).ctypes.data, n)
-        return self.commit(slot, n, stamp_ns, source_seq)
+        return self.commit(slot, n, stamp_ns, self.default_source_seq if source_seq is None else source_seq)
 
-    def loan(self, nbytes=None, stamp_ns=None, source_seq=0):
+    def loan(self, nbytes=None, stamp_ns=None, source_seq=None):
         """A slot to fill in place (a scratch buffer when every slot is held: the loan is dropped)."""
         want = self.full_nbytes if nbytes is None else int(nbytes)
         if want < 0 or want > self.capacity:
@@ -472,7 +473,7 @@ class WriteCursor:
                 unlock_byte(self.handle, L.LOCK_SLOT0 + slot)
                 self.move_order(slot, to_end=False)
             raise
-        return self.loan_type(self, slot, want, data, stamp_ns, source_seq)
+        return self.loan_type(self, slot, want, data, stamp_ns, self.default_source_seq if source_seq is None else source_seq)
 
     def skip_to(self, seq: int) -> None:
         """Number the next message ``seq``, if that is ahead (numbers never go back)."""

@@ -1,0 +1,145 @@
+"""``shmlaunch trace``: attach to a running graph, show where each hop's latency goes, detach.
+
+    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json] [--interval S] [--quiet]
+
+Attaching costs the graph nothing to set up: every process of the graph already looks for a
+tracer's request (transport/_trace.py) and starts writing its trace ring within a quarter of a
+second. Every ``--interval`` seconds the per-hop table (nodes/hops.py) is printed and written
+to ``trace.json`` in the graph's runtime directory, where the viewer shows it. At the end
+(``--duration``, SIGINT, SIGTERM, or the graph stopping) the request is withdrawn, the rings
+go, and ``--out`` gets a Chrome/Perfetto trace-event file (open it in ui.perfetto.dev). A
+watchdog started first withdraws the request if this process is killed, so even a SIGKILLed
+tracer leaves the graph as it was. Exit 0, or 1 when no such graph runs, another tracer is
+attached, or trace records were lost (a ring overwrote them before they were read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+
+from shmlaunch.nodes.hops import HopTable
+from shmlaunch.transport import LockBusyError, RuntimeDir, TraceSession, TransportError
+
+from ._children import Watchdog
+from ._exits import EXIT_FAILED, error
+from ._introspect import NoGraphError, add_graph_arguments, chosen_graph
+from ._state import TRACE_STATUS_FILE as STATUS_FILE
+
+#: How often the rings are read (a ring holds 32768 records: seconds of any real graph).
+READ_EVERY = 0.1
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="shmlaunch trace", description="Where each hop's latency goes in a running graph: queueing "
+                                 "per edge, processing and callbacks per node, end to end from the source stamp, and what was lost where.")
+    add_graph_arguments(ap)
+    ap.add_argument("--duration", type=float, help="detach after this many seconds (default: at Ctrl-C)")
+    ap.add_argument("--out", help="write a Chrome/Perfetto trace-event file (.json) at the end")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between tables (default 1)")
+    ap.add_argument("--quiet", action="store_true", help="print only the final table")
+    return ap.parse_args(argv)
+
+
+def trace(argv: list[str]) -> int:
+    ns = _arguments(argv)
+    if ns.duration is not None and not ns.duration > 0:
+        return error(f"--duration {ns.duration}: a positive number of seconds")
+    if not ns.interval > 0:
+        return error(f"--interval {ns.interval}: a positive number of seconds")
+    if ns.out is not None and (Path(ns.out).suffix != ".json" or not Path(ns.out).resolve().parent.is_dir()):
+        return error(f"--out {ns.out}: a .json file in an existing folder")
+    try:
+        graph = chosen_graph(ns)
+    except NoGraphError as exc:
+        return error(str(exc), EXIT_FAILED)
+    runtime_dir = Path(graph.runtime_dir)
+    watchdog = Watchdog(runtime_dir, None)
+    try:
+        session = TraceSession.attach(runtime_dir)
+    except LockBusyError as exc:
+        watchdog.done()
+        return error(str(exc), EXIT_FAILED)
+    except TransportError as exc:
+        watchdog.done()
+        return error(f"graph {graph.name!r}: {exc}", EXIT_FAILED)
+    table = HopTable(keep=ns.out is not None)
+    try:
+        _follow(session, table, graph.name, ns)
+    finally:
+        left = session.detach()
+        watchdog.done()
+        _remove_status(runtime_dir)
+    table.lost_records = sum(r.lost for r in session.rings.values()) + table.lost_records
+    print(f"trace of graph {graph.name!r}: {len(table.processes)} processes")
+    print(table.format(), flush=True)
+    if left:
+        print(f"shmlaunch trace: {len(left)} processes had not removed their trace ring yet (they do at their next look)")
+    if ns.out is not None:
+        table.write_trace(ns.out)
+        print(f"wrote {ns.out} (open it in https://ui.perfetto.dev)")
+    if table.lost_records:
+        return error(f"{table.lost_records} trace records were lost (overwritten before they were read): the table misses them",
+                     EXIT_FAILED)
+    return 0
+
+
+def _follow(session: TraceSession, table: HopTable, graph: str, ns: argparse.Namespace) -> None:
+    """Read the rings until the end, printing and publishing the table every interval."""
+    stop: list[str] = []
+    old = {s: signal.signal(s, lambda signum, _f: stop.append(signal.Signals(signum).name)) for s in (signal.SIGINT, signal.SIGTERM)}
+    start = time.monotonic()
+    next_table = start + ns.interval
+    try:
+        while not stop:
+            now = time.monotonic()
+            if ns.duration is not None and now - start >= ns.duration:
+                break
+            _read(session, table)
+            if now >= next_table:
+                next_table = now + ns.interval
+                _publish(session.rd, table, graph)
+                if not ns.quiet:
+                    print(f"--- graph {graph!r}, {now - start:.0f} s\n{table.format()}\n", flush=True)
+            if not _graph_alive(session.rd):
+                break
+            time.sleep(READ_EVERY)
+        _read(session, table)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _read(session: TraceSession, table: HopTable) -> None:
+    records = session.poll()
+    for pid, ring in session.rings.items():
+        if pid not in table.processes:
+            table.add_process(pid, ring.name, ring.clock_offset)
+    if any(r.topic not in table.topics for r in records):
+        table.topics = dict(session.topics(refresh=True))
+    table.lost_records = sum(r.lost for r in session.rings.values())
+    table.add(records)
+
+
+def _publish(rd: RuntimeDir, table: HopTable, graph: str) -> None:
+    """The table for the viewer (``trace.json``); a full /dev/shm only costs the viewer its table."""
+    with contextlib.suppress(OSError):
+        rd.write_atomic(STATUS_FILE, json.dumps({"graph": graph, "time_ns": time.time_ns(), **table.summary()}).encode())
+
+
+def _remove_status(runtime_dir: Path) -> None:
+    with contextlib.suppress(OSError, TransportError), RuntimeDir.open(runtime_dir) as rd:
+        rd.unlink(STATUS_FILE)
+
+
+def _graph_alive(rd: RuntimeDir) -> bool:
+    try:
+        rd.lstat(".shmlaunch-runtime")
+    except OSError:
+        return False
+    return True
+
