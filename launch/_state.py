@@ -21,8 +21,6 @@ from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, backend, r
 
 STATE_FILE = "graph.json"
 LOCK_FILE = "launcher.lock"
-#: The per-hop table an attached tracer keeps up to date (``shmlaunch trace``; the viewer shows it).
-TRACE_STATUS_FILE = "trace.json"
 MAX_STATE_BYTES = 4 << 20
 NODE_STATES = ("starting", "running", "waiting", "exited", "failed")
 

@@ -22,13 +22,12 @@ import signal
 import time
 from pathlib import Path
 
-from shmlaunch.nodes.hops import HopTable
+from shmlaunch.nodes.hops import TRACE_TABLE, HopTable
 from shmlaunch.transport import LockBusyError, RuntimeDir, TraceSession, TransportError
 
 from ._children import Watchdog
 from ._exits import EXIT_FAILED, error
 from ._introspect import NoGraphError, add_graph_arguments, chosen_graph
-from ._state import TRACE_STATUS_FILE as STATUS_FILE
 
 #: How often the rings are read (a ring holds 32768 records: seconds of any real graph).
 READ_EVERY = 0.1
@@ -128,12 +127,12 @@ def _read(session: TraceSession, table: HopTable) -> None:
 def _publish(rd: RuntimeDir, table: HopTable, graph: str) -> None:
     """The table for the viewer (``trace.json``); a full /dev/shm only costs the viewer its table."""
     with contextlib.suppress(OSError):
-        rd.write_atomic(STATUS_FILE, json.dumps({"graph": graph, "time_ns": time.time_ns(), **table.summary()}).encode())
+        rd.write_atomic(TRACE_TABLE, json.dumps({"graph": graph, "time_ns": time.time_ns(), **table.summary()}).encode())
 
 
 def _remove_status(runtime_dir: Path) -> None:
     with contextlib.suppress(OSError, TransportError), RuntimeDir.open(runtime_dir) as rd:
-        rd.unlink(STATUS_FILE)
+        rd.unlink(TRACE_TABLE)
 
 
 def _graph_alive(rd: RuntimeDir) -> bool:

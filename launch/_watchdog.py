@@ -22,9 +22,10 @@ import signal
 import sys
 import time
 
+from shmlaunch.nodes.hops import TRACE_TABLE
 from shmlaunch.transport import RuntimeDir, TransportError, backend, cleanup, clear_trace_request
 
-from ._state import LOCK_FILE, TRACE_STATUS_FILE
+from ._state import LOCK_FILE
 from ._stopping import terminate_then_kill
 
 
@@ -71,7 +72,7 @@ def main() -> int:
             return 0
     if run == "--trace":  # a tracer's: its request and table go, the graph runs on
         with contextlib.suppress(OSError, TransportError):
-            clear_trace_request(runtime_dir, TRACE_STATUS_FILE)
+            clear_trace_request(runtime_dir, TRACE_TABLE)
         return 0
     terminate_then_kill(lambda force: _stop_all(groups, force), lambda: any(backend.group_alive(g) for g in groups), time.sleep)
     clean_run(runtime_dir, run)

@@ -34,6 +34,8 @@ WINDOW = 20_000
 MATCH_WINDOW = 4096
 #: Records kept for a trace file (a trace of the hands graph makes about 400 a second).
 MAX_KEPT = 2_000_000
+#: The per-hop table an attached tracer keeps up to date in the graph's runtime directory (the viewer shows it).
+TRACE_TABLE = "trace.json"
 #: The ``tid`` of a process's callback track in a trace file (its steps are on ``tid = pid``).
 CALLBACK_TID_OFFSET = 1 << 24
 

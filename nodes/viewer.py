@@ -5,7 +5,7 @@ Serves over HTTP (standard library only):
   /frame.jpg    the next annotated frame (``?after=N``: newer than frame N; waits up to 5 s)
   /stream.mjpg  the same as an MJPEG stream, for VLC, ffplay or an <img> tag
   /snapshot.jpg one annotated frame
-  /status.json  the table's data
+  /status.json  the table's data (with ``trace``: the per-hop table while ``shmlaunch trace`` runs)
 
 The page pulls frames one after another (each request waits for the next frame), which
 works in every browser, shows the frame rate the viewer can really deliver, and makes each
@@ -45,6 +45,7 @@ from shmlaunch.transport import RuntimeDir, TransportError
 
 from ._node import Node, NodeSetupError
 from ._params import Param
+from .hops import TRACE_TABLE
 from .messages import GESTURE, HAND_CONNECTIONS, LANDMARKS, decode_gesture, gesture_message, hand_count, handedness_label, landmarks_message
 
 BONE_BGR = (255, 255, 255)
@@ -67,7 +68,7 @@ PAGE = """<!doctype html>
 table{border-collapse:collapse;margin-top:1em}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #333}</style></head>
 <body data-frames="0"><h3>shmlaunch viewer <span id="info"></span></h3>
 <img id="live" alt="live view">
-<table id="topics"></table><table id="nodes"></table>
+<table id="topics"></table><table id="nodes"></table><table id="hops"></table>
 <script>
 const q = new URLSearchParams(location.search); const tok = q.get("token") ? "&token=" + encodeURIComponent(q.get("token")) : "";
 let last = 0; const img = document.getElementById("live");
@@ -75,13 +76,23 @@ img.onload = () => { document.body.dataset.frames = +document.body.dataset.frame
 img.onerror = () => setTimeout(next, 500);
 function next() { fetch("/frame.seq?after=" + last + tok).then(r => r.text()).then(s => { last = +s;
   img.src = "/frame.jpg?at=" + s + tok; }).catch(() => setTimeout(next, 500)); }
-function rows(el, head, data) { el.innerHTML = "<tr>" + head.map(h => "<th>" + h + "</th>").join("") + "</tr>" +
-  data.map(r => "<tr>" + r.map(c => "<td>" + c + "</td>").join("") + "</tr>").join(""); }
+const esc = v => String(v).replace(/[&<>"']/g, c => "&#" + c.charCodeAt(0) + ";");
+function rows(el, head, data) { el.innerHTML = "<tr>" + head.map(h => "<th>" + esc(h) + "</th>").join("") + "</tr>" +
+  data.map(r => "<tr>" + r.map(c => "<td>" + esc(c) + "</td>").join("") + "</tr>").join(""); }
+const ms = v => v === undefined ? "-" : v.toFixed(2);
+function hops(t) { if (!t) return [];
+  const fig = r => [r.n, ms(r.p50_ms), ms(r.p90_ms), ms(r.p99_ms), ms(r.max_ms)];
+  const lost = r => r.overwritten + "/" + r.stale + "/" + r.taken;
+  return [].concat(t.queueing.map(r => ["queueing", r.topic + ": " + r.writer + " -> " + r.reader, ...fig(r), lost(r)]),
+    t.processing.map(r => ["processing", r.node + ": " + r.input + " -> " + r.output, ...fig(r), ""]),
+    t.end_to_end.map(r => ["end to end", r.topic + " at " + r.reader, ...fig(r), ""])); }
 function status() { fetch("/status.json?" + tok).then(r => r.json()).then(s => {
   document.getElementById("info").textContent = s.graph ? "- graph " + s.graph : "";
   rows(document.getElementById("topics"), ["topic", "rate Hz", "latency ms", "last seq"],
        s.topics.map(t => [t.topic, t.hz.toFixed(1), t.latency_ms.toFixed(1), t.seq]));
   rows(document.getElementById("nodes"), ["node", "pid", "state", "restarts"], s.nodes.map(n => [n.name, n.pid, n.state, n.restarts]));
+  const h = hops(s.trace); rows(document.getElementById("hops"), h.length ? ["per hop (shmlaunch trace)", "", "n", "p50 ms", "p90 ms", "p99 ms",
+    "max ms", "overwritten/stale/taken"] : ["per-hop latency: run shmlaunch trace"], h);
 }).catch(() => {}); }
 next(); status(); setInterval(status, 1000);
 </script></body></html>
@@ -235,7 +246,20 @@ class Viewer(Node):
             pass
         topics = [{"topic": self.topic_for(p, "subscribe"), "hz": r.hz(), "latency_ms": r.latency_ms, "seq": r.seq}
                   for p, r in self.rates.items()]
-        return {"graph": graph, "topics": topics, "nodes": nodes, "frame": self.frame_no}
+        return {"graph": graph, "topics": topics, "nodes": nodes, "frame": self.frame_no, "trace": self._trace_table()}
+
+    def _trace_table(self) -> dict | None:
+        """The per-hop table an attached ``shmlaunch trace`` keeps in the runtime directory, checked
+        as the page needs it (None when no tracer is attached)."""
+        try:
+            with RuntimeDir.open(self.runtime_dir) as rd:
+                doc = json.loads(rd.read_bytes(TRACE_TABLE, 4 << 20))
+        except (OSError, ValueError, TransportError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        sections = {k: [r for r in doc.get(k, []) if isinstance(r, dict)] for k in ("queueing", "processing", "end_to_end")}
+        return sections if all(isinstance(doc.get(k), list) for k in sections) else None
 
     def teardown(self) -> None:
         self.server.shutdown()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cross_language import cpp_build  # noqa: F401 - a fixture
 from test_launcher import assert_nothing_left, shmlaunch, start, wait_for, write_graph
 
-from shmlaunch.nodes.hops import HopTable, format_summary
+from shmlaunch.nodes.hops import TRACE_TABLE, HopTable, format_summary
 from shmlaunch.testing import runtime_dir
 from shmlaunch.transport import Reader, TraceSession, Writer, backend, graph_runtime_dir
 
@@ -145,6 +146,9 @@ def test_a_killed_tracer_leaves_the_graph_untouched_and_a_second_tracer_waits_it
                               stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: sum(n.endswith(".ring") for n in trace_files(slow_graph)) >= 3, 10, "every node to record")
+        table = graph_runtime_dir(slow_graph) / TRACE_TABLE  # what the viewer shows, kept up to date each second
+        wait_for(lambda: table.exists() and '"slow"' in table.read_text(), 10, "the table for the viewer")
+        assert {"queueing", "processing", "end_to_end"} <= json.loads(table.read_text()).keys()
         res = shmlaunch("trace", slow_graph, "--duration", 1)
         assert res.returncode == 1 and "another tracer (pid" in res.stderr and "Traceback" not in res.stderr
         tracer.kill()
@@ -232,3 +236,36 @@ def test_lost_records_are_counted_when_a_ring_wraps_before_it_is_read():
         finally:
             session.detach()
             w.close()
+
+
+def test_the_cpp_client_records_its_publishes_receives_and_releases(cpp_build):  # noqa: F811 - the fixture
+    with runtime_dir() as rd:
+        Writer("x", capacity=4096, pool=4, runtime_dir=rd).close()
+        env = {**os.environ, "SHMLAUNCH_RUNTIME_DIR": str(rd)}
+        session = TraceSession.attach(rd)
+        reader = subprocess.Popen([str(cpp_build / "checked_io"), "read", "x", "3000"], env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout.readline().strip() == "ready"
+            writer = subprocess.run([str(cpp_build / "checked_io"), "write", "x", "600", "200"], env=env, capture_output=True, text=True,
+                                    timeout=60)
+            assert writer.returncode == 0, writer.stderr
+            out, _ = reader.communicate(timeout=30)
+            assert "torn 0" in out
+            records = session.poll()
+            names = {ring.name for ring in session.rings.values()}
+            table = HopTable()
+            for pid, ring in session.rings.items():
+                table.add_process(pid, ring.name, ring.clock_offset)
+            table.topics = session.topics(refresh=True)
+            table.add(records)
+        finally:
+            left = session.detach()
+            if reader.poll() is None:
+                reader.kill()
+        assert "checked_io" in names and len(session.refused) == 0
+        kinds = {(r.pid, r.kind) for r in records}
+        assert {(reader.pid, 2), (reader.pid, 3), (writer_pid := next(p for p, _ in kinds if p != reader.pid), 1)} <= kinds
+        [row] = table.summary()["queueing"]
+        assert row["topic"] == "x" and row["writer"] == f"checked_io[{writer_pid}]" and row["reader"] == f"checked_io[{reader.pid}]"
+        assert row["n"] > 100 and row["p50_ms"] < 50
+        assert left == [] and not [n for n in os.listdir(rd) if n.startswith("trace.")]  # both removed their rings at exit

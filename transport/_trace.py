@@ -157,8 +157,14 @@ class _Agent:
             self.watch(rd.path)
 
     def at_exit(self) -> None:
+        """At exit the ring stays while the tracer listens: it reads the last records, then removes it."""
         with self.lock:
-            self.stop()
+            if self.ring is not None and self.ring[0].is_locked(L.TRACE_REQUEST):
+                backend.trace_stop()
+                os.close(self.ring[2])
+                self.ring = None
+            else:
+                self.stop()
 
 
 _agent = _Agent()
@@ -211,6 +217,7 @@ class RingState:
     read: int = 0  # records consumed
     lost: int = 0  # records overwritten before the tracer read them
     bad: int = 0  # records of no known kind
+    done: bool = False  # its process is gone and every record was read (the file removed)
 
 
 @dataclass
@@ -250,8 +257,22 @@ class TraceSession:
         self._discover()
         out: list[TraceRecord] = []
         for ring in list(self.rings.values()):
+            if ring.done:
+                continue
+            gone = backend.process_info(ring.pid) is None  # looked at first: then every record it wrote is there
             out.extend(self._read(ring))
+            if gone and not ring.done:
+                self._finish(ring)
         return out
+
+    def _finish(self, ring: RingState) -> None:
+        """A ring whose process exited, read to the end: the tracer removes it."""
+        name = L.trace_ring_name(ring.pid)
+        with contextlib.suppress(OSError):
+            if self.rd.is_file_of(name, ring.fd):
+                self.rd.unlink(name)
+        os.close(ring.fd)
+        ring.done = True
 
     def _discover(self) -> None:
         for name in self.rd.entries():
@@ -325,7 +346,9 @@ class TraceSession:
 
     @staticmethod
     def _close_ring(ring: RingState) -> None:
-        os.close(ring.fd)
+        if not ring.done:
+            os.close(ring.fd)
+            ring.done = True
 
     def topics(self, refresh: bool = False) -> dict[int, str]:
         """Topic identity (a segment's wake_id) -> topic name, for the topics the registry lists."""
@@ -356,7 +379,6 @@ class TraceSession:
         os.close(self.lock_fd)
         for ring in self.rings.values():
             self._close_ring(ring)
-        self.rings.clear()
         deadline = time.monotonic() + wait
         left = remove_dead_rings(self.rd)
         while left and time.monotonic() < deadline:

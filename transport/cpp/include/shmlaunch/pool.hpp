@@ -40,7 +40,10 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <memory>
+#include <mutex>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -402,6 +405,16 @@ class Dir {
   File open_file(const std::string&, const std::string& name, bool write) const {
     return ::openat(fd_, name.c_str(), (write ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
   }
+  // A new file of this process's (0600; an existing name or a symlink there is an error, never a target).
+  File create_file(const std::string& name) const {
+    return ::openat(fd_, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  }
+  // Removes `name` while it is still the file `f` has open (never one that replaced it).
+  void remove_if_same(const std::string& name, File f) const {
+    struct stat a {}, b {};
+    if (fstat(f, &a) == 0 && fstatat(fd_, name.c_str(), &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+      unlinkat(fd_, name.c_str(), 0);
+  }
 
  private:
   int fd_ = -1;
@@ -470,6 +483,164 @@ class Waker {
 inline int64_t realtime_ns() { return os::realtime_ns(); }
 inline int64_t monotonic_ns() { return os::monotonic_ns(); }
 inline std::string shm_root() { return os::shm_root(); }
+
+// ---------------------------------------------------------------- trace points
+// While `shmlaunch trace` holds the lock of trace.request in the runtime directory, this process
+// records each receive, release and publish into its own ring, trace.<pid>.ring (LAYOUT.md, "Trace
+// rings"), as the Python clients do. It looks for the request at most every 250 ms: after a
+// receive that waited, and every 64th step otherwise; off, a step costs a counter and a test.
+namespace trace {
+constexpr uint64_t kHeaderSize = 128, kRecordSize = 64, kHeadOffset = 16;
+constexpr uint32_t kCapacity = uint32_t(1) << 15;
+constexpr uint16_t kPublish = 1, kReceive = 2, kRelease = 3, kDrop = 6, kNoEntry = 0xffff;
+constexpr int64_t kLookEveryNs = 250000000;
+
+#ifndef _WIN32
+class Agent {
+ public:
+  static Agent& instance() {
+    static Agent agent;
+    return agent;
+  }
+  // Record whenever a tracer attaches to runtime directory `dir` (the first one named).
+  void watch(const std::string& dir) {
+    std::lock_guard<std::mutex> g(mutex_);
+    if (dir_.empty()) dir_ = dir;
+  }
+  void tick(bool waited) {
+    if (!waited && (++steps_ & 63) != 0) return;
+    int64_t now = monotonic_ns();
+    if (now < next_look_.load(std::memory_order_relaxed)) return;
+    next_look_.store(now + kLookEveryNs, std::memory_order_relaxed);
+    look();
+  }
+  bool on() const { return ring_.load(std::memory_order_acquire) != nullptr; }
+  void put(uint16_t kind, uint64_t topic, uint64_t seq, uint64_t source_seq, int64_t stamp, uint64_t generation, uint32_t overwritten) {
+    while (busy_.test_and_set(std::memory_order_acquire)) {
+    }
+    if (uint8_t* base = ring_.load(std::memory_order_relaxed)) {
+      auto* head_word = reinterpret_cast<std::atomic<uint64_t>*>(base + kHeadOffset);
+      uint64_t head = head_word->load(std::memory_order_relaxed);
+      uint8_t* r = base + kHeaderSize + (head & (kCapacity - 1)) * kRecordSize;
+      int64_t now = monotonic_ns();
+      uint32_t kind_entry[2] = {uint32_t(kind) | (uint32_t(kNoEntry) << 16), uint32_t(generation)};
+      uint32_t lost[4] = {overwritten, 0, 0, 0};
+      std::memcpy(r, &now, 8);
+      std::memcpy(r + 8, &topic, 8);
+      std::memcpy(r + 16, &seq, 8);
+      std::memcpy(r + 24, &source_seq, 8);
+      std::memcpy(r + 32, &stamp, 8);
+      std::memcpy(r + 40, kind_entry, 8);
+      std::memcpy(r + 48, lost, 16);
+      head_word->store(head + 1, std::memory_order_release);
+    }
+    busy_.clear(std::memory_order_release);
+  }
+  // At exit a ring stays while the tracer listens (it reads the last records, then removes it).
+  ~Agent() {
+    std::lock_guard<std::mutex> g(mutex_);
+    stop(!requested());
+  }
+
+ private:
+  Agent() = default;
+  void look() {
+    std::lock_guard<std::mutex> g(mutex_);
+    if (dir_.empty()) return;
+    bool wanted = requested();
+    if (wanted && !ring_.load()) {
+      auto dir = std::make_unique<os::Dir>();
+      if (dir->open(dir_).empty()) start(std::move(dir));
+    } else if (!wanted && ring_.load()) {
+      stop(true);
+    }
+  }
+  // True while a tracer holds the lock of trace.request in the (checked) runtime directory.
+  bool requested() const {
+    os::Dir dir;
+    if (dir_.empty() || !dir.open(dir_).empty()) return false;
+    os::File request = dir.open_file(dir_, "trace.request", false);
+    bool held = request >= 0 && os::held_by_others(request, 0);
+    if (request >= 0) ::close(request);
+    return held;
+  }
+  void start(std::unique_ptr<os::Dir> dir) {
+    std::string name = "trace." + std::to_string(getpid()) + ".ring";
+    os::File f = dir->create_file(name);
+    if (f < 0) return;  // a dead process's ring with our pid: the tracer removes it, we try again later
+    uint64_t size = kHeaderSize + uint64_t(kCapacity) * kRecordSize;
+    std::string why;
+    uint8_t* base = posix_fallocate(f, 0, off_t(size)) == 0 ? os::map(f, size, &why) : nullptr;
+    if (!base) {
+      dir->remove_if_same(name, f);
+      ::close(f);
+      return;
+    }
+    uint32_t version = 1, capacity = kCapacity;
+    uint64_t pid = os::pid();
+    int64_t offset = realtime_ns() - monotonic_ns();
+    std::string label;
+    if (const char* node = std::getenv("SHMLAUNCH_NODE"); node && *node) label = node;
+    else if (FILE* comm = std::fopen("/proc/self/comm", "r")) {
+      char buf[64] = {0};
+      if (std::fgets(buf, sizeof buf, comm)) label = std::string(buf, strcspn(buf, "\n"));
+      std::fclose(comm);
+    }
+    std::memcpy(base, "SHMLTRCE", 8);
+    std::memcpy(base + 8, &version, 4);
+    std::memcpy(base + 12, &capacity, 4);
+    std::memcpy(base + 24, &pid, 8);
+    std::memcpy(base + 32, &offset, 8);
+    std::memcpy(base + 48, label.data(), std::min<size_t>(label.size(), 64));
+    ring_dir_ = std::move(dir);
+    ring_file_ = f;
+    ring_name_ = name;
+    ring_.store(base, std::memory_order_release);
+  }
+  void stop(bool remove) {
+    uint8_t* base = ring_.load();
+    if (!base) return;
+    while (busy_.test_and_set(std::memory_order_acquire)) {
+    }
+    ring_.store(nullptr, std::memory_order_release);
+    busy_.clear(std::memory_order_release);
+    os::unmap(base, kHeaderSize + uint64_t(kCapacity) * kRecordSize);
+    if (remove) ring_dir_->remove_if_same(ring_name_, ring_file_);
+    ::close(ring_file_);
+    ring_dir_.reset();
+  }
+
+  std::mutex mutex_;
+  std::string dir_;
+  std::atomic<uint8_t*> ring_{nullptr};
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::atomic<int64_t> next_look_{0};
+  std::atomic<uint32_t> steps_{0};
+  std::unique_ptr<os::Dir> ring_dir_;
+  os::File ring_file_ = -1;
+  std::string ring_name_;
+};
+#else
+// Trace points are in the Linux clients only (as in Python): a Windows process never records.
+class Agent {
+ public:
+  static Agent& instance() {
+    static Agent agent;
+    return agent;
+  }
+  void watch(const std::string&) {}
+  void tick(bool) {}
+  bool on() const { return false; }
+  void put(uint16_t, uint64_t, uint64_t, uint64_t, int64_t, uint64_t, uint32_t) {}
+};
+#endif
+
+inline uint64_t topic_id(const uint8_t* header) {
+  uint64_t id;
+  std::memcpy(&id, header + kWakeIdOffset, 8);
+  return id;
+}
+}  // namespace trace
 
 // The runtime directory of the graph called `graph`: <shm_root>/shmlaunch-<user>-<graph>, as
 // Python's graph_runtime_dir (a program attaching to a running graph by name).
@@ -802,6 +973,7 @@ class Sample {
     source_ns_ = o.source_ns_;
     publish_ns_ = o.publish_ns_;
     source_seq_ = o.source_seq_;
+    generation_ = o.generation_;
     return *this;
   }
   ~Sample() { release(); }
@@ -814,7 +986,10 @@ class Sample {
   template <class T>
   const T* as() const { return reinterpret_cast<const T*>(data_); }
   void release() {
-    if (seg_ && --(*holds_)[slot_] == 0) seg_->unlock(kLockSlot0 + slot_);
+    if (!seg_) return;
+    if (trace::Agent::instance().on())
+      trace::Agent::instance().put(trace::kRelease, trace::topic_id(seg_->base()), seq_, source_seq_, source_ns_, generation_, 0);
+    if (--(*holds_)[slot_] == 0) seg_->unlock(kLockSlot0 + slot_);
     seg_ = nullptr;
   }
 
@@ -828,7 +1003,7 @@ class Sample {
   size_t size_ = 0;
   uint64_t seq_ = 0;
   int64_t source_ns_ = 0, publish_ns_ = 0;
-  uint64_t source_seq_ = 0;
+  uint64_t source_seq_ = 0, generation_ = 0;
 };
 
 // Opens an existing topic for reading. Keep the Reader alive while Samples of it exist.
@@ -838,6 +1013,7 @@ class Reader {
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for reading")), holds_(seg_.config().pool, 0) {
     seg_.lock(kLockPresence, false);
     waiter_.attach(seg_.file(), seg_.base());
+    trace::Agent::instance().watch(dir);
   }
 
   // The newest message not seen yet, waiting up to timeout_ms (negative: forever).
@@ -852,6 +1028,7 @@ class Reader {
       int64_t left = deadline < 0 ? -1 : deadline - monotonic_ns();
       if (deadline >= 0 && left <= 0) return std::nullopt;
       waiter_.wait(seg_.wake(), w, left);
+      trace::Agent::instance().tick(true);
     }
   }
   // The newest message not seen yet, or nothing at once.
@@ -875,12 +1052,13 @@ class Reader {
     if (slot >= holds_.size()) return std::nullopt;
     if (holds_[slot] == 0 && !seg_.lock(kLockSlot0 + slot, false)) return std::nullopt;  // being written
     const uint8_t* h = seg_.base() + seg_.slot_offset(slot);
-    uint64_t state, length, source_seq;
+    uint64_t state, length, source_seq, generation;
     int64_t source_ns, publish_ns;
     std::memcpy(&state, h, 8);
     std::memcpy(&length, h + 8, 8);
     std::memcpy(&source_ns, h + 16, 8);
     std::memcpy(&publish_ns, h + 24, 8);
+    std::memcpy(&generation, h + 32, 8);
     std::memcpy(&source_seq, h + 40, 8);
     uint64_t seq = state >> 1;
     if ((state & 1) || seq <= last_seq_ || length > seg_.config().capacity) {
@@ -888,8 +1066,12 @@ class Reader {
       return std::nullopt;
     }
     ++holds_[slot];
-    if (last_seq_ && seq > last_seq_ + 1) missed_ += seq - last_seq_ - 1;
+    uint64_t overwritten = last_seq_ && seq > last_seq_ + 1 ? seq - last_seq_ - 1 : 0;
+    missed_ += overwritten;
     last_seq_ = seq;
+    trace::Agent& tracer = trace::Agent::instance();
+    tracer.tick(false);
+    if (tracer.on()) tracer.put(trace::kReceive, trace::topic_id(seg_.base()), seq, source_seq, source_ns, generation, uint32_t(overwritten));
     Sample s;
     s.seg_ = &seg_;
     s.holds_ = &holds_;
@@ -900,6 +1082,7 @@ class Reader {
     s.source_ns_ = source_ns;
     s.publish_ns_ = publish_ns;
     s.source_seq_ = source_seq;
+    s.generation_ = generation;
     return s;
   }
 
@@ -941,6 +1124,7 @@ class Writer {
     std::memcpy(seg_.base() + kWriterOffset, &pid, 8);
     std::memcpy(gen, &generation_, 8);
     std::memcpy(seg_.base() + kWriterOffset + 16, &now, 8);
+    trace::Agent::instance().watch(dir);
   }
 
   // Copies `size` bytes into a free slot and publishes them; returns the sequence number,
@@ -990,6 +1174,8 @@ class Writer {
   int take_free_slot() {
     for (uint32_t slot : order_)
       if (seg_.lock(kLockSlot0 + slot, true)) return int(slot);
+    if (trace::Agent::instance().on())
+      trace::Agent::instance().put(trace::kDrop, trace::topic_id(seg_.base()), seq_ + 1, 0, 0, generation_, 0);
     return -1;
   }
   static void store(uint64_t* word, uint64_t v) { reinterpret_cast<std::atomic<uint64_t>*>(word)->store(v, std::memory_order_release); }
@@ -1005,6 +1191,9 @@ class Writer {
     std::memcpy(h + 24, &now, 8);
     std::memcpy(h + 32, &generation_, 8);
     std::memcpy(h + 40, &source_seq, 8);
+    trace::Agent& tracer = trace::Agent::instance();
+    tracer.tick(false);
+    if (tracer.on()) tracer.put(trace::kPublish, trace::topic_id(seg_.base()), seq, source_seq, src, generation_, 0);  // before readers can see it
     store(seg_.state(slot), 2 * seq);
     seg_.unlock(kLockSlot0 + slot);
     uint64_t latest = seq;
