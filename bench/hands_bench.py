@@ -152,7 +152,10 @@ def node_pids(runtime_dir: str) -> dict[str, int]:
     return out
 
 
-def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path, replicas: int = 1, pinned: bool = False) -> dict:
+def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path, replicas: int = 1, pinned: bool = False,
+              traced: bool = False) -> dict:
+    """One graph run; ``traced``: with ``shmlaunch trace`` attached over the measured window (its
+    final per-hop table is returned as ``trace``)."""
     name = f"hands-bench-{os.getpid()}-{w}-{replicas}"
     out = tmp / f"{name}.npz"
     launch = tmp / f"{name}.yaml"
@@ -163,12 +166,19 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
     proc = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", str(launch), "--duration", str(warmup + seconds)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(warmup)
+    summary = tmp / f"{name}-trace.json"
+    tracer = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", "trace", name, "--duration", str(seconds - 0.5), "--quiet",
+                               "--summary", str(summary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) if traced else None
     pids = node_pids(rt)
     c0 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
     t0 = time.time_ns()
     time.sleep(seconds - 0.5)
     c1 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
     t1 = time.time_ns()
+    if tracer is not None:
+        traced_out, _ = tracer.communicate(timeout=60)
+        if tracer.returncode != 0:
+            raise RuntimeError(f"shmlaunch trace exited {tracer.returncode}:\n{traced_out}")
     output, _ = proc.communicate(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"graph exited {proc.returncode}:\n{output}")
@@ -198,6 +208,7 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
         "cpu_pct": cpu, "replicas": replicas, "pinned": pinned, "video": video.name,
         "inference_p50_ms": pct(land["inference_ns"] / 1e6, 50),
         "hands_per_frame": float(np.mean(land["hands"])) if len(land) else 0.0,
+        **({"trace": json.loads(summary.read_text())} if traced else {}),
     }
 
 

@@ -13,6 +13,7 @@ copying publish, its loaned publish, and the bare floor of ``transports.Floor`` 
 pool, one copy, a futex wake; the receive looks at the word and returns the slot's array).
 
     python bench/instructions.py                 # prints a table and writes bench/results/instructions.json
+    python bench/instructions.py --traced        # the same with a tracer attached (shmlaunch trace)
     python bench/instructions.py --loop pool publish 1000    # one loop, uncounted
 """
 
@@ -26,6 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +52,14 @@ def build_toggle(directory: str) -> str:
     return lib
 
 
-def loop(transport: str, what: str, n: int, toggle_lib: str | None = None) -> None:
+def loop(transport: str, what: str, n: int, toggle_lib: str | None = None, traced: bool = False) -> None:
     """Run ``n`` steady-state iterations of ``what`` (publish, or publish then receive), through
     the same transport classes and calls as the latency benchmark's publisher and subscriber."""
     sys.path.insert(0, str(HERE))
     from transports import Floor, PoolTopic, PoolTopicLoan
 
     from shmlaunch.testing import runtime_dir
+    from shmlaunch.transport import TraceSession
 
     src = np.zeros(SIZE, np.uint8)
     with runtime_dir() as rt:
@@ -66,6 +69,14 @@ def loop(transport: str, what: str, n: int, toggle_lib: str | None = None) -> No
         both = what == "both"
         if both:
             t.setup_subscriber()
+        session = TraceSession.attach(rt) if traced and transport != "floor" else None  # (the floor has no trace points)
+        if session is not None:  # wait until this process records (it looks every 0.25 s)
+            ring = Path(rt) / f"trace.{os.getpid()}.ring"
+            deadline = time.monotonic() + 60
+            while not ring.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not ring.exists():
+                raise RuntimeError("the process did not start recording for the tracer")
         toggle = ctypes.CDLL(toggle_lib).toggle if toggle_lib else (lambda: None)
         for i in range(1, 1 + n + 200):  # 200 to warm up, then n counted
             if i == 201:
@@ -76,18 +87,20 @@ def loop(transport: str, what: str, n: int, toggle_lib: str | None = None) -> No
                 data = t.data(msg)
                 del msg, data
         toggle()
+        if session is not None:
+            session.detach()
         t.close()
         if hasattr(t, "destroy"):
             t.destroy()
 
 
-def count(transport: str, what: str, n: int) -> int:
+def count(transport: str, what: str, n: int, traced: bool) -> int:
     """User-space instructions of a whole ``loop`` run under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out}", sys.executable,
-                               __file__, "--loop", transport, what, str(n), build_toggle(tmp)],
+                               __file__, "--loop", transport, what, str(n), build_toggle(tmp), *(["--traced"] if traced else [])],
                               env=env, capture_output=True, text=True, timeout=900)
         m = re.search(r"Collected : (\d+)", proc.stderr)
         if proc.returncode != 0 or not m:
@@ -95,16 +108,16 @@ def count(transport: str, what: str, n: int) -> int:
         return int(m.group(1))
 
 
-def per_iteration(transport: str, what: str) -> float:
-    return (count(transport, what, N2) - count(transport, what, N1)) / (N2 - N1)
+def per_iteration(transport: str, what: str, traced: bool) -> float:
+    return (count(transport, what, N2, traced) - count(transport, what, N1, traced)) / (N2 - N1)
 
 
-def measure() -> dict:
+def measure(traced: bool) -> dict:
     cache: dict[tuple[str, str], float] = {}
 
     def get(key):
         if key not in cache:
-            cache[key] = per_iteration(*key)
+            cache[key] = per_iteration(*key, traced)
         return cache[key]
 
     rows = {}
@@ -125,17 +138,19 @@ def ratios(rows: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loop", nargs="+", metavar="ARG", help="TRANSPORT WHAT N [TOGGLE_LIB]: run one loop (what callgrind runs)")
-    ap.add_argument("--out", default=str(HERE / "results" / "instructions.json"))
+    ap.add_argument("--traced", action="store_true", help="with a tracer attached: every publish and receive is recorded")
+    ap.add_argument("--out")
     args = ap.parse_args()
     if args.loop:
-        loop(args.loop[0], args.loop[1], int(args.loop[2]), *args.loop[3:])
+        loop(args.loop[0], args.loop[1], int(args.loop[2]), *args.loop[3:], traced=args.traced)
         return
-    rows = measure()
-    result = {"command": "python bench/instructions.py", "message_bytes": SIZE, "iterations": [N1, N2],
+    out = args.out or str(HERE / "results" / ("instructions_traced.json" if args.traced else "instructions.json"))
+    rows = measure(args.traced)
+    result = {"command": f"python bench/instructions.py{' --traced' if args.traced else ''}", "message_bytes": SIZE, "iterations": [N1, N2],
               "instructions": rows, "ratios": {k: round(v, 2) for k, v in ratios(rows).items()}}
     for k, v in result["ratios"].items():
         print(f"{k:32} {v:.2f}x")
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

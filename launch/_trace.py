@@ -1,6 +1,6 @@
 """``shmlaunch trace``: attach to a running graph, show where each hop's latency goes, detach.
 
-    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json] [--interval S] [--quiet]
+    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json] [--summary table.json] [--interval S] [--quiet]
 
 Attaching costs the graph nothing to set up: every process of the graph already looks for a
 tracer's request (transport/_trace.py) and starts writing its trace ring within a quarter of a
@@ -39,6 +39,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     add_graph_arguments(ap)
     ap.add_argument("--duration", type=float, help="detach after this many seconds (default: at Ctrl-C)")
     ap.add_argument("--out", help="write a Chrome/Perfetto trace-event file (.json) at the end")
+    ap.add_argument("--summary", help="write the final per-hop table as JSON (what the viewer shows) at the end")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between tables (default 1)")
     ap.add_argument("--quiet", action="store_true", help="print only the final table")
     return ap.parse_args(argv)
@@ -50,8 +51,9 @@ def trace(argv: list[str]) -> int:
         return error(f"--duration {ns.duration}: a positive number of seconds")
     if not ns.interval > 0:
         return error(f"--interval {ns.interval}: a positive number of seconds")
-    if ns.out is not None and (Path(ns.out).suffix != ".json" or not Path(ns.out).resolve().parent.is_dir()):
-        return error(f"--out {ns.out}: a .json file in an existing folder")
+    for option, value in (("--out", ns.out), ("--summary", ns.summary)):
+        if value is not None and (Path(value).suffix != ".json" or not Path(value).resolve().parent.is_dir()):
+            return error(f"{option} {value}: a .json file in an existing folder")
     try:
         graph = chosen_graph(ns)
     except NoGraphError as exc:
@@ -81,6 +83,8 @@ def trace(argv: list[str]) -> int:
     if ns.out is not None:
         table.write_trace(ns.out)
         print(f"wrote {ns.out} (open it in https://ui.perfetto.dev)")
+    if ns.summary is not None:
+        Path(ns.summary).write_text(json.dumps({"graph": graph.name, **table.summary()}, indent=1) + "\n")
     if table.lost_records:
         return error(f"{table.lost_records} trace records were lost (overwritten before they were read): the table misses them",
                      EXIT_FAILED)

@@ -18,7 +18,8 @@
     shmlaunch record --recover IN.mcap OUT.mcap        make a killed recorder's file complete
     shmlaunch play FILE.mcap [--rate R] [--loop] [--start S] [--topics T ...] [--remap A:=B] [--graph G]
     shmlaunch info FILE.mcap                           topics, schemas, counts, rates, duration of a recording
-    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json]   where each hop's latency goes, live
+    shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json] [--summary table.json]
+                                                       where each hop's latency goes, live (Perfetto trace with --out)
     shmlaunch systemd FILE [--user] [-o UNIT]          a systemd unit for the graph
     shmlaunch FILE --help                              the launch arguments FILE declares, with defaults
     shmlaunch --version

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from shmlaunch.transport import TraceRecord
 
+__all__ = ["MATCH_WINDOW", "TRACE_TABLE", "WINDOW", "HopTable", "Process", "Series", "format_summary", "percentile"]
+
 PUBLISH, RECEIVE, RELEASE, CALLBACK_START, CALLBACK_END, DROP = range(1, 7)
 #: Samples kept per series (percentiles are over these, the newest).
 WINDOW = 20_000
