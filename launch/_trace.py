@@ -75,7 +75,6 @@ def trace(argv: list[str]) -> int:
         left = session.detach()
         watchdog.done()
         _remove_status(runtime_dir)
-    table.lost_records = sum(r.lost for r in session.rings.values()) + table.lost_records
     print(f"trace of graph {graph.name!r}: {len(table.processes)} processes")
     print(table.format(), flush=True)
     if left:
@@ -102,7 +101,7 @@ def _follow(session: TraceSession, table: HopTable, graph: str, ns: argparse.Nam
             now = time.monotonic()
             if ns.duration is not None and now - start >= ns.duration:
                 break
-            _read(session, table)
+            table.read(session)
             if now >= next_table:
                 next_table = now + ns.interval
                 _publish(session.rd, table, graph)
@@ -111,21 +110,10 @@ def _follow(session: TraceSession, table: HopTable, graph: str, ns: argparse.Nam
             if not _graph_alive(session.rd):
                 break
             time.sleep(READ_EVERY)
-        _read(session, table)
+        table.read(session)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-
-
-def _read(session: TraceSession, table: HopTable) -> None:
-    records = session.poll()
-    for pid, ring in session.rings.items():
-        if pid not in table.processes:
-            table.add_process(pid, ring.name, ring.clock_offset)
-    if any(r.topic not in table.topics for r in records):
-        table.topics = dict(session.topics(refresh=True))
-    table.lost_records = sum(r.lost for r in session.rings.values())
-    table.add(records)
 
 
 def _publish(rd: RuntimeDir, table: HopTable, graph: str) -> None:

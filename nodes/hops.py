@@ -25,7 +25,7 @@ import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from shmlaunch.transport import TraceRecord
+from shmlaunch.transport import TraceRecord, TraceSession
 
 __all__ = ["MATCH_WINDOW", "TRACE_TABLE", "WINDOW", "HopTable", "Process", "Series", "format_summary", "percentile"]
 
@@ -114,6 +114,18 @@ class HopTable:
 
     def topic_name(self, topic: int) -> str:
         return self.topics.get(topic, f"topic {topic:016x}")
+
+    def read(self, session: TraceSession) -> int:
+        """Take what ``session`` has new: processes, topic names, records; returns how many records."""
+        records = session.poll()
+        for pid, ring in session.rings.items():
+            if pid not in self.processes:
+                self.add_process(pid, ring.name, ring.clock_offset)
+        if any(r.topic not in self.topics for r in records):
+            self.topics = dict(session.topics(refresh=True))
+        self.lost_records = sum(r.lost for r in session.rings.values())
+        self.add(records)
+        return len(records)
 
     def add(self, records: list[TraceRecord]) -> None:
         """Join new records (publishes before the receives they explain, whichever ring they came from)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_cross_language import cpp_build  # noqa: F401 - a fixture
-from test_launcher import assert_nothing_left, shmlaunch, start, wait_for, write_graph
+from test_launcher import THREE, assert_nothing_left, shmlaunch, start, wait_for, write_graph
 
 from shmlaunch.nodes.hops import TRACE_TABLE, HopTable, format_summary
 from shmlaunch.testing import runtime_dir
@@ -21,28 +21,9 @@ from shmlaunch.transport import Reader, TraceSession, Writer, backend, graph_run
 
 pytestmark = pytest.mark.skipif(not backend.TRACING, reason="trace points are in the Linux hot path only")
 
-SLOW_GRAPH = """
-topics:
-  numbers: {dtype: int64, shape: [1], pool: 4}
-  slowed: {dtype: int64, shape: [1], pool: 4}
-nodes:
-  counter:
-    node: graph_nodes:Counter
-    params: {rate: 100.0}
-    publish: {out: numbers}
-    env: {PYTHONPATH: PYTHONPATH_HERE}
-  slow:
-    node: graph_nodes:Slow
-    params: {delay: 0.03}
-    subscribe: {in: numbers}
-    publish: {out: slowed}
-    env: {PYTHONPATH: PYTHONPATH_HERE}
-  record:
-    node: graph_nodes:Record
-    params: {path: OUT}
-    subscribe: {in: slowed}
-    env: {PYTHONPATH: PYTHONPATH_HERE}
-"""
+# test_launcher's three nodes, with the middle one slow
+SLOW_GRAPH = THREE.replace("scaled", "slowed").replace("  scale:\n    node: graph_nodes:Scale\n    params: {factor: 10}",
+                                                       "  slow:\n    node: graph_nodes:Slow\n    params: {delay: 0.03}")
 
 
 def trace_files(graph: str) -> list[str]:
@@ -90,11 +71,7 @@ def test_per_hop_figures_from_a_live_session(slow_graph):
         end = time.monotonic() + 3
         while time.monotonic() < end:
             time.sleep(0.1)
-            records = session.poll()
-            for pid, ring in session.rings.items():
-                table.add_process(pid, ring.name, ring.clock_offset)
-            table.topics = session.topics(refresh=True)
-            table.add(records)
+            table.read(session)
     finally:
         left = session.detach()
     assert left == []
@@ -251,13 +228,10 @@ def test_the_cpp_client_records_its_publishes_receives_and_releases(cpp_build): 
             assert writer.returncode == 0, writer.stderr
             out, _ = reader.communicate(timeout=30)
             assert "torn 0" in out
-            records = session.poll()
+            table = HopTable(keep=True)
+            table.read(session)
+            records = table.kept
             names = {ring.name for ring in session.rings.values()}
-            table = HopTable()
-            for pid, ring in session.rings.items():
-                table.add_process(pid, ring.name, ring.clock_offset)
-            table.topics = session.topics(refresh=True)
-            table.add(records)
         finally:
             left = session.detach()
             if reader.poll() is None:
