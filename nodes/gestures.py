@@ -150,7 +150,7 @@ class Gestures(Node):
 
     def on_landmarks(self, msg) -> None:
         rec = landmarks_message(msg.data)
-        with self.out.loan(nbytes=GESTURE.itemsize, stamp_ns=msg.stamp_ns, source_seq=int(rec["frame_seq"])) as buf:
+        with self.out.loan(nbytes=GESTURE.itemsize, stamp_ns=msg.stamp_ns) as buf:  # source_seq: msg.seq, the runtime's default
             g = buf.view(GESTURE)[0]
             g["version"] = GESTURE_VERSION
             g["frame_seq"] = rec["frame_seq"]

@@ -95,8 +95,10 @@ class HopTable:
         self.writer_drops: dict[str, int] = {}
         self.lost_records = 0
         self._published: dict[int, OrderedDict] = {}  # topic -> (generation, seq) -> (pid, ns)
-        self._received: dict[int, OrderedDict] = {}  # pid -> seq -> (topic, ns)
+        self._received: dict[int, OrderedDict] = {}  # pid -> (topic, seq) -> ns
+        self._topic_of: dict[int, OrderedDict] = {}  # pid -> seq -> topic of the newest message received with that seq
         self._starts: dict[tuple, int] = {}  # (pid, topic, seq) -> callback start ns
+        self._handling: dict[int, tuple[int, int]] = {}  # pid -> (topic, seq) of the callback running now
         self._waiting: deque = deque(maxlen=MATCH_WINDOW)  # receives seen before their publish
         self.kept: list[TraceRecord] | None = [] if keep else None
         self.kept_dropped = 0
@@ -144,9 +146,11 @@ class HopTable:
                 self._receive(r)
             elif r.kind == CALLBACK_START:
                 self._starts[(r.pid, r.topic, r.seq)] = r.ns
+                self._handling[r.pid] = (r.topic, r.seq)
                 if len(self._starts) > MATCH_WINDOW:
                     self._starts.pop(next(iter(self._starts)))
             elif r.kind == CALLBACK_END:
+                self._handling.pop(r.pid, None)
                 start = self._starts.pop((r.pid, r.topic, r.seq), None)
                 if start is not None:
                     self._series(self.callback, (self.name_of(r.pid), self.topic_name(r.topic))).add(r.ns - start)
@@ -169,12 +173,17 @@ class HopTable:
 
     def _publish(self, r: TraceRecord) -> None:
         self._remember(self._published.setdefault(r.topic, OrderedDict()), (r.generation, r.seq), (r.pid, r.ns))
-        if r.source_seq:
-            got = self._received.get(r.pid, {}).get(r.source_seq)
-            if got is not None:
-                in_topic, ns = got
-                key = (self.name_of(r.pid), self.topic_name(in_topic), self.topic_name(r.topic))
-                self._series(self.processing, key).add(r.ns - ns)
+        if not r.source_seq:
+            return
+        # the input: the message whose callback is running (a node), else the newest received
+        # message with that seq on any topic (a plain program, the C++ client)
+        received = self._received.get(r.pid, {})
+        handling = self._handling.get(r.pid, (None, None))
+        in_topic = handling[0] if handling[1] == r.source_seq else self._topic_of.get(r.pid, {}).get(r.source_seq)
+        ns = received.get((in_topic, r.source_seq))
+        if ns is not None:
+            key = (self.name_of(r.pid), self.topic_name(in_topic), self.topic_name(r.topic))
+            self._series(self.processing, key).add(r.ns - ns)
 
     def _receive(self, r: TraceRecord, retry: bool = False) -> None:
         pub = self._published.get(r.topic, {}).get((r.generation, r.seq))
@@ -196,7 +205,8 @@ class HopTable:
         s.overwritten += r.overwritten
         s.stale += r.stale
         s.taken += r.taken
-        self._remember(self._received.setdefault(r.pid, OrderedDict()), r.seq, (r.topic, r.ns))
+        self._remember(self._received.setdefault(r.pid, OrderedDict()), (r.topic, r.seq), r.ns)
+        self._remember(self._topic_of.setdefault(r.pid, OrderedDict()), r.seq, r.topic)
         proc = self.processes.get(r.pid)
         if proc is not None and r.stamp_ns > 0:
             self._series(self.end_to_end, (topic, reader)).add(r.ns + proc.clock_offset - r.stamp_ns)
