@@ -170,10 +170,10 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
     tracer = subprocess.Popen([sys.executable, "-m", "shmlaunch.launch.cli", "trace", name, "--duration", str(seconds - 0.5), "--quiet",
                                "--summary", str(summary)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) if traced else None
     pids = node_pids(rt)
-    c0 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
+    c0 = {n: info.cpu_seconds for n, p in pids.items() if (info := backend.process_info(p)) is not None}
     t0 = time.time_ns()
     time.sleep(seconds - 0.5)
-    c1 = {n: backend.process_info(p).cpu_seconds for n, p in pids.items()}
+    c1 = {n: info.cpu_seconds for n, p in pids.items() if (info := backend.process_info(p)) is not None}  # (a respawned node: no figure)
     t1 = time.time_ns()
     if tracer is not None:
         traced_out, _ = tracer.communicate(timeout=60)
@@ -196,7 +196,7 @@ def graph_run(video: Path, w: int, h: int, fps: float, seconds: float, tmp: Path
     hop1_transport = ((by_seq["frame_received_ns"][1:] - np.maximum(by_seq["capture_ns"][1:], by_seq["published_ns"][:-1])) / 1e3
                       if replicas == 1 else [float("nan")])
     hop2 = (land["received_ns"] - land["published_ns"]) / 1e3
-    cpu = {n: round(100 * (c1[n] - c0[n]) / ((t1 - t0) / 1e9), 1) for n in c0}
+    cpu = {n: round(100 * (c1[n] - c0[n]) / ((t1 - t0) / 1e9), 1) for n in c0 if n in c1}
     to_gest = (gest["received_ns"] - gest["capture_ns"]) / 1e6
     return {
         "fps": len(land) / span, "camera_fps": fps,

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from transports import HEADER, TRANSPORTS, Pipe  # noqa: E402
 
+from shmlaunch.nodes.hops import HopTable  # noqa: E402
 from shmlaunch.testing import runtime_dir  # noqa: E402
+from shmlaunch.transport import TraceSession  # noqa: E402
 
 FRAME = 1920 * 1080 * 3
 CASES = {  # name: (message bytes, rate Hz or None for flat out, seconds)
@@ -113,10 +116,35 @@ def publisher(kind, case, seconds, rt, conn, go, done, sent, publish_us):
     time.sleep(0.5)  # keep the transport alive while the subscriber drains
 
 
+class Tracer:
+    """What ``shmlaunch trace`` does to a graph, in a thread of the benchmark: the trace request
+    held and every ring read every 0.1 s into a per-hop table."""
+
+    def __init__(self, rt) -> None:
+        self.session = TraceSession.attach(rt)
+        self.table = HopTable()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            self.table.read(self.session)
+
+    def close(self) -> int:
+        """Detach; the number of records lost (overwritten before they were read)."""
+        self.stop.set()
+        self.thread.join()
+        self.table.read(self.session)
+        self.session.detach()
+        return self.table.lost_records
+
+
 def run_one(kind: str, case: str, seconds: float) -> dict:
     ctx = mp.get_context("spawn")
     with runtime_dir() as rt:
         TRANSPORTS[kind](case, CASES[case][0], str(rt)).create()
+        tracer = Tracer(rt) if getattr(TRANSPORTS[kind], "traced", False) else None
         a, b = ctx.Pipe(duplex=False) if TRANSPORTS[kind] is Pipe else (None, None)
         ready, go, done, results, sent, publish_us = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Value("q", 0), ctx.Value("d", 0.0)
         sub = ctx.Process(target=subscriber, args=(kind, case, str(rt), a, ready, go, done, results))
@@ -131,6 +159,8 @@ def run_one(kind: str, case: str, seconds: float) -> dict:
         sub.join(30)
         out["sent"] = sent.value
         out["publish_call_p50_us"] = publish_us.value
+        if tracer is not None:
+            out["trace_records_lost"] = tracer.close()
         destroy = getattr(TRANSPORTS[kind](case, CASES[case][0], str(rt)), "destroy", None)
         if destroy:
             destroy()
@@ -155,6 +185,7 @@ def copy_floor() -> dict:
 
 
 POOL, LOAN, IOX, FLOOR = "shmlaunch pool topic", "shmlaunch pool topic, loan", "iceoryx2 0.10", "bare floor (mmap + futex)"
+TRACED = "shmlaunch pool topic, traced"
 # name, function of one sitting's runs, limit, "max" (the ratio must stay at or below the limit) or "min",
 # and whether the limit must hold in every sitting rather than in the median
 TARGETS = [
@@ -167,6 +198,8 @@ TARGETS = [
     ("framemax fps (copy): pool / iceoryx2", lambda r: r[f"{POOL}|framemax"]["fps"] / r[f"{IOX}|framemax"]["fps"], 1.0, "min", True),
     ("small p50: loan / copy", lambda r: p50(r, LOAN, "small") / p50(r, POOL, "small"), 1.0, "max", False),
     ("frame30 p50: loan / copy", lambda r: p50(r, LOAN, "frame30") / p50(r, POOL, "frame30"), 0.3, "max", False),
+    ("small p50: traced - untraced (µs)", lambda r: p50(r, TRACED, "small") - p50(r, POOL, "small"), 1.0, "max", False),
+    ("frame30 p50: traced - untraced (µs)", lambda r: p50(r, TRACED, "frame30") - p50(r, POOL, "frame30"), 1.0, "max", False),
     ("torn + duplicated (pool rows)", lambda r: sum(v.get("torn", 0) + v.get("duplicates", 0) for k, v in r.items() if k.startswith("shmlaunch")),
      0, "max", True),
 ]

@@ -262,6 +262,13 @@ class Iceoryx2:
         return np.frombuffer(self.payload_type.from_address(sample.payload_ptr), np.uint8)
 
 
+class PoolTopicTraced(PoolTopic):
+    """shmlaunch pool topic, copying publish, with a tracer attached (``shmlaunch trace``): the
+    benchmark holds the trace request and reads the rings every 0.1 s, as the command does."""
+
+    traced = True
+
+
 TRANSPORTS = {
     "multiprocessing.Pipe": Pipe,
     "ZeroMQ PUB/SUB ipc://": Zmq,
@@ -269,4 +276,5 @@ TRANSPORTS = {
     "bare floor (mmap + futex)": Floor,
     "shmlaunch pool topic": PoolTopic,
     "shmlaunch pool topic, loan": PoolTopicLoan,
+    "shmlaunch pool topic, traced": PoolTopicTraced,
 }

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from shmlaunch.nodes.hops import TRACE_TABLE, HopTable
-from shmlaunch.transport import LockBusyError, RuntimeDir, TraceSession, TransportError
+from shmlaunch.transport import MARKER_FILE, LockBusyError, RuntimeDir, TraceSession, TransportError
 
 from ._children import Watchdog
 from ._exits import EXIT_FAILED, error
@@ -45,15 +45,22 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def trace(argv: list[str]) -> int:
-    ns = _arguments(argv)
+def _bad_argument(ns: argparse.Namespace) -> str:
+    """What is wrong with the arguments, in one line ("" when nothing)."""
     if ns.duration is not None and not ns.duration > 0:
-        return error(f"--duration {ns.duration}: a positive number of seconds")
+        return f"--duration {ns.duration}: a positive number of seconds"
     if not ns.interval > 0:
-        return error(f"--interval {ns.interval}: a positive number of seconds")
+        return f"--interval {ns.interval}: a positive number of seconds"
     for option, value in (("--out", ns.out), ("--summary", ns.summary)):
         if value is not None and (Path(value).suffix != ".json" or not Path(value).resolve().parent.is_dir()):
-            return error(f"{option} {value}: a .json file in an existing folder")
+            return f"{option} {value}: a .json file in an existing folder"
+    return ""
+
+
+def trace(argv: list[str]) -> int:
+    ns = _arguments(argv)
+    if bad := _bad_argument(ns):
+        return error(bad)
     try:
         graph = chosen_graph(ns)
     except NoGraphError as exc:
@@ -79,11 +86,14 @@ def trace(argv: list[str]) -> int:
     print(table.format(), flush=True)
     if left:
         print(f"shmlaunch trace: {len(left)} processes had not removed their trace ring yet (they do at their next look)")
-    if ns.out is not None:
-        table.write_trace(ns.out)
-        print(f"wrote {ns.out} (open it in https://ui.perfetto.dev)")
-    if ns.summary is not None:
-        Path(ns.summary).write_text(json.dumps({"graph": graph.name, **table.summary()}, indent=1) + "\n")
+    try:
+        if ns.out is not None:
+            table.write_trace(ns.out)
+            print(f"wrote {ns.out} (open it in https://ui.perfetto.dev)")
+        if ns.summary is not None:
+            Path(ns.summary).write_text(json.dumps({"graph": graph.name, **table.summary()}, indent=1) + "\n")
+    except OSError as exc:
+        return error(f"{exc.filename}: {exc.strerror}", EXIT_FAILED)
     if table.lost_records:
         return error(f"{table.lost_records} trace records were lost (overwritten before they were read): the table misses them",
                      EXIT_FAILED)
@@ -108,6 +118,7 @@ def _follow(session: TraceSession, table: HopTable, graph: str, ns: argparse.Nam
                 if not ns.quiet:
                     print(f"--- graph {graph!r}, {now - start:.0f} s\n{table.format()}\n", flush=True)
             if not _graph_alive(session.rd):
+                print(f"graph {graph!r} stopped", flush=True)
                 break
             time.sleep(READ_EVERY)
         table.read(session)
@@ -129,7 +140,7 @@ def _remove_status(runtime_dir: Path) -> None:
 
 def _graph_alive(rd: RuntimeDir) -> bool:
     try:
-        rd.lstat(".shmlaunch-runtime")
+        rd.lstat(MARKER_FILE)  # gone with the graph
     except OSError:
         return False
     return True

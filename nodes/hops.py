@@ -198,13 +198,14 @@ class HopTable:
         elif known:  # published before the tracer attached: the topic's traced writer
             writer = self.name_of(next(reversed(known.values()))[0])
         else:
-            writer = "(untraced)"
-        s = self._series(self.queueing, (topic, writer, reader))
-        if pub is not None:
-            s.add(r.ns - pub[1])
-        s.overwritten += r.overwritten
-        s.stale += r.stale
-        s.taken += r.taken
+            writer = "(untraced)"  # a writer that records nothing (C#, Windows), or one not seen yet
+        if pub is not None or r.overwritten or r.stale or r.taken or writer != "(untraced)":
+            s = self._series(self.queueing, (topic, writer, reader))
+            if pub is not None:
+                s.add(r.ns - pub[1])
+            s.overwritten += r.overwritten
+            s.stale += r.stale
+            s.taken += r.taken
         self._remember(self._received.setdefault(r.pid, OrderedDict()), (r.topic, r.seq), r.ns)
         self._remember(self._topic_of.setdefault(r.pid, OrderedDict()), r.seq, r.topic)
         proc = self.processes.get(r.pid)

@@ -243,3 +243,41 @@ def test_the_cpp_client_records_its_publishes_receives_and_releases(cpp_build): 
         assert row["topic"] == "x" and row["writer"] == f"checked_io[{writer_pid}]" and row["reader"] == f"checked_io[{reader.pid}]"
         assert row["n"] > 100 and row["p50_ms"] < 50
         assert left == [] and not [n for n in os.listdir(rd) if n.startswith("trace.")]  # both removed their rings at exit
+
+
+def test_mistakes_are_one_line_and_a_stopping_graph_ends_the_trace(tmp_path):
+    for args, says in ((["--duration", "0"], "--duration 0.0: a positive number"), (["--out", tmp_path / "t.txt"], "a .json file"),
+                       (["--graph", "no-such-graph-here"], "no graph 'no-such-graph-here' is running")):
+        res = shmlaunch("trace", *args)
+        assert res.returncode in (1, 2) and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    out = tmp_path / "out.jsonl"
+    path, graph = write_graph(tmp_path, SLOW_GRAPH.replace("OUT", str(out)))
+    launcher = start(path, "--duration", 4)
+    wait_for(lambda: out.exists() and out.stat().st_size > 100, 30, "the graph to run")
+    res = shmlaunch("trace", graph, "--quiet", "--summary", tmp_path / "table.json")
+    assert res.returncode == 0 and f"graph {graph!r} stopped" in res.stdout, res.stdout + res.stderr
+    assert rows(json.loads((tmp_path / "table.json").read_text()), "processing", node="slow")
+    launcher.communicate(timeout=30)
+    assert launcher.returncode == 0
+    assert_nothing_left(graph)
+
+
+def test_a_forked_child_never_writes_into_its_parent_s_ring():
+    with runtime_dir() as rd:
+        w = Writer("t", capacity=8, pool=4, runtime_dir=rd)
+        session = TraceSession.attach(rd)
+        try:
+            wait_for(lambda: f"trace.{os.getpid()}.ring" in os.listdir(rd), 5, "this process to record")
+            pid = os.fork()
+            if pid == 0:  # the child publishes 100 messages, untraced, and leaves at once
+                for _ in range(100):
+                    w.publish(b"c")
+                os._exit(0)
+            assert os.waitpid(pid, 0)[1] == 0
+            for _ in range(10):
+                w.publish(b"p")
+            records = [r for r in session.poll() if r.pid == os.getpid()]
+            assert [r.kind for r in records] == [1] * 10 and [r.seq for r in records] == list(range(101, 111))
+        finally:
+            session.detach()
+            w.close()

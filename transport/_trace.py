@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,8 +52,6 @@ active = False
 
 def process_name() -> str:
     """What a trace calls this process: the node's name under a launcher, else the program's."""
-    import sys
-
     return os.environ.get(_ENV_NODE) or Path(sys.argv[0] if sys.argv and sys.argv[0] else "python").name or "python"
 
 
@@ -154,6 +153,7 @@ class _Agent:
         self.thread = None
         dirs, self.dirs = self.dirs, {}
         for rd in dirs.values():
+            rd.close()  # this process's copy of the parent's descriptor
             self.watch(rd.path)
 
     def at_exit(self) -> None:
