@@ -88,10 +88,12 @@ class HopTable:
     def __init__(self, keep: bool = False) -> None:
         self.processes: dict[int, Process] = {}
         self.topics: dict[int, str] = {}
-        self.queueing: dict[tuple, Series] = {}
-        self.processing: dict[tuple, Series] = {}
-        self.callback: dict[tuple, Series] = {}
-        self.end_to_end: dict[tuple, Series] = {}
+        # series keyed by ids (topic ids, pids); names are given at summary time
+        self.queueing: dict[tuple, Series] = {}  # (topic, reader pid)
+        self.processing: dict[tuple, Series] = {}  # (pid, input topic, output topic)
+        self.callback: dict[tuple, Series] = {}  # (pid, topic)
+        self.end_to_end: dict[tuple, Series] = {}  # (topic, reader pid)
+        self._writer_of: dict[int, int] = {}  # topic -> pid of its newest traced publish
         self.writer_drops: dict[str, int] = {}
         self.lost_records = 0
         self._published: dict[int, OrderedDict] = {}  # topic -> (generation, seq) -> (pid, ns)
@@ -153,7 +155,7 @@ class HopTable:
                 self._handling.pop(r.pid, None)
                 start = self._starts.pop((r.pid, r.topic, r.seq), None)
                 if start is not None:
-                    self._series(self.callback, (self.name_of(r.pid), self.topic_name(r.topic))).add(r.ns - start)
+                    self._series(self.callback, (r.pid, r.topic)).add(r.ns - start)
             elif r.kind == DROP:
                 name = self.topic_name(r.topic)
                 self.writer_drops[name] = self.writer_drops.get(name, 0) + 1
@@ -173,6 +175,7 @@ class HopTable:
 
     def _publish(self, r: TraceRecord) -> None:
         self._remember(self._published.setdefault(r.topic, OrderedDict()), (r.generation, r.seq), (r.pid, r.ns))
+        self._writer_of[r.topic] = r.pid
         if not r.source_seq:
             return
         # the input: the message whose callback is running (a node), else the newest received
@@ -182,44 +185,42 @@ class HopTable:
         in_topic = handling[0] if handling[1] == r.source_seq else self._topic_of.get(r.pid, {}).get(r.source_seq)
         ns = received.get((in_topic, r.source_seq))
         if ns is not None:
-            key = (self.name_of(r.pid), self.topic_name(in_topic), self.topic_name(r.topic))
-            self._series(self.processing, key).add(r.ns - ns)
+            self._series(self.processing, (r.pid, in_topic, r.topic)).add(r.ns - ns)
 
     def _receive(self, r: TraceRecord, retry: bool = False) -> None:
         pub = self._published.get(r.topic, {}).get((r.generation, r.seq))
         if pub is None and not retry:
             self._waiting.append(r)  # its publish may be in a ring read later
             return
-        topic = self.topic_name(r.topic)
-        reader = self.name_of(r.pid)
-        known = self._published.get(r.topic)
-        if pub is not None:
-            writer = self.name_of(pub[0])
-        elif known:  # published before the tracer attached: the topic's traced writer
-            writer = self.name_of(next(reversed(known.values()))[0])
-        else:
-            writer = "(untraced)"  # a writer that records nothing (C#, Windows), or one not seen yet
-        if pub is not None or r.overwritten or r.stale or r.taken or writer != "(untraced)":
-            s = self._series(self.queueing, (topic, writer, reader))
-            if pub is not None:
-                s.add(r.ns - pub[1])
-            s.overwritten += r.overwritten
-            s.stale += r.stale
-            s.taken += r.taken
+        s = self._series(self.queueing, (r.topic, r.pid))
+        if pub is not None:  # (else published before the tracer attached, or by a writer that records nothing)
+            s.add(r.ns - pub[1])
+        s.overwritten += r.overwritten
+        s.stale += r.stale
+        s.taken += r.taken
         self._remember(self._received.setdefault(r.pid, OrderedDict()), (r.topic, r.seq), r.ns)
         self._remember(self._topic_of.setdefault(r.pid, OrderedDict()), r.seq, r.topic)
         proc = self.processes.get(r.pid)
         if proc is not None and r.stamp_ns > 0:
-            self._series(self.end_to_end, (topic, reader)).add(r.ns + proc.clock_offset - r.stamp_ns)
+            self._series(self.end_to_end, (r.topic, r.pid)).add(r.ns + proc.clock_offset - r.stamp_ns)
 
     # ----- output
     def summary(self) -> dict:
         """The table as plain data (what the viewer shows and ``trace.json`` holds)."""
+        topic, name = self.topic_name, self.name_of
+
+        def writer(t: int) -> str:  # "(untraced)": a writer that records nothing (C#, Windows)
+            return name(self._writer_of[t]) if t in self._writer_of else "(untraced)"
+
+        def rows(table: dict, fields) -> list[dict]:
+            return sorted(({**fields(*key), **s.summary()} for key, s in table.items() if s.count or s.overwritten or s.stale or s.taken),
+                          key=lambda r: [str(v) for v in r.values()])
+
         return {
-            "queueing": [{"topic": t, "writer": w, "reader": rd, **s.summary()} for (t, w, rd), s in sorted(self.queueing.items())],
-            "processing": [{"node": n, "input": i, "output": o, **s.summary()} for (n, i, o), s in sorted(self.processing.items())],
-            "callback": [{"node": n, "input": i, **s.summary()} for (n, i), s in sorted(self.callback.items())],
-            "end_to_end": [{"topic": t, "reader": rd, **s.summary()} for (t, rd), s in sorted(self.end_to_end.items())],
+            "queueing": rows(self.queueing, lambda t, rd: {"topic": topic(t), "writer": writer(t), "reader": name(rd)}),
+            "processing": rows(self.processing, lambda p, i, o: {"node": name(p), "input": topic(i), "output": topic(o)}),
+            "callback": rows(self.callback, lambda p, i: {"node": name(p), "input": topic(i)}),
+            "end_to_end": rows(self.end_to_end, lambda t, rd: {"topic": topic(t), "reader": name(rd)}),
             "writer_drops": dict(sorted(self.writer_drops.items())),
             "lost_records": self.lost_records,
         }

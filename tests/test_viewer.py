@@ -104,6 +104,22 @@ def test_page_and_status_are_served(viewer_graph):
     doc = json.loads(status)
     assert doc["graph"] == graph and {t["topic"] for t in doc["topics"]} == {"camera/image", "hands/landmarks"}
     assert {n["name"] for n in doc["nodes"]} == {"fake", "viewer"}
+    assert doc["trace"] is None and b"run shmlaunch trace" in page  # no tracer attached
+
+
+def test_the_page_shows_the_per_hop_table_while_a_tracer_is_attached(viewer_graph):
+    base, graph = viewer_graph
+    tracer = start("trace", graph, "--duration", 20, "--quiet")
+    try:
+        wait_for(lambda: (json.loads(get(base + "/status.json")[1])["trace"] or {}).get("queueing"), 20, "the table on the viewer")
+        trace = json.loads(get(base + "/status.json")[1])["trace"]
+        assert any(r["topic"] == "camera/image" and r["writer"] == "fake" and r["reader"] == "viewer" and r["n"] > 0
+                   for r in trace["queueing"])
+    finally:
+        tracer.terminate()
+        tracer.communicate(timeout=30)
+    assert tracer.returncode == 0
+    wait_for(lambda: json.loads(get(base + "/status.json")[1])["trace"] is None, 10, "the table to go with the tracer")
 
 
 def test_a_bad_frame_number_is_a_400_and_the_viewer_goes_on(viewer_graph):

@@ -160,6 +160,11 @@ TRACE_NO_ENTRY = 0xFFFF
 TRACE_PUBLISH, TRACE_RECEIVE, TRACE_RELEASE, TRACE_CALLBACK_START, TRACE_CALLBACK_END, TRACE_DROP = range(1, 7)
 #: The request a tracer holds locked while it listens, and each process's ring.
 TRACE_REQUEST = "trace.request"
+#: The graph's trace wake word (u32 at offset 0 of a 64-byte file, made by the first process that
+#: watches): a tracer changes it and wakes its sleepers when it attaches and when it detaches, so a
+#: process waits for a tracer in the kernel (no CPU, no polling) and looks only when told.
+TRACE_WAKE = "trace.wake"
+TRACE_WAKE_SIZE = 64
 
 
 def trace_ring_name(pid: int) -> str:

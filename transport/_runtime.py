@@ -52,7 +52,7 @@ MAX_TOPIC_LEN = 200
 #: node heartbeats, segments, servers' access tokens, and the temporary files these are built in before an atomic rename
 #: (or, on Windows, renamed to before they are deleted: ``.<name>.<pid>.<hex>.tmp``).
 _OWN_NAMES = (r"(\.shmlaunch-runtime|registry\.yaml|registry\.lock|launcher\.lock|graph\.json|bridge\.json|ready\.[A-Za-z0-9_.\-]+"
-              r"|trace\.request|trace\.json|trace\.[1-9][0-9]*\.ring"
+              r"|trace\.request|trace\.wake|trace\.json|trace\.[1-9][0-9]*\.ring"
               r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.pool|[A-Za-z0-9_][A-Za-z0-9_.\-]*\.token)")
 OWN_FILES = re.compile(rf"{_OWN_NAMES}|\.{_OWN_NAMES}\.\d+(\.[0-9a-f]+)?\.tmp")
 

@@ -1,13 +1,14 @@
 """Trace points: every publish, receive and release of a process, for an attached tracer.
 
 A tracer (``shmlaunch trace``) asks by holding the lock of ``trace.request`` in the graph's
-runtime directory (``TraceSession.attach``). Every process that opened a topic there watches
-for it: one daemon thread looks every ``POLL`` seconds (one ``open`` that fails while no tracer
-is attached). While the request is locked, the process writes its records into its own ring,
+runtime directory (``TraceSession.attach``), then changing the graph's wake word
+(``trace.wake``) and waking it. Every process that opened a topic there has one daemon thread
+asleep on that word in the kernel (no CPU while no tracer comes, as an idle reader); woken, it
+looks at the request. While the request is locked, the process writes its records into its own ring,
 ``trace.<pid>.ring`` (0600, the layout is ``_layout.py``'s trace ring), from the hot path's C
-calls, in the same call as the step; the node runtime adds its callbacks' start and end. When
-the request goes, or its lock is free because the tracer died, the process stops recording and
-removes its ring: a tracer killed with SIGKILL costs the graph nothing but one ``POLL``.
+calls, in the same call as the step; the node runtime adds its callbacks' start and end. While
+recording it also looks every ``POLL`` seconds; when the request goes, or its lock is free
+because the tracer died, the process stops recording and removes its ring.
 
 Off, a step costs one test of a pointer in C. Records are bounded (a ring overwrites its
 oldest); a tracer that falls behind counts what it lost. Only the Linux hot path has trace
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import stat
 import struct
 import sys
@@ -33,7 +35,7 @@ from . import _layout as L
 from . import backend
 from ._errors import LockBusyError, TransportError
 from ._registry import read_registry
-from ._runtime import RuntimeDir
+from ._runtime import MARKER_FILE, RuntimeDir
 
 #: How often a process looks for a tracer's request, in seconds.
 POLL = 0.25
@@ -44,6 +46,7 @@ MAX_RING_CAPACITY = 1 << 20
 _RING_RE = re.compile(r"trace\.([1-9][0-9]{0,9})\.ring")
 _ENV_NODE = "SHMLAUNCH_NODE"
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 _log = logging.getLogger("shmlaunch.trace")
 
 #: True while this process records (the node runtime tests it before recording a callback).
@@ -55,32 +58,92 @@ def process_name() -> str:
     return os.environ.get(_ENV_NODE) or Path(sys.argv[0] if sys.argv and sys.argv[0] else "python").name or "python"
 
 
+class _WakeWord:
+    """The graph's trace wake word (``trace.wake``), mapped: what a process sleeps on while no
+    tracer is attached, and what a tracer changes and wakes when it attaches or detaches."""
+
+    def __init__(self, rd: RuntimeDir) -> None:
+        fd = rd.open_file(L.TRACE_WAKE, os.O_RDWR | os.O_CREAT)  # (made by whoever comes first; never through a link)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{rd.path / L.TRACE_WAKE} is not a regular file")
+            if st.st_size < L.TRACE_WAKE_SIZE:
+                os.ftruncate(fd, L.TRACE_WAKE_SIZE)  # two first-comers both make it 64 zero bytes
+            self.mm = backend.map_file(fd, L.TRACE_WAKE_SIZE)
+        finally:
+            os.close(fd)
+        self.address, self._pin = backend.buffer_address(self.mm)
+
+    @property
+    def value(self) -> int:
+        return _U32.unpack_from(self.mm, 0)[0]
+
+    def wait(self, seen: int, timeout: float | None) -> None:
+        backend.futex_wait(self.address, seen, timeout)
+
+    def ring(self) -> None:
+        """Tell every watching process to look at the request again."""
+        _U32.pack_into(self.mm, 0, (self.value + 1) & 0xFFFFFFFF)
+        backend.futex_wake(self.address)
+
+    def close(self) -> None:
+        self._pin = None
+        with contextlib.suppress(BufferError):
+            self.mm.close()
+
+
 class _Agent:
-    """This process's side: which runtime directories it watches, and its ring while recording."""
+    """This process's side: the runtime directory it watches (the first one it opened a topic
+    in, or a later one once that graph ended), and its ring while recording. Its thread sleeps on the graph's wake word; only while
+    recording does it also look every POLL seconds whether the tracer still lives."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.dirs: dict[str, RuntimeDir] = {}
+        self.rd: RuntimeDir | None = None
+        self.word: _WakeWord | None = None
         self.thread: threading.Thread | None = None
-        self.ring: tuple[RuntimeDir, str, int, object, object] | None = None
-        self.failed = ""  # why recording could not start (said once, then retried quietly)
+        self.ring: tuple[str, int, object, object] | None = None
+        self.failed = ""  # why recording could not start (said once)
+        self.retired: list[_WakeWord] = []  # words of graphs that ended (kept mapped: the thread may still hold one)
 
     def watch(self, path: Path) -> None:
-        key = str(path)
         with self.lock:
-            if key in self.dirs:
+            if self.rd is not None and (self.rd.path == Path(path) or self._graph_lives()):
                 return
             try:
-                self.dirs[key] = RuntimeDir.open(path)
+                rd = RuntimeDir.open(path)
             except (OSError, TransportError):
                 return
+            try:
+                word = _WakeWord(rd)
+            except (OSError, ValueError, TransportError):
+                rd.close()
+                return
+            old = self.word
+            if self.rd is not None:  # the first graph ended: this process now belongs to another
+                self.stop()
+                self.rd.close()
+            self.rd, self.word = rd, word
+            if old is not None:
+                self.retired.append(old)
+                old.ring()  # the thread asleep on it looks again, at the new word
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="shmlaunch-trace", daemon=True)
                 self.thread.start()
 
+    def _graph_lives(self) -> bool:
+        try:
+            self.rd.lstat(MARKER_FILE)
+        except OSError:
+            return False
+        return True
+
     def _run(self) -> None:
         while True:
-            time.sleep(POLL)
+            with self.lock:
+                word = self.word
+            seen = word.value
             with self.lock:
                 try:
                     self.check()
@@ -88,55 +151,62 @@ class _Agent:
                     if str(exc) != self.failed:
                         self.failed = str(exc)
                         _log.warning("trace: cannot record for the attached tracer: %s", exc)
+            word.wait(seen, POLL if self.ring is not None else None)
 
     def check(self) -> None:
         """Start or stop recording as the request says (called with ``self.lock`` held)."""
+        rd = self.rd
         if self.ring is not None:
-            rd, name, fd, _mm, _pin = self.ring
+            name, fd, _mm, _pin = self.ring
             if not rd.is_locked(L.TRACE_REQUEST) or not rd.is_file_of(name, fd):
                 self.stop()
-            return
-        for rd in self.dirs.values():
-            if rd.is_locked(L.TRACE_REQUEST):
-                self.start(rd)
-                return
+        elif rd.is_locked(L.TRACE_REQUEST):
+            self.start(rd)
 
     def start(self, rd: RuntimeDir) -> None:
         global active
         name = L.trace_ring_name(os.getpid())
         size = L.trace_ring_size()
-        try:
-            fd = rd.open_file(name, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:  # left by a dead process that had this pid: never by a live one
-            rd.unlink(name)
-            fd = rd.open_file(name, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        # made complete under a temporary name, then renamed into place once recording: a ring
+        # the tracer sees has its header and every step since (a dead process's ring of the same
+        # pid is replaced)
+        tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = rd.open_file(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
             backend.reserve(fd, size)
             mm = backend.map_file(fd, size)
         except BaseException:
             os.close(fd)
-            rd.unlink(name)
+            rd.unlink(tmp)
             raise
         label = process_name().encode("utf-8", "replace")[:64]
         offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
         L.TRACE_HEADER.pack_into(mm, 0, L.TRACE_MAGIC, L.TRACE_VERSION, L.TRACE_CAPACITY, 0, os.getpid(), offset, label)
         address, pin = backend.buffer_address(mm)
         backend.trace_start(address, L.TRACE_CAPACITY)
-        self.ring = (rd, name, fd, mm, pin)
+        self.ring = (tmp, fd, mm, pin)
         active = True
+        try:
+            rd.replace(tmp, name)
+        except BaseException:
+            self.stop()
+            raise
+        self.ring = (name, fd, mm, pin)
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
+        """No more records; the ring file goes unless ``remove`` is False (the tracer removes it)."""
         global active
         if self.ring is None:
             return
         backend.trace_stop()
         active = False
-        rd, name, fd, mm, _pin = self.ring
+        name, fd, mm, _pin = self.ring
         self.ring = None
         del _pin
-        with contextlib.suppress(OSError, TransportError):
-            if rd.is_file_of(name, fd):
-                rd.unlink(name)
+        if remove:
+            with contextlib.suppress(OSError, TransportError):
+                if self.rd.is_file_of(name, fd):
+                    self.rd.unlink(name)
         with contextlib.suppress(BufferError):
             mm.close()
         os.close(fd)
@@ -147,24 +217,20 @@ class _Agent:
         if self.ring is not None:
             backend.trace_stop()
             active = False
-            os.close(self.ring[2])
+            os.close(self.ring[1])
             self.ring = None
         self.lock = threading.Lock()
         self.thread = None
-        dirs, self.dirs = self.dirs, {}
-        for rd in dirs.values():
+        rd, self.rd, self.word = self.rd, None, None
+        if rd is not None:
             rd.close()  # this process's copy of the parent's descriptor
             self.watch(rd.path)
 
     def at_exit(self) -> None:
         """At exit the ring stays while the tracer listens: it reads the last records, then removes it."""
         with self.lock:
-            if self.ring is not None and self.ring[0].is_locked(L.TRACE_REQUEST):
-                backend.trace_stop()
-                os.close(self.ring[2])
-                self.ring = None
-            else:
-                self.stop()
+            if self.ring is not None:
+                self.stop(remove=not self.rd.is_locked(L.TRACE_REQUEST))
 
 
 _agent = _Agent()
@@ -250,6 +316,7 @@ class TraceSession:
             holder = rd.lock_holder(L.TRACE_REQUEST)
             rd.close()
             raise LockBusyError(f"another tracer{f' (pid {holder})' if holder else ''} is attached to {rd.path}: one at a time")
+        _ring_wake_word(rd)
         return cls(rd, fd)
 
     def poll(self) -> list[TraceRecord]:
@@ -377,6 +444,7 @@ class TraceSession:
         (they go at their next look)."""
         self.rd.unlink(L.TRACE_REQUEST)
         os.close(self.lock_fd)
+        _ring_wake_word(self.rd)
         for ring in self.rings.values():
             self._close_ring(ring)
         deadline = time.monotonic() + wait
@@ -386,6 +454,18 @@ class TraceSession:
             left = remove_dead_rings(self.rd)
         self.rd.close()
         return left
+
+
+def _ring_wake_word(rd: RuntimeDir) -> None:
+    """Wake every process of the graph to look at the trace request (no word yet: nobody watches)."""
+    try:
+        word = _WakeWord(rd)
+    except (OSError, ValueError, TransportError):
+        return
+    try:
+        word.ring()
+    finally:
+        word.close()
 
 
 def _read_at(fd: int, offset: int, n: int) -> bytes:
@@ -413,6 +493,7 @@ def clear_trace_request(runtime_dir: str | Path, *also: str) -> bool:
                 rd.unlink(name)
         finally:
             os.close(fd)
+        _ring_wake_word(rd)
         deadline = time.monotonic() + DETACH_WAIT
         while remove_dead_rings(rd) and time.monotonic() < deadline:
             time.sleep(POLL / 2)
