@@ -243,8 +243,10 @@ def test_every_client_uses_the_layout_constants_of_layout_py():
     from shmlaunch.transport import _layout as L
 
     found = client_constants()
-    required = {"_fastpath.c": ("WAKE_OFFSET", "LATEST_SEQ_OFFSET", "LOCK_SLOT0"),
-                "pool.hpp": PROTOCOL, "ShmLaunch.cs": tuple(n for n in PROTOCOL if n != "LAYOUT_VERSION")}
+    trace = ("TRACE_HEADER_SIZE", "TRACE_RECORD_SIZE", "TRACE_HEAD_OFFSET", "TRACE_PUBLISH", "TRACE_RECEIVE", "TRACE_RELEASE", "TRACE_DROP")
+    required = {"_fastpath.c": ("WAKE_OFFSET", "LATEST_SEQ_OFFSET", "LOCK_SLOT0", "WAKE_ID_OFFSET", *trace),
+                "pool.hpp": (*PROTOCOL, "WAKE_ID_OFFSET", *trace, "TRACE_CAPACITY", "TRACE_NO_ENTRY"),
+                "ShmLaunch.cs": tuple(n for n in PROTOCOL if n != "LAYOUT_VERSION")}
     for client, names in required.items():
         for name in names:
             assert found[client].get(name) == getattr(L, name), f"{client}: {name} is {found[client].get(name)}, _layout.py says {getattr(L, name)}"

@@ -41,9 +41,12 @@
 #define READER_ENTRY 64
 #define WAKE_ID_OFFSET 304
 #define TRACE_HEAD_OFFSET 16
-#define TRACE_RECORDS_OFFSET 128
-#define TRACE_RECORD 64
-enum { TRACE_PUBLISH = 1, TRACE_RECEIVE = 2, TRACE_RELEASE = 3, TRACE_CALLBACK_START = 4, TRACE_CALLBACK_END = 5, TRACE_DROP = 6 };
+#define TRACE_HEADER_SIZE 128
+#define TRACE_RECORD_SIZE 64
+#define TRACE_PUBLISH 1
+#define TRACE_RECEIVE 2
+#define TRACE_RELEASE 3
+#define TRACE_DROP 6
 
 struct futex_waitv_entry {
     uint64_t val;
@@ -122,7 +125,7 @@ static int64_t monotonic_ns(void) {
 static void trace_put(uint32_t kind, uint64_t topic, uint32_t entry, uint64_t seq, uint64_t source_seq, int64_t stamp,
                       uint64_t generation, const uint32_t lost[3]) {
     uint64_t head = __atomic_load_n((uint64_t *)(trace_base + TRACE_HEAD_OFFSET), __ATOMIC_RELAXED);
-    uint8_t *r = trace_base + TRACE_RECORDS_OFFSET + (head & trace_mask) * TRACE_RECORD;
+    uint8_t *r = trace_base + TRACE_HEADER_SIZE + (head & trace_mask) * TRACE_RECORD_SIZE;
     int64_t now = monotonic_ns();
     uint32_t kind_entry[2] = {kind | (entry << 16), (uint32_t)generation};
     memcpy(r, &now, 8);

@@ -490,9 +490,15 @@ inline std::string shm_root() { return os::shm_root(); }
 // rings"), as the Python clients do. It looks for the request at most every 250 ms: after a
 // receive that waited, and every 64th step otherwise; off, a step costs a counter and a test.
 namespace trace {
-constexpr uint64_t kHeaderSize = 128, kRecordSize = 64, kHeadOffset = 16;
-constexpr uint32_t kCapacity = uint32_t(1) << 15;
-constexpr uint16_t kPublish = 1, kReceive = 2, kRelease = 3, kDrop = 6, kNoEntry = 0xffff;
+constexpr uint64_t kTraceHeaderSize = 128;  // (each checked against _layout.py by the cross-language test)
+constexpr uint64_t kTraceRecordSize = 64;
+constexpr uint64_t kTraceHeadOffset = 16;
+constexpr uint32_t kTraceCapacity = uint32_t(1) << 15;
+constexpr uint16_t kTracePublish = 1;
+constexpr uint16_t kTraceReceive = 2;
+constexpr uint16_t kTraceRelease = 3;
+constexpr uint16_t kTraceDrop = 6;
+constexpr uint16_t kTraceNoEntry = 65535;
 constexpr int64_t kLookEveryNs = 250000000;
 
 #ifndef _WIN32
@@ -519,11 +525,11 @@ class Agent {
     while (busy_.test_and_set(std::memory_order_acquire)) {
     }
     if (uint8_t* base = ring_.load(std::memory_order_relaxed)) {
-      auto* head_word = reinterpret_cast<std::atomic<uint64_t>*>(base + kHeadOffset);
+      auto* head_word = reinterpret_cast<std::atomic<uint64_t>*>(base + kTraceHeadOffset);
       uint64_t head = head_word->load(std::memory_order_relaxed);
-      uint8_t* r = base + kHeaderSize + (head & (kCapacity - 1)) * kRecordSize;
+      uint8_t* r = base + kTraceHeaderSize + (head & (kTraceCapacity - 1)) * kTraceRecordSize;
       int64_t now = monotonic_ns();
-      uint32_t kind_entry[2] = {uint32_t(kind) | (uint32_t(kNoEntry) << 16), uint32_t(generation)};
+      uint32_t kind_entry[2] = {uint32_t(kind) | (uint32_t(kTraceNoEntry) << 16), uint32_t(generation)};
       uint32_t lost[4] = {overwritten, 0, 0, 0};
       std::memcpy(r, &now, 8);
       std::memcpy(r + 8, &topic, 8);
@@ -568,7 +574,7 @@ class Agent {
     std::string name = "trace." + std::to_string(getpid()) + ".ring";
     os::File f = dir->create_file(name);
     if (f < 0) return;  // a dead process's ring with our pid: the tracer removes it, we try again later
-    uint64_t size = kHeaderSize + uint64_t(kCapacity) * kRecordSize;
+    uint64_t size = kTraceHeaderSize + uint64_t(kTraceCapacity) * kTraceRecordSize;
     std::string why;
     uint8_t* base = posix_fallocate(f, 0, off_t(size)) == 0 ? os::map(f, size, &why) : nullptr;
     if (!base) {
@@ -576,7 +582,7 @@ class Agent {
       ::close(f);
       return;
     }
-    uint32_t version = 1, capacity = kCapacity;
+    uint32_t version = 1, capacity = kTraceCapacity;
     uint64_t pid = os::pid();
     int64_t offset = realtime_ns() - monotonic_ns();
     std::string label;
@@ -604,7 +610,7 @@ class Agent {
     }
     ring_.store(nullptr, std::memory_order_release);
     busy_.clear(std::memory_order_release);
-    os::unmap(base, kHeaderSize + uint64_t(kCapacity) * kRecordSize);
+    os::unmap(base, kTraceHeaderSize + uint64_t(kTraceCapacity) * kTraceRecordSize);
     if (remove) ring_dir_->remove_if_same(ring_name_, ring_file_);
     ::close(ring_file_);
     ring_dir_.reset();
@@ -988,7 +994,7 @@ class Sample {
   void release() {
     if (!seg_) return;
     if (trace::Agent::instance().on())
-      trace::Agent::instance().put(trace::kRelease, trace::topic_id(seg_->base()), seq_, source_seq_, source_ns_, generation_, 0);
+      trace::Agent::instance().put(trace::kTraceRelease, trace::topic_id(seg_->base()), seq_, source_seq_, source_ns_, generation_, 0);
     if (--(*holds_)[slot_] == 0) seg_->unlock(kLockSlot0 + slot_);
     seg_ = nullptr;
   }
@@ -1071,7 +1077,7 @@ class Reader {
     last_seq_ = seq;
     trace::Agent& tracer = trace::Agent::instance();
     tracer.tick(false);
-    if (tracer.on()) tracer.put(trace::kReceive, trace::topic_id(seg_.base()), seq, source_seq, source_ns, generation, uint32_t(overwritten));
+    if (tracer.on()) tracer.put(trace::kTraceReceive, trace::topic_id(seg_.base()), seq, source_seq, source_ns, generation, uint32_t(overwritten));
     Sample s;
     s.seg_ = &seg_;
     s.holds_ = &holds_;
@@ -1175,7 +1181,7 @@ class Writer {
     for (uint32_t slot : order_)
       if (seg_.lock(kLockSlot0 + slot, true)) return int(slot);
     if (trace::Agent::instance().on())
-      trace::Agent::instance().put(trace::kDrop, trace::topic_id(seg_.base()), seq_ + 1, 0, 0, generation_, 0);
+      trace::Agent::instance().put(trace::kTraceDrop, trace::topic_id(seg_.base()), seq_ + 1, 0, 0, generation_, 0);
     return -1;
   }
   static void store(uint64_t* word, uint64_t v) { reinterpret_cast<std::atomic<uint64_t>*>(word)->store(v, std::memory_order_release); }
@@ -1193,7 +1199,7 @@ class Writer {
     std::memcpy(h + 40, &source_seq, 8);
     trace::Agent& tracer = trace::Agent::instance();
     tracer.tick(false);
-    if (tracer.on()) tracer.put(trace::kPublish, trace::topic_id(seg_.base()), seq, source_seq, src, generation_, 0);  // before readers can see it
+    if (tracer.on()) tracer.put(trace::kTracePublish, trace::topic_id(seg_.base()), seq, source_seq, src, generation_, 0);  // before readers can see it
     store(seg_.state(slot), 2 * seq);
     seg_.unlock(kLockSlot0 + slot);
     uint64_t latest = seq;
