@@ -62,9 +62,10 @@ def test_public_api_is_pinned():
         "ENV_RUNTIME_DIR", "LAYOUT_VERSION", "MARKER_FILE", "SHM_ROOT", "ClosedError", "GroupsFullError", "LayoutVersionError", "Loan",
         "LockBusyError", "Message", "OutOfSpaceError", "PlatformUnavailableError", "Reader", "ReaderInfo", "ReaderStatistics",
         "RegistryCorruptError", "RuntimeDir", "RuntimeDirError", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError",
-        "TopicMismatchError", "TopicNotFoundError", "TopicState", "TransportError", "Writer", "WriterBusyError", "WriterStatistics",
-        "cleanup", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "graphs_present", "new_run_id", "read_registry",
-        "runtime_dir_prefix", "validate_graph_name", "validate_topic_name", "wait_any",
+        "TopicMismatchError", "TopicNotFoundError", "TopicState", "TraceRecord", "TraceSession", "TransportError", "Writer",
+        "WriterBusyError", "WriterStatistics", "cleanup", "clear_trace_request", "default_runtime_dir", "ensure_runtime_dir",
+        "graph_runtime_dir", "graphs_present", "new_run_id", "read_registry",
+        "record_callback", "runtime_dir_prefix", "validate_graph_name", "validate_topic_name", "wait_any",
     ])
 
 

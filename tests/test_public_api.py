@@ -53,19 +53,9 @@ def test_platform_backend_seam_is_pinned():
     assert all(hasattr(backend, name) for name in backend.__all__)
 
 
-def test_transport_and_trace_api_is_pinned():
-    import shmlaunch.transport as transport
+def test_trace_analysis_api_is_pinned():  # (the transport's __all__ is pinned in test_layout_and_space.py)
     from shmlaunch.nodes import hops
 
-    assert sorted(transport.__all__) == sorted([
-        "ClosedError", "ENV_RUNTIME_DIR", "GroupsFullError", "LAYOUT_VERSION", "LayoutVersionError", "Loan", "LockBusyError", "MARKER_FILE",
-        "Message", "OutOfSpaceError", "PlatformUnavailableError", "Reader", "ReaderInfo", "ReaderStatistics", "RegistryCorruptError",
-        "RuntimeDir", "RuntimeDirError", "SHM_ROOT", "SegmentCorruptError", "Topic", "TopicConfig", "TopicExistsError", "TopicMismatchError",
-        "TopicNotFoundError", "TopicState", "TraceRecord", "TraceSession", "TransportError", "Writer", "WriterBusyError", "WriterStatistics",
-        "cleanup", "clear_trace_request", "default_runtime_dir", "ensure_runtime_dir", "graph_runtime_dir", "graphs_present", "new_run_id",
-        "read_registry", "record_callback", "runtime_dir_prefix", "validate_graph_name", "validate_topic_name", "wait_any",
-    ])
-    assert all(hasattr(transport, name) for name in transport.__all__)
     assert sorted(hops.__all__) == sorted(["MATCH_WINDOW", "TRACE_TABLE", "WINDOW", "HopTable", "Process", "Series", "format_summary",
                                            "percentile"])
     assert all(hasattr(hops, name) for name in hops.__all__)

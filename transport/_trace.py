@@ -35,7 +35,7 @@ from . import _layout as L
 from . import backend
 from ._errors import LockBusyError, TransportError
 from ._registry import read_registry
-from ._runtime import MARKER_FILE, RuntimeDir
+from ._runtime import RuntimeDir
 
 #: How often a process looks for a tracer's request, in seconds.
 POLL = 0.25
@@ -94,8 +94,8 @@ class _WakeWord:
 
 
 class _Agent:
-    """This process's side: the runtime directory it watches (the first one it opened a topic
-    in, or a later one once that graph ended), and its ring while recording. Its thread sleeps on the graph's wake word; only while
+    """This process's side: the runtime directory it watches (the last one it opened a topic
+    in, unless it is being traced in another), and its ring while recording. Its thread sleeps on the graph's wake word; only while
     recording does it also look every POLL seconds whether the tracer still lives."""
 
     def __init__(self) -> None:
@@ -105,12 +105,12 @@ class _Agent:
         self.thread: threading.Thread | None = None
         self.ring: tuple[str, int, object, object] | None = None
         self.failed = ""  # why recording could not start (said once)
-        self.retired: list[_WakeWord] = []  # words of graphs that ended (kept mapped: the thread may still hold one)
+        self.retired: list[_WakeWord] = []  # words watched before (kept mapped: the thread may still hold one)
 
     def watch(self, path: Path) -> None:
         with self.lock:
-            if self.rd is not None and (self.rd.path == Path(path) or self._graph_lives()):
-                return
+            if self.rd is not None and (self.rd.path == Path(path) or self.ring is not None):
+                return  # (a process being traced stays with its graph until the tracer goes)
             try:
                 rd = RuntimeDir.open(path)
             except (OSError, TransportError):
@@ -121,23 +121,17 @@ class _Agent:
                 rd.close()
                 return
             old = self.word
-            if self.rd is not None:  # the first graph ended: this process now belongs to another
-                self.stop()
+            if self.rd is not None:  # a topic of another graph: this process now waits for that graph's tracer
                 self.rd.close()
             self.rd, self.word = rd, word
             if old is not None:
-                self.retired.append(old)
+                self.retired = [*self.retired[-1:], old]  # the thread holds at most the one before
                 old.ring()  # the thread asleep on it looks again, at the new word
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="shmlaunch-trace", daemon=True)
                 self.thread.start()
 
-    def _graph_lives(self) -> bool:
-        try:
-            self.rd.lstat(MARKER_FILE)
-        except OSError:
-            return False
-        return True
+
 
     def _run(self) -> None:
         while True:
