@@ -256,14 +256,28 @@ class Viewer(Node):
                 doc = json.loads(rd.read_bytes(TRACE_TABLE, 4 << 20))
         except (OSError, ValueError, TransportError):
             return None
-        if not isinstance(doc, dict):
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in _HOP_NAMES):
             return None
-        sections = {k: [r for r in doc.get(k, []) if isinstance(r, dict)] for k in ("queueing", "processing", "end_to_end")}
-        return sections if all(isinstance(doc.get(k), list) for k in sections) else None
+        return {k: [r for r in doc[k] if _hop_row_fits(r, names)] for k, names in _HOP_NAMES.items()}
 
     def teardown(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+#: The per-hop table's sections as the page shows them: each row's names (text); its figures are numbers.
+_HOP_NAMES = {"queueing": ("topic", "writer", "reader"), "processing": ("node", "input", "output"), "end_to_end": ("topic", "reader")}
+_HOP_LOSSES = ("overwritten", "stale", "taken")
+_HOP_TIMES = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
+def _hop_row_fits(row: object, names: tuple[str, ...]) -> bool:
+    """A row the page can show: its names are text, ``n`` and the losses (when there) whole
+    numbers, its times (when there) numbers; anything else in ``trace.json`` is left out."""
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in names) or type(row.get("n")) is not int:
+        return False
+    return (all(type(row[k]) is int for k in _HOP_LOSSES if k in row)
+            and all(type(row[k]) in (int, float) and row[k] == row[k] for k in _HOP_TIMES if k in row))
 
 
 class _BoundedServer(ThreadingHTTPServer):

@@ -170,6 +170,12 @@ def test_rings_are_read_as_untrusted_files(tmp_path):
             os.symlink(tmp_path / "elsewhere", rd / "trace.11.ring")
             os.mkfifo(rd / "trace.12.ring")
             (rd / "trace.13.ring").write_bytes(b"SHMLTRCE" + bytes(200))  # no capacity, wrong size
+            big = bytearray(real[:128]) + bytes(64 * (1 << 20))  # a ring 32 times the size shmlaunch makes
+            big[12:16], big[24:32] = (1 << 20).to_bytes(4, "little"), (14).to_bytes(8, "little")
+            (rd / "trace.14.ring").write_bytes(bytes(big))
+            lying = bytearray(real)  # a head far past anything written: one poll reads at most one ring's worth
+            lying[16:24], lying[24:32] = (1 << 62).to_bytes(8, "little"), (15).to_bytes(8, "little")
+            (rd / "trace.15.ring").write_bytes(bytes(lying))
             mutants = 0
             for i in range(300):
                 data = bytearray(real[: 128 + 64 * 200])
@@ -189,7 +195,8 @@ def test_rings_are_read_as_untrusted_files(tmp_path):
             table.format()
             json.dumps(table.trace_events())
             assert all(1 <= r.kind <= 6 for r in records)
-            assert {"trace.11.ring", "trace.12.ring", "trace.13.ring"} <= session.refused.keys()
+            assert {"trace.11.ring", "trace.12.ring", "trace.13.ring", "trace.14.ring"} <= session.refused.keys()
+            assert session.rings[15].lost >= (1 << 62) - 32_768 and sum(r.pid == 15 for r in records) <= 32_768
             assert len(session.rings) + len(session.refused) >= mutants
         finally:
             session.detach(wait=0)

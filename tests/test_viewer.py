@@ -243,3 +243,55 @@ def test_page_updates_in_a_real_headless_chromium(tmp_path):
         proc.terminate()
         proc.communicate(timeout=30)
     assert_nothing_left(graph)
+
+
+def test_the_per_hop_table_file_is_read_as_untrusted_input(tmp_path):
+    """trace.json mutated byte by byte and field by field: the viewer shows only rows of the
+    right types, or no table, and never raises; a file past 4 MiB is not read at all."""
+    from types import SimpleNamespace
+
+    from shmlaunch.nodes.hops import TRACE_TABLE
+    from shmlaunch.nodes.viewer import Viewer
+    from shmlaunch.testing import runtime_dir
+
+    real = {"queueing": [{"topic": "camera/image", "writer": "camera", "reader": "hands", "n": 580, "overwritten": 0, "stale": 0,
+                          "taken": 3, "p50_ms": 0.1, "p90_ms": 0.137, "p99_ms": 0.215, "max_ms": 1.213}],
+            "processing": [{"node": "hands", "input": "camera/image", "output": "hands/landmarks", "n": 581, "overwritten": 0,
+                            "stale": 0, "taken": 0, "p50_ms": 15.683, "p90_ms": 20.8, "p99_ms": 24.9, "max_ms": 28.2}],
+            "end_to_end": [{"topic": "hands/landmarks", "reader": "probe", "n": 0, "overwritten": 0, "stale": 0, "taken": 0}],
+            "callback": [], "writer_drops": {}, "lost_records": 0}
+    strange = [None, "x", -1, 1.5, float("nan"), True, [], {}, "9" * 400, [1, 2], {"n": 1}]
+    rng = np.random.default_rng(3)
+    with runtime_dir() as rd:
+        viewer = SimpleNamespace(runtime_dir=rd)
+        (rd / TRACE_TABLE).write_text(json.dumps(real))
+        assert Viewer._trace_table(viewer) == {k: real[k] for k in ("queueing", "processing", "end_to_end")}
+        text = json.dumps(real).encode()
+        for i in range(600):
+            if i % 2:  # bytes: flips, cuts, insertions
+                data = bytearray(text)
+                for _ in range(int(rng.integers(1, 8))):
+                    data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+                data = bytes(data[: int(rng.integers(1, len(data) + 1))]) if i % 3 == 0 else bytes(data)
+            else:  # structure: a field, a row or a section replaced by something of another type
+                doc = json.loads(text)
+                section = ["queueing", "processing", "end_to_end"][i % 3]
+                pick = strange[int(rng.integers(0, len(strange)))]
+                if i % 4 == 0:
+                    doc[section] = pick
+                elif i % 8 == 2:
+                    doc[section].append(pick)
+                else:
+                    doc[section][0][list(doc[section][0])[int(rng.integers(0, len(doc[section][0])))]] = pick
+                data = json.dumps(doc).encode()
+            (rd / TRACE_TABLE).write_bytes(data)
+            table = Viewer._trace_table(viewer)
+            if table is None:
+                continue
+            for section, rows in table.items():
+                for r in rows:
+                    assert type(r["n"]) is int
+                    assert all(isinstance(r[k], str) for k in r if k in ("topic", "writer", "reader", "node", "input", "output"))
+                    assert all(type(r[k]) in (int, float) and r[k] == r[k] for k in r if k.endswith("_ms")), (section, r)
+        (rd / TRACE_TABLE).write_bytes(b"[" + b" " * (4 << 20) + b"]")
+        assert Viewer._trace_table(viewer) is None

@@ -41,8 +41,9 @@ from ._runtime import RuntimeDir
 POLL = 0.25
 #: How long ``detach`` waits for the graph's processes to remove their rings.
 DETACH_WAIT = 2.0
-#: A ring larger than this is not one shmlaunch made (a ring's records are 64 bytes).
-MAX_RING_CAPACITY = 1 << 20
+#: Every shmlaunch client makes rings of exactly TRACE_CAPACITY records: a larger one is not
+#: shmlaunch's, and this bounds what one poll of one ring reads (2 MiB) and keeps.
+MAX_RING_CAPACITY = L.TRACE_CAPACITY
 _RING_RE = re.compile(r"trace\.([1-9][0-9]{0,9})\.ring")
 _ENV_NODE = "SHMLAUNCH_NODE"
 _U64 = struct.Struct("<Q")
