@@ -442,11 +442,7 @@ class TraceSession:
         _ring_wake_word(self.rd)
         for ring in self.rings.values():
             self._close_ring(ring)
-        deadline = time.monotonic() + wait
-        left = remove_dead_rings(self.rd)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = remove_dead_rings(self.rd)
+        left = remove_dead_rings(self.rd, wait)
         self.rd.close()
         return left
 
@@ -489,21 +485,24 @@ def clear_trace_request(runtime_dir: str | Path, *also: str) -> bool:
         finally:
             os.close(fd)
         _ring_wake_word(rd)
-        deadline = time.monotonic() + DETACH_WAIT
-        while remove_dead_rings(rd) and time.monotonic() < deadline:
-            time.sleep(POLL / 2)
+        remove_dead_rings(rd, DETACH_WAIT)
     return True
 
 
-def remove_dead_rings(rd: RuntimeDir) -> list[str]:
-    """Remove the trace rings whose process is gone; return those of live processes."""
-    left = []
-    for name in rd.entries():
-        m = _RING_RE.fullmatch(name)
-        if m is None:
-            continue
-        if backend.process_info(int(m.group(1))) is None:
-            rd.unlink(name)
-        else:
-            left.append(name)
-    return left
+def remove_dead_rings(rd: RuntimeDir, wait: float = 0.0) -> list[str]:
+    """Remove the trace rings whose process is gone, looking again for up to ``wait`` s while
+    live processes still have one (they remove their own once told); return those left."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = []
+        for name in rd.entries():
+            m = _RING_RE.fullmatch(name)
+            if m is None:
+                continue
+            if backend.process_info(int(m.group(1))) is None:
+                rd.unlink(name)
+            else:
+                left.append(name)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
