@@ -2,9 +2,9 @@
 
     shmlaunch trace [GRAPH | --graph G] [--duration S] [--out trace.json] [--summary table.json] [--interval S] [--quiet]
 
-Attaching costs the graph nothing to set up: every process of the graph already looks for a
-tracer's request (transport/_trace.py) and starts writing its trace ring within a quarter of a
-second. Every ``--interval`` seconds the per-hop table (nodes/hops.py) is printed and written
+Attaching costs the graph nothing to set up: every process of the graph already waits for a
+tracer (transport/_trace.py: the tracer wakes the graph's trace wake word) and starts writing
+its trace ring when woken. Every ``--interval`` seconds the per-hop table (nodes/hops.py) is printed and written
 to ``trace.json`` in the graph's runtime directory, where the viewer shows it. At the end
 (``--duration``, SIGINT, SIGTERM, or the graph stopping) the request is withdrawn, the rings
 go, and ``--out`` gets a Chrome/Perfetto trace-event file (open it in ui.perfetto.dev). A

@@ -251,7 +251,7 @@ class HopTable:
             dur[i] = 1.0 if following is None else min(1.0, (following - r.ns) / 1000)
             next_ns[r.pid] = r.ns
         publishes: dict[tuple, tuple[int, int]] = {}
-        receives: dict[tuple, tuple[int, int]] = {}  # (pid, seq) -> (ns, flow id of the hop in)
+        received_at: dict[tuple, int] = {}  # (pid, seq) -> when that process received a message with that seq
         flow = 0
         for i, r in enumerate(steps):
             topic = self.topic_name(r.topic)
@@ -260,14 +260,14 @@ class HopTable:
                            "dur": dur[i], "args": {"seq": r.seq, "source_seq": r.source_seq, "generation": r.generation}})
             if r.kind == PUBLISH:
                 publishes[(r.topic, r.generation, r.seq)] = (r.pid, r.ns)
-                got = receives.get((r.pid, r.source_seq)) if r.source_seq else None
+                got = received_at.get((r.pid, r.source_seq)) if r.source_seq else None
                 if got is not None:  # inside the node: from its input's receive to this output
                     flow += 1
-                    events.append(_flow("s", flow, "computed", r.pid, got[0]))
+                    events.append(_flow("s", flow, "computed", r.pid, got))
                     events.append(_flow("f", flow, "computed", r.pid, r.ns))
             elif r.kind == RECEIVE:
                 pub = publishes.get((r.topic, r.generation, r.seq))
-                receives[(r.pid, r.seq)] = (r.ns, 0)
+                received_at[(r.pid, r.seq)] = r.ns
                 if pub is not None:
                     flow += 1
                     events.append(_flow("s", flow, topic, pub[0], pub[1]))
