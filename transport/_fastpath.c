@@ -84,11 +84,13 @@ static int64_t realtime_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static double monotonic_s(void) {
+static int64_t monotonic_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+static double monotonic_s(void) { return (double)monotonic_ns() / 1e9; }
 
 /* The slot header (LAYOUT.md): state, length, source_ns, publish_ns, generation, source_seq. */
 typedef struct {
@@ -114,11 +116,6 @@ static void read_header(const uint8_t *h, SlotHeader *out) {
 static uint8_t *trace_base = NULL;
 static uint64_t trace_mask = 0;
 
-static int64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* One record: the step, the topic (its header's wake_id), the message, and for a receive the
  * messages this reader lost since its previous receive (overwritten, stale, taken by a replica). */
