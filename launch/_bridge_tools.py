@@ -39,16 +39,26 @@ def describe_status(s: dict) -> list[str]:
              for t, e in sorted(s["exports"].items())]
     if len(rows) > 1:
         lines += table(rows) + [""]
-    rows = [["IMPORT", "LOCAL TOPIC", "FROM", "STATE", "HZ IN", "MB/s", "RECEIVED", "REPLACED", "DETAIL"]]
+    rows = [["IMPORT", "LOCAL TOPIC", "FROM", "STATE", "HZ IN", "MB/s", "RECEIVED", "REPLACED", "LOST", "REJECTED", "REMOTE SEQ", "DETAIL"]]
     rows += [[r, i["local"], i.get("host") or "-", i["state"], f"{i['hz']:.1f}", f"{i['mb_s']:.2f}", str(i["messages"]), str(i["skipped"]),
-              i.get("detail") or ""] for r, i in sorted(s["imports"].items())]
+              str(i.get("lost", 0)), rejected(i.get("rejected") or {}), str(i.get("remote_seq", 0)), i.get("detail") or ""]
+             for r, i in sorted(s["imports"].items())]
     if len(rows) > 1:
         lines += table(rows) + [""]
     return lines + remote_lines(s)
+
+
+def rejected(kinds: dict) -> str:
+    """Samples refused, in all and per kind: ``53 (hash 50, stale 3)``."""
+    counts = sorted(((int(n), str(k)) for k, n in kinds.items() if isinstance(n, int) and n > 0), reverse=True)
+    if not counts:
+        return "0"
+    return f"{sum(n for n, _k in counts)} ({', '.join(f'{k} {n}' for n, k in counts)})"
 
 
 def remote_lines(s: dict) -> list[str]:
     """What other hosts export, as the bridge's liveliness subscription sees it."""
     if not s.get("remote"):
         return ["no other host exports a topic (or none is connected)"]
-    return table([["HOST", "GRAPH", "TOPIC"]] + [[r["host"], r["graph"], r["topic"]] for r in s["remote"]])
+    more = [f"(and {s['remote_ignored']} more announced, not listed)"] if s.get("remote_ignored") else []
+    return table([["HOST", "GRAPH", "TOPIC"]] + [[r["host"], r["graph"], r["topic"]] for r in s["remote"]]) + more

@@ -36,12 +36,16 @@ A launch file is YAML::
     bridge:                              # top file only: topics across machines over Zenoh
       host: robot-a                      # this host's name in the keys (default: the hostname)
       listen: [tcp/0.0.0.0:7447]         # mode (peer, client, router), listen, connect, or
-      connect: [tcp/10.0.0.2:7447]       #   config: zenoh.json5 (a zenoh config file, verbatim: TLS, ACL)
+      connect: [tcp/10.0.0.2:7447]       #   config: zenoh.json5 (a zenoh config file, verbatim); connect alone listens nowhere
+      tls: {ca: ca.pem, certificate: robot-a.pem, key: robot-a.key, peers: [robot-b]}   # mTLS; each peer
+                                         #   (certificate common name) may publish only under its own host name
+      max_topic_mb: 256                  # an imported topic's segment may not be larger (default 256)
       export:                            # only what is named leaves this graph
         hands/landmarks: {}
         camera/image: {encode: jpeg, quality: 80, rate: 10, priority: low}
       import:                            # <graph>/<topic> of another host -> a local topic
-        hands/hands/landmarks: {topic: remote/landmarks, host: robot-b}
+        hands/hands/landmarks: {topic: remote/landmarks, host: robot-b, max_age: 0.5}   # drop samples held up
+                                         #   longer than max_age s (default 0.5; 0: keep all)
 
 ``$(arg NAME)`` is replaced by the argument's value (``key:=value`` on the command line, else
 its default); a string that is only ``$(arg NAME)`` takes the value's YAML type. ``record:``
@@ -66,9 +70,10 @@ from ._yaml import Problems, line_of
 TOP_KEYS = {"name", "args", "topics", "nodes", "include", "record", "bridge"}
 RECORD_KEYS = {"file", "topics", "compression", "split_size", "split_duration", "serve"}
 RECORD_NODE = "mcap-recorder"
-BRIDGE_KEYS = {"host", "mode", "listen", "connect", "config", "export", "import"}
+BRIDGE_KEYS = {"host", "mode", "listen", "connect", "config", "tls", "max_topic_mb", "export", "import"}
+TLS_KEYS = {"ca", "certificate", "key", "peers"}
 EXPORT_KEYS = {"rate", "encode", "quality", "priority"}
-IMPORT_KEYS = {"topic", "host"}
+IMPORT_KEYS = {"topic", "host", "max_age"}
 BRIDGE_NODE = "bridge"
 BRIDGE_MODES = ("peer", "client", "router")
 _ENDPOINT_RE = re.compile(r"(tcp|udp|tls|quic|ws|unixsock-stream)/\S+")
@@ -447,6 +452,42 @@ def _bridge_session(body: dict, section: dict, problems: Problems, at, base_dir:
         if not isinstance(config, str) or not (base_dir / config).is_file():
             problems.add(at("config"), f"bridge: 'config' must name a zenoh config file, {str(base_dir / str(config))!r} is not one")
         section["config"] = str(base_dir / str(config))
+    _bridge_security(body, section, problems, at, base_dir)
+
+
+def _bridge_security(body: dict, section: dict, problems: Problems, at, base_dir: Path) -> None:
+    """What a peer may make this host do: ``max_topic_mb`` and ``tls``."""
+    max_mb = body.get("max_topic_mb")
+    if max_mb is not None:
+        if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
+            problems.add(at("max_topic_mb"), f"bridge: 'max_topic_mb' must be megabytes > 0, got {max_mb!r}")
+        section["max_topic_mb"] = max_mb
+    if body.get("tls") is not None:
+        section["tls"] = _bridge_tls(body["tls"], section, problems, at("tls"), base_dir)
+
+
+def _bridge_tls(tls, section: dict, problems: Problems, line: int, base_dir: Path) -> dict:
+    """``tls: {ca, certificate, key, peers}``: files that exist, peers that are host names, and
+    endpoints that are TLS ones (a tcp/ endpoint would carry no certificate to check)."""
+    if not isinstance(tls, dict):
+        problems.add(line, f"bridge: 'tls' must be a mapping of {', '.join(sorted(TLS_KEYS))}, got {tls!r}")
+        return {}
+    unknown_keys(tls, TLS_KEYS, "bridge 'tls'", problems)
+    out = {}
+    for key in ("ca", "certificate", "key"):
+        value = tls.get(key)
+        if not isinstance(value, str) or not (base_dir / value).is_file():
+            problems.add(line_of(tls, key) or line, f"bridge: tls '{key}' must name a PEM file, {str(base_dir / str(value))!r} is not one")
+        out[key] = str(base_dir / str(value))
+    peers = tls.get("peers")
+    if not isinstance(peers, list) or not peers or not all(isinstance(p, str) and _HOST_RE.fullmatch(p) for p in peers):
+        problems.add(line_of(tls, "peers") or line, f"bridge: tls 'peers' must list the host names (certificate common names) "
+                     f"allowed to connect, got {peers!r}")
+    out["peers"] = peers
+    plain = [e for key in ("listen", "connect") for e in section.get(key) or [] if not e.startswith(("tls/", "quic/"))]
+    if plain:
+        problems.add(line, f"bridge: with 'tls', every listen/connect endpoint must be tls/ or quic/, got {plain[0]!r}")
+    return out
 
 
 def _bridge_exports(exports, declared: dict, problems: Problems, line: int) -> dict:
@@ -501,6 +542,9 @@ def _bridge_imports(imports, problems: Problems, line: int) -> dict:
             problems.add(where, f"bridge: import {remote!r}: expected options ({', '.join(sorted(IMPORT_KEYS))}), got {spec!r}")
             continue
         unknown_keys(spec, IMPORT_KEYS, f"bridge import {remote!r}", problems)
+        age = spec.get("max_age", 0.5)
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not age >= 0:
+            problems.add(where, f"bridge: import {remote!r}: 'max_age' must be seconds >= 0, got {age!r}")
         try:
             if spec.get("topic") is not None:
                 validate_topic_name(spec["topic"])

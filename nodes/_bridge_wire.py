@@ -25,10 +25,14 @@ from shmlaunch.transport import LAYOUT_VERSION, TopicConfig
 
 PREFIX = "shmlaunch"
 HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}")
-#: The attachment of every sample: the layout hash, seq, capture stamp, publish time,
-#: source_seq, the encoding (0 raw, 1 jpeg) and the payload's length before encoding.
-ATTACHMENT = struct.Struct("<8sQqqQII")
+#: The attachment of every sample: the layout hash, the exporter's seq, capture stamp, publish
+#: time (the exporter's CLOCK_REALTIME just before ``put``), source_seq, the encoding (0 raw,
+#: 1 jpeg), the payload's length, and how many samples the exporter has put
+#: (an importer counts the ones that never arrived from its gaps).
+ATTACHMENT = struct.Struct("<8sQqqQIIQ")
 ENCODINGS = ("raw", "jpeg")
+#: A metadata reply longer than this is not one an exporter sends (its JSON is a few hundred bytes).
+MAX_METADATA = 4096
 
 
 def data_key(host: str, graph: str, topic: str) -> str:
@@ -81,6 +85,8 @@ class Metadata:
     @classmethod
     def from_json(cls, text: str) -> Metadata:
         """ValueError (one line) for anything an exporter does not send."""
+        if len(text) > MAX_METADATA:
+            raise ValueError(f"a topic description of {len(text)} bytes (an exporter sends at most {MAX_METADATA})")
         try:
             d = json.loads(text)
             if d["layout_version"] != LAYOUT_VERSION:
@@ -89,8 +95,10 @@ class Metadata:
             config = TopicConfig(built.capacity, built.pool, built.dtype, built.shape, message=d.get("message"))
             if d["encode"] not in ENCODINGS:
                 raise ValueError(f"unknown encoding {d['encode']!r}")
-            return cls(str(d["host"]), str(d["graph"]), str(d["topic"]), config, d["encode"], int(d.get("sent", 0)))
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            if not all(isinstance(d[k], str) and HOST_RE.fullmatch(d[k]) for k in ("host", "graph")):
+                raise ValueError(f"host {str(d['host'])[:40]!r} or graph {str(d['graph'])[:40]!r} is not a name")
+            return cls(d["host"], d["graph"], str(d["topic"]), config, d["encode"], int(d.get("sent", 0)))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a shmlaunch topic description ({exc})") from None
 
 

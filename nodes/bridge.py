@@ -8,12 +8,20 @@ section; one zenoh session per host). It never builds a queue anywhere:
   ``put()``s it with congestion control DROP, and only then looks for the newest again; what
   it never saw is counted as skipped. Small topics go at a higher priority than frames, so
   landmarks never wait behind a frame's fragments. A ``rate`` caps how often it sends.
-- an **importer** (one thread per imported topic) first asks the exporter for the topic's
-  description (its queryable), creates or checks the local topic from it (a mismatch is
-  refused, naming both sides), then keeps only the newest sample that arrives (a one-slot
-  box, RingChannel(1)'s behaviour) and copies it into a loaned slot of the local topic with
-  the remote capture stamp, ``source_seq`` and sequence number. Every sample's attachment
-  carries the layout hash, so a change mid-run is caught.
+  Frames go with congestion control BLOCK on their own lane (``_bridge_config``): the
+  exporter's ``put`` then returns when the frame is on its way, so a frame is delivered at
+  whatever rate the link carries, never dropped in pieces, and never queued behind more than
+  the one in flight.
+- an **importer** (one thread per imported topic) first asks the exporters for the topic's
+  description (every answer: two hosts exporting one topic are refused unless the import
+  names one), creates or checks the local topic from it (a mismatch is refused, naming both
+  sides; a topic larger than ``max_topic_mb`` or half of /dev/shm's free space too), then
+  takes samples from that one host only, keeps only the newest (a one-slot box) and copies it
+  into a slot of the local topic with the remote capture stamp and ``source_seq``, numbered
+  locally (so this host's tools show the rate that arrives). Every byte from the network is
+  checked first (``_bridge_sample``): a bad sample is counted per kind and logged at most once
+  a minute, never a stopped import; samples older than ``max_age`` beyond the link's quickest
+  (what zenoh and TCP held through an outage) are dropped, not delivered as a burst.
 
 Loops cannot happen: exporters publish to remote subscribers only, importers accept remote
 samples only. Presence travels as liveliness tokens; ``bridge.json`` in the runtime directory
@@ -33,15 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.transport import RuntimeDir, Topic, TopicConfig, TransportError, Writer, read_registry
+from shmlaunch.transport import RuntimeDir, Topic, TopicConfig, TransportError, Writer, backend, read_registry
 
+from ._bridge_config import DEFAULT_MAX_TOPIC_MB, endpoints, zenoh_config
+from ._bridge_sample import AgeFilter, Header, Rejected, check_header, check_payload, decode
 from ._bridge_wire import (
     ATTACHMENT,
     ENCODINGS,
     HOST_RE,
     PREFIX,
     Metadata,
-    as_array,
     data_key,
     describe,
     layout_hash,
@@ -59,48 +68,22 @@ SMALL_TOPIC = 64 << 10
 #: How long an importer waits for a sample before it asks whether the exporter sends at all.
 SILENCE_CHECK = 5.0
 META_TIMEOUT = 1.0
-#: Reconnect backoff (zenoh's default grows to 4 s; a peer that comes back is found within 1 s).
-RETRY = "{period_init_ms: 200, period_max_ms: 500, period_increase_factor: 2}"
 NO_PEER_WARNING = 5.0
+#: Remote topics the bridge keeps track of (liveliness tokens beyond it are counted, not kept).
+MAX_REMOTE = 1024
+#: How often the list of remote topics is rebuilt from the tokens alive now (what went away ages out).
+REMOTE_REFRESH = 30.0
+#: A rejected kind is logged at most this often per topic (with the count since).
+SAY_EVERY = 60.0
+#: After a sample with another layout hash, the exporter's description is asked again at most this often.
+RECHECK_EVERY = 2.0
+DEFAULT_MAX_AGE = 0.5
 
 
 def default_host() -> str:
     """This machine's name as a key chunk: the hostname with anything else replaced."""
     name = "".join(c if c.isalnum() or c in "_-" else "-" for c in socket.gethostname().split(".")[0]) or "host"
     return name[:63]
-
-
-def zenoh_config(section: dict, base_dir: Path):
-    """The session's config: a zenoh config file verbatim (TLS, access control are zenoh's own),
-    with ``mode``, ``listen`` and ``connect`` from the launch file on top. Shared memory off:
-    another "host" may share this machine's /dev/shm, and the bridge copies anyway. Without a
-    file, explicit endpoints turn multicast scouting off; with neither, zenoh's defaults
-    (peers on the LAN find each other)."""
-    import zenoh
-
-    config = zenoh.Config.from_file(str(base_dir / section["config"])) if section.get("config") else zenoh.Config()
-    if section.get("mode"):
-        config.insert_json5("mode", json.dumps(section["mode"]))
-    for key in ("listen", "connect"):
-        if section.get(key):
-            config.insert_json5(f"{key}/endpoints", json.dumps(section[key]))
-    if not section.get("config") and (section.get("listen") or section.get("connect")):
-        # explicit endpoints: an explicit mesh, not whatever else on the LAN answers multicast scouting
-        config.insert_json5("scouting/multicast/enabled", "false")
-    config.insert_json5("connect/retry", RETRY)
-    config.insert_json5("transport/shared_memory/enabled", "false")
-    return config
-
-
-def _endpoints(config, key: str) -> list[str]:
-    """The session's ``connect`` or ``listen`` endpoints, however they were given."""
-    try:
-        value = json.loads(config.get_json(f"{key}/endpoints"))
-    except Exception:  # noqa: BLE001 (absent, or a per-mode mapping)
-        return []
-    if isinstance(value, dict):  # {router: [...], peer: [...]}: every mode's
-        value = [e for v in value.values() for e in (v or [])]
-    return [str(e) for e in value or []]
 
 
 @dataclass
@@ -110,6 +93,9 @@ class Counters:
     messages: int = 0
     bytes: int = 0
     skipped: int = 0  # exporter: messages it never saw; importer: samples replaced by a newer one before copied
+    lost: int = 0  # importer: samples the exporter put that never arrived (gaps in its count)
+    remote_seq: int = 0  # importer: the exporter's sequence number of the newest message written
+    rejected: dict = field(default_factory=dict)  # importer: samples refused, per kind (_bridge_sample.KINDS)
     last_ns: int = 0
     state: str = "starting"
     detail: str = ""
@@ -127,6 +113,7 @@ class Counters:
             hz, mbs = (self.messages - m0) / (now - t0), (self.bytes - b0) / 1e6 / (now - t0)
             self.window = [now, self.messages, self.bytes, hz, mbs]
         return {"state": self.state, "detail": self.detail, "messages": self.messages, "bytes": self.bytes, "skipped": self.skipped,
+                "lost": self.lost, "remote_seq": self.remote_seq, "rejected": dict(self.rejected),
                 "hz": round(hz, 2), "mb_s": round(mbs, 3), "last_ns": self.last_ns}
 
 
@@ -177,10 +164,12 @@ class Exporter(_TopicThread):
         small = self.config.capacity <= SMALL_TOPIC
         priority = {"high": zenoh.Priority.DATA_HIGH, "normal": zenoh.Priority.DATA, "low": zenoh.Priority.DATA_LOW}[
             self.spec.get("priority", "high" if small else "low")]
+        # small: dropped rather than queued (the next one is 10 ms away); frames: BLOCK, one in flight
+        # (DROP throws away a frame whose fragments cannot all go out within 50 ms: none on a slow link)
+        congestion = zenoh.CongestionControl.DROP if small else zenoh.CongestionControl.BLOCK
         self.publisher = session.declare_publisher(
             data_key(b.host, b.graph_name, self.topic), encoding=zenoh.Encoding.APPLICATION_OCTET_STREAM,
-            congestion_control=zenoh.CongestionControl.DROP, priority=priority, express=small,
-            allowed_destination=zenoh.Locality.REMOTE)
+            congestion_control=congestion, priority=priority, express=small, allowed_destination=zenoh.Locality.REMOTE)
         self.queryable = session.declare_queryable(meta_key(b.host, b.graph_name, self.topic), self._answer)
         self.token = session.liveliness().declare_token(live_key(b.host, b.graph_name, self.topic))
 
@@ -191,7 +180,7 @@ class Exporter(_TopicThread):
             if self.config.message is None and self.handle.dynamic().latest_seq == 0:
                 return  # no writer has said what it sends yet: the importer asks again
         meta = Metadata(b.host, b.graph_name, self.topic, self.config, self.encode, self.counters.messages)
-        query.reply(query.key_expr, meta.to_json())
+        query.reply(meta_key(b.host, b.graph_name, self.topic), meta.to_json())  # its own key: says which host answers
 
     def work(self) -> None:
         self.counters.state = "exporting"
@@ -205,8 +194,9 @@ class Exporter(_TopicThread):
                 continue
             with msg:
                 payload = self._payload(msg.data)
-                head = ATTACHMENT.pack(self.hash, msg.seq, msg.stamp_ns, msg.publish_ns, msg.source_seq,
-                                       ENCODINGS.index(self.encode), msg.data.nbytes)
+                seq, stamp, source_seq = msg.seq, msg.stamp_ns, msg.source_seq
+            head = ATTACHMENT.pack(self.hash, seq, stamp, time.time_ns(), source_seq, ENCODINGS.index(self.encode), len(payload),
+                                   self.counters.messages + 1)
             self.publisher.put(payload, attachment=head)  # returns once sent (or dropped): then the newest again
             self.counters.count(len(payload))
             self.counters.skipped = self.reader.statistics().missed
@@ -241,28 +231,51 @@ class Importer(_TopicThread):
         self.arrived = threading.Event()
         self.meta: Metadata | None = None
         self.writer: Writer | None = None
+        self.subscriber = None
         self.reported: set[str] = set()
+        self.said: dict[str, tuple[float, int]] = {}  # rejected kind -> (when last logged, count then)
         self.inline = False  # small raw samples are written on zenoh's thread (see _on_sample)
         self.lock = threading.Lock()  # the writer, between zenoh's thread and this one
+        self.age = AgeFilter(float(spec.get("max_age", DEFAULT_MAX_AGE)))
+        self.recheck_at: float | None = None  # when to ask the exporter for its description again (a foreign hash arrived)
+        self.rechecked = -RECHECK_EVERY  # when it was last asked
+        self.replaced_since = 0  # samples replaced in the box since the last one written (not lost on the way)
+        self.last_sent = 0
 
     def declare(self, session) -> None:
+        self.session = session
+
+    def _subscribe(self, host: str) -> None:
+        """Samples from ``host`` only: another host exporting the same topic is never mixed in."""
         import zenoh
 
-        self.session = session
-        self.subscriber = session.declare_subscriber(data_key(self.host, self.graph, self.remote_topic), self._on_sample,
-                                                     allowed_origin=zenoh.Locality.REMOTE)
+        self._unsubscribe()
+        self.subscriber = self.session.declare_subscriber(data_key(host, self.graph, self.remote_topic), self._on_sample,
+                                                          allowed_origin=zenoh.Locality.REMOTE)
+
+    def _unsubscribe(self) -> None:
+        if self.subscriber is not None:
+            with contextlib.suppress(Exception):
+                self.subscriber.undeclare()
+            self.subscriber = None
 
     def _on_sample(self, sample) -> None:
-        """On a zenoh thread. A small raw sample is written at once (a copy of a few kB: no hand-over
-        to the importer thread, which would cost a wake-up); anything else is kept as the newest
-        for the importer thread (a JPEG decode must not hold up zenoh's receiving)."""
-        if self.inline:
-            with self.lock:
-                self._write(sample)
-            return
-        if self.box:
-            self.counters.skipped += 1
-        self.box[:] = [sample]
+        """On a zenoh thread: every check that needs no decoding. A small raw sample is then
+        written at once (a copy of a few kB: no hand-over to the importer thread, which would
+        cost a wake-up); anything else is kept as the newest for the importer thread (a JPEG
+        decode must not hold up zenoh's receiving). A bad sample never displaces a good one."""
+        with self.lock:
+            checked = self._guarded(self._check, sample)
+            if checked is None:
+                return
+            if self.inline:
+                header, payload, writer = checked
+                self._guarded(lambda: self._store(header, decode(payload, header, self.meta), writer))
+                return
+            if self.box:
+                self.counters.skipped += 1
+                self.replaced_since += 1
+            self.box[:] = [checked]
         self.arrived.set()
 
     def say_once(self, key: str, text: str, level: str = "warning") -> None:
@@ -281,26 +294,43 @@ class Importer(_TopicThread):
                     continue
             if self.arrived.wait(0.2):
                 self.arrived.clear()
-                with contextlib.suppress(IndexError), self.lock:
-                    self._write(self.box.pop())
+                with self.lock:
+                    checked = self.box.pop() if self.box else None
+                if checked is not None:
+                    self._guarded(self._decode_and_store, *checked)
+            if self.recheck_at is not None and time.monotonic() >= self.recheck_at:
+                self._recheck()
             if time.monotonic() - last_check >= SILENCE_CHECK:
                 last_check = time.monotonic()
                 seen = self._check_silence(seen)
 
-    def _fetch_metadata(self) -> None:
-        replies = {}
+    def _descriptions(self, host: str) -> dict[str, Metadata]:
+        """Every exporter's answer (consolidation off: zenoh would keep one of several), by host;
+        an answer whose key names another host than it claims is not one."""
+        import zenoh
+
+        replies: dict[str, Metadata] = {}
         with contextlib.suppress(Exception):
-            for reply in self.session.get(meta_key(self.host, self.graph, self.remote_topic), timeout=META_TIMEOUT):
-                if reply.ok is not None:
-                    try:
-                        meta = Metadata.from_json(reply.ok.payload.to_string())
-                    except ValueError as exc:
-                        self.say_once("bad meta", f"import {self.remote!r}: {exc}", "error")
-                        continue
-                    replies[meta.host] = meta
+            for reply in self.session.get(meta_key(host, self.graph, self.remote_topic), timeout=META_TIMEOUT,
+                                          consolidation=zenoh.ConsolidationMode.NONE):
+                if reply.ok is None or len(replies) >= 16:
+                    continue
+                try:
+                    meta = Metadata.from_json(reply.ok.payload.to_string())
+                    parsed = parse_key(reply.ok.key_expr)
+                    if parsed is None or parsed != (meta.host, meta.graph, meta.topic) or meta.graph != self.graph:
+                        raise ValueError(f"a description of {meta.host}/{meta.graph}/{meta.topic} under key {str(reply.ok.key_expr)[:120]}")
+                except ValueError as exc:
+                    self.say_once("bad meta", f"import {self.remote!r}: ignored a reply: {exc}", "error")
+                    continue
+                replies[meta.host] = meta
+        return replies
+
+    def _fetch_metadata(self) -> None:
+        replies = self._descriptions(self.host)
         if len(replies) > 1:
-            self.counters.state = "ambiguous"
-            self.say_once("hosts", f"import {self.remote!r}: exported by hosts {', '.join(sorted(replies))}: "
+            self.counters.state, self.counters.detail = "ambiguous", f"exported by {', '.join(sorted(replies))}"
+            self.say_once("hosts", f"import {self.remote!r}: refused: exported by hosts {', '.join(sorted(replies))}: "
                                    f"name one with 'host:' in the import", "error")
             return
         if replies:
@@ -315,8 +345,13 @@ class Importer(_TopicThread):
                           f"{describe(meta.config)}, local topic {self.local!r} is {describe(declared)}", "error")
             return
         c = meta.config
+        pool = declared.pool if declared else c.pool
+        if (why := self._too_big(TopicConfig(c.capacity, pool).segment_size)) is not None:
+            self.counters.state, self.counters.detail = "refused", why
+            self.say_once("too big", f"import {self.remote!r} from {meta.host}: refused: {describe(c)} {why}", "error")
+            return
         try:
-            self.writer = Writer(self.local, c.capacity, declared.pool if declared else c.pool, dtype=c.dtype, shape=c.shape,
+            self.writer = Writer(self.local, c.capacity, pool, dtype=c.dtype, shape=c.shape,
                                  runtime_dir=self.bridge.runtime_dir, message=c.message)
         except TransportError as exc:
             self.counters.state = "refused"
@@ -326,56 +361,106 @@ class Importer(_TopicThread):
         self.meta = meta
         self.inline = meta.encode == "raw" and c.capacity <= SMALL_TOPIC
         self.counters.state, self.counters.detail = "importing", f"from {meta.host}"
+        self._subscribe(meta.host)
         self.bridge.log.info("importing %s/%s from %s into %r (%s%s)", self.graph, self.remote_topic, meta.host, self.local,
                              describe(c), ", jpeg" if meta.encode == "jpeg" else "")
 
-    def _write(self, sample) -> None:
-        if self.writer is None:
-            return  # between a layout change and the new description: nothing to write into
+    def _too_big(self, segment: int) -> str | None:
+        """Why a segment of this size is not made here (a peer's description must not fill /dev/shm)."""
+        limit = self.bridge.max_topic_mb * (1 << 20)
+        if segment > limit:
+            return f"needs a {segment / (1 << 20):.0f} MB segment, more than max_topic_mb {self.bridge.max_topic_mb:g}"
+        try:
+            free = backend.free_bytes(self.bridge.runtime_dir)
+        except OSError:
+            return None
+        if segment > free // 2:
+            return f"needs a {segment / (1 << 20):.0f} MB segment, more than half of the {free / (1 << 20):.0f} MB free"
+        return None
+
+    def _guarded(self, step, *args):
+        """``step(*args)``, or None after counting and saying why not (never raises: one bad sample
+        must not stop the import)."""
+        try:
+            return step(*args)
+        except Rejected as r:
+            self._rejected(r.kind, str(r))
+        except Exception as exc:  # noqa: BLE001 (anything else a sample provokes is counted too, not fatal)
+            self._rejected("other", f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _rejected(self, kind: str, text: str) -> None:
+        """Counted per kind; logged the first time and then at most once a minute, with the count since."""
+        count = self.counters.rejected.get(kind, 0) + 1
+        self.counters.rejected[kind] = count
+        when, before = self.said.get(kind, (None, 0))
+        now = time.monotonic()
+        if when is None or now - when >= SAY_EVERY:
+            self.said[kind] = (now, count)
+            since = f" ({count - before} since the last report)" if when is not None else ""
+            self.bridge.log.warning("import %r: rejected a sample%s: %s", self.remote, since, text)
+        if kind == "hash" and self.recheck_at is None:  # a changed exporter, or a stranger: its description says which
+            self.recheck_at = max(now, self.rechecked + RECHECK_EVERY)
+
+    def _check(self, sample) -> tuple[Header, bytes, object] | None:
+        """(header, payload, writer) of a sample that passed every check but decoding."""
+        writer = self.writer
+        if writer is None:
+            return None  # between a layout change and the new description: nothing to write into
         head = sample.attachment.to_bytes() if sample.attachment is not None else b""
-        if len(head) != ATTACHMENT.size:
-            self.say_once("attachment", f"import {self.remote!r}: a sample without a shmlaunch attachment was ignored", "error")
-            return
-        lhash, seq, stamp, _publish, source_seq, encoding, nbytes = ATTACHMENT.unpack(head)
-        if lhash != self.hash:
-            self.say_once("hash", f"import {self.remote!r}: the exporter's topic layout changed mid-run (its graph restarted with "
-                                  f"another layout?): asking for its description again", "error")
+        header = check_header(head, self.hash, self.meta)
+        if len(sample.payload) > self.meta.config.capacity:
+            raise Rejected("size", f"a sample of {len(sample.payload)} bytes, the topic holds {self.meta.config.capacity}")
+        self.age.check(header.publish_ns)
+        payload = sample.payload.to_bytes()
+        check_payload(payload, header, self.meta)
+        return header, payload, writer
+
+    def _decode_and_store(self, header: Header, payload: bytes, writer: Writer) -> None:
+        data = decode(payload, header, self.meta)  # outside the lock: zenoh's thread keeps checking the next sample
+        with self.lock:
+            self._store(header, data, writer)
+
+    def _store(self, header: Header, data, writer: Writer) -> None:
+        """Publish into the local topic (numbered here) and count; the writer is the one the sample was checked against."""
+        if writer is not self.writer:
+            return  # the layout changed since the check
+        writer.publish(data, stamp_ns=header.stamp_ns, source_seq=header.source_seq)
+        if self.last_sent and header.sent > self.last_sent:
+            self.counters.lost += max(0, header.sent - self.last_sent - 1 - self.replaced_since)
+        self.last_sent, self.replaced_since = header.sent, 0
+        self.counters.remote_seq = header.seq
+        self.counters.count(header.nbytes)
+
+    def _recheck(self) -> None:
+        """A sample with another layout hash arrived: the exporter restarted with another layout
+        (then the topic is described anew), or someone else sent it (then nothing changes)."""
+        self.recheck_at, self.rechecked = None, time.monotonic()
+        meta = self._descriptions(self.meta.host).get(self.meta.host)
+        if meta is None or layout_hash(meta.config) == self.hash:
+            return  # no answer (asked again at the next foreign sample), or the same layout: someone else sent it
+        self.say_once("hash", f"import {self.remote!r}: the exporter's topic layout changed mid-run (its graph restarted with "
+                              f"another layout?): asking for its description again", "error")
+        with self.lock:
             self.inline = False
+            self._unsubscribe()
             self.writer.close()
             self.meta, self.writer = None, None
-            self.reported.discard("mismatch")
-            return
-        payload = sample.payload.to_bytes()
-        try:
-            data = self._decode(payload) if encoding == 1 else as_array(self.meta.config, payload)
-        except ValueError:
-            data = None
-            self.say_once("size", f"import {self.remote!r}: a sample of {len(payload)} bytes does not fit {describe(self.meta.config)}",
-                          "error")
-        if data is None:
-            return
-        self.writer.skip_to(seq)
-        self.writer.publish(data, stamp_ns=stamp, source_seq=source_seq)
-        self.counters.count(len(payload))
-
-    def _decode(self, payload: bytes):
-        import cv2
-
-        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR if len(self.meta.config.shape) == 3 else cv2.IMREAD_GRAYSCALE)
-        if img is None or img.shape != self.meta.config.shape:
-            self.say_once("jpeg", f"import {self.remote!r}: a JPEG sample did not decode to {list(self.meta.config.shape)}", "error")
-            return None
-        return img
+        self.reported.discard("mismatch")
 
     def _check_silence(self, seen: int) -> int:
-        """Once: an exporter that sends while nothing arrives here (frames too big for the link)."""
+        """Once: an exporter that sends while nothing arrives here (frames too big for the link);
+        and, for an import that names no host, a second host that exports the topic too."""
         if self.meta is None:
             return seen
         before = self.meta.sent
-        with contextlib.suppress(Exception):
-            for reply in self.session.get(meta_key(self.meta.host, self.graph, self.remote_topic), timeout=META_TIMEOUT):
-                if reply.ok is not None:
-                    self.meta = Metadata.from_json(reply.ok.payload.to_string())
+        replies = self._descriptions(self.host)
+        if self.meta.host in replies:
+            self.meta = replies[self.meta.host]
+        others = sorted(set(replies) - {self.meta.host})
+        if others:
+            self.say_once("more hosts", f"import {self.remote!r}: also exported by {', '.join(others)} now; still importing from "
+                                        f"{self.meta.host} only (name one with 'host:' in the import)")
         sent = self.meta.sent - before
         if sent > 0 and self.counters.messages == seen:
             size = self.meta.config.capacity
@@ -386,8 +471,7 @@ class Importer(_TopicThread):
         return self.counters.messages
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.subscriber.undeclare()
+        self._unsubscribe()
         if self.writer is not None:
             self.writer.close()
 
@@ -409,6 +493,7 @@ class Bridge(Node):
         if not HOST_RE.fullmatch(self.host):
             raise NodeSetupError(f"bridge host name {self.host!r}: use letters, digits, '_' and '-'")
         self.graph_name = section["graph"]
+        self.max_topic_mb = float(section.get("max_topic_mb", DEFAULT_MAX_TOPIC_MB))
         self.stop = threading.Event()
         self.declared = {name: TopicConfig.build(**{k: v for k, v in t.items() if k != "message"}) for name, t in section.get("declared", {}).items()}
         self.exporters = [Exporter(self, topic, spec or {}) for topic, spec in section.get("export", {}).items()]
@@ -418,9 +503,11 @@ class Bridge(Node):
             self.session = zenoh.open(config)
         except Exception as exc:  # noqa: BLE001 (zenoh raises ZError for a bad config or endpoint)
             raise NodeSetupError(f"cannot open the zenoh session: {exc}") from None
-        self.endpoints = _endpoints(config, "connect") or _endpoints(config, "listen")
+        self.endpoints = endpoints(config, "connect") or endpoints(config, "listen")
         self.tls = any(e.startswith("tls/") for e in self.endpoints)
         self.remote: dict[str, dict] = {}
+        self.remote_ignored = 0  # liveliness tokens past MAX_REMOTE
+        self.remote_refreshed = time.monotonic()
         self.liveliness = self.session.liveliness().declare_subscriber(f"{PREFIX}/live/**", self._on_live, history=True)
         for t in self.exporters + self.importers:
             t.declare(self.session)
@@ -435,14 +522,32 @@ class Bridge(Node):
     def _on_live(self, sample) -> None:
         import zenoh
 
-        parsed = parse_key(sample.key_expr)
-        if parsed is None or parsed[0] == self.host:
-            return
-        key = "/".join(parsed)
         if sample.kind == zenoh.SampleKind.DELETE:
-            self.remote.pop(key, None)
+            self.remote.pop(str(sample.key_expr), None)
         else:
-            self.remote[key] = {"host": parsed[0], "graph": parsed[1], "topic": parsed[2]}
+            self._remember(str(sample.key_expr), self.remote)
+
+    def _remember(self, key: str, into: dict) -> None:
+        """One remote topic, unless it is ours, not a topic key, or past MAX_REMOTE (then counted:
+        a peer declaring thousands of tokens must not grow bridge.json without bound)."""
+        parsed = parse_key(key)
+        if parsed is None or parsed[0] == self.host or key in into:
+            return
+        if len(into) >= MAX_REMOTE:
+            self.remote_ignored += 1
+            self.say_once(f"more than {MAX_REMOTE} remote topics are announced: the rest are counted, not listed")
+            return
+        into[key] = {"host": parsed[0], "graph": parsed[1], "topic": parsed[2][:200]}
+
+    def _refresh_remote(self) -> None:
+        """The list rebuilt from the tokens alive now: what went away without a word ages out."""
+        self.remote_refreshed = time.monotonic()
+        alive: dict[str, dict] = {}
+        with contextlib.suppress(Exception):
+            for reply in self.session.liveliness().get(f"{PREFIX}/live/**", timeout=0.5):
+                if reply.ok is not None:
+                    self._remember(str(reply.ok.key_expr), alive)
+        self.remote = alive
 
     def _status(self) -> None:
         peers = sorted(str(z) for z in self.session.info.peers_zid()) + sorted(str(z) for z in self.session.info.routers_zid())
@@ -454,6 +559,8 @@ class Bridge(Node):
                 self.log.warning("peer %s went away: imported topics keep their last message until it is back", z)
             self.peers = peers
         self.ever_connected = self.ever_connected or bool(peers)
+        if time.monotonic() - self.remote_refreshed >= REMOTE_REFRESH:
+            self._refresh_remote()
         if not self.ever_connected and self.endpoints and time.monotonic() - self.started > NO_PEER_WARNING:
             why = (" (with TLS: a peer whose certificate the other side does not trust, or that has none while mTLS is "
                    "required, never connects; check transport/link/tls in the zenoh config)") if self.tls else ""
@@ -463,7 +570,8 @@ class Bridge(Node):
                "exports": {e.topic: {**e.counters.snapshot(), "encode": e.encode} for e in self.exporters},
                "imports": {i.remote: {**i.counters.snapshot(), "local": i.local, "host": i.meta.host if i.meta else None}
                            for i in self.importers},
-               "remote": sorted(self.remote.values(), key=lambda r: (r["host"], r["graph"], r["topic"]))}
+               "remote": sorted(self.remote.values(), key=lambda r: (r["host"], r["graph"], r["topic"])),
+               "remote_ignored": self.remote_ignored}
         with contextlib.suppress(OSError, TransportError), RuntimeDir.open(self.runtime_dir) as rd:
             rd.write_atomic(STATUS_FILE, json.dumps(doc).encode())
 

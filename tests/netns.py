@@ -94,6 +94,41 @@ class TwoHosts:
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
 
 
+class SwitchedHosts:
+    """``count`` hosts (10.k.n.1, .2, ...) on one switch: a Linux bridge in a namespace of its
+    own, each host joined to it by a veth pair; removed by close()."""
+
+    def __init__(self, count: int) -> None:
+        tag = uuid.uuid4().hex[:6]
+        n = int(tag, 16)
+        self.subnet = f"10.{200 + n % 50}.{(n >> 8) % 250}"
+        self.switch = f"shmlS{tag}"
+        self.hosts = [Host(f"shml{i}{tag}", f"v{i}{tag}", f"{self.subnet}.{i + 1}") for i in range(count)]
+        steps = [["ip", "netns", "add", self.switch], ["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"],
+                 ["ip", "-n", self.switch, "link", "set", "br0", "up"]]
+        for i, h in enumerate(self.hosts):
+            port = f"p{i}{tag}"
+            steps += [["ip", "netns", "add", h.ns], ["ip", "link", "add", h.dev, "type", "veth", "peer", "name", port],
+                      ["ip", "link", "set", h.dev, "netns", h.ns], ["ip", "link", "set", port, "netns", self.switch],
+                      ["ip", "-n", self.switch, "link", "set", port, "master", "br0"], ["ip", "-n", self.switch, "link", "set", port, "up"],
+                      ["ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", h.dev],
+                      ["ip", "-n", h.ns, "link", "set", "lo", "up"], ["ip", "-n", h.ns, "link", "set", h.dev, "up"]]
+        try:
+            for step in steps:
+                subprocess.run(step, check=True, capture_output=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for h in self.hosts:
+            for pid in h.pids() if os.path.exists(f"/run/netns/{h.ns}") else ():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.switch], capture_output=True)
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

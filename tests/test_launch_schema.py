@@ -60,6 +60,18 @@ BAD_FILES = [
     ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  mode: star\n  import: {h/t: {}}\n",
      r"^{f}:5: bridge: 'mode' must be one of peer, client, router, got 'star'$"),
     ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  host: robot\n", r"^{f}:4: bridge: nothing to export or import"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  connect: [tls/10.0.0.1:7447]\n  tls: {ca: nope.pem, certificate: bad.yaml, key: bad.yaml, "
+     "peers: [laptop]}\n  import: {h/t: {}}\n", r"^{f}:6: bridge: tls 'ca' must name a PEM file, '.*nope\.pem' is not one$"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  connect: [tls/10.0.0.1:7447]\n  tls: {ca: bad.yaml, certificate: bad.yaml, key: bad.yaml, "
+     "peers: [a b]}\n  import: {h/t: {}}\n",
+     r"^{f}:6: bridge: tls 'peers' must list the host names \(certificate common names\) allowed to connect, got \['a b'\]$"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  connect: [tcp/10.0.0.1:7447]\n  tls: {ca: bad.yaml, certificate: bad.yaml, key: bad.yaml, "
+     "peers: [laptop]}\n  import: {h/t: {}}\n",
+     r"^{f}:6: bridge: with 'tls', every listen/connect endpoint must be tls/ or quic/, got 'tcp/10\.0\.0\.1:7447'$"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  max_topic_mb: 0\n  import: {h/t: {}}\n",
+     r"^{f}:5: bridge: 'max_topic_mb' must be megabytes > 0, got 0$"),
+    ("name: g\nnodes:\n  a: {cmd: [true]}\nbridge:\n  import: {h/t: {max_age: -1}}\n",
+     r"^{f}:5: bridge: import 'h/t': 'max_age' must be seconds >= 0, got -1$"),
     ("name: g\nnodes:\n  mcap-recorder: {cmd: [true]}\nrecord: r.mcap\n",
      r"^{f}:4: 'record' runs a node named 'mcap-recorder', and the graph has one already \({f}:3\): one recording per graph$"),
     ("name: a b\nnodes:\n  a: {cmd: [true]}\n", r"^{f}:1: 'name' must be the graph's name \(1 to 100 letters, digits, '_', '-'\), got 'a b'$"),
