@@ -21,22 +21,25 @@ from shmlaunch.nodes import Node, Param
 STAMP = struct.Struct("<qQ")  # stamp_ns, seq
 
 
+#: The payloads: 256 bytes, and the bundled sample photo letterboxed to 640x480 and 1280x720 BGR.
+SHAPES = {"small": (256,), "vga": (480, 640, 3), "frame": (720, 1280, 3)}
+
+
 def payload(kind: str) -> np.ndarray:
-    """``small``: 256 bytes; ``frame``: a 1280x720 BGR photo (the bundled sample, letterboxed)."""
     if kind == "small":
         return np.arange(256, dtype=np.uint8)
     import cv2
 
     from shmlaunch.nodes.camera import SAMPLE_DIR, image_files, letterbox
 
-    return letterbox(cv2.imread(str(image_files(SAMPLE_DIR)[0])), (720, 1280, 3))
+    return letterbox(cv2.imread(str(image_files(SAMPLE_DIR)[0])), SHAPES[kind])
 
 
 class Source(Node):
     """Publishes the payload at ``rate`` Hz, stamped just before publishing."""
 
     rate = Param(30.0, "messages per second")
-    kind = Param("small", "small or frame")
+    kind = Param("small", "small, vga or frame")
 
     def setup(self):
         self.out = self.publisher("out")
@@ -71,36 +74,51 @@ def zenoh_session(listen: str | None, connect: str | None):
 
 
 def plain_pub(ns) -> None:
-    """The anchor's sender: the same bytes as the bridge sends (JPEG bytes encoded once)."""
+    """The anchor's sender: each ``--stream topic:kind:rate[:jpeg]`` on a thread of its own, the same
+    bytes as the bridge sends (JPEG bytes encoded once), zenoh's default config."""
+    import threading
+
     import zenoh
 
-    data = payload(ns.kind)
-    if ns.jpeg:
-        import cv2
-
-        data = cv2.imencode(".jpg", data, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
-    body = data.tobytes()
     s = zenoh_session(ns.listen, None)
-    small = len(body) <= 64 << 10
-    pub = s.declare_publisher("bench/plain", congestion_control=zenoh.CongestionControl.DROP, express=small,
-                              priority=zenoh.Priority.DATA_HIGH if small else zenoh.Priority.DATA_LOW)
-    period, seq = 1.0 / ns.rate, 0
-    start = next_at = time.monotonic()
-    while time.monotonic() - start < ns.seconds:
-        seq += 1
-        pub.put(body, attachment=STAMP.pack(time.time_ns(), seq))
-        next_at += period
-        time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def send(topic: str, kind: str, rate: str, jpeg: str = "") -> None:
+        data = payload(kind)
+        if jpeg:
+            import cv2
+
+            data = cv2.imencode(".jpg", data, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
+        body = data.tobytes()
+        small = len(body) <= 64 << 10
+        pub = s.declare_publisher(f"bench/{topic}", congestion_control=zenoh.CongestionControl.DROP, express=small,
+                                  priority=zenoh.Priority.DATA_HIGH if small else zenoh.Priority.DATA_LOW)
+        period, seq = 1.0 / float(rate), 0
+        start = next_at = time.monotonic()
+        while time.monotonic() - start < ns.seconds:
+            seq += 1
+            pub.put(body, attachment=STAMP.pack(time.time_ns(), seq))
+            next_at = max(next_at + period, time.monotonic() - period)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    threads = [threading.Thread(target=send, args=tuple(stream.split(":"))) for stream in ns.stream]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     s.close()
 
 
 def plain_sub(ns) -> None:
+    """Records (receive time, latency) per topic into ``--out`` as {topic: [...]}."""
     import zenoh
 
-    got: list[tuple[int, int]] = []
+    got: dict[str, list[tuple[int, int]]] = {}
     s = zenoh_session(None, ns.connect)
-    s.declare_subscriber("bench/plain", lambda smp: got.append((time.time_ns(), time.time_ns() - STAMP.unpack(smp.attachment.to_bytes())[0])),
-                         allowed_origin=zenoh.Locality.REMOTE)
+
+    def on(smp) -> None:
+        now = time.time_ns()
+        got.setdefault(str(smp.key_expr).rpartition("/")[2], []).append((now, now - STAMP.unpack(smp.attachment.to_bytes())[0]))
+    s.declare_subscriber("bench/*", on, allowed_origin=zenoh.Locality.REMOTE)
     time.sleep(ns.seconds)
     Path(ns.out).write_text(json.dumps(got))
     s.close()
@@ -109,9 +127,7 @@ def plain_sub(ns) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("role", choices=["pub", "sub"])
-    ap.add_argument("--kind", default="small")
-    ap.add_argument("--jpeg", action="store_true")
-    ap.add_argument("--rate", type=float, default=30.0)
+    ap.add_argument("--stream", action="append", default=[], help="topic:kind:rate[:jpeg] (pub)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--listen")
     ap.add_argument("--connect")

@@ -13,8 +13,10 @@ An importer names ``<graph>/<topic>`` and optionally the host (else ``*``: any o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -74,6 +76,12 @@ class Metadata:
     config: TopicConfig
     encode: str  # "raw" or "jpeg"
     sent: int = 0  # samples put so far (lets an importer see that a link delivers nothing)
+
+    @functools.cached_property
+    def nbytes(self) -> int | None:
+        """A typed topic's message size (dtype x shape), None for an untyped one."""
+        c = self.config
+        return c.dtype.itemsize * math.prod(c.shape) if c.dtype is not None and c.shape is not None else None
 
     def to_json(self) -> str:
         c = self.config

@@ -106,7 +106,10 @@ class Counters:
         self.bytes += nbytes
         self.last_ns = time.time_ns()
 
-    def snapshot(self) -> dict:
+    def snapshot(self, skipped: int | None = None) -> dict:
+        """For bridge.json (``skipped``: an exporter's reader's count, read here rather than per message)."""
+        if skipped is not None:
+            self.skipped = skipped
         now = time.monotonic()
         t0, m0, b0, hz, mbs = self.window
         if now - t0 >= 1.0:
@@ -199,7 +202,6 @@ class Exporter(_TopicThread):
                                    self.counters.messages + 1)
             self.publisher.put(payload, attachment=head)  # returns once sent (or dropped): then the newest again
             self.counters.count(len(payload))
-            self.counters.skipped = self.reader.statistics().missed
             next_at = time.monotonic() + self.period
 
     def _payload(self, data: np.ndarray) -> bytes:
@@ -567,7 +569,8 @@ class Bridge(Node):
             self.say_once(f"no peer has connected after {NO_PEER_WARNING:g} s (endpoints {', '.join(self.endpoints)}){why}")
         doc = {"host": self.host, "graph": self.graph_name, "zid": str(self.session.zid()), "peers": peers, "pid": os.getpid(),
                "written_ns": time.time_ns(),
-               "exports": {e.topic: {**e.counters.snapshot(), "encode": e.encode} for e in self.exporters},
+               "exports": {e.topic: {**e.counters.snapshot(skipped=e.reader.statistics().missed), "encode": e.encode}
+                           for e in self.exporters},
                "imports": {i.remote: {**i.counters.snapshot(), "local": i.local, "host": i.meta.host if i.meta else None}
                            for i in self.importers},
                "remote": sorted(self.remote.values(), key=lambda r: (r["host"], r["graph"], r["topic"])),
