@@ -97,7 +97,7 @@ def plain_pub(ns) -> None:
         while time.monotonic() - start < ns.seconds:
             seq += 1
             pub.put(body, attachment=STAMP.pack(time.time_ns(), seq))
-            next_at = max(next_at + period, time.monotonic() - period)
+            next_at += period
             time.sleep(max(0.0, next_at - time.monotonic()))
 
     threads = [threading.Thread(target=send, args=tuple(stream.split(":"))) for stream in ns.stream]
