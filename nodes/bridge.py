@@ -78,6 +78,8 @@ SAY_EVERY = 60.0
 #: After a sample with another layout hash, the exporter's description is asked again at most this often.
 RECHECK_EVERY = 2.0
 DEFAULT_MAX_AGE = 0.5
+#: Teardown waits this long for zenoh to close (the launcher kills a node after 5 s).
+CLOSE_WITHIN = 2.0
 
 
 def default_host() -> str:
@@ -584,13 +586,23 @@ class Bridge(Node):
             self.log.warning("%s", text)
 
     def teardown(self) -> None:
+        """Within CLOSE_WITHIN seconds whatever the network does: with a link that went down,
+        zenoh's close and a frame's blocked ``put`` wait for the link's timeouts (measured: past
+        the launcher's 5 s, which then killed the bridge)."""
         self.stop.set()
+        with contextlib.suppress(OSError, TransportError), RuntimeDir.open(self.runtime_dir) as rd:
+            rd.unlink(STATUS_FILE)
+        closing = threading.Thread(target=self._close_all, name="zenoh close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_WITHIN)
+        if closing.is_alive():
+            self.log.warning("zenoh did not close within %g s (a peer unreachable?): leaving it to the process's exit", CLOSE_WITHIN)
+
+    def _close_all(self) -> None:
         for t in self.exporters + self.importers:
-            t.join(2.0)
+            t.join(1.0)
             t.close()
         with contextlib.suppress(Exception):
             self.liveliness.undeclare()
         with contextlib.suppress(Exception):
             self.session.close()
-        with contextlib.suppress(OSError, TransportError), RuntimeDir.open(self.runtime_dir) as rd:
-            rd.unlink(STATUS_FILE)
