@@ -148,7 +148,8 @@ def summarize(got: list, seconds: float) -> dict:
         return {"delivered_hz": 0.0, "p50_us": None, "p99_us": None, "first_third_p50_us": None, "last_third_p50_us": None}
     lat = np.array([g[1] for g in got]) / 1e3
     third = max(1, len(lat) // 3)
-    return {"delivered_hz": len(got) / seconds, "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99)),
+    span = (got[-1][0] - got[0][0]) / 1e9 if len(got) > 1 else seconds
+    return {"delivered_hz": (len(got) - 1) / span if len(got) > 1 else len(got) / seconds, "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99)),
             "first_third_p50_us": float(np.median(lat[:third])), "last_third_p50_us": float(np.median(lat[-third:]))}
 
 

@@ -77,37 +77,56 @@ def check_payload(payload: bytes, header: Header, meta: Metadata) -> None:
     if header.encoding == "raw":
         check_raw(payload, header, meta)
         return
-    import simplejpeg
-
     shape = meta.config.shape
     if len(payload) > meta.config.capacity:
         raise Rejected("size", f"a JPEG of {len(payload)} bytes, larger than the raw frame ({meta.config.capacity})")
-    try:
-        height, width, _colorspace, _subsampling = simplejpeg.decode_jpeg_header(payload)
-    except ValueError as exc:
-        raise Rejected("jpeg", f"a sample of {len(payload)} bytes that is not a JPEG ({str(exc)[:80]})") from None
-    if (height, width) != (shape[0], shape[1]):
-        raise Rejected("jpeg", f"a JPEG of {width}x{height} pixels, the topic is {shape[1]}x{shape[0]}")
+    size = jpeg_size(payload)
+    if size is None:
+        raise Rejected("jpeg", f"a sample of {len(payload)} bytes that is not a baseline or progressive JPEG")
+    if size != (shape[0], shape[1]):
+        raise Rejected("jpeg", f"a JPEG of {size[1]}x{size[0]} pixels, the topic is {shape[1]}x{shape[0]}")
 
 
 def decode(payload: bytes, header: Header, meta: Metadata) -> np.ndarray:
-    """A payload that passed ``check_payload`` as the topic's array. JPEGs are decoded by
-    libjpeg-turbo through simplejpeg: 1.7 ms for a 720p frame here, against 4.9 ms for
-    OpenCV's ``imdecode`` (which encodes faster, so the exporter uses OpenCV)."""
+    """A payload that passed ``check_payload`` as the topic's array (a JPEG decoded)."""
     if header.encoding == "raw":
         return as_array(meta.config, payload)
-    import simplejpeg
+    import cv2
 
     shape = meta.config.shape
-    try:
-        img = simplejpeg.decode_jpeg(payload, colorspace="BGR" if len(shape) == 3 else "GRAY")
-    except ValueError as exc:
-        raise Rejected("jpeg", f"a JPEG that did not decode ({str(exc)[:80]})") from None
-    if len(shape) == 2:
-        img = img.reshape(img.shape[:2])
-    if img.shape != tuple(shape):
-        raise Rejected("jpeg", f"a JPEG that decoded to {list(img.shape)}, not {list(shape)}")
+    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR if len(shape) == 3 else cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != tuple(shape):
+        raise Rejected("jpeg", f"a JPEG that did not decode to {list(shape)}")
     return img
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, walking its markers (bounded by the
+    payload's length); None for anything else."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _SOF:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        i += 2 + length
+    return None
 
 
 class AgeFilter:
