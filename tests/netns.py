@@ -65,33 +65,53 @@ class Host:
         return out
 
 
+def _network() -> tuple[str, str]:
+    """A tag for this network's names and a /24 of its own (10.200-249.x)."""
+    tag = uuid.uuid4().hex[:6]
+    n = int(tag, 16)
+    return tag, f"10.{200 + n % 50}.{(n >> 8) % 250}"
+
+
+def _join(h: Host) -> list[list[str]]:
+    """A host's end of its veth pair moved into its namespace, addressed and up."""
+    return [["ip", "link", "set", h.dev, "netns", h.ns], ["ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", h.dev],
+            ["ip", "-n", h.ns, "link", "set", "lo", "up"], ["ip", "-n", h.ns, "link", "set", h.dev, "up"]]
+
+
+def _build(steps: list[list[str]], undo) -> None:
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+    except BaseException:
+        undo()
+        raise
+
+
+def _remove(hosts: list[Host], *namespaces: str) -> None:
+    """Kill what runs in each host, delete the namespaces (their devices go with them)."""
+    for h in hosts:
+        if os.path.exists(f"/run/netns/{h.ns}"):
+            for pid in h.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+        subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 class TwoHosts:
     """hostA (10.k.n.1) and hostB (10.k.n.2) joined by a veth pair; removed by close()."""
 
     def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        n = int(tag, 16)
-        self.subnet = f"10.{200 + n % 50}.{(n >> 8) % 250}"
+        tag, self.subnet = _network()
         self.a = Host(f"shmlA{tag}", f"vA{tag}", f"{self.subnet}.1")
         self.b = Host(f"shmlB{tag}", f"vB{tag}", f"{self.subnet}.2")
-        steps = [["ip", "netns", "add", self.a.ns], ["ip", "netns", "add", self.b.ns],
-                 ["ip", "link", "add", self.a.dev, "type", "veth", "peer", "name", self.b.dev]]
-        for h in (self.a, self.b):
-            steps += [["ip", "link", "set", h.dev, "netns", h.ns], ["ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", h.dev],
-                      ["ip", "-n", h.ns, "link", "set", "lo", "up"], ["ip", "-n", h.ns, "link", "set", h.dev, "up"]]
-        try:
-            for step in steps:
-                subprocess.run(step, check=True, capture_output=True)
-        except BaseException:
-            self.close()
-            raise
+        _build([["ip", "netns", "add", self.a.ns], ["ip", "netns", "add", self.b.ns],
+                ["ip", "link", "add", self.a.dev, "type", "veth", "peer", "name", self.b.dev], *_join(self.a), *_join(self.b)],
+               self.close)
 
     def close(self) -> None:
-        for h in (self.a, self.b):
-            for pid in h.pids():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, 9)
-            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+        _remove([self.a, self.b])
 
 
 class SwitchedHosts:
@@ -99,9 +119,7 @@ class SwitchedHosts:
     own, each host joined to it by a veth pair; removed by close()."""
 
     def __init__(self, count: int) -> None:
-        tag = uuid.uuid4().hex[:6]
-        n = int(tag, 16)
-        self.subnet = f"10.{200 + n % 50}.{(n >> 8) % 250}"
+        tag, self.subnet = _network()
         self.switch = f"shmlS{tag}"
         self.hosts = [Host(f"shml{i}{tag}", f"v{i}{tag}", f"{self.subnet}.{i + 1}") for i in range(count)]
         steps = [["ip", "netns", "add", self.switch], ["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"],
@@ -109,24 +127,12 @@ class SwitchedHosts:
         for i, h in enumerate(self.hosts):
             port = f"p{i}{tag}"
             steps += [["ip", "netns", "add", h.ns], ["ip", "link", "add", h.dev, "type", "veth", "peer", "name", port],
-                      ["ip", "link", "set", h.dev, "netns", h.ns], ["ip", "link", "set", port, "netns", self.switch],
-                      ["ip", "-n", self.switch, "link", "set", port, "master", "br0"], ["ip", "-n", self.switch, "link", "set", port, "up"],
-                      ["ip", "-n", h.ns, "addr", "add", f"{h.addr}/24", "dev", h.dev],
-                      ["ip", "-n", h.ns, "link", "set", "lo", "up"], ["ip", "-n", h.ns, "link", "set", h.dev, "up"]]
-        try:
-            for step in steps:
-                subprocess.run(step, check=True, capture_output=True)
-        except BaseException:
-            self.close()
-            raise
+                      ["ip", "link", "set", port, "netns", self.switch], ["ip", "-n", self.switch, "link", "set", port, "master", "br0"],
+                      ["ip", "-n", self.switch, "link", "set", port, "up"], *_join(h)]
+        _build(steps, self.close)
 
     def close(self) -> None:
-        for h in self.hosts:
-            for pid in h.pids() if os.path.exists(f"/run/netns/{h.ns}") else ():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, 9)
-            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
-        subprocess.run(["ip", "netns", "del", self.switch], capture_output=True)
+        _remove(self.hosts, self.switch)
 
 
 def write(path: Path, text: str) -> Path:
