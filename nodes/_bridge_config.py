@@ -6,7 +6,7 @@ publish what.
   (zenoh's default would listen on every interface at a random port, where any stranger on
   the network could connect). With neither, zenoh's defaults: peers on the LAN find each
   other by multicast scouting, and anyone on the LAN can connect.
-- **Two lanes per peer.** Every ``connect`` endpoint is dialled twice, one link for priorities
+- **Two lanes per peer.** In peer mode every ``connect`` endpoint is dialled twice, one link for priorities
   0-5 (small topics, metadata, liveliness) and one for 6-7 (frames): on a slow link small
   topics then never wait behind a frame's bytes in a TCP buffer (measured on a 20 Mbit tbf
   link: a 100 Hz topic beside raw frames went from 7 Hz at 850 ms old on one link to 100 Hz at
@@ -57,7 +57,7 @@ def zenoh_config(section: dict, base_dir: Path):
     if not section.get("config") and (section.get("listen") or section.get("connect")):
         # explicit endpoints: an explicit mesh, not whatever else on the LAN answers multicast scouting
         config.insert_json5("scouting/multicast/enabled", "false")
-    if connect:
+    if connect and _mode(config) == "peer":  # a router or a client's router is configured elsewhere: its links as given
         config.insert_json5("connect/endpoints", json.dumps(lanes(connect)))
     config.insert_json5("transport/unicast/max_links", str(len(LANES)))
     for proto in ("tcp", "tls"):
@@ -111,6 +111,13 @@ def endpoints(config, key: str) -> list[str]:
     if isinstance(value, dict):  # {router: [...], peer: [...]}: every mode's
         value = [e for v in value.values() for e in (v or [])]
     return [str(e) for e in value or []]
+
+
+def _mode(config) -> str:
+    try:
+        return str(json.loads(config.get_json("mode")) or "peer")
+    except Exception:  # noqa: BLE001 (unset: zenoh's default)
+        return "peer"
 
 
 def _is_default(config, key: str) -> bool:

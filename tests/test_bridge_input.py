@@ -136,6 +136,8 @@ def test_the_zenoh_config_listens_only_where_named_and_gives_frames_a_lane_of_th
     assert got(connect_only, "listen/endpoints") == []
     assert got(connect_only, "connect/endpoints") == ["tcp/10.1.2.3:7447?prio=0-5", "tcp/10.1.2.3:7447?prio=6-7"]
     assert got(connect_only, "scouting/multicast/enabled") is False
+    client = zenoh_config({"mode": "client", "connect": ["tcp/10.1.2.3:7447"]}, tmp_path)  # a router's links are its own
+    assert got(client, "connect/endpoints") == ["tcp/10.1.2.3:7447"]
     both = zenoh_config({"listen": ["tcp/10.1.2.4:7447"], "connect": ["tcp/10.1.2.3:7447"], "max_topic_mb": 8}, tmp_path)
     assert got(both, "listen/endpoints") == ["tcp/10.1.2.4:7447"]
     assert got(both, "transport/link/rx/max_message_size") == 8 << 20
