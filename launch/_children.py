@@ -108,7 +108,13 @@ class Watchdog:
 
 
 class Children:
-    def __init__(self, graph: Graph, runtime_dir: Path, printer: Printer, say: Callable[[str], None]) -> None:
+    """The graph's node processes: started, their output pumped to the printer, reaped, stopped.
+    ``popen`` makes a node's process (``subprocess.Popen`` unless a test gives another: honcho's
+    injectable process constructor)."""
+
+    def __init__(self, graph: Graph, runtime_dir: Path, printer: Printer, say: Callable[[str], None],
+                 popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> None:
+        self.popen = popen
         self.graph = graph
         self.runtime_dir = runtime_dir
         self.printer = printer
@@ -141,7 +147,7 @@ class Children:
             self.say(f"node {name!r}: cannot start: its cwd {cwd} is not a directory")
             return None
         try:
-            proc = subprocess.Popen(
+            proc = self.popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, close_fds=True, **backend.child_options(spec.cpus, spec.nice),
             )

@@ -20,19 +20,21 @@ STOP_TIMEOUT = 5.0
 
 
 def terminate_then_kill(send: Callable[[bool], None], alive: Callable[[], bool], wait: Callable[[float], None],
-                        on_kill: Callable[[], None] | None = None, timeout: float = STOP_TIMEOUT) -> None:
+                        on_kill: Callable[[], None] | None = None, timeout: float = STOP_TIMEOUT,
+                        clock: Callable[[], float] = time.monotonic) -> None:
     """``send(False)`` (the polite stop); wait (calling ``wait(0.05)``, which may also do the
-    caller's work: read output, reap children) until ``alive()`` is False or ``timeout`` s pass;
-    then ``on_kill()`` and ``send(True)`` (forced), waiting as long again. Returns at once when
-    nothing is alive."""
+    caller's work: read output, reap children) until ``alive()`` is False or ``timeout`` s pass
+    by ``clock``; then ``on_kill()`` and ``send(True)`` (forced), waiting as long again. Returns
+    at once when nothing is alive. (``clock`` and ``wait`` are the caller's, so a test replays a
+    stop in simulated time.)"""
     for force in (False, True):
         if not alive():
             return
         if force and on_kill is not None:
             on_kill()
         send(force)
-        deadline = time.monotonic() + timeout
-        while alive() and time.monotonic() < deadline:
+        deadline = clock() + timeout
+        while alive() and clock() < deadline:
             wait(0.05)
 
 

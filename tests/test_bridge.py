@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from netns import SwitchedHosts, TwoHosts, why_not, write
+from test_launcher import wait_for
 
 pytest.importorskip("zenoh", reason="the 'bridge' extra is not installed (uv pip install -e '.[bridge]')")
 
@@ -76,14 +78,9 @@ def lines(path: Path, port: str | None = None) -> list[dict]:
     return [r for r in rows if port is None or r["port"] == port]
 
 
-def wait_for(predicate, timeout: float, what: str, graphs=()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    logs = "\n".join(f"--- {g.log.name}\n{g.text()[-3000:]}" for g in graphs)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+def logs(graphs) -> Callable[[], str]:
+    """What the graphs printed, for a failed wait."""
+    return lambda: "\n".join(f"--- {g.log.name}\n{g.text()[-3000:]}" for g in graphs)
 
 
 def robot_file(tmp_path: Path, hosts, *, export: str, topics: str = "", nodes: str = "") -> Path:
@@ -148,7 +145,8 @@ def test_a_consumer_on_another_host_gets_landmarks_and_jpeg_frames_in_order_and_
     laptop = Graph(hosts.b, laptop_file(tmp_path, hosts, probe, **HANDS_LAPTOP), tmp_path / "laptop.log")
     graphs = (robot, laptop)
     try:
-        wait_for(lambda: len(lines(probe, "landmarks")) >= 10 and len(lines(probe, "image")) >= 10, 90, "landmarks and frames on B", graphs)
+        wait_for(lambda: len(lines(probe, "landmarks")) >= 10 and len(lines(probe, "image")) >= 10, 90, "landmarks and frames on B",
+                 detail=logs(graphs))
         got = lines(probe)
         for port, dtype, shape, nbytes in (("landmarks", "uint8", [2096], 2096), ("image", "uint8", [480, 640, 3], 480 * 640 * 3)):
             rows = [r for r in got if r["port"] == port]
@@ -175,7 +173,7 @@ def test_a_consumer_on_another_host_gets_landmarks_and_jpeg_frames_in_order_and_
         before = len(lines(probe, "landmarks"))
         os.kill(robot.node_pid("bridge"), signal.SIGKILL)
         killed = time.monotonic()
-        wait_for(lambda: len(lines(probe, "landmarks")) > before + 3, 30, "landmarks after A's bridge restarted", graphs)
+        wait_for(lambda: len(lines(probe, "landmarks")) > before + 3, 30, "landmarks after A's bridge restarted", detail=logs(graphs))
         recovered = time.monotonic() - killed
         assert recovered < 15, f"took {recovered:.1f} s"
     finally:
@@ -209,7 +207,7 @@ def test_a_100_mbit_link_carries_raw_720p_frames_at_the_rate_it_can_and_jpeg_at_
     robot = Graph(hosts.a, robot_file(tmp_path, hosts, export=export, **FRAMES_ROBOT), tmp_path / "robot.log")
     laptop = Graph(hosts.b, laptop_file(tmp_path, hosts, probe, **FRAMES_LAPTOP), tmp_path / "laptop.log")
     try:
-        wait_for(lambda: len(lines(probe, "image")) >= 3, 60, f"{encode} frames over 100 Mbit", (robot, laptop))
+        wait_for(lambda: len(lines(probe, "image")) >= 3, 60, f"{encode} frames over 100 Mbit", detail=logs((robot, laptop)))
         first = len(lines(probe, "image"))
         time.sleep(6)  # past a silence check
         rate = (len(lines(probe, "image")) - first) / 6
@@ -229,7 +227,7 @@ def test_an_import_whose_layout_differs_is_refused_naming_both_sides(hosts, tmp_
     laptop_topics = "  camera/image: {dtype: uint8, shape: [480, 640, 3], pool: 4}"
     laptop = Graph(hosts.b, laptop_file(tmp_path, hosts, probe, **{**FRAMES_LAPTOP, "topics": laptop_topics}), tmp_path / "laptop.log")
     try:
-        wait_for(lambda: "refused" in laptop.text(), 60, "the mismatch to be refused", (robot, laptop))
+        wait_for(lambda: "refused" in laptop.text(), 60, "the mismatch to be refused", detail=logs((robot, laptop)))
         line = next(ln for ln in laptop.text().splitlines() if "refused" in ln)
         assert "shape=[720, 1280, 3]" in line and "shape=[480, 640, 3]" in line and "robot" in line, line
         time.sleep(2)
@@ -304,9 +302,9 @@ bridge:
     laptop = Graph(hosts.b, laptop_yaml, tmp_path / "laptop.log")
     try:
         if laptop_has_certificate:
-            wait_for(lambda: len(lines(probe, "small")) >= 10, 60, "messages over mTLS", (robot, laptop))
+            wait_for(lambda: len(lines(probe, "small")) >= 10, 60, "messages over mTLS", detail=logs((robot, laptop)))
         else:
-            wait_for(lambda: "no peer has connected" in laptop.text(), 60, "the bridge to say it has no peer", (robot, laptop))
+            wait_for(lambda: "no peer has connected" in laptop.text(), 60, "the bridge to say it has no peer", detail=logs((robot, laptop)))
             said = next(ln for ln in laptop.text().splitlines() if "no peer has connected" in ln)
             assert "TLS" in said and "certificate" in said and lines(probe) == []
     finally:
@@ -344,13 +342,13 @@ bridge:
     robot = Graph(hosts.a, robot_yaml(16), tmp_path / "robot.log")
     laptop = Graph(hosts.b, laptop_yaml, tmp_path / "laptop.log")
     try:
-        wait_for(lambda: "importing robot/vec" in laptop.text(), 60, "the import to start", (robot, laptop))
+        wait_for(lambda: "importing robot/vec" in laptop.text(), 60, "the import to start", detail=logs((robot, laptop)))
         listed = laptop.tool("topic", "list")
         assert "float32[16]" in listed.stdout, listed.stdout
         robot.stop()
         robot = Graph(hosts.a, robot_yaml(8), tmp_path / "robot2.log")
         wait_for(lambda: "layout changed mid-run" in laptop.text() and "refused" in laptop.text(), 60, "the change to be caught",
-                 (robot, laptop))
+                 detail=logs((robot, laptop)))
         said = [ln for ln in laptop.text().splitlines() if "refused" in ln or "cannot open topic 'vec'" in ln]
         assert said and "capacity is 32" in said[-1] and "64" in said[-1], said
     finally:
@@ -406,7 +404,7 @@ def test_a_hostile_peer_cannot_stop_flood_or_bloat_an_import_and_each_bad_sample
     laptop = Graph(hosts.b, laptop_yaml, tmp_path / "laptop.log")
     graphs, evil = (robot, laptop), []
     try:
-        wait_for(lambda: len(lines(probe, "small")) >= 20 and len(lines(probe, "image")) >= 5, 60, "the imports to run", graphs)
+        wait_for(lambda: len(lines(probe, "small")) >= 20 and len(lines(probe, "image")) >= 5, 60, "the imports to run", detail=logs(graphs))
         # an explicit mesh: the robot listens where it was told, the laptop where it was told, nowhere else
         for g, addr in ((robot, hosts.a.addr), (laptop, hosts.b.addr)):
             listening = subprocess.run(g.host.enter(g.proc.pid, "ss", "-Hltn"), capture_output=True, text=True).stdout.split("\n")
@@ -421,7 +419,7 @@ def test_a_hostile_peer_cannot_stop_flood_or_bloat_an_import_and_each_bad_sample
         assert during >= 0.9 * 50 * 4, f"only {during} honest messages during a 4 s flood of foreign samples"
         evil.append(hostile(hosts.a, tmp_path, ends, "big", "evil", "robot", "big", str(LAYOUT_VERSION), "tokens", "10000"))
         wait_for(lambda: "more than 1024 remote topics" in laptop.text() and "import 'robot/big' from evil: refused" in laptop.text(),
-                 30, "the tokens to be capped and the 2 GB description refused", graphs)
+                 30, "the tokens to be capped and the 2 GB description refused", detail=logs(graphs))
         time.sleep(2)
         doc = status(laptop, "laptop")
         imports = doc["imports"]
@@ -504,13 +502,13 @@ def test_two_hosts_exporting_one_topic_are_refused_unless_the_import_names_one(t
         _, laptop = small_graphs(tmp_path, r1.addr, probe=probe)
         laptop.write_text(laptop.read_text().replace(f"[tcp/{r1.addr}:{PORT}]", ends))
         graphs.append(Graph(lap, laptop, tmp_path / "laptop.log"))
-        wait_for(lambda: "exported by hosts" in graphs[-1].text(), 30, "the refusal", graphs)
+        wait_for(lambda: "exported by hosts" in graphs[-1].text(), 30, "the refusal", detail=logs(graphs))
         said = next(ln for ln in graphs[-1].text().splitlines() if "exported by hosts" in ln)
         assert "robot1, robot2" in said and "host:" in said and lines(probe) == [], said
         graphs.pop().stop()
         laptop.write_text(laptop.read_text().replace("robot/small: {}", "robot/small: {host: robot2}"))
         graphs.append(Graph(lap, laptop, tmp_path / "laptop2.log"))
-        wait_for(lambda: len(lines(probe, "small")) >= 200, 30, "robot2's stream", graphs)
+        wait_for(lambda: len(lines(probe, "small")) >= 200, 30, "robot2's stream", detail=logs(graphs))
         values = [r["mean"] for r in lines(probe, "small")]
         assert values == sorted(values), "two exporters' values mixed into one topic"
         assert "from robot2" in graphs[-1].tool("bridge", "status").stdout
@@ -534,7 +532,7 @@ def test_with_mtls_a_peer_can_publish_only_under_its_own_host_name(hosts, tmp_pa
     graphs = (Graph(hosts.a, robot, tmp_path / "robot.log"), Graph(hosts.b, laptop, tmp_path / "laptop.log"))
     evil = None
     try:
-        wait_for(lambda: len(lines(probe, "small")) >= 20, 60, "messages over mTLS", graphs)
+        wait_for(lambda: len(lines(probe, "small")) >= 20, 60, "messages over mTLS", detail=logs(graphs))
         evil_tls = {"root_ca_certificate": str(certs["ca.pem"]), "enable_mtls": True, "verify_name_on_connect": False,
                     **{f"{side}_{what}": str(certs[f"evil.{ext}"]) for side in ("listen", "connect")
                        for what, ext in (("certificate", "pem"), ("private_key", "key"))}}
@@ -565,7 +563,7 @@ def test_a_20_mbit_link_full_of_raw_frames_leaves_small_topics_their_rate(hosts,
                                  export="small: {}\n    img: {}", imports="robot/small: {}\n    robot/img: {}")
     graphs = (Graph(hosts.a, robot, tmp_path / "robot.log"), Graph(hosts.b, laptop, tmp_path / "laptop.log"))
     try:
-        wait_for(lambda: len(lines(probe, "image")) >= 3, 60, "frames over 20 Mbit", graphs)
+        wait_for(lambda: len(lines(probe, "image")) >= 3, 60, "frames over 20 Mbit", detail=logs(graphs))
         start = time.time_ns()
         time.sleep(8)
         small = [r for r in lines(probe, "small") if r["received_ns"] > start]
@@ -587,7 +585,7 @@ def test_after_an_outage_no_stale_burst_arrives_and_the_importing_host_counts_wh
     robot, laptop = small_graphs(tmp_path, hosts.a.addr, probe=probe, export="small: {rate: 50}")
     graphs = (Graph(hosts.a, robot, tmp_path / "robot.log"), Graph(hosts.b, laptop, tmp_path / "laptop.log"))
     try:
-        wait_for(lambda: len(lines(probe, "small")) >= 50, 60, "the import", graphs)
+        wait_for(lambda: len(lines(probe, "small")) >= 50, 60, "the import", detail=logs(graphs))
         hz = graphs[1].tool("topic", "hz", "small", "--count", "2")
         rates = [float(ln.split()[1]) for ln in hz.stdout.splitlines()]
         assert rates and all(40 <= r <= 55 for r in rates), hz.stdout
@@ -600,7 +598,7 @@ def test_after_an_outage_no_stale_burst_arrives_and_the_importing_host_counts_wh
         up = time.time_ns()
         subprocess.run(["ip", "-n", hosts.a.ns, "link", "set", hosts.a.dev, "up"], check=True)
         wait_for(lambda: len([r for r in lines(probe, "small") if r["received_ns"] > up]) >= 100, 30, "the import after the outage",
-                 graphs)
+                 detail=logs(graphs))
         late = [r for r in lines(probe, "small") if r["received_ns"] > up]
         old = [r for r in late if r["received_ns"] - r["stamp_ns"] > 1e9]
         assert not old, f"{len(old)} values over 1 s old arrived after the outage"

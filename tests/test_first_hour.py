@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,8 +117,7 @@ def test_the_readme_scale_example_works_as_written_and_leaves_nothing(tmp_path):
     assert re.search(r"scale +\| INFO 2 -> 6\n", out), out
     assert probe.returncode == 0, probe.stdout + probe.stderr
     assert re.search(r" -> \d+00\n", probe.stdout + probe.stderr), probe.stdout + probe.stderr
-    time.sleep(0.5)
-    assert not graph_runtime_dir("scale").exists()  # the graph's directory went with it
+    wait_for(lambda: not graph_runtime_dir("scale").exists(), 10, "the graph's directory to go with it")
     assert graph_runtime_dir("default").exists() == (graph_runtime_dir("default").name in before)  # the probe made no 'default' graph
 
 
@@ -129,7 +127,8 @@ def test_run_attaches_to_the_only_running_graph(tmp_path):
     graph = subprocess.Popen([*SHMLAUNCH, "scale.yaml", "--duration", "6", "--no-status"], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(1.5)
+        wait_for(lambda: any(g.name == "scale" and all(n.state == "running" for n in g.nodes.values()) for g in running_graphs()),
+                 what="the scale graph to be up")
         others = [g.name for g in running_graphs() if g.name != "scale"]
         if others:
             pytest.skip(f"other graphs are running now ({others}): 'the only running graph' is not testable")

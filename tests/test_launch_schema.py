@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shmlaunch.launch import LaunchFileError, Printer, Supervisor, check_graph, load_launch_file, parse_launch_args
-from shmlaunch.launch._schema import NodeSpec, parse_cpu_list
+from shmlaunch.launch import LaunchFileError, Printer, check_graph, load_launch_file, parse_launch_args
+from shmlaunch.launch._schema import parse_cpu_list
 
 TESTS = Path(__file__).parent
 NODE = f"    node: graph_nodes:Counter\n    env: {{PYTHONPATH: {TESTS}}}\n"
@@ -208,51 +208,6 @@ def test_include_prefixes_nodes_and_topics_with_its_namespace(tmp_path):
     assert sorted(graph.nodes) == ["left/driver", "right/driver"]
     assert sorted(graph.topics) == ["left/joints", "right/joints"]
     assert graph.nodes["left/driver"].cmd == ["echo", "L"] and graph.nodes["right/driver"].publish == {"out": "right/joints"}
-
-
-# ----- supervision rules, replayed without processes
-def spec(name, **kw) -> NodeSpec:
-    return NodeSpec(name, node_class=kw.pop("node_class", "m:C"), **kw)
-
-
-def test_supervisor_respawns_with_backoff_then_gives_up():
-    sup = Supervisor([spec("a", respawn_max=2, respawn_delay=1.0)], now=0.0)
-    assert sup.due(0.0) == ["a"]
-    sup.started("a")
-    assert sup.exited("a", -9, 10.0) == "node 'a' exited (killed by SIGKILL (exit code 137)): respawn 1 of 2 in 1 s"
-    assert sup.due(10.5) == [] and sup.due(11.0) == ["a"]
-    sup.started("a")
-    assert sup.exited("a", 1, 20.0) == "node 'a' exited (exit code 1): respawn 2 of 2 in 2 s"
-    assert sup.next_deadline() == 22.0
-    sup.started("a")
-    assert sup.exited("a", 1, 30.0) == "node 'a' exited (exit code 1): gave up after 2 respawns"
-    assert sup.finished() and sup.exit_code() == 1
-
-
-def test_supervisor_stops_the_graph_when_a_required_node_exits():
-    sup = Supervisor([spec("a", required=True), spec("b")], now=0.0)
-    for n in sup.due(0.0):
-        sup.started(n)
-    assert sup.exited("a", 0, 1.0) == "node 'a' exited (exit code 0): it is required, so the graph stops"
-    assert sup.stopping and sup.exit_code() == 0
-    sup2 = Supervisor([spec("a", required=True)], now=0.0)
-    sup2.started("a")
-    sup2.exited("a", 2 + 1, 1.0)
-    assert sup2.exit_code() == 1
-
-
-def test_supervisor_never_respawns_a_node_that_failed_setup():
-    sup = Supervisor([spec("a", respawn_max=5)], now=0.0)
-    sup.started("a")
-    assert sup.exited("a", 3, 1.0) == "node 'a' exited (exit code 3): it could not start, so the graph stops"
-    assert sup.due(100.0) == [] and sup.exit_code() == 1
-
-
-def test_supervisor_ends_the_graph_when_the_last_node_ends_cleanly():
-    sup = Supervisor([spec("a", node_class=None, cmd=["true"])], now=0.0)
-    sup.started("a")
-    assert sup.exited("a", 0, 1.0) == "node 'a' exited (exit code 0)"
-    assert sup.finished() and sup.exit_code() == 0
 
 
 def test_printer_prefixes_lines_and_survives_bad_bytes():

@@ -74,13 +74,15 @@ def node_pids(graph: str) -> list[int]:
     return pids
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
+def wait_for(predicate, timeout=20.0, what="condition", detail=None):
+    """Poll ``predicate`` until true, or fail after ``timeout`` s naming ``what`` (and what
+    ``detail()`` says: the logs of the processes waited on). The one wait of the test suite."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{detail()}" if detail is not None else ""))
 
 
 def assert_nothing_left(graph: str) -> None:
