@@ -104,25 +104,25 @@ def access_control(peers: list[str]) -> dict:
 
 def endpoints(config, key: str) -> list[str]:
     """The session's ``connect`` or ``listen`` endpoints, however they were given."""
-    try:
-        value = json.loads(config.get_json(f"{key}/endpoints"))
-    except Exception:  # noqa: BLE001 (absent, or a per-mode mapping)
-        return []
+    value = _setting(config, f"{key}/endpoints")
     if isinstance(value, dict):  # {router: [...], peer: [...]}: every mode's
         value = [e for v in value.values() for e in (v or [])]
     return [str(e) for e in value or []]
 
 
 def _mode(config) -> str:
-    try:
-        return str(json.loads(config.get_json("mode")) or "peer")
-    except Exception:  # noqa: BLE001 (unset: zenoh's default)
-        return "peer"
+    return str(_setting(config, "mode") or "peer")
 
 
 def _is_default(config, key: str) -> bool:
-    """zenoh's per-mode default (a mapping) rather than endpoints someone wrote down."""
+    """zenoh's per-mode default (a mapping), or nothing, rather than endpoints someone wrote down."""
+    value = _setting(config, f"{key}/endpoints")
+    return value is None or isinstance(value, dict)
+
+
+def _setting(config, key: str):
+    """One setting of a zenoh config as JSON data; None when it is absent."""
     try:
-        return isinstance(json.loads(config.get_json(f"{key}/endpoints")), dict)
-    except Exception:  # noqa: BLE001
-        return True
+        return json.loads(config.get_json(key))
+    except Exception:  # noqa: BLE001 (zenoh raises its own error for an absent key)
+        return None
