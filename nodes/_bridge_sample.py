@@ -20,12 +20,11 @@ from ._bridge_wire import ATTACHMENT, ENCODINGS, Metadata, as_array
 
 #: Sequence numbers and counts an exporter can send (a pool topic numbers from 1, well below 2^62).
 MAX_SEQ = (1 << 62) - 1
-#: The kinds of rejection, in the order ``bridge status`` shows them.
-KINDS = ("attachment", "hash", "encoding", "size", "seq", "stamp", "jpeg", "stale", "other")
 
 
 class Rejected(Exception):
-    """A sample that was not written: ``kind`` (one of KINDS) and a one-line reason."""
+    """A sample that was not written: ``kind`` (attachment, hash, encoding, size, seq, stamp,
+    jpeg or stale; the importer counts anything else as other) and a one-line reason."""
 
     def __init__(self, kind: str, text: str) -> None:
         super().__init__(text)
@@ -62,24 +61,30 @@ def check_header(head: bytes, layout: bytes, meta: Metadata) -> Header:
     return Header(seq, stamp, publish, source_seq, ENCODINGS[encoding], nbytes, sent)
 
 
+def check_length(nbytes: int, meta: Metadata) -> None:
+    """No payload is larger than the topic's capacity (a JPEG neither: it would be larger than
+    the raw frame); checked before a payload is copied."""
+    if nbytes > meta.config.capacity:
+        raise Rejected("size", f"a sample of {nbytes} bytes, the topic holds {meta.config.capacity}")
+
+
 def check_raw(payload: bytes, header: Header, meta: Metadata) -> None:
-    """A raw payload is exactly the typed topic's size, or at most the untyped topic's
-    capacity, and what the attachment announced."""
+    """A raw payload is what the attachment announced and, on a typed topic, exactly its size."""
     expected = meta.nbytes
-    if len(payload) != header.nbytes or (expected is not None and len(payload) != expected) or len(payload) > meta.config.capacity:
+    if len(payload) != header.nbytes or (expected is not None and len(payload) != expected):
         want = f"{expected}" if expected is not None else f"at most {meta.config.capacity}"
         raise Rejected("size", f"a sample of {len(payload)} bytes (announced {header.nbytes}, the topic takes {want})")
 
 
 def check_payload(payload: bytes, header: Header, meta: Metadata) -> None:
-    """What can be checked without decoding: a raw payload's size (``check_raw``), a JPEG's
-    size and the dimensions its header claims (a bomb is refused before it is decoded)."""
+    """What can be checked without decoding: the length (``check_length``), a raw payload's
+    size (``check_raw``), the dimensions a JPEG's header claims (a bomb is refused before it is
+    decoded)."""
+    check_length(len(payload), meta)
     if header.encoding == "raw":
         check_raw(payload, header, meta)
         return
     shape = meta.config.shape
-    if len(payload) > meta.config.capacity:
-        raise Rejected("size", f"a JPEG of {len(payload)} bytes, larger than the raw frame ({meta.config.capacity})")
     size = jpeg_size(payload)
     if size is None:
         raise Rejected("jpeg", f"a sample of {len(payload)} bytes that is not a baseline or progressive JPEG")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shmlaunch.transport import LAYOUT_VERSION, TopicConfig
+from shmlaunch.transport import LAYOUT_VERSION, TopicConfig, validate_topic_name
 
 PREFIX = "shmlaunch"
 HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}")
@@ -92,22 +92,37 @@ class Metadata:
 
     @classmethod
     def from_json(cls, text: str) -> Metadata:
-        """ValueError (one line) for anything an exporter does not send."""
+        """ValueError (one line) for anything an exporter does not send: a peer's bytes, so every
+        field's type is checked (whole numbers as JSON integers, no NaN or Infinity)."""
         if len(text) > MAX_METADATA:
             raise ValueError(f"a topic description of {len(text)} bytes (an exporter sends at most {MAX_METADATA})")
         try:
-            d = json.loads(text)
+            d = json.loads(text, parse_constant=_no_constant)
             if d["layout_version"] != LAYOUT_VERSION:
-                raise ValueError(f"segment layout version {d['layout_version']}, this host has {LAYOUT_VERSION}")
-            built = TopicConfig.build(int(d["capacity"]), int(d["pool"]), d["dtype"], d["shape"])
+                raise ValueError(f"segment layout version {str(d['layout_version'])[:20]}, this host has {LAYOUT_VERSION}")
+            if not all(_whole(d.get(k, 0)) for k in ("capacity", "pool", "sent")) or d.get("sent", 0) < 0:
+                raise ValueError("capacity, pool and sent must be whole numbers")
+            if d["shape"] is not None and not (isinstance(d["shape"], list) and all(_whole(x) for x in d["shape"])):
+                raise ValueError(f"shape {str(d['shape'])[:40]} is not a list of whole numbers")
+            if d.get("message") is not None and not isinstance(d["message"], str):
+                raise ValueError(f"message type {str(d['message'])[:40]!r} is not a name")
+            built = TopicConfig.build(d["capacity"], d["pool"], d["dtype"], d["shape"])
             config = TopicConfig(built.capacity, built.pool, built.dtype, built.shape, message=d.get("message"))
             if d["encode"] not in ENCODINGS:
-                raise ValueError(f"unknown encoding {d['encode']!r}")
+                raise ValueError(f"unknown encoding {str(d['encode'])[:20]!r}")
             if not all(isinstance(d[k], str) and HOST_RE.fullmatch(d[k]) for k in ("host", "graph")):
                 raise ValueError(f"host {str(d['host'])[:40]!r} or graph {str(d['graph'])[:40]!r} is not a name")
-            return cls(d["host"], d["graph"], str(d["topic"]), config, d["encode"], int(d.get("sent", 0)))
+            return cls(d["host"], d["graph"], validate_topic_name(d["topic"]), config, d["encode"], d.get("sent", 0))
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not a shmlaunch topic description ({exc})") from None
+            raise ValueError(f"not a shmlaunch topic description ({str(exc)[:80]})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number an exporter sends")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def describe(config: TopicConfig) -> str:

@@ -44,7 +44,7 @@ import numpy as np
 from shmlaunch.transport import RuntimeDir, Topic, TopicConfig, TransportError, Writer, backend, read_registry
 
 from ._bridge_config import DEFAULT_MAX_TOPIC_MB, endpoints, zenoh_config
-from ._bridge_sample import AgeFilter, Header, Rejected, check_header, check_payload, decode
+from ._bridge_sample import AgeFilter, Header, Rejected, check_header, check_length, check_payload, decode
 from ._bridge_wire import (
     ATTACHMENT,
     ENCODINGS,
@@ -357,8 +357,8 @@ class Importer(_TopicThread):
         try:
             self.writer = Writer(self.local, c.capacity, pool, dtype=c.dtype, shape=c.shape,
                                  runtime_dir=self.bridge.runtime_dir, message=c.message)
-        except TransportError as exc:
-            self.counters.state = "refused"
+        except (TransportError, ValueError) as exc:  # ValueError: a description the local topic cannot take (its message type)
+            self.counters.state, self.counters.detail = "refused", str(exc)[:200]
             self.say_once("writer", f"import {self.remote!r} from {meta.host}: refused: {exc}", "error")
             return
         self.hash = layout_hash(c)
@@ -413,8 +413,7 @@ class Importer(_TopicThread):
             return None  # between a layout change and the new description: nothing to write into
         head = sample.attachment.to_bytes() if sample.attachment is not None else b""
         header = check_header(head, self.hash, self.meta)
-        if len(sample.payload) > self.meta.config.capacity:
-            raise Rejected("size", f"a sample of {len(sample.payload)} bytes, the topic holds {self.meta.config.capacity}")
+        check_length(len(sample.payload), self.meta)  # before the payload is copied out of zenoh
         self.age.check(header.publish_ns)
         payload = sample.payload.to_bytes()
         check_payload(payload, header, self.meta)

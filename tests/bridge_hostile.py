@@ -6,7 +6,8 @@ code: the attachment layout is written out here as a stranger would copy it. Act
 - ``malformed HOST GRAPH``: every kind of bad sample at the topics ``cnt`` (int64 [1]), ``blob``
   (untyped, 100000 bytes) and ``img`` (JPEG-exported uint8 [48, 64, 3]) of HOST's graph;
 - ``flood HOST GRAPH SECONDS``: samples with a foreign layout hash at 50/s at ``cnt``;
-- ``big HOST GRAPH TOPIC VERSION``: answers the topic's description claiming a 2 GB topic;
+- ``big HOST GRAPH TOPIC VERSION``: answers the topic's description claiming a 2 GB topic, and
+  TOPIC-named's with a message type that is not a name;
 - ``tokens N``: declares N liveliness tokens;
 - ``impersonate HOST GRAPH TOPIC SECONDS``: well-formed samples of value -1 under HOST's name.
 
@@ -79,12 +80,17 @@ def flood(s, host: str, graph: str, seconds: float) -> None:
     print("flood done", flush=True)
 
 
-def big(s, host: str, graph: str, topic: str, version: int) -> object:
-    doc = {"host": host, "graph": graph, "topic": topic, "capacity": 2 << 30, "pool": 1, "dtype": None, "shape": None, "message": None,
-           "layout_version": version, "encode": "raw", "sent": 0, "hash": "00" * 8}
-    key = f"shmlaunch/meta/{host}/{graph}/{topic}"
+def big(s, host: str, graph: str, topic: str, version: int) -> list:
+    """Answers the description of ``topic`` claiming a 2 GB topic, and of ``topic``-named with a
+    message type that is not a name."""
+    answers = []
+    for name, capacity, message in ((topic, 2 << 30, None), (f"{topic}-named", 8, "not a name!")):
+        doc = {"host": host, "graph": graph, "topic": name, "capacity": capacity, "pool": 1, "dtype": None, "shape": None,
+               "message": message, "layout_version": version, "encode": "raw", "sent": 0, "hash": "00" * 8}
+        key, text = f"shmlaunch/meta/{host}/{graph}/{name}", json.dumps(doc)
+        answers.append(s.declare_queryable(key, lambda query, key=key, text=text: query.reply(key, text)))
     print("big answering", flush=True)
-    return s.declare_queryable(key, lambda query: query.reply(key, json.dumps(doc)))
+    return answers
 
 
 def main() -> None:
@@ -99,7 +105,7 @@ def main() -> None:
         elif action == "flood":
             flood(s, args.pop(0), args.pop(0), float(args.pop(0)))
         elif action == "big":
-            keep.append(big(s, args.pop(0), args.pop(0), args.pop(0), int(args.pop(0))))
+            keep += big(s, args.pop(0), args.pop(0), args.pop(0), int(args.pop(0)))
         elif action == "tokens":
             n = int(args.pop(0))
             keep += [s.liveliness().declare_token(f"shmlaunch/live/evil{i % 7}/g{i}/t{i}") for i in range(n)]

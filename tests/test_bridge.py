@@ -399,7 +399,8 @@ def test_a_hostile_peer_cannot_stop_flood_or_bloat_an_import_and_each_bad_sample
     robot/cnt: {}
     robot/blob: {}
     robot/img: {}
-    robot/big: {host: evil}""")
+    robot/big: {host: evil}
+    robot/big-named: {host: evil}""")
     laptop_yaml.write_text(laptop_yaml.read_text().replace("  connect:", f"  listen: [tcp/{hosts.b.addr}:{PORT}]\n  connect:"))
     laptop = Graph(hosts.b, laptop_yaml, tmp_path / "laptop.log")
     graphs, evil = (robot, laptop), []
@@ -418,7 +419,8 @@ def test_a_hostile_peer_cannot_stop_flood_or_bloat_an_import_and_each_bad_sample
         during = len(lines(probe, "small")) - before  # 50 Hz for ~5 s (the flood and its session's start)
         assert during >= 0.9 * 50 * 4, f"only {during} honest messages during a 4 s flood of foreign samples"
         evil.append(hostile(hosts.a, tmp_path, ends, "big", "evil", "robot", "big", str(LAYOUT_VERSION), "tokens", "10000"))
-        wait_for(lambda: "more than 1024 remote topics" in laptop.text() and "import 'robot/big' from evil: refused" in laptop.text(),
+        wait_for(lambda: "more than 1024 remote topics" in laptop.text() and "import 'robot/big' from evil: refused" in laptop.text()
+                 and "import 'robot/big-named' from evil: refused" in laptop.text(),
                  30, "the tokens to be capped and the 2 GB description refused", detail=logs(graphs))
         time.sleep(2)
         doc = status(laptop, "laptop")
@@ -430,6 +432,8 @@ def test_a_hostile_peer_cannot_stop_flood_or_bloat_an_import_and_each_bad_sample
                                       ("img", "jpeg", 40)):
             assert rejected[topic].get(kind, 0) >= at_least, (topic, kind, rejected)
         assert "max_topic_mb" in imports["robot/big"]["detail"] and imports["robot/big"]["state"] == "refused"
+        named = imports["robot/big-named"]
+        assert named["state"] == "refused" and "message type" in named["detail"], named  # refused, not a failed import
         assert len(doc["remote"]) <= 1024 and doc["remote_ignored"] > 0
         assert len(json.dumps(doc)) < 200_000
         text = laptop.text()

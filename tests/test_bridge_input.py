@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from shmlaunch.nodes._bridge_sample import (
     decode,
     jpeg_size,
 )
-from shmlaunch.nodes._bridge_wire import ATTACHMENT, Metadata, layout_hash
+from shmlaunch.nodes._bridge_wire import ATTACHMENT, MAX_METADATA, Metadata, layout_hash
 from shmlaunch.transport import TopicConfig
 
 FRAME = TopicConfig.build(dtype="uint8", shape=[48, 64, 3], pool=2)
@@ -90,12 +91,38 @@ def test_a_jpeg_is_decoded_only_when_its_header_claims_the_topics_size():
     assert info.value.kind == "jpeg"
 
 
+class Bounded:
+    """A block that must finish within ``seconds`` and allocate at most ``mb`` MB at its peak
+    (Python allocations, numpy's included): what a peer's bytes may cost the bridge."""
+
+    def __init__(self, seconds: float, mb: float) -> None:
+        self.seconds, self.mb = seconds, mb
+
+    def __enter__(self):
+        tracemalloc.start()
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        took = time.monotonic() - self.t0
+        peak = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+        if exc[0] is None:
+            assert took < self.seconds and peak < self.mb, f"{took:.1f} s, peak {peak:.1f} MB"
+
+
 def test_mutated_jpegs_and_attachments_never_raise_anything_but_a_rejection():
     """500 mutants of a real JPEG and of a real attachment: each is accepted as a frame of the
-    topic's shape or rejected with a kind; nothing else escapes, nothing decodes to another shape."""
+    topic's shape or rejected with a kind; nothing else escapes, nothing decodes to another shape;
+    all of it within bounded time and memory."""
     rng = random.Random(26)
     jpeg, m = _jpeg(), meta(FRAME, "jpeg")
     good = head(FRAME, encoding=1, nbytes=len(jpeg))
+    with Bounded(seconds=30, mb=50):
+        _mutate_and_check(rng, jpeg, good, m)
+
+
+def _mutate_and_check(rng: random.Random, jpeg: bytes, good: bytes, m: Metadata) -> None:
     for _ in range(500):
         payload, attachment = bytearray(jpeg), bytearray(good)
         for _ in range(rng.randint(1, 8)):
@@ -146,3 +173,46 @@ def test_the_zenoh_config_listens_only_where_named_and_gives_frames_a_lane_of_th
     own = {r["id"]: r["key_exprs"] for r in acl["rules"]}
     assert own["from laptop"] == ["shmlaunch/*/laptop/**"] and own["from robot-b"] == ["shmlaunch/*/robot-b/**"]
     assert "put" not in next(r for r in acl["rules"] if r["id"] == "ask")["messages"]
+
+
+ODD_VALUES = ["Infinity", "-Infinity", "NaN", "1e400", "-1", "0", "[]", "{}", "null", "true", '"x"', "2.5", "[1e400]", "[2.5, 3]",
+              "99999999999999999999999", '"not a name!"', '"../etc"', "[1099511627776, 1099511627776]"]
+
+
+def test_mutated_topic_descriptions_are_a_description_or_one_value_error():
+    """A peer answers the metadata query with anything: 20,000 mutants of real descriptions (a
+    field replaced by an odd JSON value, or bytes flipped) either parse into a description whose
+    sizes are within the transport's bounds or raise ValueError with one line; within bounded
+    time and memory. (Found here: Infinity as a shape raised OverflowError, which escaped.)"""
+    rng = random.Random(28)
+    real = [Metadata("robot", "robot", "camera/image", FRAME, "jpeg").to_json(),
+            Metadata("robot", "robot", "blob", TopicConfig(100000, 4, message="shmlaunch.landmarks/1"), "raw", 7).to_json()]
+    parsed = refused = 0
+    with Bounded(seconds=60, mb=50):
+        for _ in range(20000):
+            text = rng.choice(real)
+            if rng.random() < 0.5:
+                key = rng.choice(list(json.loads(text)))
+                text = text.replace(f'"{key}": ', f'"{key}": {rng.choice(ODD_VALUES)}, "was": ', 1)
+            else:
+                raw = bytearray(text.encode())
+                for _ in range(rng.randint(1, 6)):
+                    raw[rng.randrange(len(raw))] = rng.randrange(32, 127)
+                text = raw.decode()
+            try:
+                m = Metadata.from_json(text)
+            except ValueError as exc:
+                assert "\n" not in str(exc)
+                refused += 1
+                continue
+            parsed += 1
+            assert isinstance(m.sent, int) and 1 <= m.config.pool <= 256 and 1 <= m.config.capacity <= 1 << 40
+            assert m.nbytes is None or m.nbytes <= m.config.capacity
+    assert parsed > 100 and refused > 10000, (parsed, refused)
+    with pytest.raises(ValueError, match="at most 4096"):
+        Metadata.from_json(" " * (MAX_METADATA + 1))
+
+
+def test_an_infinite_dimension_is_a_bad_shape_not_an_overflow():
+    with pytest.raises(ValueError, match="invalid shape"):
+        TopicConfig.build(dtype="uint8", shape=[float("inf")])

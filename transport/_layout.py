@@ -295,6 +295,17 @@ def nbytes_of(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return dtype.itemsize * math.prod(shape)
 
 
+def _dimensions(shape) -> tuple[int, ...]:
+    """A shape as 1 to MAX_NDIM positive whole dimensions (ValueError otherwise, an infinite one too)."""
+    try:
+        shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))
+    except OverflowError:  # an infinite float
+        raise ValueError(f"invalid shape {shape!r}: 1 to {MAX_NDIM} positive dimensions") from None
+    if not shp or len(shp) > MAX_NDIM or any(x <= 0 for x in shp):
+        raise ValueError(f"invalid shape {list(shp)}: 1 to {MAX_NDIM} positive dimensions")
+    return shp
+
+
 def normalize_request(capacity=None, pool=None, dtype=None, shape=None, message=None) -> dict:
     """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
     dt = None if dtype is None else np.dtype(dtype)
@@ -302,9 +313,7 @@ def normalize_request(capacity=None, pool=None, dtype=None, shape=None, message=
         raise ValueError(f"invalid dtype {dt}: Python objects cannot go through shared memory (their bytes are pointers)")
     shp = None
     if shape is not None:
-        shp = tuple(int(x) for x in (shape if isinstance(shape, (list, tuple)) else (shape,)))
-        if not shp or len(shp) > MAX_NDIM or any(x <= 0 for x in shp):
-            raise ValueError(f"invalid shape {list(shp)}: 1 to {MAX_NDIM} positive dimensions")
+        shp = _dimensions(shape)
         if dt is None:
             raise ValueError(f"shape {list(shp)} given without a dtype")
     if capacity is not None:
