@@ -13,16 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import HANDS, needs_photos
 from test_launcher import unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
-HANDS = ROOT.parent / "shared" / "testdata" / "hands"
 LABELS = ("call", "four", "none", "rock")
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
 pytest.importorskip("mediapipe", reason="MediaPipe is not installed (README, Quick start: uv pip install --override overrides.txt -e '.[hands]')")
-needs_photos = pytest.mark.skipif(not HANDS.is_dir(), reason=f"the 24 labelled hand photos are not at {HANDS} "
-                                  "(README, 'The test photos': tests/hand_photos.txt lists them)")
 
 from shmlaunch.nodes.camera import Camera, letterbox  # noqa: E402
 from shmlaunch.nodes.gestures import BOUNDS, PHOTO_LABELS, fit_bounds, photo_label  # noqa: E402
