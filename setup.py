@@ -1,6 +1,6 @@
 """The one thing pyproject.toml cannot say: the C module is built on Linux only.
 
-``transport/_fastpath.c`` is the Linux hot path (futexes, open-file-description locks). On
+``_platform/_fastpath.c`` is the Linux hot path (futexes, open-file-description locks). On
 Windows the package is pure Python (its backend calls kernel32 through ctypes), so a Windows
 ``pip install`` needs no compiler. ``SHMLAUNCH_PURE_PYTHON=1`` builds that pure package on
 Linux too: how CI stages the Windows install it runs under Wine.
@@ -23,7 +23,7 @@ class BuildPy(build_py):
 
 
 setup(
-    ext_modules=[Extension("shmlaunch.transport._fastpath", ["transport/_fastpath.c"], extra_compile_args=["-O2", "-Wall"])]
+    ext_modules=[Extension("shmlaunch._platform._fastpath", ["_platform/_fastpath.c"], extra_compile_args=["-O2", "-Wall"])]
     if LINUX_C else [],
     cmdclass={"build_py": BuildPy},
 )

@@ -40,11 +40,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.camera import letterbox
 from shmlaunch.nodes.gestures import classify
 from shmlaunch.nodes.hands import choose_runtime, make_detector
 from shmlaunch.nodes.messages import LANDMARKS
-from shmlaunch.transport import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "testdata" / "hands"

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shmlaunch.transport import backend
+from shmlaunch import _platform as backend
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEW_CODE = """import sys

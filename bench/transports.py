@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
+from shmlaunch._platform import buffer_address, futex_wait, futex_wake
 from shmlaunch.transport import Reader, Writer
-from shmlaunch.transport.backend import buffer_address, futex_wait, futex_wake
 
 HEADER = struct.Struct("<Qq")
 

@@ -29,7 +29,8 @@ def build() -> None:
     subprocess.run(["cmake", "-S", str(ROOT / "transport" / "cpp"), "-B", str(BUILD / "cpp")], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(BUILD / "cpp"), "-j2"], check=True, capture_output=True)
     cs = ROOT / "transport" / "csharp"
-    subprocess.run(["mcs", "-unsafe", f"-out:{BUILD / 'CheckedIO.exe'}", str(cs / "ShmLaunch.cs"), str(cs / "CheckedIO.cs")], check=True)
+    sources = [str(cs / name) for name in ("ShmLaunch.cs", "Layout.g.cs", "CheckedIO.cs")]
+    subprocess.run(["mcs", "-unsafe", f"-out:{BUILD / 'CheckedIO.exe'}", *sources], check=True)
 
 
 def python_reader(topic: str) -> None:

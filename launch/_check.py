@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes import NodeClassError, ParamError, load_node_class, resolve_params
-from shmlaunch.transport import backend
 
 from ._schema import Graph, NodeSpec, TopicSpec
 

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes import ENV_NODE, ENV_START_DIR, NodeLaunch
-from shmlaunch.transport import ENV_RUNTIME_DIR, backend
+from shmlaunch.transport import ENV_RUNTIME_DIR
 
 from ._check import node_cwd
 from ._printer import Printer

@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes import ready_name
-from shmlaunch.transport import MARKER_FILE, SHM_ROOT, RuntimeDir, Topic, backend, cleanup, graph_runtime_dir
+from shmlaunch.transport import MARKER_FILE, SHM_ROOT, RuntimeDir, Topic, cleanup, graph_runtime_dir
 
 from ._schema import Graph
 from ._state import LOCK_FILE, GraphState

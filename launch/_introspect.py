@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes import HEARTBEAT, heartbeat_age
 from shmlaunch.nodes.bridge import STATUS_FILE as BRIDGE_STATUS_FILE
 from shmlaunch.nodes.messages import (
@@ -29,7 +30,7 @@ from shmlaunch.nodes.messages import (
     gesture_message,
     landmarks_message,
 )
-from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, backend, read_registry
+from shmlaunch.transport import Reader, RuntimeDir, Topic, TopicConfig, TransportError, read_registry
 
 from ._state import GraphState, running_graphs
 

@@ -33,8 +33,9 @@ import signal
 import time
 from pathlib import Path
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes import HEARTBEAT, heartbeat_age
-from shmlaunch.transport import backend, graph_runtime_dir, new_run_id
+from shmlaunch.transport import graph_runtime_dir, new_run_id
 
 from ._check import check_graph
 from ._children import Children

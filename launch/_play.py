@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.recording import Played, RecordedChannel, RecordingError, RecordingReader, recording_files
 from shmlaunch.transport import (
     RuntimeDir,
@@ -30,7 +31,6 @@ from shmlaunch.transport import (
     TopicMismatchError,
     TransportError,
     Writer,
-    backend,
     graph_runtime_dir,
     new_run_id,
     validate_topic_name,

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.recording import (
     COMPRESSIONS,
     MAX_MESSAGE,
@@ -49,7 +50,6 @@ from shmlaunch.transport import (
     Reader,
     RuntimeDir,
     TransportError,
-    backend,
     default_runtime_dir,
     read_registry,
     wait_any,

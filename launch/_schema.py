@@ -62,8 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.recording import COMPRESSIONS
-from shmlaunch.transport import TopicConfig, backend, validate_topic_name
+from shmlaunch.transport import TopicConfig, validate_topic_name
 
 from ._yaml import Problems, line_of
 

@@ -17,7 +17,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, backend, runtime_dir_prefix
+from shmlaunch import _platform as backend
+from shmlaunch.transport import SHM_ROOT, RuntimeDir, TransportError, runtime_dir_prefix
 
 STATE_FILE = "graph.json"
 LOCK_FILE = "launcher.lock"

@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from shmlaunch.transport import backend
+from shmlaunch import _platform as backend
 
 #: Seconds between the polite stop and the forced one.
 STOP_TIMEOUT = 5.0

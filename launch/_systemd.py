@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import sys
 from pathlib import Path
+
+from shmlaunch import _platform as backend
 
 from ._schema import Graph
 
@@ -25,13 +26,7 @@ def notify(message: str) -> bool:
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        try:
-            s.sendto(message.encode(), addr)
-        except OSError:
-            return False
-    return True
+    return backend.notify_service_manager(path, message.encode())
 
 
 def watchdog_interval() -> float | None:

@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError, backend
+from shmlaunch import _platform as backend
+from shmlaunch.transport import ENV_RUNTIME_DIR, Reader, RuntimeDir, Topic, TransportError
 
 from ._bridge_tools import remote_lines
 from ._exits import EXIT_FAILED, error

@@ -22,8 +22,9 @@ import signal
 import sys
 import time
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.hops import TRACE_TABLE
-from shmlaunch.transport import RuntimeDir, TransportError, backend, cleanup, clear_trace_request
+from shmlaunch.transport import RuntimeDir, TransportError, cleanup, clear_trace_request
 
 from ._state import LOCK_FILE
 from ._stopping import terminate_then_kill

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from shmlaunch import _platform as backend
+
 MAX_FILE_BYTES = 1 << 20
 #: Never block on a FIFO or a device put where a launch file was expected; bytes as they are.
-_OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_OPEN_FLAGS = backend.OPEN_READ_FLAGS
 MAX_EXPANDED_NODES = 100_000
 
 

@@ -21,7 +21,7 @@ import platform
 from dataclasses import dataclass
 from importlib import resources
 
-from shmlaunch.transport import backend
+from shmlaunch import _platform as backend
 
 from .messages import MAX_HANDS
 

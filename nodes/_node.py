@@ -24,7 +24,6 @@ microseconds after it is published. Callbacks run one at a time on that thread.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -32,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from shmlaunch import _platform as backend
 from shmlaunch.transport import (
     Message,
     Reader,
     TransportError,
     Writer,
-    backend,
     default_runtime_dir,
     record_callback,
     validate_topic_name,
@@ -275,7 +274,7 @@ class Node:
         if readers:
             wait_any(readers, timeout)
         elif timeout is None:
-            signal.pause() if os.name == "posix" else time.sleep(3600)
+            backend.wait_for_signal()
         else:
             time.sleep(timeout)
         return False

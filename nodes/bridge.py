@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shmlaunch.transport import RuntimeDir, Topic, TopicConfig, TransportError, Writer, backend, read_registry
+from shmlaunch import _platform as backend
+from shmlaunch.transport import RuntimeDir, Topic, TopicConfig, TransportError, Writer, read_registry
 
 from ._bridge_config import DEFAULT_MAX_TOPIC_MB, endpoints, zenoh_config
 from ._bridge_sample import AgeFilter, Header, Rejected, check_header, check_length, check_payload, decode

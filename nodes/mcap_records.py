@@ -40,6 +40,8 @@ from mcap.exceptions import McapError
 from mcap.opcode import Opcode
 from mcap.records import Channel, Message, Metadata, MetadataIndex, Schema, Statistics
 
+from shmlaunch import _platform as backend
+
 from .recording import RecordingError
 
 __all__ = ["MAX_CHUNK", "MAX_RECORD", "MAGIC", "RecordStream", "Summary", "open_recording", "read_summary"]
@@ -77,7 +79,7 @@ class _Bad(Exception):
 def open_recording(path: str | Path) -> BinaryIO:
     """``path`` opened for reading, refused (OSError with a reason) unless a regular file:
     opening does not block on a FIFO, and the stream's size is known and fixed."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    fd = os.open(path, os.O_RDONLY | backend.OPEN_READ_FLAGS)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file (a recording is read from a file, not a FIFO or device)", str(path))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch import _platform as backend
 from shmlaunch.transport import LAYOUT_VERSION, TopicConfig, validate_topic_name
 
 from .messages import (
@@ -95,8 +96,7 @@ def create_recording(path: str | Path, mode: int = RECORDING_MODE):
     symlink, made with ``mode`` (whatever the umask)."""
     import os
 
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags, mode)
+    fd = os.open(path, backend.CREATE_NEW_FLAGS, mode)
     try:
         os.chmod(fd if os.chmod in os.supports_fd else path, mode)
         return os.fdopen(fd, "wb")

@@ -40,7 +40,7 @@ def csharp_build(tmp_path_factory) -> Path:
         pytest.skip("no Mono (apt-get install mono-mcs mono-runtime)")
     build = tmp_path_factory.mktemp("cs-build")
     for exe, main in (("CheckedIO.exe", "CheckedIO.cs"), ("FrameStats.exe", "FrameStats.cs")):
-        res = subprocess.run(["mcs", "-unsafe", f"-out:{build / exe}", str(CSHARP / "ShmLaunch.cs"), str(CSHARP / main)],
+        res = subprocess.run(["mcs", "-unsafe", f"-out:{build / exe}", str(CSHARP / "ShmLaunch.cs"), str(CSHARP / "Layout.g.cs"), str(CSHARP / main)],
                              capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
     return build
@@ -103,7 +103,7 @@ def test_cpp_reader_refuses_a_mismatched_capacity_naming_both(rt, cpp_build):
     Writer("camera/image", capacity=921600, runtime_dir=rt)
     res = subprocess.run(peer("cpp", cpp_build, "read", "camera/image", 100, 6220800), env=env_for(rt), capture_output=True, text=True)
     assert res.returncode == 2
-    assert res.stderr.strip() == ("checked_io: error: cannot open topic 'camera/image' for reading: requested capacity is 6220800, "
+    assert res.stderr.strip() == ("checked_io: error: TopicMismatch: cannot open topic 'camera/image' for reading: requested capacity is 6220800, "
                                   "the registry says 921600")
 
 
@@ -112,7 +112,7 @@ def test_second_writer_in_another_language_is_refused(rt, other):
     w = Writer("x", capacity=64, runtime_dir=rt)
     res = subprocess.run(peer(kind, build, "write", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
-    assert res.stderr.strip().endswith(f"error: cannot open topic 'x' for writing: another writer (pid {os.getpid()}) is alive; "
+    assert res.stderr.strip().endswith(f"error: WriterBusy: cannot open topic 'x' for writing: another writer (pid {os.getpid()}) is alive; "
                                        f"a topic has exactly one writer")
     w.close()
 
@@ -203,57 +203,86 @@ def test_other_language_refuses_a_corrupt_header_without_crashing(rt, other, off
         f.write(struct.pack("<Q", value))
     res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stdout + res.stderr  # not a segfault (-11) or an unhandled exception
-    assert f"segment {rt}/x.pool is corrupt: its header" in res.stderr and "does not fit the file size" in res.stderr
+    assert f"segment {rt}/x.pool is corrupt: its header's slot" in res.stderr and "the file size 21760" in res.stderr
 
 
-# ----- one protocol definition (issue 14): the clients' constants are _layout.py's
-def _camel_to_const(name: str) -> str:
-    import re
-
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:] if name.startswith("k") and name[1:2].isupper() else name).upper()
-
-
-def _eval_int(text: str) -> int:
-    import re
-
-    expr = re.sub(r"(?:uint64_t|size_t|uint32_t)\((\d+)\)", r"\1", text).replace("UL", "").strip()
-    assert re.fullmatch(r"[\d\s<]+", expr), text
-    return eval(expr)  # noqa: S307 - digits and shifts only, checked just above
+# ----- one error vocabulary (issue 28): the same crafted segment, the same error in every language
+def _craft(rt: Path, offset: int, fmt: str, value) -> None:
+    with open(rt / "x.pool", "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
 
 
-def client_constants() -> dict[str, dict[str, int]]:
-    import re
-
-    c = {name: int(v) for name, v in re.findall(r"#define (\w+) (\d+)", (ROOT / "transport" / "_fastpath.c").read_text())}
-    cpp = {_camel_to_const(n): _eval_int(v) for n, v in
-           re.findall(r"constexpr \w+ (k\w+) = ([^;]+);", (CPP / "include" / "shmlaunch" / "pool.hpp").read_text())}
-    cs = {}
-    for decls in re.findall(r"const (?:ulong|uint|long|int|short) ([^;]+);", (CSHARP / "ShmLaunch.cs").read_text()):
-        for decl in decls.split(","):
-            name, _, value = decl.partition("=")
-            cs[_camel_to_const(name.strip())] = _eval_int(value) if re.fullmatch(r"[\dUL\s<]+", value.strip()) else None
-    return {"_fastpath.c": c, "pool.hpp": cpp, "ShmLaunch.cs": cs}
+def _truncate(rt: Path, size: int) -> None:
+    os.truncate(rt / "x.pool", size)
 
 
-PROTOCOL = ("LAYOUT_VERSION", "HEADER_SIZE", "SLOT_HEADER_SIZE", "WAKE_OFFSET", "LATEST_SEQ_OFFSET", "WRITER_OFFSET", "LOCK_WRITER",
-            "LOCK_PRESENCE", "LOCK_SLOT0", "SLOTS_OFFSET", "ALIGN", "MAX_POOL", "MAX_CAPACITY")
+def _registry_capacity(rt: Path, value: int) -> None:
+    reg = rt / "registry.yaml"
+    reg.write_text(reg.read_text().replace('"capacity": 64', f'"capacity": {value}'))
 
 
-def test_every_client_uses_the_layout_constants_of_layout_py():
+def _crafted_cases():
     from shmlaunch.transport import _layout as L
 
-    found = client_constants()
-    trace = ("TRACE_HEADER_SIZE", "TRACE_RECORD_SIZE", "TRACE_HEAD_OFFSET", "TRACE_PUBLISH", "TRACE_RECEIVE", "TRACE_RELEASE", "TRACE_DROP")
-    required = {"_fastpath.c": ("WAKE_OFFSET", "LATEST_SEQ_OFFSET", "LOCK_SLOT0", "WAKE_ID_OFFSET", *trace),
-                "pool.hpp": (*PROTOCOL, "WAKE_ID_OFFSET", *trace, "TRACE_CAPACITY", "TRACE_NO_ENTRY"),
-                "ShmLaunch.cs": tuple(n for n in PROTOCOL if n != "LAYOUT_VERSION")}
-    for client, names in required.items():
-        for name in names:
-            assert found[client].get(name) == getattr(L, name), f"{client}: {name} is {found[client].get(name)}, _layout.py says {getattr(L, name)}"
-    for client, constants in found.items():  # and any other layout constant a client names agrees too
-        for name, value in constants.items():
-            if hasattr(L, name) and isinstance(getattr(L, name), int):
-                assert value == getattr(L, name), f"{client}: {name} is {value}, _layout.py says {getattr(L, name)}"
+    size = L.SLOTS_OFFSET + 2 * L.slot_stride(64)
+    h = {f.name: f.offset for f in L.HEADER_FIELDS}
+    return [  # (id, edit, kind, the message after "cannot <action>: ")
+        ("magic", lambda rt: _craft(rt, h["magic"], "8s", b"XXXXXXXX"), "SegmentCorrupt",
+         "segment {seg} is corrupt: its header's magic is 0x5858585858585858, expected SHMLPOOL"),
+        ("version", lambda rt: _craft(rt, h["layout_version"], "<I", 2), "LayoutVersion",
+         "segment {seg} has layout version 2, this shmlaunch uses 1"),
+        ("pool", lambda rt: _craft(rt, h["pool"], "<I", 0), "SegmentCorrupt", "segment {seg} is corrupt: its header's pool 0 is outside 1..256"),
+        ("capacity", lambda rt: _craft(rt, h["capacity"], "<Q", 1 << 41), "SegmentCorrupt",
+         f"segment {{seg}} is corrupt: its header's capacity {1 << 41} is outside 1..{1 << 40}"),
+        ("slots_offset", lambda rt: _craft(rt, h["slots_offset"], "<Q", 64), "SegmentCorrupt",
+         f"segment {{seg}} is corrupt: its header's slots_offset 64 is not a multiple of 64 from 21504 to the file size {size}"),
+        ("slot_stride", lambda rt: _craft(rt, h["slot_stride"], "<Q", 1 << 62), "SegmentCorrupt",
+         f"segment {{seg}} is corrupt: its header's slot_stride {1 << 62} does not fit: capacity 64 needs at least 128, and 2 slots "
+         f"from offset 21504 must end within the file size {size}"),
+        ("ndim", lambda rt: _craft(rt, h["ndim"], "<I", 9), "SegmentCorrupt", "segment {seg} is corrupt: its header's ndim 9 is above 8"),
+        ("short", lambda rt: _truncate(rt, 100), "SegmentCorrupt", "segment {seg} is 100 bytes, shorter than a header"),
+        ("registry", lambda rt: _registry_capacity(rt, 32), "TopicMismatch", "the segment header capacity is 64, the registry says 32"),
+    ]
+
+
+CRAFTED = _crafted_cases()
+
+
+@pytest.fixture(scope="module")
+def clients(request):
+    """How each language reads topic 'x': a callable giving (kind, message) of the error."""
+    def python(rt):
+        try:
+            Reader("x", runtime_dir=rt).close()
+        except Exception as exc:  # noqa: BLE001 - the kind is what is compared
+            return type(exc).__name__.removesuffix("Error"), str(exc)
+        return None, "no error"
+
+    def peer_reader(kind):
+        build = request.getfixturevalue(f"{kind}_build")
+
+        def run(rt):
+            res = subprocess.run(peer(kind, build, "read", "x", 1), env=env_for(rt), capture_output=True, text=True, timeout=30)
+            line = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}: {res.stdout}"
+            _, _, rest = line.partition("error: ")
+            name, _, message = rest.partition(": ")
+            return name, message
+        return run
+
+    return {"python": python, "cpp": peer_reader("cpp"), "csharp": peer_reader("csharp")}
+
+
+@pytest.mark.parametrize(("case", "edit", "kind", "message"), CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_every_language_refuses_a_crafted_segment_with_the_same_error(rt, clients, case, edit, kind, message):
+    Writer("x", capacity=64, pool=2, runtime_dir=rt).close()
+    edit(rt)
+    seen = {}
+    for language, read in clients.items():
+        got_kind, got = read(rt)
+        seen[language] = (got_kind, got.partition(": ")[2])  # after "cannot <action>: ", which each API words its own way
+    expected = (kind, message.format(seg=rt / "x.pool"))
+    assert seen == {language: expected for language in clients}
 
 
 @pytest.mark.parametrize(("field", "edit", "message"), [

@@ -62,7 +62,7 @@ def test_an_unknown_aarch64_cpu_is_treated_as_one_mediapipe_cannot_run_on():
 
 
 def test_this_machine_reports_its_cpu_features():
-    from shmlaunch.transport import backend
+    from shmlaunch import _platform as backend
 
     features = backend.cpu_features()
     assert features and all(isinstance(f, str) and f for f in features)

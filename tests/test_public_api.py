@@ -39,8 +39,8 @@ def test_launch_public_api_is_pinned():
     assert all(hasattr(launch, name) for name in launch.__all__)
 
 
-def test_platform_backend_seam_is_pinned():
-    from shmlaunch.transport import backend
+def test_platform_layer_seam_is_pinned():
+    from shmlaunch import _platform as backend
 
     assert sorted(backend.__all__) == sorted([
         "AVAILABLE", "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "UNAVAILABLE_REASON", "USER_ID", "ByteLock", "Directory", "LoanBase",
@@ -49,6 +49,7 @@ def test_platform_backend_seam_is_pinned():
         "may_raise_priority", "own_priority", "place_child", "process_info", "process_start_time", "raise_open_file_limit", "reap_orphans",
         "request_stop",
         "reserve", "stop_group", "stop_process", "wait_any", "TRACING", "trace_event", "trace_start", "trace_stop",
+        "CREATE_NEW_FLAGS", "OPEN_READ_FLAGS", "notify_service_manager", "wait_for_signal",
     ])
     assert all(hasattr(backend, name) for name in backend.__all__)
 

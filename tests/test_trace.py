@@ -15,9 +15,10 @@ import pytest
 from test_cross_language import cpp_build  # noqa: F401 - a fixture
 from test_launcher import THREE, assert_nothing_left, shmlaunch, start, wait_for, write_graph
 
+from shmlaunch import _platform as backend
 from shmlaunch.nodes.hops import TRACE_TABLE, HopTable, format_summary
 from shmlaunch.testing import runtime_dir
-from shmlaunch.transport import Reader, TraceSession, Writer, backend, graph_runtime_dir
+from shmlaunch.transport import Reader, TraceSession, Writer, graph_runtime_dir
 
 pytestmark = pytest.mark.skipif(not backend.TRACING, reason="trace points are in the Linux hot path only")
 

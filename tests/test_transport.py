@@ -429,6 +429,9 @@ def test_use_after_close_raises(rt):
         w.publish(b"x")
     with pytest.raises(ClosedError, match=r"^reader of topic 't' is closed$"):
         r.receive(timeout=0)
+    for use in (r.writer_alive, r.same_file, lambda: r.trace_id, r.receive_nowait):  # every reader method, the same error
+        with pytest.raises(ClosedError, match=r"^reader of topic 't' is closed$"):
+            use()
 
 
 def test_unlink_removes_the_segment_and_its_registry_entry(rt):

@@ -18,7 +18,8 @@ from test_launcher import assert_nothing_left, node_pids, start, unique_name, wa
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed (pip install -e '.[hands]')")
 
-from shmlaunch.transport import backend, graph_runtime_dir  # noqa: E402
+from shmlaunch import _platform as backend  # noqa: E402
+from shmlaunch.transport import graph_runtime_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

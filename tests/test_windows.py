@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from platforms import WINDOWS
 
+from shmlaunch import _platform as backend
 from shmlaunch.testing import unique_name
-from shmlaunch.transport import Reader, RuntimeDir, RuntimeDirError, Writer, backend, graph_runtime_dir, wait_any
+from shmlaunch.transport import Reader, RuntimeDir, RuntimeDirError, Writer, graph_runtime_dir, wait_any
 
 pytestmark = pytest.mark.skipif(not WINDOWS, reason="Windows only: .ci/wine runs these under Wine (README, Windows)")
 

@@ -5,6 +5,8 @@ directory, listed in the graph's registry file. See transport/LAYOUT.md for the 
 that C++ and C# readers follow.
 """
 
+from shmlaunch._platform import SHM_ROOT
+
 from ._errors import (
     ClosedError,
     GroupsFullError,
@@ -41,7 +43,6 @@ from ._runtime import (
 from ._topic import ReaderInfo, Topic, TopicState
 from ._trace import TraceRecord, TraceSession, clear_trace_request, record_callback
 from ._writer import Loan, Writer, WriterStatistics
-from .backend import SHM_ROOT
 
 __all__ = [
     "ENV_RUNTIME_DIR",

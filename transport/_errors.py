@@ -1,12 +1,18 @@
 """The transport's exceptions; each class says whose fault the failure is.
 
 Misuse by the caller (oversize data, a bad topic name) raises the built-in ValueError;
-the classes below cover what the caller cannot see coming from its own arguments.
+the classes below (and the three the platform layer defines: TransportError,
+RuntimeDirError, PlatformUnavailableError) cover what the caller cannot see coming from its own arguments.
 """
 
+from shmlaunch._platform.errors import PlatformUnavailableError, RuntimeDirError, TransportError
 
-class TransportError(Exception):
-    """Base class of every pool-topic error."""
+__all__ = [
+    "ClosedError", "GroupsFullError", "LayoutVersionError", "LockBusyError", "OutOfSpaceError", "PlatformUnavailableError",
+    "RegistryCorruptError", "RuntimeDirError", "SegmentCorruptError", "TopicExistsError", "TopicMismatchError", "TopicNotFoundError",
+    "TransportError", "WriterBusyError",
+]
+
 
 
 class TopicNotFoundError(TransportError, LookupError):
@@ -45,18 +51,11 @@ class OutOfSpaceError(TransportError, OSError):
     """The shared-memory file system cannot hold a new segment (reserved up front)."""
 
 
-class RuntimeDirError(TransportError):
-    """A runtime directory that must not be trusted: another user's, a symlink, open to others,
-    or holding files shmlaunch did not create (refused, never used or cleared)."""
-
 
 class LockBusyError(TransportError):
     """A short critical section's lock (the registry's, a group table's) stayed held longer than
     a bounded wait: its holder is stopped or hung. The message names it where it can."""
 
-
-class PlatformUnavailableError(TransportError):
-    """This system has no backend for pool topics (or it could not load): the reason is given."""
 
 
 class ClosedError(TransportError):

@@ -1,80 +1,20 @@
-"""The byte layout of a pool-topic segment, version 1 (documented in transport/LAYOUT.md).
+"""The byte layout of a pool-topic segment and of a trace ring: the one definition.
 
-All integers are little-endian (every supported platform is); offsets are from the start
-of the segment file. The static part is written once by the creator before the file is
-renamed into place; the dynamic part and the slots change while the topic lives.
+Everything another language needs is generated from this file by ``tools/gen_layout.py``: the C
+header of the Linux hot path, the C++ header the C++ client includes, the C# partial class, the
+constants of the Windows hot path, and the tables of transport/LAYOUT.md (which adds the protocol
+in prose). ``tests/test_layout_codegen.py`` fails when a generated file is stale. A change of any
+offset or size bumps ``LAYOUT_VERSION``.
 
-Header (512 bytes)
-  off  size  field             part     meaning
-  0    8     magic             static   b"SHMLPOOL"
-  8    4     layout_version    static   u32, 1
-  12   4     pool              static   u32, number of slots N (1..256)
-  16   8     capacity          static   u64, max payload bytes per message
-  24   8     slot_stride       static   u64, bytes from one slot to the next (multiple of 64)
-  32   8     slots_offset      static   u64, offset of slot 0 (21504)
-  40   8     itemsize          static   u64, bytes per element of dtype (0: raw bytes)
-  48   4     ndim              static   u32, number of dims in shape (0: no fixed shape)
-  52   4     (reserved)
-  56   32    dtype             static   ASCII numpy typestr, NUL padded ("|u1", "<f4", "|V1272")
-  88   64    shape             static   u64[8], the first ndim are used
-  152  104   (reserved)        static   zero
-  256  4     wake              dynamic  u32 futex word: ((seq & 0xFFFFFF) << 8) | slot, 0 = none yet
-  260  4     (reserved)
-  264  8     latest_seq        dynamic  u64, sequence number of the newest complete message
-  272  8     writer_pid        dynamic  u64, pid of the last writer that attached
-  280  8     writer_generation dynamic  u64, +1 each time a writer attaches
-  288  8     writer_attach_ns  dynamic  i64, CLOCK_REALTIME ns when it attached
-  296  8     waiters           dynamic  u64 bit mask (Windows only; zero on Linux): bit i set while
-                                        wait entry i has a wake event (set and cleared under lock
-                                        byte 2049; the writer signals each set bit's event)
-  304  8     wake_id           static   u64, random, set by the creator: names the topic's wake
-                                        events on Windows (Local\\shmlaunch-<wake_id hex>-<i>)
-  312  200   (reserved)        dynamic  zero
-
-Reader table (512 .. 4608): MAX_READERS entries of 64 bytes, entry i written only by the
-reader that holds lock byte 1024 + i (so tools can show per-reader figures):
-  0    8     pid               u64
-  8    8     received          u64, messages delivered to this reader
-  16   8     missed            u64, messages overwritten before this reader got to them
-  24   8     last_seq          u64
-  32   8     last_age_ns       i64, publish to receive time of the last message
-  40   8     last_receive_ns   i64, CLOCK_REALTIME ns
-  48   8     stale             u64, messages skipped for being older than the reader's max_age
-  56   8     group             u64, 0: an ordinary reader; else 1 + its group's index in the group table
-
-Group table (4608 .. 21504): MAX_GROUPS entries of 2112 bytes, for competing-consumer reads:
-  0    64    name              ASCII group name, NUL padded (all zero: entry free)
-  64   2048  claims            u64[256]: claims[i] = the sequence number a member of the group
-                               took from slot i (each message goes to at most one member)
-
-Slot i starts at slots_offset + i * slot_stride:
-  0    8     state             u64: 2*seq when message seq is complete, odd while being written,
-                               0 when never written
-  8    8     length            u64, payload bytes of this message
-  16   8     source_ns         i64, source timestamp (e.g. capture time), CLOCK_REALTIME ns
-  24   8     publish_ns        i64, when the writer published it, CLOCK_REALTIME ns
-  32   8     generation        u64, writer_generation of the writer that wrote it
-  40   8     source_seq        u64, sequence number of the input this message was computed from (0: none)
-  48   16    (reserved)
-  64   ...   payload           capacity bytes, 64-byte aligned
-
-Lock bytes (fcntl open-file-description byte-range locks on the segment file; advisory,
-they do not touch the bytes):
-  0        writer: exclusive, held by the live writer for its whole life
-  1        presence: shared, held by every live reader for its life (a segment in use is never re-created)
-  64 + i   slot i: shared while a reader holds a message of slot i,
-           exclusive while the writer writes slot i
-  1024 + i reader table entry i: exclusive, held by the reader that owns the entry
-  2048     group table: exclusive while a reader adds a group name (short, blocking)
-  4096 + g*256 + i   claim of slot i for group g: exclusive while a member checks and sets it
-  2049     waiters mask (Windows): exclusive while a waiter sets or clears its bit (short)
-  8192 + i wait entry i (Windows): exclusive, held by the reader (or observer) whose wake event is i
-
-Where the platforms differ (the bytes above are the same on both): Linux readers sleep on the
-wake word as a futex and writers wake it; Windows readers each own a wait entry with a named
+All integers are little-endian (every supported platform is); offsets are from the start of the
+segment file (header fields), of a reader-table entry, of a group-table entry, of a slot, of a
+ring, or of a ring record. Each table below names every field, reserved ones included, so the
+generated code has a name for every offset it touches and the tables are checked to tile their
+block exactly. Where the platforms differ (the bytes are the same on both): Linux readers sleep on
+the wake word as a futex and writers wake it; Windows readers each own a wait entry with a named
 auto-reset event, and the writer, after storing the wake word, sets the event of every bit of
-``waiters``. Linux uses open-file-description locks, Windows LockFileEx byte ranges (both
-released by the system when their holder dies; neither enforced on mapped memory).
+``waiters``. Linux uses open-file-description locks, Windows LockFileEx byte ranges (both released
+by the system when their holder dies; neither enforced on mapped memory).
 """
 
 from __future__ import annotations
@@ -85,78 +25,204 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a block: ``kind`` is u16/u32/u64/i64, ``bytes`` or ``TYPE[N]``; ``part`` says
+    whether it is written once by the creator (static) or changes while the topic lives (dynamic)."""
+
+    name: str
+    offset: int
+    size: int
+    kind: str
+    meaning: str
+    part: str = ""
+
+    @property
+    def reserved(self) -> bool:
+        return self.name.startswith("reserved")
+
+
+def _fields(*rows: tuple) -> tuple[Field, ...]:
+    """Fields laid end to end: each row is (name, size, kind, meaning[, part])."""
+    out, offset = [], 0
+    for name, size, kind, meaning, *part in rows:
+        out.append(Field(name, offset, size, kind, meaning, *part))
+        offset += size
+    return tuple(out)
+
+
+HEADER_FIELDS = _fields(
+    ("magic", 8, "bytes", "ASCII `SHMLPOOL`", "static"),
+    ("layout_version", 4, "u32", "1", "static"),
+    ("pool", 4, "u32", "number of slots N, 1..256", "static"),
+    ("capacity", 8, "u64", "largest payload in bytes", "static"),
+    ("slot_stride", 8, "u64", "bytes from one slot to the next = round_up(64 + capacity, 64)", "static"),
+    ("slots_offset", 8, "u64", "offset of slot 0 (21504); read it, do not assume it", "static"),
+    ("itemsize", 8, "u64", "bytes per element of `dtype`, 0 for raw bytes", "static"),
+    ("ndim", 4, "u32", "dimensions in `shape`, 0 when the topic has no fixed shape", "static"),
+    ("reserved_52", 4, "bytes", "reserved, 0", "static"),
+    ("dtype", 32, "bytes", "ASCII numpy type string, NUL padded; empty for raw bytes", "static"),
+    ("shape", 64, "u64[8]", "the first `ndim` are used", "static"),
+    ("reserved_152", 104, "bytes", "reserved, 0", "static"),
+    ("wake", 4, "u32", "futex word: `((seq & 0xFFFFFF) << 8) \\| slot` of the newest message, 0 before the first", "dynamic"),
+    ("reserved_260", 4, "bytes", "reserved, 0", "dynamic"),
+    ("latest_seq", 8, "u64", "sequence number of the newest complete message (for tools)", "dynamic"),
+    ("writer_pid", 8, "u64", "pid of the last writer that attached", "dynamic"),
+    ("writer_generation", 8, "u64", "+1 each time a writer attaches", "dynamic"),
+    ("writer_attach_ns", 8, "i64", "CLOCK_REALTIME ns when it attached", "dynamic"),
+    ("waiters", 8, "u64", "bit mask, Windows only (0 on Linux): bit `i` set while wait entry `i` has a wake event "
+     "(set and cleared under lock byte 2049; the writer signals each set bit's event)", "dynamic"),
+    # Static, but placed after the dynamic fields: it was added in a later revision of version 1,
+    # where the static block (0..152) was full up to its reserved tail and readers of older files
+    # find zero here (Windows then names no events). Moving it would change the layout version.
+    ("wake_id", 8, "u64", "random, written by the creator: names the topic's wake events on Windows "
+     "(`Local\\shmlaunch-<wake_id hex>-<i>`) and the topic in trace records", "static"),
+    ("reserved_312", 200, "bytes", "reserved, 0", "dynamic"),
+)
+READER_FIELDS = _fields(
+    ("pid", 8, "u64", "the reader's process"),
+    ("received", 8, "u64", "messages delivered to this reader"),
+    ("missed", 8, "u64", "messages overwritten before this reader got to them"),
+    ("last_seq", 8, "u64", "sequence number of the last message delivered"),
+    ("last_age_ns", 8, "i64", "publish-to-receive time of the last message"),
+    ("last_receive_ns", 8, "i64", "CLOCK_REALTIME ns of the last receive"),
+    ("stale", 8, "u64", "messages skipped for being older than the reader's `max_age`"),
+    ("group", 8, "u64", "0: an ordinary reader; else 1 + the index of its competing-consumer group in the group table"),
+)
+GROUP_FIELDS = _fields(
+    ("name", 64, "bytes", "group name, ASCII, NUL padded (all zero: entry free)"),
+    ("claims", 2048, "u64[256]", "`claims[i]` = the sequence number a member of the group took from slot `i`"),
+)
+SLOT_FIELDS = _fields(
+    ("state", 8, "u64", "`2*seq` when message `seq` is complete; odd while it is being written; 0 when never written"),
+    ("length", 8, "u64", "payload bytes of this message"),
+    ("source_ns", 8, "i64", "source timestamp (capture time), CLOCK_REALTIME ns"),
+    ("publish_ns", 8, "i64", "publish time, CLOCK_REALTIME ns"),
+    ("generation", 8, "u64", "`writer_generation` of the writer that wrote it"),
+    ("source_seq", 8, "u64", "sequence number of the input message this one was computed from (0: none)"),
+    ("reserved_48", 16, "bytes", "reserved"),
+)
+TRACE_HEADER_FIELDS = _fields(
+    ("magic", 8, "bytes", "`SHMLTRCE`"),
+    ("version", 4, "u32", "1"),
+    ("capacity", 4, "u32", "records in the ring, a power of two (32768)"),
+    ("head", 8, "u64", "records written so far: stored with **release** order after each record"),
+    ("pid", 8, "u64", "the writing process (the file name repeats it)"),
+    ("clock_offset", 8, "i64", "CLOCK_REALTIME - CLOCK_MONOTONIC in ns when the ring was made"),
+    ("reserved_40", 8, "bytes", "reserved"),
+    ("name", 64, "bytes", "UTF-8 process name (the node's name under a launcher), NUL padded"),
+    ("reserved_112", 16, "bytes", "reserved"),
+)
+TRACE_RECORD_FIELDS = _fields(
+    ("ns", 8, "i64", "CLOCK_MONOTONIC when the step happened"),
+    ("topic", 8, "u64", "the topic segment's `wake_id` (its identity while it exists)"),
+    ("seq", 8, "u64", "the message's sequence number"),
+    ("source_seq", 8, "u64", "the input message it was computed from (0: none)"),
+    ("stamp_ns", 8, "i64", "the message's source timestamp (CLOCK_REALTIME)"),
+    ("kind", 2, "u16", "1 publish (recorded before the state word makes it visible), 2 receive, 3 release, 4 callback start, "
+     "5 callback end, 6 publish dropped (every slot held)"),
+    ("entry", 2, "u16", "the reader's table index; 0xFFFF for a writer, an observer, a callback"),
+    ("generation", 4, "u32", "low bits of the writer generation that published it"),
+    ("lost", 12, "u32[3]", "receive only: messages overwritten, stale (`max_age`), taken by another group member since this "
+     "reader's previous traced receive"),
+    ("reserved_60", 4, "bytes", "reserved"),
+)
+#: The blocks, by the prefix of their generated names (``SLOT_LENGTH_OFFSET``, ``HEADER_WAKE_SIZE``...).
+BLOCKS: dict[str, tuple[Field, ...]] = {
+    "HEADER": HEADER_FIELDS, "READER": READER_FIELDS, "GROUP": GROUP_FIELDS, "SLOT": SLOT_FIELDS,
+    "TRACE_HEADER": TRACE_HEADER_FIELDS, "TRACE_RECORD": TRACE_RECORD_FIELDS,
+}
+_FORMAT = {"u16": "H", "u32": "I", "u64": "Q", "i64": "q"}
+
+
+def field(block: tuple[Field, ...], name: str) -> Field:
+    return next(f for f in block if f.name == name)
+
+
+def block_size(block: tuple[Field, ...]) -> int:
+    return block[-1].offset + block[-1].size
+
+
+def block_struct(block: tuple[Field, ...], first: str, last: str, *, skip_reserved: bool = True) -> struct.Struct:
+    """A struct over the fields ``first`` to ``last`` of a block: reserved fields as padding."""
+    names = [f.name for f in block]
+    fmt = "<"
+    for f in block[names.index(first) : names.index(last) + 1]:
+        base, _, count = f.kind.partition("[")
+        if f.reserved and skip_reserved:
+            fmt += f"{f.size}x"
+        elif base == "bytes":
+            fmt += f"{f.size}s"
+        else:
+            fmt += (count.rstrip("]") if count else "") + _FORMAT[base]
+    return struct.Struct(fmt)
+
+
 MAGIC = b"SHMLPOOL"
 LAYOUT_VERSION = 1
-HEADER_SIZE = 512
+HEADER_SIZE = block_size(HEADER_FIELDS)  # 512
 MAX_POOL = 256
-READERS_OFFSET = 512
+READERS_OFFSET = HEADER_SIZE
 MAX_READERS = 64
-READER_ENTRY = struct.Struct("<QQQQqqQQ")  # pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale, group (0: none, else 1 + its index)
-GROUPS_OFFSET = READERS_OFFSET + MAX_READERS * READER_ENTRY.size  # 4608
+READER_ENTRY_SIZE = block_size(READER_FIELDS)  # 64
+READER_ENTRY = block_struct(READER_FIELDS, "pid", "group")
+GROUPS_OFFSET = READERS_OFFSET + MAX_READERS * READER_ENTRY_SIZE  # 4608
 MAX_GROUPS = 8
-GROUP_NAME_SIZE = 64  # NUL-padded ASCII; the claims follow
-GROUP_ENTRY_SIZE = GROUP_NAME_SIZE + MAX_POOL * 8  # 2112
+GROUP_NAME_SIZE = field(GROUP_FIELDS, "name").size  # NUL-padded ASCII; the claims follow
+GROUP_ENTRY_SIZE = block_size(GROUP_FIELDS)  # 2112
 SLOTS_OFFSET = GROUPS_OFFSET + MAX_GROUPS * GROUP_ENTRY_SIZE  # 21504
-SLOT_HEADER_SIZE = 64
+SLOT_HEADER_SIZE = block_size(SLOT_FIELDS)  # 64
 ALIGN = 64
 MAX_NDIM = 8
+DTYPE_SIZE = field(HEADER_FIELDS, "dtype").size  # 32
 #: The largest capacity a topic may have (1 TiB): far beyond any frame, small enough that no
 #: size computed from a header can overflow 64 bits in C++ or C#.
 MAX_CAPACITY = 1 << 40
 #: Slot state words at or above this are corrupt (a sequence number of 2**62 is never reached).
 MAX_STATE = 1 << 63
 
-STATIC = struct.Struct("<8sIIQQQQI4x32s8Q")  # offsets 0..151
-WAKE_OFFSET = 256
-LATEST_SEQ_OFFSET = 264
-WRITER = struct.Struct("<QQq")  # writer_pid, writer_generation, writer_attach_ns at 272
-WRITER_OFFSET = 272
-SLOT = struct.Struct("<QQqqQQ")  # state, length, source_ns, publish_ns, generation, source_seq
+STATIC = block_struct(HEADER_FIELDS, "magic", "shape")  # offsets 0..151
+WAKE_OFFSET = field(HEADER_FIELDS, "wake").offset  # 256
+LATEST_SEQ_OFFSET = field(HEADER_FIELDS, "latest_seq").offset  # 264
+WRITER_OFFSET = field(HEADER_FIELDS, "writer_pid").offset  # 272
+WRITER = block_struct(HEADER_FIELDS, "writer_pid", "writer_attach_ns")  # writer_pid, writer_generation, writer_attach_ns
+WAITERS_OFFSET = field(HEADER_FIELDS, "waiters").offset  # 296
+WAKE_ID_OFFSET = field(HEADER_FIELDS, "wake_id").offset  # 304
+#: The wake word: ((seq & WAKE_SEQ_MASK) << WAKE_SEQ_SHIFT) | slot; a reader takes the slot with & WAKE_SLOT_MASK.
+WAKE_SEQ_SHIFT = 8
+WAKE_SLOT_MASK = (1 << WAKE_SEQ_SHIFT) - 1  # 0xFF: MAX_POOL slots
+WAKE_SEQ_MASK = (1 << (32 - WAKE_SEQ_SHIFT)) - 1  # 0xFFFFFF
+SLOT = block_struct(SLOT_FIELDS, "state", "source_seq")  # state, length, source_ns, publish_ns, generation, source_seq
 
-LOCK_WRITER = 0
-LOCK_PRESENCE = 1
-LOCK_SLOT0 = 64
-LOCK_READER0 = 1024
-LOCK_GROUP_TABLE = 2048
-LOCK_CLAIM0 = 4096  # + group * MAX_POOL + slot
-WAITERS_OFFSET = 296
-WAKE_ID_OFFSET = 304
-LOCK_WAITERS = 2049
-LOCK_WAITER0 = 8192
+#: Lock bytes (fcntl open-file-description byte-range locks on the segment file on Linux,
+#: LockFileEx ranges on Windows; advisory, they do not touch the bytes): (name, byte, lock, held by).
+LOCKS = (
+    ("LOCK_WRITER", 0, "exclusive", "the live writer, for its whole life (a second writer's attempt fails: one writer per topic)"),
+    ("LOCK_PRESENCE", 1, "shared", "every live reader, for its life (a segment with a lock on 0 or 1 is in use and is never re-created)"),
+    ("LOCK_SLOT0", 64, "shared / exclusive", "byte 64 + i: a reader while it holds a message of slot i (shared); "
+     "the writer while it writes slot i (exclusive)"),
+    ("LOCK_READER0", 1024, "exclusive", "byte 1024 + i: the reader that owns reader-table entry i, for its life"),
+    ("LOCK_GROUP_TABLE", 2048, "exclusive", "a reader adding a group name to the group table (blocking, short)"),
+    ("LOCK_WAITERS", 2049, "exclusive", "Windows: a waiter setting or clearing its bit of `waiters` (short)"),
+    ("LOCK_CLAIM0", 4096, "exclusive", "byte 4096 + g*256 + i: a group member checking and setting `claims[i]` of group g"),
+    ("LOCK_WAITER0", 8192, "exclusive", "byte 8192 + i, Windows: the reader or observer that owns wait entry i (its wake event), for its life"),
+)
+LOCK_WRITER, LOCK_PRESENCE, LOCK_SLOT0, LOCK_READER0, LOCK_GROUP_TABLE, LOCK_WAITERS, LOCK_CLAIM0, LOCK_WAITER0 = (b for _, b, *_ in LOCKS)
 MAX_WAITERS = 64
 
 # ----- trace rings (``shmlaunch trace``; transport/_trace.py writes and reads them)
 # While a tracer holds the lock of ``trace.request`` in a runtime directory, each process with
-# a topic open there writes ``trace.<pid>.ring`` (0600), and only that process writes it:
-#   Header (128 bytes)
-#   0    8   magic          b"SHMLTRCE"
-#   8    4   version        u32, 1
-#   12   4   capacity       u32, records in the ring (a power of two)
-#   16   8   head           u64, records written so far (stored with release order after each)
-#   24   8   pid            u64, the writing process
-#   32   8   clock_offset   i64, CLOCK_REALTIME - CLOCK_MONOTONIC in ns when the ring was made
-#   40   8   (reserved)
-#   48   64  name           UTF-8 process name (the node's, under a launcher), NUL padded
-#   112  16  (reserved)
-#   Record i of the ring is at 128 + (i % capacity) * 64; record i is valid while head - i <= capacity:
-#   0    8   ns             i64, CLOCK_MONOTONIC when the step happened
-#   8    8   topic          u64, the topic segment's wake_id (its identity while it exists)
-#   16   8   seq            u64, the message's sequence number
-#   24   8   source_seq     u64, the input message it was computed from (0: none)
-#   32   8   stamp_ns       i64, the message's source timestamp (CLOCK_REALTIME)
-#   40   2   kind           u16, TRACE_PUBLISH ... TRACE_DROP
-#   42   2   entry          u16, the reader's table index (0xFFFF: a writer, an observer, a callback)
-#   44   4   generation     u32, low bits of the writer generation that published it
-#   48   12  lost           u32[3], receive only: messages overwritten, stale, taken by another
-#                           group member since this reader's previous traced receive
-#   60   4   (reserved)
+# a topic open there writes ``trace.<pid>.ring`` (0600), and only that process writes it: a
+# header (TRACE_HEADER_FIELDS), then record i at TRACE_HEADER_SIZE + (i % capacity) * TRACE_RECORD_SIZE,
+# valid while head - i <= capacity.
 TRACE_MAGIC = b"SHMLTRCE"
 TRACE_VERSION = 1
-TRACE_HEADER = struct.Struct("<8sIIQQq8x64s16x")  # magic, version, capacity, head, pid, clock_offset, name
-TRACE_HEAD_OFFSET = 16
-TRACE_HEADER_SIZE = TRACE_HEADER.size  # 128: record 0 starts here
-TRACE_RECORD = struct.Struct("<qQQQqHHIIII4x")  # ns, topic, seq, source_seq, stamp_ns, kind, entry, generation, overwritten, stale, taken
-TRACE_RECORD_SIZE = TRACE_RECORD.size  # 64
+TRACE_HEADER = block_struct(TRACE_HEADER_FIELDS, "magic", "reserved_112")  # magic, version, capacity, head, pid, clock_offset, name
+TRACE_HEAD_OFFSET = field(TRACE_HEADER_FIELDS, "head").offset  # 16
+TRACE_HEADER_SIZE = block_size(TRACE_HEADER_FIELDS)  # 128: record 0 starts here
+TRACE_RECORD = block_struct(TRACE_RECORD_FIELDS, "ns", "reserved_60")  # ns, topic, seq, source_seq, stamp_ns, kind, entry, generation, lost[3]
+TRACE_RECORD_SIZE = block_size(TRACE_RECORD_FIELDS)  # 64
 TRACE_CAPACITY = 1 << 15
 TRACE_NO_ENTRY = 0xFFFF
 TRACE_PUBLISH, TRACE_RECEIVE, TRACE_RELEASE, TRACE_CALLBACK_START, TRACE_CALLBACK_END, TRACE_DROP = range(1, 7)
@@ -167,6 +233,19 @@ TRACE_REQUEST = "trace.request"
 #: process waits for a tracer in the kernel (no CPU, no polling) and looks only when told.
 TRACE_WAKE = "trace.wake"
 TRACE_WAKE_SIZE = 64
+
+#: The scalar constants every generated file carries (besides each field's offset and size, which
+#: give the rest: GROUP_NAME_SIZE is the group block's ``name`` field).
+CONSTANTS = (
+    "LAYOUT_VERSION", "HEADER_SIZE", "MAX_POOL", "READERS_OFFSET", "MAX_READERS", "READER_ENTRY_SIZE", "GROUPS_OFFSET", "MAX_GROUPS",
+    "GROUP_ENTRY_SIZE", "SLOTS_OFFSET", "SLOT_HEADER_SIZE", "ALIGN", "MAX_NDIM", "DTYPE_SIZE", "MAX_CAPACITY", "MAX_STATE",
+    "WAKE_SEQ_SHIFT", "WAKE_SLOT_MASK", "WAKE_SEQ_MASK", "LOCK_WRITER", "LOCK_PRESENCE", "LOCK_SLOT0", "LOCK_READER0", "LOCK_GROUP_TABLE",
+    "LOCK_WAITERS", "LOCK_CLAIM0", "LOCK_WAITER0", "MAX_WAITERS", "TRACE_VERSION", "TRACE_HEADER_SIZE", "TRACE_RECORD_SIZE",
+    "TRACE_CAPACITY", "TRACE_NO_ENTRY", "TRACE_PUBLISH", "TRACE_RECEIVE", "TRACE_RELEASE", "TRACE_CALLBACK_START", "TRACE_CALLBACK_END",
+    "TRACE_DROP",
+)
+#: The byte strings every generated file carries.
+STRINGS = ("MAGIC", "TRACE_MAGIC")
 
 
 def trace_ring_name(pid: int) -> str:
@@ -210,10 +289,7 @@ class TopicConfig:
     def build(cls, capacity: int | None = None, pool: int = 4, dtype=None, shape=None) -> TopicConfig:
         """A checked config from a declaration: ``capacity`` in bytes, or ``dtype`` and ``shape``
         (capacity then follows); ValueError says what is wrong."""
-        req = normalize_request(capacity, pool, dtype, shape)
-        if req["capacity"] is None:
-            raise ValueError("needs 'capacity' (bytes) or 'dtype' and 'shape'")
-        return cls(req["capacity"], req["pool"], req["dtype"], req["shape"])
+        return TopicRequest.build(capacity, pool, dtype, shape).config()
 
     @property
     def segment_size(self) -> int:
@@ -267,9 +343,10 @@ class HeaderView:
 def header_problem(h: HeaderView, size: int) -> str | None:
     """What is wrong with a segment's static header read back from a file of ``size`` bytes
     (None: it can be mapped safely). Every field is bounded before any product is formed, so
-    the same checks in C++ and C# cannot overflow."""
+    the same checks in C++ and C# cannot overflow; they make them in this order, in these words
+    (tests/test_cross_language.py feeds the three clients the same crafted segments)."""
     if h.magic != MAGIC:
-        return f"magic is {h.magic!r}, expected {MAGIC!r}"
+        return f"magic is 0x{h.magic.hex()}, expected {MAGIC.decode()}"
     if h.layout_version != LAYOUT_VERSION:
         return f"layout_version is {h.layout_version}, this shmlaunch uses {LAYOUT_VERSION}"
     if not 1 <= h.pool <= MAX_POOL:
@@ -306,28 +383,56 @@ def _dimensions(shape) -> tuple[int, ...]:
     return shp
 
 
-def normalize_request(capacity=None, pool=None, dtype=None, shape=None, message=None) -> dict:
-    """Check a caller's declaration and fill in what follows from it (capacity from dtype x shape)."""
-    dt = None if dtype is None else np.dtype(dtype)
-    if dt is not None and dt.hasobject:
-        raise ValueError(f"invalid dtype {dt}: Python objects cannot go through shared memory (their bytes are pointers)")
-    shp = None
-    if shape is not None:
-        shp = _dimensions(shape)
-        if dt is None:
-            raise ValueError(f"shape {list(shp)} given without a dtype")
-    if capacity is not None:
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
-            raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
-        capacity = int(capacity)
-        if capacity > MAX_CAPACITY:
-            raise ValueError(f"invalid capacity {capacity}: at most {MAX_CAPACITY} bytes (1 TiB) per message")
-        if shp is not None and capacity < nbytes_of(dt, shp):
-            raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {nbytes_of(dt, shp)} bytes")
-    elif shp is not None:
-        capacity = nbytes_of(dt, shp)
-        if capacity > MAX_CAPACITY:
-            raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {MAX_CAPACITY} bytes (1 TiB) per message")
-    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= MAX_POOL):
-        raise ValueError(f"invalid pool size {pool!r}: 1 to {MAX_POOL} slots")
-    return {"capacity": capacity, "pool": None if pool is None else int(pool), "dtype": dt, "shape": shp, "message": message}
+@dataclass(frozen=True)
+class TopicRequest:
+    """What a caller asks of a topic, checked: every field it leaves None is not checked (or, when
+    the topic is created, takes its default). ``TopicRequest.build`` checks a declaration and
+    fills in what follows from it (capacity from dtype x shape); ValueError says what is wrong.
+    A TopicConfig is what a topic is; a TopicRequest is what an opener expects of it."""
+
+    capacity: int | None = None
+    pool: int | None = None
+    dtype: np.dtype | None = None
+    shape: tuple[int, ...] | None = None
+    message: str | None = None
+
+    @classmethod
+    def build(cls, capacity=None, pool=None, dtype=None, shape=None, message=None) -> TopicRequest:
+        dt = None if dtype is None else np.dtype(dtype)
+        if dt is not None and dt.hasobject:
+            raise ValueError(f"invalid dtype {dt}: Python objects cannot go through shared memory (their bytes are pointers)")
+        shp = None
+        if shape is not None:
+            shp = _dimensions(shape)
+            if dt is None:
+                raise ValueError(f"shape {list(shp)} given without a dtype")
+        if capacity is not None:
+            if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+                raise ValueError(f"invalid capacity {capacity!r}: a positive number of bytes")
+            capacity = int(capacity)
+            if capacity > MAX_CAPACITY:
+                raise ValueError(f"invalid capacity {capacity}: at most {MAX_CAPACITY} bytes (1 TiB) per message")
+            if shp is not None and capacity < nbytes_of(dt, shp):
+                raise ValueError(f"capacity {capacity} is smaller than dtype {dt} x shape {list(shp)} = {nbytes_of(dt, shp)} bytes")
+        elif shp is not None:
+            capacity = nbytes_of(dt, shp)
+            if capacity > MAX_CAPACITY:
+                raise ValueError(f"dtype {dt} x shape {list(shp)} = {capacity} bytes: at most {MAX_CAPACITY} bytes (1 TiB) per message")
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool <= MAX_POOL):
+            raise ValueError(f"invalid pool size {pool!r}: 1 to {MAX_POOL} slots")
+        return cls(capacity, None if pool is None else int(pool), dt, shp, message)
+
+    @classmethod
+    def of(cls, config: TopicConfig) -> TopicRequest:
+        """Expect exactly ``config``'s capacity, pool, dtype and shape."""
+        return cls(config.capacity, config.pool, config.dtype, config.shape)
+
+    def config(self, defaults: TopicConfig | None = None, default_pool: int = 4) -> TopicConfig:
+        """The config of a topic made for this request: its fields over ``defaults`` (a registry's
+        description of a lost segment); ValueError without a capacity."""
+        base = defaults or TopicConfig(0, default_pool)
+        capacity = self.capacity if self.capacity is not None else base.capacity
+        if not capacity:
+            raise ValueError("needs 'capacity' (bytes) or 'dtype' and 'shape'")
+        return TopicConfig(capacity, self.pool if self.pool is not None else base.pool, self.dtype if self.dtype is not None else base.dtype,
+                           self.shape if self.shape is not None else base.shape, message=self.message or base.message)

@@ -19,14 +19,15 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from shmlaunch import _platform as backend
+from shmlaunch._platform import ByteLock, MessageBase, ReadCursor
+
 from . import _layout as L
-from . import backend
 from ._errors import ClosedError
-from ._layout import normalize_request
+from ._layout import TopicRequest
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_for_reading, segment_is_current
 from ._trace import watch as watch_for_tracer
-from .backend import ByteLock, MessageBase, ReadCursor
 
 _U64 = struct.Struct("<Q")
 #: Timeouts at or above this many seconds (about 116 days; inf too) mean "wait forever": the
@@ -100,7 +101,7 @@ class Reader:
     ) -> None:
         self.topic = topic
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
-        request = normalize_request(capacity, pool, dtype, shape)
+        request = TopicRequest.build(capacity, pool, dtype, shape)
         self._seg: Segment | None = open_for_reading(self.runtime_dir, topic, request, observer=observer)
         seg = self._seg
         self.config = seg.config
@@ -130,9 +131,10 @@ class Reader:
         # Every message's steps are one C call (see _fastpath.c); the rare cases come back to
         # _accept. Readers that filter (max_age, group) see every message in _accept.
         return ReadCursor(
-            seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.pool, self.config.capacity, seg.full_nbytes,
-            tuple(seg.ro_full), seg.read_view, Message, -1 if entry is None else entry, group_field,
-            self._max_age_ns is not None or self._claims is not None,
+            address=seg.address, fd=seg.fd, slots_offset=seg.slots_offset, stride=seg.slot_stride, pool=self.config.pool,
+            capacity=self.config.capacity, full_nbytes=seg.full_nbytes, views=tuple(seg.ro_full), sized_view=seg.read_view,
+            message_type=Message, entry=-1 if entry is None else entry, group_field=group_field,
+            filtered=self._max_age_ns is not None or self._claims is not None,
         )
 
     # ----- receiving
@@ -206,24 +208,25 @@ class Reader:
         finally:
             locks[slot].release()
 
-    # ----- state
+    # ----- state (each raises ClosedError once the reader is closed, as Writer and Topic do)
+    def _open_segment(self) -> Segment:
+        if self._seg is None:
+            raise ClosedError(f"reader of topic {self.topic!r} is closed")
+        return self._seg
+
     def same_file(self, rd: RuntimeDir | None = None) -> bool:
         """True while the topic's segment file is still the one this reader maps (False once
         the topic was unlinked or re-created); ``rd`` as in ``Topic.same_file``."""
-        if self._seg is None:
-            raise ClosedError(f"reader of topic {self.topic!r} is closed")
-        return segment_is_current(self._seg, self.runtime_dir, rd)
+        return segment_is_current(self._open_segment(), self.runtime_dir, rd)
 
     @property
     def trace_id(self) -> int:
         """The topic's identity in trace records (its segment's ``wake_id``)."""
-        if self._seg is None:
-            raise ClosedError(f"reader of topic {self.topic!r} is closed")
-        return self._seg.wake_id
+        return self._open_segment().wake_id
 
     def writer_alive(self) -> bool:
         """True while a writer process holds the topic's writer lock."""
-        return self._seg.writer_lock.is_held_by_others()
+        return self._open_segment().writer_lock.is_held_by_others()
 
     def statistics(self) -> ReaderStatistics:
         c = self._cursor

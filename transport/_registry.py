@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch._platform import ByteLock
+
 from . import _layout as L
 from ._errors import LayoutVersionError, LockBusyError, RegistryCorruptError
 from ._layout import LAYOUT_VERSION, TopicConfig
 from ._runtime import REGISTRY_FILE, RuntimeDir, note_lock_holder, segment_file_name, validate_segment_name, validate_topic_name
-from .backend import ByteLock
 
 LOCK_FILE = "registry.lock"
 #: How long a registry update waits for another one before naming the holder.

@@ -26,8 +26,9 @@ import secrets
 import stat
 from pathlib import Path
 
+from shmlaunch._platform import SHM_ROOT, USER_ID, ByteLock, Directory
+
 from ._errors import RuntimeDirError
-from .backend import SHM_ROOT, USER_ID, ByteLock, Directory
 
 ENV_RUNTIME_DIR = "SHMLAUNCH_RUNTIME_DIR"
 REGISTRY_FILE = "registry.yaml"

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from shmlaunch._platform import ByteLock, buffer_address, free_bytes, map_file, reserve
 
 from . import _layout as L
 from ._errors import (
@@ -35,17 +39,19 @@ from ._errors import (
 )
 from ._registry import LOCK_WAIT, config_to_entry, entry_to_config, lock_exclusive, locked_registry, registry_entry
 from ._runtime import ENV_RUNTIME_DIR, RuntimeDir, graphs_present, segment_file_name, validate_topic_name
-from .backend import ByteLock, buffer_address, free_bytes, map_file, reserve
 
 
 class Segment:
     """One process's mapping of a topic segment, with its lock bytes and slot views.
 
-    ``close()`` releases this process's mapping and locks; the file stays (``unlink`` in
-    the writer or ``cleanup`` of the runtime directory removes it).
+    Built complete in one step: the constructor maps the file, hands the header to ``config_of``
+    (the opener's checks: it returns the topic's config or raises to refuse the segment, and then
+    the file is closed), and builds the views of that config. ``close()`` releases this process's
+    mapping and locks; the file stays (``unlink`` in the writer or ``cleanup`` of the runtime
+    directory removes it).
     """
 
-    def __init__(self, topic: str, path: Path, fd: int) -> None:
+    def __init__(self, topic: str, path: Path, fd: int, config_of: Callable[[Segment], L.TopicConfig]) -> None:
         self.topic = topic
         self.path = path
         self.fd = fd
@@ -59,11 +65,17 @@ class Segment:
             raise
         self.header = L.HeaderView.parse(self.mm)
         self.size = size
-        self.config: L.TopicConfig | None = None
         self.writer_lock = ByteLock(fd, L.LOCK_WRITER)
         self.presence_lock = ByteLock(fd, L.LOCK_PRESENCE)
         self._pin = None
         self.payloads: list[np.ndarray] = []
+        self.typed = None
+        try:
+            self.config: L.TopicConfig = config_of(self)
+        except BaseException:
+            self.close()
+            raise
+        self._build_views()
 
     # ----- checks
     def check_layout(self, action: str) -> None:
@@ -131,12 +143,9 @@ class Segment:
         """The topic's random identity, fixed by its creator (Windows wake events, trace records)."""
         return int.from_bytes(self.mm[L.WAKE_ID_OFFSET : L.WAKE_ID_OFFSET + 8], "little")
 
-    def in_use_by_others(self) -> bool:
-        return self.writer_lock.is_held_by_others() or self.presence_lock.is_held_by_others()
-
-    def attach(self, config: L.TopicConfig) -> None:
-        """Build the per-slot views (the header has been checked against ``config``)."""
-        self.config = config
+    def _build_views(self) -> None:
+        """The per-slot views of the config (the header has been checked against it)."""
+        config = self.config
         self.address, self._pin = buffer_address(self.mm)
         h = self.header
         self.slots_offset, self.slot_stride = h.slots_offset, h.slot_stride
@@ -148,8 +157,6 @@ class Segment:
         if config.dtype is not None and config.shape is not None:
             nbytes = L.nbytes_of(config.dtype, config.shape)
             self.typed = [p[:nbytes].view(config.dtype).reshape(config.shape) for p in self.payloads]
-        else:
-            self.typed = None
         # What readers get: read-only (a consumer must not scribble on what others read), and
         # built once per slot for the common full-size message (no new array per message).
         self.ro_raw = [p.view() for p in self.payloads]
@@ -198,11 +205,11 @@ def _describe(field: str, value) -> str:
     return str(value)
 
 
-def check_agreement(action: str, have: L.TopicConfig, have_src: str, want: L.TopicConfig | dict, want_src: str) -> None:
+def check_agreement(action: str, have: L.TopicConfig, have_src: str, want: L.TopicRequest, want_src: str) -> None:
     """Raise TopicMismatchError at the first field where ``want`` (where set) differs from ``have``
     (a message type only where both name one: a topic's first writer may name it)."""
     for field in ("capacity", "pool", "dtype", "shape", "message"):
-        wanted = want.get(field) if isinstance(want, dict) else getattr(want, field)
+        wanted = getattr(want, field)
         if wanted is None:
             continue
         actual = getattr(have, field)
@@ -238,7 +245,7 @@ def _as_runtime_dir(runtime_dir: Path | RuntimeDir, create: bool) -> contextlib.
     return RuntimeDir.create(runtime_dir) if create else RuntimeDir.open(runtime_dir)
 
 
-def _open_segment(rd: RuntimeDir, topic: str, name: str) -> Segment:
+def _open_file(rd: RuntimeDir, topic: str, name: str) -> int:
     """The segment file ``name``, opened without following a symlink; FileNotFoundError when
     there is none, SegmentCorruptError for anything there that is not a plain segment file."""
     try:
@@ -249,8 +256,13 @@ def _open_segment(rd: RuntimeDir, topic: str, name: str) -> Segment:
         raise SegmentCorruptError(f"cannot open topic {topic!r}: {rd.path / name}: {exc.strerror}") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise SegmentCorruptError(f"cannot open topic {topic!r}: {rd.path / name} is not a regular file")
-    return Segment(topic, rd.path / name, fd)
+        raise SegmentCorruptError(f"cannot open topic {topic!r}: segment {rd.path / name} is not a regular file")
+    return fd
+
+
+def _open_segment(rd: RuntimeDir, topic: str, name: str, config_of: Callable[[Segment], L.TopicConfig]) -> Segment:
+    """The segment file ``name`` mapped, checked by ``config_of`` and complete (see Segment)."""
+    return Segment(topic, rd.path / name, _open_file(rd, topic, name), config_of)
 
 
 def _create_file(rd: RuntimeDir, topic: str, name: str, config: L.TopicConfig) -> None:
@@ -298,15 +310,16 @@ def create_segments(rd: RuntimeDir, configs: dict[str, L.TopicConfig], *, recrea
         for seg in segs:
             seg.close()
         raise
-    for seg in segs:
-        seg.attach(seg.config)
     return segs
 
 
-def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer: bool, default_pool: int = 4) -> Segment:
-    """Open ``topic`` as ``request`` describes it (fields left None are not checked), creating it
-    when it does not exist. Never replaces an existing topic: a different config is
-    TopicMismatchError, a bad header SegmentCorruptError, whether or not anybody uses it.
+def open_or_create_segment(rd: RuntimeDir, topic: str, request: L.TopicRequest, *, writer: bool, default_pool: int = 4) -> Segment:
+    """The one way a topic is opened-or-created: ``Writer(topic, capacity=...)`` (a node's short
+    form) and ``Topic.open_or_create`` both come here, and ``Topic.create``/``create_segments`` is
+    the explicit verb for making topics. Opens ``topic`` as ``request`` describes it (fields left
+    None are not checked), creating it when it does not exist. Never replaces an existing topic:
+    a different config is TopicMismatchError, a bad header SegmentCorruptError, whether or not
+    anybody uses it.
 
     With ``writer=True`` the segment holds the writer lock byte, taken inside the registry lock."""
     action = f"open topic {validate_topic_name(topic)!r} for writing" if writer else f"open or create topic {topic!r}"
@@ -316,24 +329,18 @@ def open_or_create_segment(rd: RuntimeDir, topic: str, request: dict, *, writer:
         if not _exists(rd, name):
             # New, or listed but its segment is gone (removed by hand): made from the registry's
             # description when there is one, which the request must then agree with.
-            fields = {"pool": default_pool}
+            listed = None
             if entry is not None:
                 listed = entry_to_config(entry)
                 check_agreement(action, listed, "the registry", request, "requested")
-                fields.update({k: getattr(listed, k) for k in ("capacity", "pool", "dtype", "shape", "message")})
-            fields.update({k: v for k, v in request.items() if v is not None})
-            if fields.get("capacity") is None:
+            if request.capacity is None and listed is None:
                 raise TopicNotFoundError(f"cannot {action}: it does not exist yet and no capacity (or dtype and shape) was given")
-            seg = _create(rd, topics, topic, name, L.TopicConfig(fields["capacity"], fields["pool"], fields.get("dtype"),
-                                                                 fields.get("shape"), message=fields.get("message")))
+            seg = _create(rd, topics, topic, name, request.config(listed, default_pool))
         else:
-            seg = _open_existing(rd, topic, name, entry, request, action)
-            if request.get("message") is not None and seg.config.message is None:  # the writer names what it sends
-                seg.config = dataclasses.replace(seg.config, message=request["message"])
+            seg = _open_segment(rd, topic, name, functools.partial(_checked_config, entry=entry, request=request, action=action))
             topics[topic] = config_to_entry(topic, seg.config)
         if writer:
             _take_writer_lock(seg, action)
-    seg.attach(seg.config)
     return seg
 
 
@@ -355,8 +362,7 @@ def _exists(rd: RuntimeDir, name: str) -> bool:
 
 def _create(rd: RuntimeDir, topics: dict, topic: str, name: str, config: L.TopicConfig) -> Segment:
     _create_file(rd, topic, name, config)
-    seg = _open_segment(rd, topic, name)
-    seg.config = dataclasses.replace(config, segment=name)
+    seg = _open_segment(rd, topic, name, lambda _seg: dataclasses.replace(config, segment=name))
     topics[topic] = config_to_entry(topic, config)
     return seg
 
@@ -364,14 +370,14 @@ def _create(rd: RuntimeDir, topics: dict, topic: str, name: str, config: L.Topic
 def _remove_unused(rd: RuntimeDir, topic: str, name: str, action: str) -> None:
     """Remove an existing segment before re-creating it; one in use is never pulled away."""
     try:
-        seg = _open_segment(rd, topic, name)
+        fd = _open_file(rd, topic, name)
     except FileNotFoundError:
         return
     try:
-        if seg.in_use_by_others():
-            raise WriterBusyError(f"cannot {action} again: its segment {seg.path} is in use (a writer or reader is attached)")
+        if ByteLock(fd, L.LOCK_WRITER).is_held_by_others() or ByteLock(fd, L.LOCK_PRESENCE).is_held_by_others():
+            raise WriterBusyError(f"cannot {action} again: its segment {rd.path / name} is in use (a writer or reader is attached)")
     finally:
-        seg.close()
+        os.close(fd)
     rd.unlink(name)
 
 
@@ -385,20 +391,17 @@ def _take_writer_lock(seg: Segment, action: str) -> None:
     raise WriterBusyError(f"cannot {action}: another writer (pid {pid}) is alive; a topic has exactly one writer")
 
 
-def _open_existing(rd: RuntimeDir, topic: str, name: str, entry: dict | None, request: dict, action: str) -> Segment:
-    """The existing segment, checked: header against the registry (or itself, when the registry
-    lost the entry), and both against ``request``."""
-    seg = _open_segment(rd, topic, name)
-    try:
-        seg.check_layout(action)
-        existing = entry_to_config(entry) if entry else _header_config(seg, action)
-        check_agreement(action, existing, "the registry", request, "requested")
-        check_header(seg, existing, action)
-    except BaseException:
-        seg.close()
-        raise
-    seg.config = existing
-    return seg
+def _checked_config(seg: Segment, *, entry: dict | None, request: L.TopicRequest, action: str) -> L.TopicConfig:
+    """An existing segment's config, checked: header against the registry (or itself, when the
+    registry lost the entry), and both against ``request``; a writer naming its message type
+    for the first time adds it."""
+    seg.check_layout(action)
+    existing = entry_to_config(entry) if entry else _header_config(seg, action)
+    check_agreement(action, existing, "the registry", request, "requested")
+    check_header(seg, existing, action)
+    if request.message is not None and existing.message is None:  # the writer names what it sends
+        existing = dataclasses.replace(existing, message=request.message)
+    return existing
 
 
 def _header_config(seg: Segment, action: str) -> L.TopicConfig:
@@ -429,7 +432,7 @@ def segment_is_current(seg: Segment, runtime_dir: Path, rd: RuntimeDir | None = 
         return False
 
 
-def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, observer: bool = False) -> Segment:
+def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: L.TopicRequest, observer: bool = False) -> Segment:
     """Open an existing topic: the registry supplies the config, the header must agree.
     A reader holds the presence lock; an ``observer`` (a tool) does not."""
     action = f"open topic {validate_topic_name(topic)!r} for reading"
@@ -444,16 +447,16 @@ def open_for_reading(runtime_dir: Path | RuntimeDir, topic: str, request: dict, 
         config = entry_to_config(entry)
         check_agreement(action, config, "the registry", request, "requested")
         try:
-            seg = _open_segment(rd, topic, entry["segment"])
+            fd = _open_file(rd, topic, entry["segment"])
         except FileNotFoundError:
             raise TopicNotFoundError(f"cannot {action}: its segment {rd.path / entry['segment']} is missing") from None
-    try:
+        path = rd.path / entry["segment"]
+
+    def checked(seg: Segment) -> L.TopicConfig:
         seg.check_layout(action)
         check_header(seg, config, action)
         if not observer:
             seg.presence_lock.try_shared()
-    except BaseException:
-        seg.close()
-        raise
-    seg.attach(config)
-    return seg
+        return config
+
+    return Segment(topic, path, fd, checked)

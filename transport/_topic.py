@@ -84,7 +84,12 @@ class Topic:
     @classmethod
     def create(cls, name: str, config: TopicConfig, *, runtime_dir: str | Path | None = None, recreate: bool = False) -> Topic:
         """Create topic ``name``; TopicExistsError if it exists, unless ``recreate`` (then an
-        existing segment nobody uses is replaced; one in use is WriterBusyError)."""
+        existing segment nobody uses is replaced; one in use is WriterBusyError).
+
+        The verb for making a topic. ``Writer(name, capacity=...)`` keeps a short form for nodes
+        (create when missing, else attach): it and ``open_or_create`` go through the same
+        function as this (``_segment._create``: build under a temporary name, reserve, rename),
+        so a topic is made one way whoever asks."""
         return cls.create_many({name: config}, runtime_dir=runtime_dir, recreate=recreate)[0]
 
     @classmethod
@@ -120,8 +125,8 @@ class Topic:
         latest = _U64.unpack_from(mm, L.LATEST_SEQ_OFFSET)[0]
         wake = struct.unpack_from("<I", mm, L.WAKE_OFFSET)[0]
         publish_ns = source_ns = length = 0
-        if wake and (wake & 0xFF) < self.config.pool:
-            _state, length, source_ns, publish_ns, _gen, _src = L.SLOT.unpack_from(mm, seg.slot_offsets[wake & 0xFF])
+        if wake and (wake & L.WAKE_SLOT_MASK) < self.config.pool:
+            _state, length, source_ns, publish_ns, _gen, _src = L.SLOT.unpack_from(mm, seg.slot_offsets[wake & L.WAKE_SLOT_MASK])
         groups = [seg.group_name(g) for g in range(L.MAX_GROUPS)]
         readers = tuple(ReaderInfo(*entry[:7], group=groups[entry[7] - 1] if 0 < entry[7] <= L.MAX_GROUPS else None)
                         for entry in seg.reader_entries())
@@ -186,10 +191,10 @@ def _checked(config: TopicConfig) -> TopicConfig:
     return built if config.message is None else dataclasses.replace(built, message=validate_message_type(config.message))
 
 
-def _request(expect: TopicConfig | dict | None) -> dict:
+def _request(expect: TopicConfig | dict | None) -> L.TopicRequest:
     """The fields to check, from a TopicConfig (all four) or a dict (those it sets)."""
     if expect is None:
-        return {}
+        return L.TopicRequest()
     if isinstance(expect, TopicConfig):
-        return {"capacity": expect.capacity, "pool": expect.pool, "dtype": expect.dtype, "shape": expect.shape}
-    return L.normalize_request(expect.get("capacity"), expect.get("pool"), expect.get("dtype"), expect.get("shape"))
+        return L.TopicRequest.of(expect)
+    return L.TopicRequest.build(expect.get("capacity"), expect.get("pool"), expect.get("dtype"), expect.get("shape"))

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shmlaunch import _platform as backend
+
 from . import _layout as L
-from . import backend
 from ._errors import LockBusyError, TransportError
 from ._registry import read_registry
 from ._runtime import RuntimeDir

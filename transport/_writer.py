@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from shmlaunch._platform import LoanBase, WriteCursor
+
 from . import _layout as L
 from ._errors import ClosedError, SegmentCorruptError
-from ._layout import normalize_request
+from ._layout import TopicRequest
 from ._registry import validate_message_type
 from ._runtime import RuntimeDir, default_runtime_dir
 from ._segment import Segment, open_or_create_segment, unlink_topic
 from ._trace import watch as watch_for_tracer
-from .backend import LoanBase, WriteCursor
 
 _U64 = struct.Struct("<Q")  # a slot state word, latest_seq
 
@@ -45,7 +46,10 @@ class Writer:
     """Create (or re-attach to) a pool topic and publish into it.
 
     Creates the topic when it does not exist (``capacity``, or ``dtype`` and ``shape``, are
-    then required; ``pool`` defaults to 4) and records it in the graph's registry. When it
+    then required; ``pool`` defaults to 4) and records it in the graph's registry: the short form
+    a node needs, kept on purpose. It creates through the same path as ``Topic.open_or_create``
+    (and the same segment-making function as ``Topic.create``, the explicit verb a launcher and
+    tools use); a writer never replaces a topic. When it
     exists, every argument given must agree with the registry and the segment header, or
     TopicMismatchError names both values: an existing topic is never replaced behind its
     users' backs (``Topic.create(..., recreate=True)`` or ``Topic.unlink`` does that, on
@@ -74,7 +78,7 @@ class Writer:
     ) -> None:
         self.topic = topic
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
-        request = normalize_request(capacity, pool, dtype, shape, None if message is None else validate_message_type(message))
+        request = TopicRequest.build(capacity, pool, dtype, shape, None if message is None else validate_message_type(message))
         with RuntimeDir.create(self.runtime_dir) as rd:
             self._seg = seg = open_or_create_segment(rd, topic, request, writer=True)
         self.config = seg.config
@@ -93,10 +97,11 @@ class Writer:
         # Every message's steps are one C call (see _fastpath.c). The cursor refers to the
         # segment, never to this object, so a writer dropped without close() is still garbage.
         self._cursor = WriteCursor(
-            seg.address, seg.fd, seg.slots_offset, seg.slot_stride, self.config.capacity, exact_nbytes,
-            seg.full_nbytes, max((s + 1) >> 1 for s in states), generation + 1, tuple(order),
-            tuple(seg.view(i, seg.full_nbytes) for i in range(len(states))), functools.partial(_loan_view, seg, []),
-            np.ascontiguousarray, topic, ClosedError, Loan,
+            address=seg.address, fd=seg.fd, slots_offset=seg.slots_offset, stride=seg.slot_stride, capacity=self.config.capacity,
+            exact_nbytes=exact_nbytes, full_nbytes=seg.full_nbytes, seq=max((s + 1) >> 1 for s in states), generation=generation + 1,
+            order=tuple(order), views=tuple(seg.view(i, seg.full_nbytes) for i in range(len(states))),
+            sized_view=functools.partial(_loan_view, seg, []), contiguous=np.ascontiguousarray, topic=topic, closed_error=ClosedError,
+            loan_type=Loan,
         )
         # Released when this object is garbage, so a writer dropped without close() frees the topic.
         self._finalizer = weakref.finalize(self, _close, self._cursor, seg)

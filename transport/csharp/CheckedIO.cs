@@ -70,7 +70,7 @@ static unsafe class CheckedIO
             }
             else { Console.Error.WriteLine("CheckedIO: unknown mode " + args[0]); return 2; }
         }
-        catch (ShmError e) { Console.Error.WriteLine("CheckedIO: error: " + e.Message); return 2; }
+        catch (ShmError e) { Console.Error.WriteLine("CheckedIO: error: " + e.GetType().Name + ": " + e.Message); return 2; }
         return 0;
     }
 }

@@ -5,7 +5,7 @@
 //   using (var r = new ShmLaunch.Reader("camera/image"))
 //   using (var s = r.Receive(1000)) if (s != null) Use(s.Data, s.Length, s.Seq, s.SourceNs);
 //
-// Build: mcs -unsafe -out:app.exe ShmLaunch.cs App.cs
+// Build: mcs -unsafe -out:app.exe ShmLaunch.cs Layout.g.cs App.cs (Layout.g.cs is generated from transport/_layout.py)
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -19,6 +19,8 @@ namespace ShmLaunch
     public class TopicMismatch : ShmError { public TopicMismatch(string m) : base(m) { } }
     public class WriterBusy : ShmError { public WriterBusy(string m) : base(m) { } }
     public class SegmentCorrupt : ShmError { public SegmentCorrupt(string m) : base(m) { } }
+    /// <summary>A segment of another layout version (written by another shmlaunch release): Python's LayoutVersionError.</summary>
+    public class LayoutVersion : TopicMismatch { public LayoutVersion(string m) : base(m) { } }
 
     static class Native
     {
@@ -96,11 +98,7 @@ namespace ShmLaunch
     /// <summary>One mapping of a topic's segment and its lock bytes (released when the process dies).</summary>
     public unsafe class Segment : IDisposable
     {
-        public const ulong HeaderSize = 512, SlotHeaderSize = 64, WakeOffset = 256, LatestSeqOffset = 264, WriterOffset = 272;
-        public const ulong SlotsOffset = 21504, Align = 64, MaxCapacity = 1UL << 40;
-        public const uint MaxPool = 256;
         const int MaxRegistryBytes = 16 << 20;
-        public const long LockWriter = 0, LockPresence = 1, LockSlot0 = 64;
         public readonly TopicConfig Config;
         public readonly byte* Base;
         readonly int fd;
@@ -205,7 +203,7 @@ namespace ShmLaunch
                 }
                 cfg.Segment = Regex.Match(body, "\"segment\": \"([^\"]+)\"").Groups[1].Value;
                 cfg.Typestr = Regex.Match(body, "\"typestr\": \"([^\"]*)\"").Groups[1].Value;
-                if (cfg.Capacity < 1 || cfg.Capacity > MaxCapacity || cfg.Pool < 1 || cfg.Pool > MaxPool || cfg.Shape.Count > 8)
+                if (cfg.Capacity < 1 || cfg.Capacity > Layout.MAX_CAPACITY || cfg.Pool < 1 || cfg.Pool > Layout.MAX_POOL || (ulong)cfg.Shape.Count > Layout.MAX_NDIM)
                     throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': capacity " + cfg.Capacity + " or pool " + cfg.Pool + " is out of range");
                 if (!PlainSegmentName(cfg.Segment))
                     throw new SegmentCorrupt("cannot read registry " + dir + "/registry.yaml: topic '" + topic + "': segment '" + cfg.Segment + "' is not a plain segment file name (NAME.pool, no '/' or '..')");
@@ -229,7 +227,12 @@ namespace ShmLaunch
             if (fd < 0) throw new TopicNotFound(action + ": its segment " + path + " is missing");
             Native.Stat(fd, out uint mode, out uint _, out long fileSize);
             size = (ulong)fileSize;
-            if ((mode & 0xf000) != 0x8000 || size < HeaderSize) { Native.close(fd); throw new SegmentCorrupt(action + ": segment " + path + " is not a regular file of at least a header's size"); }
+            bool regular = (mode & 0xf000) == 0x8000;
+            if (!regular || size < Layout.HEADER_SIZE)
+            {
+                Native.close(fd);
+                throw new SegmentCorrupt(action + ": segment " + path + (regular ? " is " + size + " bytes, shorter than a header" : " is not a regular file"));
+            }
             IntPtr p = Native.mmap(IntPtr.Zero, (UIntPtr)size, Native.PROT_RW, Native.MAP_SHARED, fd, IntPtr.Zero);
             if (p == new IntPtr(-1)) { Native.close(fd); throw new SegmentCorrupt(action + ": cannot map " + path); }
             Base = (byte*)p;
@@ -237,37 +240,48 @@ namespace ShmLaunch
             catch { Dispose(); throw; }
         }
 
+        // The same checks, in the same order and with the same words, as Python's header_problem and
+        // check_header (the cross-language test feeds all three clients the same crafted segments).
         void CheckHeader(string action, string path)
         {
-            for (int i = 0; i < 8; i++)
-                if (Base[i] != (byte)"SHMLPOOL"[i]) throw new SegmentCorrupt(action + ": segment " + path + " has no SHMLPOOL magic");
-            uint version = *(uint*)(Base + 8), pool = *(uint*)(Base + 12), ndim = *(uint*)(Base + 48);
-            ulong capacity = *(ulong*)(Base + 16);
-            ulong stride = *(ulong*)(Base + 24), slotsOffset = *(ulong*)(Base + 32);
-            if (version != 1) throw new SegmentCorrupt(action + ": segment layout_version is " + version + ", this client uses 1");
+            Func<string, Exception> corrupt = problem => new SegmentCorrupt(action + ": segment " + path + " is corrupt: its header's " + problem);
+            var magic = new byte[Layout.HEADER_MAGIC_SIZE];
+            Marshal.Copy((IntPtr)(Base + Layout.HEADER_MAGIC_OFFSET), magic, 0, magic.Length);
+            if (System.Text.Encoding.ASCII.GetString(magic) != Layout.MAGIC)
+                throw corrupt("magic is 0x" + BitConverter.ToString(magic).Replace("-", "").ToLowerInvariant() + ", expected " + Layout.MAGIC);
+            uint version = *(uint*)(Base + Layout.HEADER_LAYOUT_VERSION_OFFSET);
+            if (version != Layout.LAYOUT_VERSION)
+                throw new LayoutVersion(action + ": segment " + path + " has layout version " + version + ", this shmlaunch uses " + Layout.LAYOUT_VERSION);
+            uint pool = *(uint*)(Base + Layout.HEADER_POOL_OFFSET), ndim = *(uint*)(Base + Layout.HEADER_NDIM_OFFSET);
+            ulong capacity = *(ulong*)(Base + Layout.HEADER_CAPACITY_OFFSET);
+            ulong stride = *(ulong*)(Base + Layout.HEADER_SLOT_STRIDE_OFFSET), slotsOffset = *(ulong*)(Base + Layout.HEADER_SLOTS_OFFSET_OFFSET);
+            // Every field bounded before any product is formed: no overflow, whatever the file says.
+            if (pool == 0 || pool > Layout.MAX_POOL) throw corrupt("pool " + pool + " is outside 1.." + Layout.MAX_POOL);
+            if (capacity == 0 || capacity > Layout.MAX_CAPACITY) throw corrupt("capacity " + capacity + " is outside 1.." + Layout.MAX_CAPACITY);
+            if (slotsOffset < Layout.SLOTS_OFFSET || slotsOffset % Layout.ALIGN != 0 || slotsOffset > size)
+                throw corrupt("slots_offset " + slotsOffset + " is not a multiple of " + Layout.ALIGN + " from " + Layout.SLOTS_OFFSET + " to the file size " + size);
+            ulong minStride = (Layout.SLOT_HEADER_SIZE + capacity + Layout.ALIGN - 1) / Layout.ALIGN * Layout.ALIGN;
+            if (stride < minStride || stride % Layout.ALIGN != 0 || stride > (size - slotsOffset) / pool)
+                throw corrupt("slot_stride " + stride + " does not fit: capacity " + capacity + " needs at least " + minStride + ", and " + pool
+                              + " slots from offset " + slotsOffset + " must end within the file size " + size);
+            if (ndim > Layout.MAX_NDIM) throw corrupt("ndim " + ndim + " is above " + Layout.MAX_NDIM);
             if (capacity != Config.Capacity) throw new TopicMismatch(action + ": the segment header capacity is " + capacity + ", the registry says " + Config.Capacity);
             if (pool != Config.Pool) throw new TopicMismatch(action + ": the segment header pool is " + pool + ", the registry says " + Config.Pool);
             string typestr = "";
-            for (int i = 56; i < 88 && Base[i] != 0; i++) typestr += (char)Base[i];
+            for (ulong i = 0; i < Layout.HEADER_DTYPE_SIZE && Base[Layout.HEADER_DTYPE_OFFSET + i] != 0; i++) typestr += (char)Base[Layout.HEADER_DTYPE_OFFSET + i];
             if (typestr != Config.Typestr)
                 throw new TopicMismatch(action + ": the segment header dtype is " + (typestr == "" ? "None" : typestr) + ", the registry says " + (Config.Typestr == "" ? "None" : Config.Typestr));
             var shape = new List<ulong>();
-            for (int k = 0; k < ndim && k < 8; k++) shape.Add(*(ulong*)(Base + 88 + 8 * k));
+            for (uint k = 0; k < ndim; k++) shape.Add(*(ulong*)(Base + Layout.HEADER_SHAPE_OFFSET + 8 * k));
             if (string.Join(",", shape) != string.Join(",", Config.Shape))
                 throw new TopicMismatch(action + ": the segment header shape is [" + string.Join(", ", shape) + "], the registry says [" + string.Join(", ", Config.Shape) + "]");
-            // Every field bounded before any product is formed: no overflow, whatever the file says.
-            ulong minStride = (SlotHeaderSize + capacity + Align - 1) / Align * Align;
-            if (pool == 0 || pool > MaxPool || capacity == 0 || capacity > MaxCapacity || slotsOffset < SlotsOffset || slotsOffset % Align != 0
-                || slotsOffset > size || stride < minStride || stride % Align != 0 || stride > (size - slotsOffset) / pool)
-                throw new SegmentCorrupt(action + ": segment " + path + " is corrupt: its header (pool " + pool + ", capacity " + capacity + ", slots_offset "
-                                         + slotsOffset + ", slot_stride " + stride + ") does not fit the file size " + size);
             this.stride = stride;
             this.slotsOffset = slotsOffset;
         }
 
         public ulong SlotOffset(uint slot) => slotsOffset + slot * stride;
-        public byte* Payload(uint slot) => Base + SlotOffset(slot) + SlotHeaderSize;
-        public uint* Wake => (uint*)(Base + WakeOffset);
+        public byte* Payload(uint slot) => Base + SlotOffset(slot) + Layout.SLOT_HEADER_SIZE;
+        public uint* Wake => (uint*)(Base + Layout.HEADER_WAKE_OFFSET);
 
         public bool Lock(long b, short type)
         {
@@ -329,7 +343,7 @@ namespace ShmLaunch
         {
             seg = new Segment(dir ?? Segment.RuntimeDir(), topic, expectCapacity, "cannot open topic '" + topic + "' for reading");
             holds = new uint[seg.Config.Pool];
-            seg.Lock(Segment.LockPresence, Native.F_RDLCK);
+            seg.Lock((long)Layout.LOCK_PRESENCE, Native.F_RDLCK);
         }
 
         /// <summary>The newest message not seen yet, waiting up to timeoutMs (negative: forever); null on timeout.</summary>
@@ -363,25 +377,26 @@ namespace ShmLaunch
         Sample Take(uint w)
         {
             lastWake = w;
-            uint slot = w & 0xff;
+            uint slot = w & Layout.WAKE_SLOT_MASK;
             if (slot >= holds.Length) return null;
-            if (holds[slot] == 0 && !seg.Lock(Segment.LockSlot0 + slot, Native.F_RDLCK)) return null;
+            if (holds[slot] == 0 && !seg.Lock((long)Layout.LOCK_SLOT0 + slot, Native.F_RDLCK)) return null;
             byte* h = seg.Base + seg.SlotOffset(slot);
-            ulong state = *(ulong*)h, length = *(ulong*)(h + 8);
+            ulong state = *(ulong*)(h + Layout.SLOT_STATE_OFFSET), length = *(ulong*)(h + Layout.SLOT_LENGTH_OFFSET);
             ulong seq = state >> 1;
             if ((state & 1) != 0 || seq <= lastSeq || length > seg.Config.Capacity)
             {
-                if (holds[slot] == 0) seg.Unlock(Segment.LockSlot0 + slot);
+                if (holds[slot] == 0) seg.Unlock((long)Layout.LOCK_SLOT0 + slot);
                 return null;
             }
             holds[slot]++;
             if (lastSeq != 0 && seq > lastSeq + 1) Missed += seq - lastSeq - 1;
             lastSeq = seq;
-            return new Sample(this, slot, seg.Payload(slot), (int)length, seq, *(long*)(h + 16), *(long*)(h + 24), *(ulong*)(h + 40));
+            return new Sample(this, slot, seg.Payload(slot), (int)length, seq, *(long*)(h + Layout.SLOT_SOURCE_NS_OFFSET),
+                              *(long*)(h + Layout.SLOT_PUBLISH_NS_OFFSET), *(ulong*)(h + Layout.SLOT_SOURCE_SEQ_OFFSET));
         }
 
-        internal void Release(uint slot) { if (--holds[slot] == 0) seg.Unlock(Segment.LockSlot0 + slot); }
-        public bool WriterAlive => seg.HeldByOthers(Segment.LockWriter);
+        internal void Release(uint slot) { if (--holds[slot] == 0) seg.Unlock((long)Layout.LOCK_SLOT0 + slot); }
+        public bool WriterAlive => seg.HeldByOthers((long)Layout.LOCK_WRITER);
         public void Dispose() => seg.Dispose();
     }
 
@@ -395,25 +410,25 @@ namespace ShmLaunch
         public Writer(string topic, string dir = null)
         {
             seg = new Segment(dir ?? Segment.RuntimeDir(), topic, 0, "cannot open topic '" + topic + "' for writing");
-            if (!seg.Lock(Segment.LockWriter, Native.F_WRLCK))
+            if (!seg.Lock((long)Layout.LOCK_WRITER, Native.F_WRLCK))
             {
-                ulong pid = *(ulong*)(seg.Base + Segment.WriterOffset);
+                ulong pid = *(ulong*)(seg.Base + Layout.HEADER_WRITER_PID_OFFSET);
                 seg.Dispose();
                 throw new WriterBusy("cannot open topic '" + topic + "' for writing: another writer (pid " + pid + ") is alive; a topic has exactly one writer");
             }
             var ages = new List<KeyValuePair<ulong, uint>>();
             for (uint i = 0; i < seg.Config.Pool; i++)
             {
-                ulong st = *(ulong*)(seg.Base + seg.SlotOffset(i));
+                ulong st = *(ulong*)(seg.Base + seg.SlotOffset(i) + Layout.SLOT_STATE_OFFSET);
                 seq = Math.Max(seq, (st + 1) >> 1);
                 ages.Add(new KeyValuePair<ulong, uint>((st & 1) != 0 ? 0 : st, i));
             }
             ages.Sort((a, b) => a.Key.CompareTo(b.Key));
             foreach (var a in ages) order.Add(a.Value);
-            generation = *(ulong*)(seg.Base + Segment.WriterOffset + 8) + 1;
-            *(ulong*)(seg.Base + Segment.WriterOffset) = (ulong)Native.getpid();
-            *(ulong*)(seg.Base + Segment.WriterOffset + 8) = generation;
-            *(long*)(seg.Base + Segment.WriterOffset + 16) = Clock.RealtimeNs();
+            generation = *(ulong*)(seg.Base + Layout.HEADER_WRITER_GENERATION_OFFSET) + 1;
+            *(ulong*)(seg.Base + Layout.HEADER_WRITER_PID_OFFSET) = (ulong)Native.getpid();
+            *(ulong*)(seg.Base + Layout.HEADER_WRITER_GENERATION_OFFSET) = generation;
+            *(long*)(seg.Base + Layout.HEADER_WRITER_ATTACH_NS_OFFSET) = Clock.RealtimeNs();
         }
 
         /// <summary>Copies data into a free slot and publishes it; the sequence number, or 0 when every slot is held.
@@ -423,23 +438,24 @@ namespace ShmLaunch
             if ((ulong)data.Length > seg.Config.Capacity)
                 throw new ArgumentException("cannot publish " + data.Length + " bytes: capacity is " + seg.Config.Capacity + " bytes");
             int found = -1;
-            foreach (var s in order) if (seg.Lock(Segment.LockSlot0 + s, Native.F_WRLCK)) { found = (int)s; break; }
+            foreach (var s in order) if (seg.Lock((long)Layout.LOCK_SLOT0 + s, Native.F_WRLCK)) { found = (int)s; break; }
             if (found < 0) return 0;
             uint slot = (uint)found;
             byte* h = seg.Base + seg.SlotOffset(slot);
-            System.Threading.Volatile.Write(ref *(ulong*)h, 2 * seq + 1);
+            ulong* state = (ulong*)(h + Layout.SLOT_STATE_OFFSET);
+            System.Threading.Volatile.Write(ref *state, 2 * seq + 1);
             Marshal.Copy(data, 0, (IntPtr)seg.Payload(slot), data.Length);
             ulong next = ++seq;
             long now = Clock.RealtimeNs();
-            *(ulong*)(h + 8) = (ulong)data.Length;
-            *(long*)(h + 16) = sourceNs < 0 ? now : sourceNs;
-            *(long*)(h + 24) = now;
-            *(ulong*)(h + 32) = generation;
-            *(ulong*)(h + 40) = sourceSeq;
-            System.Threading.Volatile.Write(ref *(ulong*)h, 2 * next);
-            seg.Unlock(Segment.LockSlot0 + slot);
-            *(ulong*)(seg.Base + Segment.LatestSeqOffset) = next;
-            System.Threading.Volatile.Write(ref *seg.Wake, (uint)(((next & 0xffffff) << 8) | slot));
+            *(ulong*)(h + Layout.SLOT_LENGTH_OFFSET) = (ulong)data.Length;
+            *(long*)(h + Layout.SLOT_SOURCE_NS_OFFSET) = sourceNs < 0 ? now : sourceNs;
+            *(long*)(h + Layout.SLOT_PUBLISH_NS_OFFSET) = now;
+            *(ulong*)(h + Layout.SLOT_GENERATION_OFFSET) = generation;
+            *(ulong*)(h + Layout.SLOT_SOURCE_SEQ_OFFSET) = sourceSeq;
+            System.Threading.Volatile.Write(ref *state, 2 * next);
+            seg.Unlock((long)Layout.LOCK_SLOT0 + slot);
+            *(ulong*)(seg.Base + Layout.HEADER_LATEST_SEQ_OFFSET) = next;
+            System.Threading.Volatile.Write(ref *seg.Wake, (uint)(((next & Layout.WAKE_SEQ_MASK) << (int)Layout.WAKE_SEQ_SHIFT) | slot));
             seg.FutexWake();
             order.Remove(slot);
             order.Add(slot);

@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   } catch (const shmlaunch::Error& e) {
-    std::fprintf(stderr, "checked_io: error: %s\n", e.what());
+    std::fprintf(stderr, "checked_io: error: %s: %s\n", e.kind(), e.what());
     return 2;
   }
   return 0;

@@ -56,44 +56,30 @@
 #include <utility>
 #include <vector>
 
+#include "shmlaunch/layout.hpp"  // generated from transport/_layout.py
+
 namespace shmlaunch {
 
-constexpr uint32_t kLayoutVersion = 1;
-constexpr uint64_t kHeaderSize = 512;
-constexpr uint64_t kSlotHeaderSize = 64;
-constexpr uint64_t kWakeOffset = 256;
-constexpr uint64_t kLatestSeqOffset = 264;
-constexpr uint64_t kWriterOffset = 272;
-constexpr uint64_t kWaitersOffset = 296;            // Windows: bit i set while wait entry i has a wake event
-constexpr uint64_t kWakeIdOffset = 304;             // Windows: names the topic's wake events
-constexpr uint64_t kLockWriter = 0;
-constexpr uint64_t kLockPresence = 1;
-constexpr uint64_t kLockSlot0 = 64;
-constexpr uint64_t kLockWaiters = 2049;
-constexpr uint64_t kLockWaiter0 = 8192;
-constexpr uint32_t kMaxWaiters = 64;
-constexpr uint64_t kSlotsOffset = 21504;            // slot 0 of layout version 1 (after the reader and group tables)
-constexpr uint64_t kAlign = 64;
-constexpr uint32_t kMaxPool = 256;
-constexpr uint64_t kMaxCapacity = uint64_t(1) << 40;  // bounds every size computed from a header (no overflow)
 constexpr size_t kMaxRegistryBytes = size_t(16) << 20;
 
-// Base of every error; the subclasses say whose fault it is, as in Python.
+// Base of every error; the subclasses say whose fault it is, as in Python. kind() is the
+// class's name, the same in the three languages (Python adds "Error": SegmentCorruptError).
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
+  virtual const char* kind() const noexcept { return "Error"; }
 };
-struct TopicNotFound : Error {
-  using Error::Error;
-};
-struct TopicMismatch : Error {
-  using Error::Error;
-};
-struct WriterBusy : Error {
-  using Error::Error;
-};
-struct SegmentCorrupt : Error {
-  using Error::Error;
-};
+#define SHMLAUNCH_ERROR_KIND(Name, Base)                               \
+  struct Name : Base {                                                 \
+    using Base::Base;                                                  \
+    const char* kind() const noexcept override { return #Name; }       \
+  }
+SHMLAUNCH_ERROR_KIND(TopicNotFound, Error);
+SHMLAUNCH_ERROR_KIND(TopicMismatch, Error);
+SHMLAUNCH_ERROR_KIND(WriterBusy, Error);
+SHMLAUNCH_ERROR_KIND(SegmentCorrupt, Error);
+// A segment of another layout version (written by another shmlaunch release): Python's LayoutVersionError.
+SHMLAUNCH_ERROR_KIND(LayoutVersion, TopicMismatch);
+#undef SHMLAUNCH_ERROR_KIND
 
 // ---------------------------------------------------------------- the platform seam
 namespace os {
@@ -264,7 +250,7 @@ inline uint64_t pid() { return GetCurrentProcessId(); }
 
 inline std::string event_name(const uint8_t* base, uint32_t index) {
   uint64_t id;
-  std::memcpy(&id, base + kWakeIdOffset, 8);
+  std::memcpy(&id, base + layout::HEADER_WAKE_ID_OFFSET, layout::HEADER_WAKE_ID_SIZE);
   char name[64];
   std::snprintf(name, sizeof name, "Local\\shmlaunch-%016llx-%u", (unsigned long long)id, index);
   return name;
@@ -272,14 +258,14 @@ inline std::string event_name(const uint8_t* base, uint32_t index) {
 
 // Sets or clears bit `index` of `waiters` under its lock byte (held for microseconds).
 inline void set_waiter_bit(File f, uint8_t* base, uint32_t index, bool on) {
-  for (int i = 0; !lock(f, kLockWaiters, true); ++i) {
+  for (int i = 0; !lock(f, layout::LOCK_WAITERS, true); ++i) {
     if (i > 5000) throw Error("the topic's waiters lock is held for more than 5 s: a process holding it is stopped or hung");
     Sleep(1);
   }
-  auto* mask = reinterpret_cast<std::atomic<uint64_t>*>(base + kWaitersOffset);
+  auto* mask = reinterpret_cast<std::atomic<uint64_t>*>(base + layout::HEADER_WAITERS_OFFSET);
   if (on) mask->fetch_or(uint64_t(1) << index);
   else mask->fetch_and(~(uint64_t(1) << index));
-  unlock(f, kLockWaiters);
+  unlock(f, layout::LOCK_WAITERS);
 }
 
 // A reader's sleep: its own wait entry and named auto-reset event (LAYOUT.md, Protocol).
@@ -288,9 +274,9 @@ class Waiter {
   void attach(File f, uint8_t* base) {
     f_ = f;
     base_ = base;
-    for (index_ = 0; index_ < kMaxWaiters && !lock(f, kLockWaiter0 + index_, true); ++index_) {
+    for (index_ = 0; index_ < layout::MAX_WAITERS && !lock(f, layout::LOCK_WAITER0 + index_, true); ++index_) {
     }
-    if (index_ == kMaxWaiters) throw Error("the topic has 64 waiting readers already (Windows' limit per topic)");
+    if (index_ == layout::MAX_WAITERS) throw Error("the topic has 64 waiting readers already (Windows' limit per topic)");
     event_ = CreateEventA(nullptr, FALSE, FALSE, event_name(base, index_).c_str());
     if (!event_) throw Error("CreateEvent failed: " + last_error_text());
     set_waiter_bit(f, base, index_, true);
@@ -302,7 +288,7 @@ class Waiter {
         set_waiter_bit(f_, base_, index_, false);
       } catch (...) {
       }
-      unlock(f_, kLockWaiter0 + index_);
+      unlock(f_, layout::LOCK_WAITER0 + index_);
       CloseHandle(event_);
     }
   }
@@ -331,7 +317,7 @@ class Waker {
       if (h) CloseHandle(h);
   }
   void wake(uint32_t*) {
-    uint64_t mask = reinterpret_cast<std::atomic<uint64_t>*>(base_ + kWaitersOffset)->load();
+    uint64_t mask = reinterpret_cast<std::atomic<uint64_t>*>(base_ + layout::HEADER_WAITERS_OFFSET)->load();
     for (uint32_t i = 0; mask; ++i, mask >>= 1) {
       if (!(mask & 1)) continue;
       if (!events_[i]) events_[i] = OpenEventA(EVENT_MODIFY_STATE, FALSE, event_name(base_, i).c_str());
@@ -341,7 +327,7 @@ class Waker {
 
  private:
   uint8_t* base_ = nullptr;
-  HANDLE events_[kMaxWaiters] = {};
+  HANDLE events_[layout::MAX_WAITERS] = {};
 };
 #else
 using File = int;
@@ -490,15 +476,6 @@ inline std::string shm_root() { return os::shm_root(); }
 // rings"), as the Python clients do. It looks for the request at most every 250 ms: after a
 // receive that waited, and every 64th step otherwise; off, a step costs a counter and a test.
 namespace trace {
-constexpr uint64_t kTraceHeaderSize = 128;  // (each checked against _layout.py by the cross-language test)
-constexpr uint64_t kTraceRecordSize = 64;
-constexpr uint64_t kTraceHeadOffset = 16;
-constexpr uint32_t kTraceCapacity = uint32_t(1) << 15;
-constexpr uint16_t kTracePublish = 1;
-constexpr uint16_t kTraceReceive = 2;
-constexpr uint16_t kTraceRelease = 3;
-constexpr uint16_t kTraceDrop = 6;
-constexpr uint16_t kTraceNoEntry = 65535;
 constexpr int64_t kLookEveryNs = 250000000;
 
 #ifndef _WIN32
@@ -525,19 +502,24 @@ class Agent {
     while (busy_.test_and_set(std::memory_order_acquire)) {
     }
     if (uint8_t* base = ring_.load(std::memory_order_relaxed)) {
-      auto* head_word = reinterpret_cast<std::atomic<uint64_t>*>(base + kTraceHeadOffset);
+      auto* head_word = reinterpret_cast<std::atomic<uint64_t>*>(base + layout::TRACE_HEADER_HEAD_OFFSET);
       uint64_t head = head_word->load(std::memory_order_relaxed);
-      uint8_t* r = base + kTraceHeaderSize + (head & (kTraceCapacity - 1)) * kTraceRecordSize;
+      uint8_t* r = base + layout::TRACE_HEADER_SIZE + (head & (layout::TRACE_CAPACITY - 1)) * layout::TRACE_RECORD_SIZE;
       int64_t now = monotonic_ns();
-      uint32_t kind_entry[2] = {uint32_t(kind) | (uint32_t(kTraceNoEntry) << 16), uint32_t(generation)};
-      uint32_t lost[4] = {overwritten, 0, 0, 0};
-      std::memcpy(r, &now, 8);
-      std::memcpy(r + 8, &topic, 8);
-      std::memcpy(r + 16, &seq, 8);
-      std::memcpy(r + 24, &source_seq, 8);
-      std::memcpy(r + 32, &stamp, 8);
-      std::memcpy(r + 40, kind_entry, 8);
-      std::memcpy(r + 48, lost, 16);
+      uint16_t entry = layout::TRACE_NO_ENTRY;
+      uint32_t generation32 = uint32_t(generation);
+      uint32_t lost[3] = {overwritten, 0, 0};
+      static_assert(sizeof lost == layout::TRACE_RECORD_LOST_SIZE, "lost is three u32 counts");
+      std::memcpy(r + layout::TRACE_RECORD_NS_OFFSET, &now, layout::TRACE_RECORD_NS_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_TOPIC_OFFSET, &topic, layout::TRACE_RECORD_TOPIC_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_SEQ_OFFSET, &seq, layout::TRACE_RECORD_SEQ_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_SOURCE_SEQ_OFFSET, &source_seq, layout::TRACE_RECORD_SOURCE_SEQ_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_STAMP_NS_OFFSET, &stamp, layout::TRACE_RECORD_STAMP_NS_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_KIND_OFFSET, &kind, layout::TRACE_RECORD_KIND_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_ENTRY_OFFSET, &entry, layout::TRACE_RECORD_ENTRY_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_GENERATION_OFFSET, &generation32, layout::TRACE_RECORD_GENERATION_SIZE);
+      std::memcpy(r + layout::TRACE_RECORD_LOST_OFFSET, lost, layout::TRACE_RECORD_LOST_SIZE);
+      std::memset(r + layout::TRACE_RECORD_RESERVED_60_OFFSET, 0, layout::TRACE_RECORD_RESERVED_60_SIZE);
       head_word->store(head + 1, std::memory_order_release);
     }
     busy_.clear(std::memory_order_release);
@@ -574,7 +556,7 @@ class Agent {
     std::string name = "trace." + std::to_string(getpid()) + ".ring";
     os::File f = dir->create_file(name);
     if (f < 0) return;  // a dead process's ring with our pid: the tracer removes it, we try again later
-    uint64_t size = kTraceHeaderSize + uint64_t(kTraceCapacity) * kTraceRecordSize;
+    uint64_t size = layout::TRACE_HEADER_SIZE + uint64_t(layout::TRACE_CAPACITY) * layout::TRACE_RECORD_SIZE;
     std::string why;
     uint8_t* base = posix_fallocate(f, 0, off_t(size)) == 0 ? os::map(f, size, &why) : nullptr;
     if (!base) {
@@ -582,7 +564,7 @@ class Agent {
       ::close(f);
       return;
     }
-    uint32_t version = 1, capacity = kTraceCapacity;
+    uint32_t version = layout::TRACE_VERSION, capacity = layout::TRACE_CAPACITY;
     uint64_t pid = os::pid();
     int64_t offset = realtime_ns() - monotonic_ns();
     std::string label;
@@ -592,12 +574,12 @@ class Agent {
       if (std::fgets(buf, sizeof buf, comm)) label = std::string(buf, strcspn(buf, "\n"));
       std::fclose(comm);
     }
-    std::memcpy(base, "SHMLTRCE", 8);
-    std::memcpy(base + 8, &version, 4);
-    std::memcpy(base + 12, &capacity, 4);
-    std::memcpy(base + 24, &pid, 8);
-    std::memcpy(base + 32, &offset, 8);
-    std::memcpy(base + 48, label.data(), std::min<size_t>(label.size(), 64));
+    std::memcpy(base + layout::TRACE_HEADER_MAGIC_OFFSET, layout::TRACE_MAGIC, layout::TRACE_HEADER_MAGIC_SIZE);
+    std::memcpy(base + layout::TRACE_HEADER_VERSION_OFFSET, &version, layout::TRACE_HEADER_VERSION_SIZE);
+    std::memcpy(base + layout::TRACE_HEADER_CAPACITY_OFFSET, &capacity, layout::TRACE_HEADER_CAPACITY_SIZE);
+    std::memcpy(base + layout::TRACE_HEADER_PID_OFFSET, &pid, layout::TRACE_HEADER_PID_SIZE);
+    std::memcpy(base + layout::TRACE_HEADER_CLOCK_OFFSET_OFFSET, &offset, layout::TRACE_HEADER_CLOCK_OFFSET_SIZE);
+    std::memcpy(base + layout::TRACE_HEADER_NAME_OFFSET, label.data(), std::min<size_t>(label.size(), layout::TRACE_HEADER_NAME_SIZE));
     ring_dir_ = std::move(dir);
     ring_file_ = f;
     ring_name_ = name;
@@ -610,7 +592,7 @@ class Agent {
     }
     ring_.store(nullptr, std::memory_order_release);
     busy_.clear(std::memory_order_release);
-    os::unmap(base, kTraceHeaderSize + uint64_t(kTraceCapacity) * kTraceRecordSize);
+    os::unmap(base, layout::TRACE_HEADER_SIZE + uint64_t(layout::TRACE_CAPACITY) * layout::TRACE_RECORD_SIZE);
     if (remove) ring_dir_->remove_if_same(ring_name_, ring_file_);
     ::close(ring_file_);
     ring_dir_.reset();
@@ -643,7 +625,7 @@ class Agent {
 
 inline uint64_t topic_id(const uint8_t* header) {
   uint64_t id;
-  std::memcpy(&id, header + kWakeIdOffset, 8);
+  std::memcpy(&id, header + layout::HEADER_WAKE_ID_OFFSET, layout::HEADER_WAKE_ID_SIZE);
   return id;
 }
 }  // namespace trace
@@ -808,7 +790,7 @@ inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string&
         if (key == "capacity") {
           cfg.capacity = std::stoull(c.number());
         } else if (key == "pool") {
-          cfg.pool = uint32_t(std::min<unsigned long long>(std::stoull(c.number()), kMaxPool + 1));
+          cfg.pool = uint32_t(std::min<unsigned long long>(std::stoull(c.number()), layout::MAX_POOL + 1));
         } else if (key == "segment") {
           cfg.segment = c.string();
         } else if (key == "typestr") {
@@ -825,9 +807,9 @@ inline TopicConfig read_registry_entry(const RuntimeDir& dir, const std::string&
         }
         c.eat(',');
       }
-      if (cfg.capacity < 1 || cfg.capacity > kMaxCapacity)
-        throw std::runtime_error("capacity " + std::to_string(cfg.capacity) + " is outside 1.." + std::to_string(kMaxCapacity));
-      if (cfg.pool < 1 || cfg.pool > kMaxPool) throw std::runtime_error("pool is outside 1..256");
+      if (cfg.capacity < 1 || cfg.capacity > layout::MAX_CAPACITY)
+        throw std::runtime_error("capacity " + std::to_string(cfg.capacity) + " is outside 1.." + std::to_string(layout::MAX_CAPACITY));
+      if (cfg.pool < 1 || cfg.pool > layout::MAX_POOL) throw std::runtime_error("pool is outside 1..256");
       if (!plain_segment_name(cfg.segment))
         throw std::runtime_error("segment '" + cfg.segment + "' is not a plain segment file name (NAME.pool, no '/' or '..')");
     } catch (const std::exception& e) {
@@ -880,9 +862,11 @@ class Segment {
     fd_ = dir.open_file(cfg_.segment, true);
     if (fd_ == os::no_file) throw TopicNotFound(action + ": its segment " + path + " is missing");
     uint64_t size = 0;
-    if (!os::regular_size(fd_, &size) || size < kHeaderSize) {
+    bool regular = os::regular_size(fd_, &size);
+    if (!regular || size < layout::HEADER_SIZE) {
       os::close_file(fd_);
-      throw SegmentCorrupt(action + ": segment " + path + " is not a regular file of at least a header's size");
+      throw SegmentCorrupt(action + ": segment " + path +
+                           (regular ? " is " + std::to_string(size) + " bytes, shorter than a header" : " is not a regular file"));
     }
     size_ = size_t(size);
     std::string why;
@@ -909,9 +893,9 @@ class Segment {
   const TopicConfig& config() const { return cfg_; }
   uint8_t* base() const { return base_; }
   uint64_t slot_offset(uint32_t slot) const { return slots_offset_ + uint64_t(slot) * stride_; }
-  uint8_t* payload(uint32_t slot) const { return base_ + slot_offset(slot) + kSlotHeaderSize; }
-  uint64_t* state(uint32_t slot) const { return reinterpret_cast<uint64_t*>(base_ + slot_offset(slot)); }
-  uint32_t* wake() const { return reinterpret_cast<uint32_t*>(base_ + kWakeOffset); }
+  uint8_t* payload(uint32_t slot) const { return base_ + slot_offset(slot) + layout::SLOT_HEADER_SIZE; }
+  uint64_t* state(uint32_t slot) const { return reinterpret_cast<uint64_t*>(base_ + slot_offset(slot) + layout::SLOT_STATE_OFFSET); }
+  uint32_t* wake() const { return reinterpret_cast<uint32_t*>(base_ + layout::HEADER_WAKE_OFFSET); }
   os::File file() const { return fd_; }
 
   // Non-blocking one-byte locks; false when another open file conflicts.
@@ -920,21 +904,48 @@ class Segment {
   bool held_by_others(uint64_t byte) const { return os::held_by_others(fd_, byte); }
 
  private:
+  // The same checks, in the same order and with the same words, as Python's header_problem and
+  // check_header (the cross-language test feeds all three clients the same crafted segments).
   void check_header(const std::string& action, const std::string& path) {
+    namespace L = layout;
     const uint8_t* b = base_;
     auto u32 = [b](size_t off) { uint32_t v; std::memcpy(&v, b + off, 4); return v; };
     auto u64 = [b](size_t off) { uint64_t v; std::memcpy(&v, b + off, 8); return v; };
-    if (std::memcmp(b, "SHMLPOOL", 8) != 0) throw SegmentCorrupt(action + ": segment " + path + " has no SHMLPOOL magic");
-    if (u32(8) != kLayoutVersion)
-      throw SegmentCorrupt(action + ": segment layout_version is " + std::to_string(u32(8)) + ", this client uses " +
-                           std::to_string(kLayoutVersion));
-    uint32_t pool = u32(12);
-    uint64_t capacity = u64(16);
-    stride_ = u64(24);
-    slots_offset_ = u64(32);
-    std::string typestr(reinterpret_cast<const char*>(b + 56), strnlen(reinterpret_cast<const char*>(b + 56), 32));
+    auto corrupt = [&](const std::string& problem) {
+      throw SegmentCorrupt(action + ": segment " + path + " is corrupt: its header's " + problem);
+    };
+    const std::string at = " is outside 1..";
+    if (std::memcmp(b + L::HEADER_MAGIC_OFFSET, L::MAGIC, L::HEADER_MAGIC_SIZE) != 0) {
+      char hex[2 * L::HEADER_MAGIC_SIZE + 1];
+      for (size_t i = 0; i < L::HEADER_MAGIC_SIZE; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[L::HEADER_MAGIC_OFFSET + i]);
+      corrupt(std::string("magic is 0x") + hex + ", expected " + L::MAGIC);
+    }
+    uint32_t version = u32(L::HEADER_LAYOUT_VERSION_OFFSET);
+    if (version != L::LAYOUT_VERSION)
+      throw LayoutVersion(action + ": segment " + path + " has layout version " + std::to_string(version) + ", this shmlaunch uses " +
+                          std::to_string(L::LAYOUT_VERSION));
+    uint32_t pool = u32(L::HEADER_POOL_OFFSET);
+    uint64_t capacity = u64(L::HEADER_CAPACITY_OFFSET);
+    stride_ = u64(L::HEADER_SLOT_STRIDE_OFFSET);
+    slots_offset_ = u64(L::HEADER_SLOTS_OFFSET_OFFSET);
+    uint32_t ndim = u32(L::HEADER_NDIM_OFFSET);
+    // Every field bounded before any product is formed: no overflow, whatever the file says.
+    const uint64_t size = size_;
+    if (pool == 0 || pool > L::MAX_POOL) corrupt("pool " + std::to_string(pool) + at + std::to_string(L::MAX_POOL));
+    if (capacity == 0 || capacity > L::MAX_CAPACITY) corrupt("capacity " + std::to_string(capacity) + at + std::to_string(L::MAX_CAPACITY));
+    if (slots_offset_ < L::SLOTS_OFFSET || slots_offset_ % L::ALIGN || slots_offset_ > size)
+      corrupt("slots_offset " + std::to_string(slots_offset_) + " is not a multiple of " + std::to_string(L::ALIGN) + " from " +
+              std::to_string(L::SLOTS_OFFSET) + " to the file size " + std::to_string(size));
+    auto min_stride = (L::SLOT_HEADER_SIZE + capacity + L::ALIGN - 1) / L::ALIGN * L::ALIGN;
+    if (stride_ < min_stride || stride_ % L::ALIGN || stride_ > (size - slots_offset_) / pool)
+      corrupt("slot_stride " + std::to_string(stride_) + " does not fit: capacity " + std::to_string(capacity) + " needs at least " +
+              std::to_string(min_stride) + ", and " + std::to_string(pool) + " slots from offset " + std::to_string(slots_offset_) +
+              " must end within the file size " + std::to_string(size));
+    if (ndim > L::MAX_NDIM) corrupt("ndim " + std::to_string(ndim) + " is above " + std::to_string(L::MAX_NDIM));
+    const char* dtype = reinterpret_cast<const char*>(b + L::HEADER_DTYPE_OFFSET);
+    std::string typestr(dtype, strnlen(dtype, L::HEADER_DTYPE_SIZE));
     std::vector<uint64_t> shape;
-    for (uint32_t k = 0; k < u32(48) && k < 8; ++k) shape.push_back(u64(88 + 8 * k));
+    for (uint32_t k = 0; k < ndim; ++k) shape.push_back(u64(L::HEADER_SHAPE_OFFSET + 8 * k));
     auto mismatch = [&](const char* field, const std::string& header, const std::string& registry) {
       throw TopicMismatch(action + ": the segment header " + field + " is " + header + ", the registry says " + registry);
     };
@@ -942,15 +953,6 @@ class Segment {
     if (pool != cfg_.pool) mismatch("pool", std::to_string(pool), std::to_string(cfg_.pool));
     if (typestr != cfg_.typestr) mismatch("dtype", typestr.empty() ? "None" : typestr, cfg_.typestr.empty() ? "None" : cfg_.typestr);
     if (shape != cfg_.shape) mismatch("shape", detail::shape_str(shape), detail::shape_str(cfg_.shape));
-    // Every field bounded before any product is formed: no overflow, whatever the file says.
-    const uint64_t size = size_;
-    auto min_stride = (kSlotHeaderSize + capacity + kAlign - 1) / kAlign * kAlign;
-    if (pool == 0 || pool > kMaxPool || capacity == 0 || capacity > kMaxCapacity || slots_offset_ < kSlotsOffset ||
-        slots_offset_ % kAlign || slots_offset_ > size || stride_ < min_stride || stride_ % kAlign ||
-        stride_ > (size - slots_offset_) / pool)
-      throw SegmentCorrupt(action + ": segment " + path + " is corrupt: its header (pool " + std::to_string(pool) + ", capacity " +
-                           std::to_string(capacity) + ", slots_offset " + std::to_string(slots_offset_) + ", slot_stride " +
-                           std::to_string(stride_) + ") does not fit the file size " + std::to_string(size));
   }
 
   std::string topic_;
@@ -994,8 +996,8 @@ class Sample {
   void release() {
     if (!seg_) return;
     if (trace::Agent::instance().on())
-      trace::Agent::instance().put(trace::kTraceRelease, trace::topic_id(seg_->base()), seq_, source_seq_, source_ns_, generation_, 0);
-    if (--(*holds_)[slot_] == 0) seg_->unlock(kLockSlot0 + slot_);
+      trace::Agent::instance().put(layout::TRACE_RELEASE, trace::topic_id(seg_->base()), seq_, source_seq_, source_ns_, generation_, 0);
+    if (--(*holds_)[slot_] == 0) seg_->unlock(layout::LOCK_SLOT0 + slot_);
     seg_ = nullptr;
   }
 
@@ -1017,7 +1019,7 @@ class Reader {
  public:
   explicit Reader(const std::string& topic, const std::string& dir = runtime_dir(), const Expect& expect = {})
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for reading")), holds_(seg_.config().pool, 0) {
-    seg_.lock(kLockPresence, false);
+    seg_.lock(layout::LOCK_PRESENCE, false);
     waiter_.attach(seg_.file(), seg_.base());
     trace::Agent::instance().watch(dir);
   }
@@ -1047,28 +1049,28 @@ class Reader {
   [[deprecated("use receive()")]] std::optional<Sample> read(int64_t timeout_ms) { return receive(timeout_ms); }
   [[deprecated("use receive_nowait()")]] std::optional<Sample> read_nowait() { return receive_nowait(); }
   const TopicConfig& config() const { return seg_.config(); }
-  bool writer_alive() const { return seg_.held_by_others(kLockWriter); }
+  bool writer_alive() const { return seg_.held_by_others(layout::LOCK_WRITER); }
   uint64_t missed() const { return missed_; }
 
  private:
   uint32_t load_wake() const { return reinterpret_cast<std::atomic<uint32_t>*>(seg_.wake())->load(std::memory_order_acquire); }
   std::optional<Sample> take(uint32_t w) {
     last_wake_ = w;
-    uint32_t slot = w & 0xff;
+    uint32_t slot = w & layout::WAKE_SLOT_MASK;
     if (slot >= holds_.size()) return std::nullopt;
-    if (holds_[slot] == 0 && !seg_.lock(kLockSlot0 + slot, false)) return std::nullopt;  // being written
+    if (holds_[slot] == 0 && !seg_.lock(layout::LOCK_SLOT0 + slot, false)) return std::nullopt;  // being written
     const uint8_t* h = seg_.base() + seg_.slot_offset(slot);
     uint64_t state, length, source_seq, generation;
     int64_t source_ns, publish_ns;
-    std::memcpy(&state, h, 8);
-    std::memcpy(&length, h + 8, 8);
-    std::memcpy(&source_ns, h + 16, 8);
-    std::memcpy(&publish_ns, h + 24, 8);
-    std::memcpy(&generation, h + 32, 8);
-    std::memcpy(&source_seq, h + 40, 8);
+    std::memcpy(&state, h + layout::SLOT_STATE_OFFSET, layout::SLOT_STATE_SIZE);
+    std::memcpy(&length, h + layout::SLOT_LENGTH_OFFSET, layout::SLOT_LENGTH_SIZE);
+    std::memcpy(&source_ns, h + layout::SLOT_SOURCE_NS_OFFSET, layout::SLOT_SOURCE_NS_SIZE);
+    std::memcpy(&publish_ns, h + layout::SLOT_PUBLISH_NS_OFFSET, layout::SLOT_PUBLISH_NS_SIZE);
+    std::memcpy(&generation, h + layout::SLOT_GENERATION_OFFSET, layout::SLOT_GENERATION_SIZE);
+    std::memcpy(&source_seq, h + layout::SLOT_SOURCE_SEQ_OFFSET, layout::SLOT_SOURCE_SEQ_SIZE);
     uint64_t seq = state >> 1;
     if ((state & 1) || seq <= last_seq_ || length > seg_.config().capacity) {
-      if (holds_[slot] == 0) seg_.unlock(kLockSlot0 + slot);
+      if (holds_[slot] == 0) seg_.unlock(layout::LOCK_SLOT0 + slot);
       return std::nullopt;
     }
     ++holds_[slot];
@@ -1077,7 +1079,7 @@ class Reader {
     last_seq_ = seq;
     trace::Agent& tracer = trace::Agent::instance();
     tracer.tick(false);
-    if (tracer.on()) tracer.put(trace::kTraceReceive, trace::topic_id(seg_.base()), seq, source_seq, source_ns, generation, uint32_t(overwritten));
+    if (tracer.on()) tracer.put(layout::TRACE_RECEIVE, trace::topic_id(seg_.base()), seq, source_seq, source_ns, generation, uint32_t(overwritten));
     Sample s;
     s.seg_ = &seg_;
     s.holds_ = &holds_;
@@ -1107,9 +1109,9 @@ class Writer {
  public:
   explicit Writer(const std::string& topic, const std::string& dir = runtime_dir(), const Expect& expect = {})
       : seg_(dir, topic, expect, detail::topic_action("open", topic, " for writing")) {
-    if (!seg_.lock(kLockWriter, true)) {
+    if (!seg_.lock(layout::LOCK_WRITER, true)) {
       uint64_t pid;
-      std::memcpy(&pid, seg_.base() + kWriterOffset, 8);
+      std::memcpy(&pid, seg_.base() + layout::HEADER_WRITER_PID_OFFSET, layout::HEADER_WRITER_PID_SIZE);
       throw WriterBusy("cannot open topic '" + topic + "' for writing: another writer (pid " + std::to_string(pid) +
                        ") is alive; a topic has exactly one writer");
     }
@@ -1122,14 +1124,14 @@ class Writer {
     }
     std::sort(ages.begin(), ages.end());
     for (auto& a : ages) order_.push_back(a.second);
-    uint64_t* gen = reinterpret_cast<uint64_t*>(seg_.base() + kWriterOffset + 8);
+    uint64_t* gen = reinterpret_cast<uint64_t*>(seg_.base() + layout::HEADER_WRITER_GENERATION_OFFSET);
     generation_ = *gen + 1;
     waker_.attach(seg_.file(), seg_.base());
     uint64_t pid = os::pid();
     int64_t now = realtime_ns();
-    std::memcpy(seg_.base() + kWriterOffset, &pid, 8);
-    std::memcpy(gen, &generation_, 8);
-    std::memcpy(seg_.base() + kWriterOffset + 16, &now, 8);
+    std::memcpy(seg_.base() + layout::HEADER_WRITER_PID_OFFSET, &pid, layout::HEADER_WRITER_PID_SIZE);
+    std::memcpy(gen, &generation_, layout::HEADER_WRITER_GENERATION_SIZE);
+    std::memcpy(seg_.base() + layout::HEADER_WRITER_ATTACH_NS_OFFSET, &now, layout::HEADER_WRITER_ATTACH_NS_SIZE);
     trace::Agent::instance().watch(dir);
   }
 
@@ -1156,7 +1158,7 @@ class Writer {
       return w_->commit(slot_, size, source_ns, source_seq);
     }
     ~Loan() {
-      if (!done_ && w_) w_->seg_.unlock(kLockSlot0 + slot_);  // cancelled: left odd, never delivered
+      if (!done_ && w_) w_->seg_.unlock(layout::LOCK_SLOT0 + slot_);  // cancelled: left odd, never delivered
     }
     Loan(Loan&& o) noexcept : w_(o.w_), slot_(o.slot_), done_(o.done_) { o.w_ = nullptr; }
 
@@ -1179,9 +1181,9 @@ class Writer {
  private:
   int take_free_slot() {
     for (uint32_t slot : order_)
-      if (seg_.lock(kLockSlot0 + slot, true)) return int(slot);
+      if (seg_.lock(layout::LOCK_SLOT0 + slot, true)) return int(slot);
     if (trace::Agent::instance().on())
-      trace::Agent::instance().put(trace::kTraceDrop, trace::topic_id(seg_.base()), seq_ + 1, 0, 0, generation_, 0);
+      trace::Agent::instance().put(layout::TRACE_DROP, trace::topic_id(seg_.base()), seq_ + 1, 0, 0, generation_, 0);
     return -1;
   }
   static void store(uint64_t* word, uint64_t v) { reinterpret_cast<std::atomic<uint64_t>*>(word)->store(v, std::memory_order_release); }
@@ -1192,19 +1194,19 @@ class Writer {
     int64_t now = realtime_ns();
     int64_t src = source_ns < 0 ? now : source_ns;
     uint64_t len = size;
-    std::memcpy(h + 8, &len, 8);
-    std::memcpy(h + 16, &src, 8);
-    std::memcpy(h + 24, &now, 8);
-    std::memcpy(h + 32, &generation_, 8);
-    std::memcpy(h + 40, &source_seq, 8);
+    std::memcpy(h + layout::SLOT_LENGTH_OFFSET, &len, layout::SLOT_LENGTH_SIZE);
+    std::memcpy(h + layout::SLOT_SOURCE_NS_OFFSET, &src, layout::SLOT_SOURCE_NS_SIZE);
+    std::memcpy(h + layout::SLOT_PUBLISH_NS_OFFSET, &now, layout::SLOT_PUBLISH_NS_SIZE);
+    std::memcpy(h + layout::SLOT_GENERATION_OFFSET, &generation_, layout::SLOT_GENERATION_SIZE);
+    std::memcpy(h + layout::SLOT_SOURCE_SEQ_OFFSET, &source_seq, layout::SLOT_SOURCE_SEQ_SIZE);
     trace::Agent& tracer = trace::Agent::instance();
     tracer.tick(false);
-    if (tracer.on()) tracer.put(trace::kTracePublish, trace::topic_id(seg_.base()), seq, source_seq, src, generation_, 0);  // before readers can see it
+    if (tracer.on()) tracer.put(layout::TRACE_PUBLISH, trace::topic_id(seg_.base()), seq, source_seq, src, generation_, 0);  // before readers can see it
     store(seg_.state(slot), 2 * seq);
-    seg_.unlock(kLockSlot0 + slot);
+    seg_.unlock(layout::LOCK_SLOT0 + slot);
     uint64_t latest = seq;
-    std::memcpy(seg_.base() + kLatestSeqOffset, &latest, 8);
-    reinterpret_cast<std::atomic<uint32_t>*>(seg_.wake())->store(uint32_t(((seq & 0xffffff) << 8) | slot), std::memory_order_seq_cst);
+    std::memcpy(seg_.base() + layout::HEADER_LATEST_SEQ_OFFSET, &latest, layout::HEADER_LATEST_SEQ_SIZE);
+    reinterpret_cast<std::atomic<uint32_t>*>(seg_.wake())->store(uint32_t(((seq & layout::WAKE_SEQ_MASK) << layout::WAKE_SEQ_SHIFT) | slot), std::memory_order_seq_cst);
     waker_.wake(seg_.wake());
     for (size_t k = 0; k < order_.size(); ++k)
       if (order_[k] == slot) {

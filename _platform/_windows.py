@@ -34,10 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import PlatformUnavailableError, RuntimeDirError
 from . import _win32 as W
 from ._common import ByteLockBase
 from ._windows_hotpath import LoanBase, MessageBase, ReadCursor, WriteCursor, lock_byte, unlock_byte, wait_any
+from .errors import PlatformUnavailableError, RuntimeDirError
 
 __all__ = ["LoanBase", "MessageBase", "ReadCursor", "WriteCursor", "wait_any"]  # the hot path, re-exported
 
@@ -543,3 +543,19 @@ def own_priority() -> int:
 def may_raise_priority(nice: int) -> bool:
     """Any user may choose a class up to HIGH (nice -10); REALTIME needs the increase-priority right."""
     return nice >= -10
+
+
+def wait_for_signal() -> None:
+    """Sleep until Ctrl-C, Ctrl-Break or the stop event (each interrupts the sleep through its handler)."""
+    time.sleep(3600)
+
+
+#: Flags for opening a file to read it whole: binary (no newline translation); Windows has no FIFOs to block on.
+OPEN_READ_FLAGS = os.O_BINARY
+#: Flags for making a new file to write (recordings): never an existing one (a link is opened as itself by CreateFile's caller).
+CREATE_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_BINARY
+
+
+def notify_service_manager(address: str, message: bytes) -> bool:
+    """systemd is Linux's: there is nobody to notify."""
+    return False

@@ -33,17 +33,19 @@ import os
 import signal
 import sys
 import tempfile
+import time
 
-from .._errors import PlatformUnavailableError
 from ._common import buffer_address
+from .errors import PlatformUnavailableError
 
 #: What a backend module provides (``buffer_address`` is shared: ``_common``).
 _SEAM = (
-    "CHILD_EXIT_SIGNAL", "SHM_ROOT", "STOP_SIGNALS", "TRACING", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase", "ProcessInfo",
-    "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options", "cpu_features", "detached_options",
-    "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file", "may_raise_priority", "own_priority",
-    "place_child", "process_info", "process_start_time", "raise_open_file_limit", "reap_orphans", "request_stop", "reserve", "stop_group",
-    "stop_process", "trace_event", "trace_start", "trace_stop", "wait_any",
+    "CHILD_EXIT_SIGNAL", "CREATE_NEW_FLAGS", "SHM_ROOT", "STOP_SIGNALS", "TRACING", "USER_ID", "ByteLock", "Directory", "LoanBase", "MessageBase",
+    "ProcessInfo", "OPEN_READ_FLAGS", "ReadCursor", "WriteCursor", "adopted_orphans", "allowed_cpus", "become_subreaper", "child_options",
+    "cpu_features", "detached_options", "free_bytes", "futex_wait", "futex_wake", "group_alive", "listen_for_stop", "map_file",
+    "may_raise_priority", "notify_service_manager", "own_priority", "place_child", "process_info", "process_start_time",
+    "raise_open_file_limit", "reap_orphans", "request_stop", "reserve", "stop_group", "stop_process", "trace_event", "trace_start",
+    "trace_stop", "wait_any", "wait_for_signal",
 )
 
 try:
@@ -108,5 +110,14 @@ except ImportError as exc:  # another system, or the C module was not built
 
     def cpu_features() -> frozenset[str]:
         return frozenset()  # unknown: a caller chooses what runs on any CPU
+
+    def wait_for_signal() -> None:
+        time.sleep(3600)
+
+    def notify_service_manager(_address: str, _message: bytes) -> bool:
+        return False
+
+    OPEN_READ_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    CREATE_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 
 __all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "buffer_address", *_SEAM]

@@ -27,6 +27,7 @@ import mmap
 import os
 import resource
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -37,9 +38,9 @@ from pathlib import Path
 if not sys.platform.startswith("linux"):  # pragma: no cover
     raise ImportError("the Linux backend needs Linux 3.15 or later (futexes, open-file-description locks)")
 
-from .. import _fastpath  # noqa: E402
-from .._errors import RuntimeDirError  # noqa: E402
+from . import _fastpath  # noqa: E402
 from ._common import ByteLockBase  # noqa: E402
+from .errors import RuntimeDirError  # noqa: E402
 
 #: Where runtime directories go by default: a RAM-backed file system, so a "file" is memory.
 SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
@@ -443,3 +444,25 @@ def may_raise_priority(nice: int) -> bool:
             return True
     soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
     return soft == resource.RLIM_INFINITY or 20 - nice <= soft
+
+
+def wait_for_signal() -> None:
+    """Sleep until a signal handler has run (no CPU while idle): a node with no topics or timers."""
+    signal.pause()
+
+
+#: Flags for opening a file someone else may have made to read it: a FIFO or a device does not block the open.
+OPEN_READ_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+#: Flags for making a new file to write (recordings): never an existing one, never through a symlink.
+CREATE_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def notify_service_manager(address: str, message: bytes) -> bool:
+    """One sd_notify datagram to ``address`` ($NOTIFY_SOCKET; ``@`` = the abstract namespace)."""
+    target = "\0" + address[1:] if address.startswith("@") else address
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.sendto(message, target)
+        except OSError:
+            return False
+    return True

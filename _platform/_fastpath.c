@@ -27,26 +27,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "layout.h" /* generated from transport/_layout.py */
+
 #ifndef SYS_futex_waitv
 #define SYS_futex_waitv 449
 #endif
-#define WAKE_OFFSET 256
-#define LATEST_SEQ_OFFSET 264
-#define LOCK_SLOT0 64
 #define MAX_WAITV 128
-#define MAX_POOL 256
-#define SLOT_HEADER 64
 #define BIG_COPY (1 << 20)
-#define READERS_OFFSET 512
-#define READER_ENTRY 64
-#define WAKE_ID_OFFSET 304
-#define TRACE_HEAD_OFFSET 16
-#define TRACE_HEADER_SIZE 128
-#define TRACE_RECORD_SIZE 64
-#define TRACE_PUBLISH 1
-#define TRACE_RECEIVE 2
-#define TRACE_RELEASE 3
-#define TRACE_DROP 6
 
 struct futex_waitv_entry {
     uint64_t val;
@@ -100,12 +87,12 @@ typedef struct {
 } SlotHeader;
 
 static void read_header(const uint8_t *h, SlotHeader *out) {
-    out->state = __atomic_load_n((const uint64_t *)h, __ATOMIC_ACQUIRE);
-    memcpy(&out->length, h + 8, 8);
-    memcpy(&out->source_ns, h + 16, 8);
-    memcpy(&out->publish_ns, h + 24, 8);
-    memcpy(&out->generation, h + 32, 8);
-    memcpy(&out->source_seq, h + 40, 8);
+    out->state = __atomic_load_n((const uint64_t *)(h + SLOT_STATE_OFFSET), __ATOMIC_ACQUIRE);
+    memcpy(&out->length, h + SLOT_LENGTH_OFFSET, SLOT_LENGTH_SIZE);
+    memcpy(&out->source_ns, h + SLOT_SOURCE_NS_OFFSET, SLOT_SOURCE_NS_SIZE);
+    memcpy(&out->publish_ns, h + SLOT_PUBLISH_NS_OFFSET, SLOT_PUBLISH_NS_SIZE);
+    memcpy(&out->generation, h + SLOT_GENERATION_OFFSET, SLOT_GENERATION_SIZE);
+    memcpy(&out->source_seq, h + SLOT_SOURCE_SEQ_OFFSET, SLOT_SOURCE_SEQ_SIZE);
 }
 
 /* ===================================================================== tracing
@@ -121,20 +108,23 @@ static uint64_t trace_mask = 0;
  * messages this reader lost since its previous receive (overwritten, stale, taken by a replica). */
 static void trace_put(uint32_t kind, uint64_t topic, uint32_t entry, uint64_t seq, uint64_t source_seq, int64_t stamp,
                       uint64_t generation, const uint32_t lost[3]) {
-    uint64_t head = __atomic_load_n((uint64_t *)(trace_base + TRACE_HEAD_OFFSET), __ATOMIC_RELAXED);
+    uint64_t head = __atomic_load_n((uint64_t *)(trace_base + TRACE_HEADER_HEAD_OFFSET), __ATOMIC_RELAXED);
     uint8_t *r = trace_base + TRACE_HEADER_SIZE + (head & trace_mask) * TRACE_RECORD_SIZE;
     int64_t now = monotonic_ns();
-    uint32_t kind_entry[2] = {kind | (entry << 16), (uint32_t)generation};
-    memcpy(r, &now, 8);
-    memcpy(r + 8, &topic, 8);
-    memcpy(r + 16, &seq, 8);
-    memcpy(r + 24, &source_seq, 8);
-    memcpy(r + 32, &stamp, 8);
-    memcpy(r + 40, kind_entry, 8);
-    if (lost) memcpy(r + 48, lost, 12);
-    else memset(r + 48, 0, 12);
-    memset(r + 60, 0, 4);
-    __atomic_store_n((uint64_t *)(trace_base + TRACE_HEAD_OFFSET), head + 1, __ATOMIC_RELEASE);
+    uint16_t kind16 = (uint16_t)kind, entry16 = (uint16_t)entry;
+    uint32_t generation32 = (uint32_t)generation;
+    memcpy(r + TRACE_RECORD_NS_OFFSET, &now, TRACE_RECORD_NS_SIZE);
+    memcpy(r + TRACE_RECORD_TOPIC_OFFSET, &topic, TRACE_RECORD_TOPIC_SIZE);
+    memcpy(r + TRACE_RECORD_SEQ_OFFSET, &seq, TRACE_RECORD_SEQ_SIZE);
+    memcpy(r + TRACE_RECORD_SOURCE_SEQ_OFFSET, &source_seq, TRACE_RECORD_SOURCE_SEQ_SIZE);
+    memcpy(r + TRACE_RECORD_STAMP_NS_OFFSET, &stamp, TRACE_RECORD_STAMP_NS_SIZE);
+    memcpy(r + TRACE_RECORD_KIND_OFFSET, &kind16, TRACE_RECORD_KIND_SIZE);
+    memcpy(r + TRACE_RECORD_ENTRY_OFFSET, &entry16, TRACE_RECORD_ENTRY_SIZE);
+    memcpy(r + TRACE_RECORD_GENERATION_OFFSET, &generation32, TRACE_RECORD_GENERATION_SIZE);
+    if (lost) memcpy(r + TRACE_RECORD_LOST_OFFSET, lost, TRACE_RECORD_LOST_SIZE);
+    else memset(r + TRACE_RECORD_LOST_OFFSET, 0, TRACE_RECORD_LOST_SIZE);
+    memset(r + TRACE_RECORD_RESERVED_60_OFFSET, 0, TRACE_RECORD_RESERVED_60_SIZE);
+    __atomic_store_n((uint64_t *)(trace_base + TRACE_HEADER_HEAD_OFFSET), head + 1, __ATOMIC_RELEASE);
 }
 
 /* trace_start(address, capacity): records go to the ring mapped at address (capacity records, a power of two). */
@@ -156,7 +146,7 @@ static PyObject *py_trace_stop(PyObject *self, PyObject *unused) {
 /* A topic's identity in trace records: its header's wake_id. */
 static uint64_t topic_id(const uint8_t *header) {
     uint64_t id;
-    memcpy(&id, header + WAKE_ID_OFFSET, 8);
+    memcpy(&id, header + HEADER_WAKE_ID_OFFSET, HEADER_WAKE_ID_SIZE);
     return id;
 }
 
@@ -167,7 +157,7 @@ static PyObject *py_trace_event(PyObject *self, PyObject *args) {
     unsigned long long topic, seq, source_seq;
     long long stamp;
     if (!PyArg_ParseTuple(args, "IKKKL", &kind, &topic, &seq, &source_seq, &stamp)) return NULL;
-    if (trace_base) trace_put(kind, topic, 0xffff, seq, source_seq, stamp, 0, NULL);
+    if (trace_base) trace_put(kind, topic, TRACE_NO_ENTRY, seq, source_seq, stamp, 0, NULL);
     Py_RETURN_NONE;
 }
 
@@ -210,6 +200,7 @@ static void write_entry(ReadCursor *c) {
     if (c->entry < 0 || c->closed) return;
     uint64_t e[8] = {c->pid, c->received, c->missed, c->last_seq, (uint64_t)c->last_age_ns, (uint64_t)c->last_receive_ns,
                      c->stale, c->group_field};
+    _Static_assert(sizeof e == READER_BLOCK_SIZE, "a reader entry is eight u64 fields");
     memcpy(c->base + c->entry, e, sizeof e);
 }
 
@@ -286,7 +277,7 @@ static PyObject *deliver(ReadCursor *c, int slot, const SlotHeader *hd, int64_t 
  * newest slot cannot be had (being written, or a slot number past the pool): wait for the next. */
 static PyObject *look(ReadCursor *c, uint32_t wake) {
     c->last_wake = wake;
-    uint32_t slot = wake & 0xff;
+    uint32_t slot = wake & WAKE_SLOT_MASK;
     if (slot >= c->pool) {
         c->busy++;
         return NULL;
@@ -326,7 +317,7 @@ static PyObject *rc_receive(ReadCursor *c, PyObject *timeout) {
         if (t == -1.0 && PyErr_Occurred()) return NULL;
         deadline = monotonic_s() + t;
     }
-    uint32_t *word = (uint32_t *)(c->base + WAKE_OFFSET);
+    uint32_t *word = (uint32_t *)(c->base + HEADER_WAKE_OFFSET);
     for (;;) {
         if (c->closed) Py_RETURN_NONE; /* closed by another thread while this one slept */
         uint32_t wake = __atomic_load_n(word, __ATOMIC_ACQUIRE);
@@ -388,16 +379,28 @@ static PyObject *rc_close(ReadCursor *c, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* ReadCursor(address, fd, slots_offset, stride, pool, capacity, full_nbytes, views, sized_view,
- *            message_type, entry, group_field, filtered) */
+/* Cursors take keyword arguments only: the names are the contract with _reader.py and _writer.py
+ * (and with _windows_hotpath.py's cursors, which take the same keywords; tests/test_layout_codegen.py
+ * compares the three), so an argument added, dropped or reordered is a TypeError, never a silent shift. */
+static int keywords_only(const char *type, PyObject *args) {
+    if (PyTuple_GET_SIZE(args) == 0) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes keyword arguments only", type);
+    return -1;
+}
+
+static char *read_cursor_keywords[] = {"address", "fd", "slots_offset", "stride", "pool", "capacity", "full_nbytes", "views",
+                                       "sized_view", "message_type", "entry", "group_field", "filtered", NULL};
+
 static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
     unsigned long long base, slots_offset, stride, capacity, full, group_field;
     unsigned int pool;
     Py_ssize_t entry;
     int fd, filtered;
     PyObject *views, *sized_view, *mtype;
-    if (!PyArg_ParseTuple(args, "KiKKIKKO!OO!nKp", &base, &fd, &slots_offset, &stride, &pool, &capacity, &full, &PyTuple_Type,
-                          &views, &sized_view, &PyType_Type, &mtype, &entry, &group_field, &filtered))
+    if (keywords_only("ReadCursor", args) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "KiKKIKKO!OO!nKp", read_cursor_keywords, &base, &fd, &slots_offset, &stride, &pool,
+                                     &capacity, &full, &PyTuple_Type, &views, &sized_view, &PyType_Type, &mtype, &entry, &group_field,
+                                     &filtered))
         return -1;
     if (pool < 1 || pool > MAX_POOL || PyTuple_GET_SIZE(views) != (Py_ssize_t)pool) {
         PyErr_SetString(PyExc_ValueError, "pool and views disagree");
@@ -408,7 +411,7 @@ static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
         return -1;
     }
     c->base = (uint8_t *)(uintptr_t)base;
-    c->wake_address = base + WAKE_OFFSET;
+    c->wake_address = base + HEADER_WAKE_OFFSET;
     c->fd = fd;
     c->slots_offset = slots_offset;
     c->stride = stride;
@@ -416,7 +419,7 @@ static int rc_init(ReadCursor *c, PyObject *args, PyObject *kw) {
     c->capacity = capacity;
     c->full_nbytes = full;
     c->entry = entry;
-    c->trace_entry = entry >= READERS_OFFSET ? (uint32_t)((entry - READERS_OFFSET) / READER_ENTRY) : 0xffff;
+    c->trace_entry = entry >= READERS_OFFSET ? (uint32_t)((entry - READERS_OFFSET) / READER_ENTRY_SIZE) : TRACE_NO_ENTRY;
     c->group_field = group_field;
     c->in_group = group_field != 0;
     c->filtered = filtered;
@@ -631,9 +634,9 @@ static int begin_write(WriteCursor *w) {
         slot = lock_oldest_free(w, w->pool);
     if (slot == -1) {
         w->dropped++;
-        if (trace_base) trace_put(TRACE_DROP, topic_id(w->base), 0xffff, w->seq + 1, 0, 0, w->generation, NULL);
+        if (trace_base) trace_put(TRACE_DROP, topic_id(w->base), TRACE_NO_ENTRY, w->seq + 1, 0, 0, w->generation, NULL);
     }
-    if (slot >= 0) __atomic_store_n((uint64_t *)(w->base + w->slots_offset + slot * w->stride), 2 * w->seq + 1, __ATOMIC_RELEASE);
+    if (slot >= 0) __atomic_store_n((uint64_t *)(w->base + w->slots_offset + slot * w->stride + SLOT_STATE_OFFSET), 2 * w->seq + 1, __ATOMIC_RELEASE);
     return slot;
 }
 
@@ -662,17 +665,17 @@ static PyObject *commit_slot(WriteCursor *w, int slot, uint64_t length, PyObject
     uint8_t *h = w->base + w->slots_offset + slot * w->stride;
     int64_t now = realtime_ns();
     if (src < 0) src = now;
-    memcpy(h + 8, &length, 8);
-    memcpy(h + 16, &src, 8);
-    memcpy(h + 24, &now, 8);
-    memcpy(h + 32, &w->generation, 8);
-    memcpy(h + 40, &source_seq, 8);
-    if (trace_base) trace_put(TRACE_PUBLISH, topic_id(w->base), 0xffff, seq, source_seq, src, w->generation, NULL); /* before any reader can see it */
-    __atomic_store_n((uint64_t *)h, 2 * seq, __ATOMIC_RELEASE);
+    memcpy(h + SLOT_LENGTH_OFFSET, &length, SLOT_LENGTH_SIZE);
+    memcpy(h + SLOT_SOURCE_NS_OFFSET, &src, SLOT_SOURCE_NS_SIZE);
+    memcpy(h + SLOT_PUBLISH_NS_OFFSET, &now, SLOT_PUBLISH_NS_SIZE);
+    memcpy(h + SLOT_GENERATION_OFFSET, &w->generation, SLOT_GENERATION_SIZE);
+    memcpy(h + SLOT_SOURCE_SEQ_OFFSET, &source_seq, SLOT_SOURCE_SEQ_SIZE);
+    if (trace_base) trace_put(TRACE_PUBLISH, topic_id(w->base), TRACE_NO_ENTRY, seq, source_seq, src, w->generation, NULL); /* before any reader can see it */
+    __atomic_store_n((uint64_t *)(h + SLOT_STATE_OFFSET), 2 * seq, __ATOMIC_RELEASE);
     if (ofd_lock(w->fd, LOCK_SLOT0 + slot, F_UNLCK) < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    __atomic_store_n((uint64_t *)(w->base + LATEST_SEQ_OFFSET), seq, __ATOMIC_RELEASE);
-    uint32_t *wake = (uint32_t *)(w->base + WAKE_OFFSET);
-    __atomic_store_n(wake, (uint32_t)(((seq & 0xffffff) << 8) | (uint32_t)slot), __ATOMIC_RELEASE);
+    __atomic_store_n((uint64_t *)(w->base + HEADER_LATEST_SEQ_OFFSET), seq, __ATOMIC_RELEASE);
+    uint32_t *wake = (uint32_t *)(w->base + HEADER_WAKE_OFFSET);
+    __atomic_store_n(wake, (uint32_t)(((seq & WAKE_SEQ_MASK) << WAKE_SEQ_SHIFT) | (uint32_t)slot), __ATOMIC_RELEASE);
     syscall(SYS_futex, wake, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
     w->published++;
     move_order(w, slot, 1);
@@ -765,7 +768,7 @@ static PyObject *wc_publish(WriteCursor *w, PyObject *const *args, Py_ssize_t na
         if (slot == -2) return NULL;
         Py_RETURN_NONE;
     }
-    uint8_t *dst = w->base + w->slots_offset + slot * w->stride + SLOT_HEADER;
+    uint8_t *dst = w->base + w->slots_offset + slot * w->stride + SLOT_HEADER_SIZE;
     if (n >= BIG_COPY) { /* a frame: let other threads run during the copy */
         w->copying = 1;
         Py_BEGIN_ALLOW_THREADS
@@ -839,14 +842,18 @@ static PyObject *wc_close(WriteCursor *w, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* WriteCursor(address, fd, slots_offset, stride, capacity, exact_nbytes, full_nbytes, seq, generation,
- *             order, views, sized_view, contiguous, topic, closed_error, loan_type) */
+static char *write_cursor_keywords[] = {"address", "fd", "slots_offset", "stride", "capacity", "exact_nbytes", "full_nbytes", "seq",
+                                        "generation", "order", "views", "sized_view", "contiguous", "topic", "closed_error",
+                                        "loan_type", NULL};
+
 static int wc_init(WriteCursor *w, PyObject *args, PyObject *kw) {
     unsigned long long base, slots_offset, stride, capacity, exact, full, seq, generation;
     int fd;
     PyObject *order, *views, *sized_view, *contiguous, *topic, *closed_error, *ltype;
-    if (!PyArg_ParseTuple(args, "KiKKKKKKKO!O!OOOOO!", &base, &fd, &slots_offset, &stride, &capacity, &exact, &full, &seq, &generation,
-                          &PyTuple_Type, &order, &PyTuple_Type, &views, &sized_view, &contiguous, &topic, &closed_error, &PyType_Type, &ltype))
+    if (keywords_only("WriteCursor", args) < 0 ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "KiKKKKKKKO!O!OOOOO!", write_cursor_keywords, &base, &fd, &slots_offset, &stride,
+                                     &capacity, &exact, &full, &seq, &generation, &PyTuple_Type, &order, &PyTuple_Type, &views,
+                                     &sized_view, &contiguous, &topic, &closed_error, &PyType_Type, &ltype))
         return -1;
     Py_ssize_t pool = PyTuple_GET_SIZE(order);
     if (pool < 1 || pool > MAX_POOL || PyTuple_GET_SIZE(views) != pool) {

@@ -29,11 +29,17 @@ import time
 
 import numpy as np
 
-from .. import _layout as L
-from .._errors import TransportError
+from . import _layout_constants as L
 from . import _win32 as W
+from .errors import TransportError
 
 _U64 = (1 << 64) - 1
+#: The slot header and a reader entry are u64 words: each field's word index is its offset / 8.
+_STATE, _LENGTH, _SOURCE_NS, _PUBLISH_NS, _GENERATION, _SOURCE_SEQ = (off // 8 for off in (
+    L.SLOT_STATE_OFFSET, L.SLOT_LENGTH_OFFSET, L.SLOT_SOURCE_NS_OFFSET, L.SLOT_PUBLISH_NS_OFFSET, L.SLOT_GENERATION_OFFSET,
+    L.SLOT_SOURCE_SEQ_OFFSET))
+_SLOT_WORDS = _SOURCE_SEQ + 1
+_READER_WORDS = L.READER_BLOCK_SIZE // 8  # pid, received, missed, last_seq, last_age_ns, last_receive_ns, stale, group
 _SIGNAL_SLICE = 0.25
 _SETTLE = 0.05
 _SETTLE_SLICE = 0.005
@@ -82,7 +88,7 @@ class _WaitEntry:
         self.index = next((i for i in range(L.MAX_WAITERS) if lock_byte(handle, L.LOCK_WAITER0 + i, True)), -1)
         if self.index < 0:
             raise TransportError(f"the topic has {L.MAX_WAITERS} waiting readers already (Windows' limit per topic)")
-        wake_id = ctypes.c_uint64.from_address(base + L.WAKE_ID_OFFSET).value
+        wake_id = ctypes.c_uint64.from_address(base + L.HEADER_WAKE_ID_OFFSET).value
         self.event = W.CreateEventW(None, False, False, _event_name(wake_id, self.index))
         if not self.event:
             err = W.last_error("CreateEvent")
@@ -98,7 +104,7 @@ class _WaitEntry:
                 raise TransportError("the topic's waiters lock is held for more than 5 s: a process holding it is stopped or hung")
             time.sleep(0.001)
         try:
-            mask = ctypes.c_uint64.from_address(self.base + L.WAITERS_OFFSET)
+            mask = ctypes.c_uint64.from_address(self.base + L.HEADER_WAITERS_OFFSET)
             bit = 1 << self.index
             mask.value = mask.value | bit if on else mask.value & ~bit
         finally:
@@ -123,8 +129,8 @@ class _Signaller:
     __slots__ = ("mask", "wake_id", "events")
 
     def __init__(self, base: int) -> None:
-        self.mask = ctypes.c_uint64.from_address(base + L.WAITERS_OFFSET)
-        self.wake_id = ctypes.c_uint64.from_address(base + L.WAKE_ID_OFFSET).value
+        self.mask = ctypes.c_uint64.from_address(base + L.HEADER_WAITERS_OFFSET)
+        self.wake_id = ctypes.c_uint64.from_address(base + L.HEADER_WAKE_ID_OFFSET).value
         self.events: dict[int, int] = {}
 
     def signal(self) -> None:
@@ -204,17 +210,17 @@ class MessageBase:
 class ReadCursor:
     """A reader's hot-path state (the counterpart of ``_fastpath.ReadCursor``)."""
 
-    def __init__(self, address, fd, slots_offset, stride, pool, capacity, full_nbytes, views, sized_view, message_type, entry,
+    def __init__(self, *, address, fd, slots_offset, stride, pool, capacity, full_nbytes, views, sized_view, message_type, entry,
                  group_field, filtered) -> None:
         self.base, self.handle = address, _handle_of(fd)
         self.slots_offset, self.stride, self.pool, self.capacity, self.full_nbytes = slots_offset, stride, pool, capacity, full_nbytes
         self.views, self.sized_view, self.message_type = views, sized_view, message_type
         self.entry, self.group_field, self.filtered = entry, group_field, filtered
         self.in_group = group_field != 0
-        self.wake_address = address + L.WAKE_OFFSET
+        self.wake_address = address + L.HEADER_WAKE_OFFSET
         self._word = ctypes.c_uint32.from_address(self.wake_address)
-        self._headers = [(ctypes.c_uint64 * 6).from_address(address + slots_offset + i * stride) for i in range(pool)]
-        self._table = (ctypes.c_uint64 * 8).from_address(address + entry) if entry >= 0 else None
+        self._headers = [(ctypes.c_uint64 * _SLOT_WORDS).from_address(address + slots_offset + i * stride) for i in range(pool)]
+        self._table = (ctypes.c_uint64 * _READER_WORDS).from_address(address + entry) if entry >= 0 else None
         self.holds = [0] * pool
         self.last_wake = self.last_seq = 0
         self.received = self.missed = self.torn = self.busy = self.stale = self.taken = 0
@@ -243,7 +249,7 @@ class ReadCursor:
 
     def _look(self, wake: int):
         self.last_wake = wake
-        slot = wake & 0xFF
+        slot = wake & L.WAKE_SLOT_MASK
         if slot >= self.pool:
             self.busy += 1
             return None
@@ -254,8 +260,9 @@ class ReadCursor:
                 return None
             locked = True
         header = self._headers[slot]
-        state = header[0]  # first: the slot's lock orders the rest
-        length, source_ns, publish_ns, generation, source_seq = header[1], header[2], header[3], header[4], header[5]
+        state = header[_STATE]  # first: the slot's lock orders the rest
+        length, source_ns, publish_ns = header[_LENGTH], header[_SOURCE_NS], header[_PUBLISH_NS]
+        generation, source_seq = header[_GENERATION], header[_SOURCE_SEQ]
         source_ns, publish_ns = _signed(source_ns), _signed(publish_ns)
         now = time.time_ns()
         if length > self.capacity and not state & 1:  # a length past the slot is never delivered
@@ -367,7 +374,7 @@ class LoanBase:
 class WriteCursor:
     """A writer's hot-path state (the counterpart of ``_fastpath.WriteCursor``)."""
 
-    def __init__(self, address, fd, slots_offset, stride, capacity, exact_nbytes, full_nbytes, seq, generation, order, views,
+    def __init__(self, *, address, fd, slots_offset, stride, capacity, exact_nbytes, full_nbytes, seq, generation, order, views,
                  sized_view, contiguous, topic, closed_error, loan_type) -> None:
         self.base, self.handle = address, _handle_of(fd)
         self.slots_offset, self.stride, self.capacity = slots_offset, stride, capacity
@@ -381,10 +388,10 @@ class WriteCursor:
         self.default_source_seq = 0  # what publish and loan use when not given one (the node runtime sets it)
         self.closed = False
         self.next_slot = -1
-        self._states = [ctypes.c_uint64.from_address(self.slot_address(i)) for i in range(self.pool)]
-        self._headers = [(ctypes.c_uint64 * 5).from_address(self.slot_address(i) + 8) for i in range(self.pool)]
-        self._latest = ctypes.c_uint64.from_address(address + L.LATEST_SEQ_OFFSET)
-        self._word = ctypes.c_uint32.from_address(address + L.WAKE_OFFSET)
+        self._states = [ctypes.c_uint64.from_address(self.slot_address(i) + L.SLOT_STATE_OFFSET) for i in range(self.pool)]
+        self._headers = [(ctypes.c_uint64 * _SLOT_WORDS).from_address(self.slot_address(i)) for i in range(self.pool)]
+        self._latest = ctypes.c_uint64.from_address(address + L.HEADER_LATEST_SEQ_OFFSET)
+        self._word = ctypes.c_uint32.from_address(address + L.HEADER_WAKE_OFFSET)
         self._signaller = _Signaller(address)
 
     def slot_address(self, slot: int) -> int:
@@ -427,11 +434,12 @@ class WriteCursor:
         now = time.time_ns()
         src = now if stamp is None or stamp < 0 else int(stamp)
         header = self._headers[slot]
-        header[0], header[1], header[2], header[3], header[4] = length, src & _U64, now, self.generation, int(source_seq) & _U64
+        header[_LENGTH], header[_SOURCE_NS], header[_PUBLISH_NS] = length, src & _U64, now
+        header[_GENERATION], header[_SOURCE_SEQ] = self.generation, int(source_seq) & _U64
         self._states[slot].value = 2 * seq
         unlock_byte(self.handle, L.LOCK_SLOT0 + slot)
         self._latest.value = seq
-        self._word.value = ((seq & 0xFFFFFF) << 8) | slot
+        self._word.value = ((seq & L.WAKE_SEQ_MASK) << L.WAKE_SEQ_SHIFT) | slot
         self._signaller.signal()
         self.published += 1
         self.move_order(slot, to_end=True)
