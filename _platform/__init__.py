@@ -1,26 +1,25 @@
-"""The platform seam: every OS-specific call shmlaunch makes, behind one set of names.
+"""The platform layer: every OS-specific call shmlaunch makes, behind one set of names.
 
-The rest of shmlaunch (the transport's protocol, the launcher, the tools) calls only these;
-a backend module implements them for one system: ``_linux`` (Linux 3.15+, with the C module
-``_fastpath`` for the hot path) and ``_windows`` (file-backed mappings, ``LockFileEx`` byte
-ranges, named events, Job Objects; its hot path is ``_windows_hotpath``). What a backend provides:
+The bottom layer: transport, nodes and launch call only these, and nothing here imports them
+(the segment layout arrives as generated constants: ``layout.h`` for the C hot path,
+``_layout_constants.py`` for the Windows one). A backend module implements the names for one
+system: ``_linux`` (Linux 3.15+, with the C module ``_fastpath`` beside it for the hot path) and
+``_windows`` (file-backed mappings, ``LockFileEx`` byte ranges, named events, Job Objects; its hot
+path is ``_windows_hotpath``). README's "The platform layer" lists each name with one line, the
+checklist of a new backend (macOS). In groups:
 
-- runtime folders and segment files: ``SHM_ROOT``, ``USER_ID``, ``Directory`` (open, checked,
-  files opened in it never through a link), ``reserve(fd, size)``, ``free_bytes(path)``,
-  ``map_file(fd, size)``, ``buffer_address(buf)``, ``raise_open_file_limit()`` (the soft limit
-  raised to the hard one: a graph of thousands of topics needs thousands of descriptors);
+- runtime folders and segment files: ``SHM_ROOT``, ``USER_ID``, ``Directory``, ``reserve``,
+  ``free_bytes``, ``map_file``, ``buffer_address`` (shared: ``_common``), ``raise_open_file_limit``,
+  ``OPEN_READ_FLAGS``, ``CREATE_NEW_FLAGS``;
 - locks: ``ByteLock(fd, offset)`` (one lock byte, released by the system when a process dies);
-- wake-up and the hot path: ``wait_any`` (one sleep over several readers), ``ReadCursor``,
-  ``WriteCursor`` (one call per receive and per publish), ``MessageBase``, ``LoanBase``;
-  ``futex_wait`` / ``futex_wake`` (Linux only: the benchmarks' bare futex transport);
-- trace points (Linux only, ``TRACING``): ``trace_start(address, capacity)``, ``trace_stop()``,
-  ``trace_event(kind, topic_id, seq, source_seq, stamp_ns)`` (transport/_trace.py);
-- processes: ``ProcessInfo``, ``process_info(pid)``, ``process_start_time(pid)``,
-  ``adopted_orphans(known)``, ``become_subreaper()``, ``child_options(...)``, ``place_child(...)``,
-  ``detached_options()``, ``stop_group(...)``, ``listen_for_stop()``, ``request_stop(pid)``, ``group_alive(pgid)``, ``stop_process(...)``,
-  ``reap_orphans(known)``, ``STOP_SIGNALS``, ``CHILD_EXIT_SIGNAL``, ``allowed_cpus()``,
-  ``own_priority()``, ``may_raise_priority(nice)``, ``cpu_features()`` (what the CPU can do, so a
-  node can choose a native library that will not abort it).
+- wake-ups and the hot path: ``wait_any``, ``ReadCursor``, ``WriteCursor`` (keyword arguments
+  only), ``MessageBase``, ``LoanBase``; ``futex_wait`` / ``futex_wake`` (Linux only);
+- trace points (Linux only, ``TRACING``): ``trace_start``, ``trace_stop``, ``trace_event``;
+- processes: ``ProcessInfo``, ``process_info``, ``process_start_time``, ``adopted_orphans``,
+  ``become_subreaper``, ``child_options``, ``place_child``, ``detached_options``, ``stop_group``,
+  ``listen_for_stop``, ``request_stop``, ``group_alive``, ``stop_process``, ``reap_orphans``,
+  ``STOP_SIGNALS``, ``CHILD_EXIT_SIGNAL``, ``wait_for_signal``, ``notify_service_manager``;
+- the machine: ``allowed_cpus``, ``own_priority``, ``may_raise_priority``, ``cpu_features``.
 
 Where no backend loads, importing shmlaunch still works (a launch file can be checked
 anywhere); every call that needs the backend raises PlatformUnavailableError with the reason.

@@ -464,7 +464,7 @@ static PyMemberDef rc_members[] = {
 };
 
 static PyTypeObject ReadCursorType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.ReadCursor",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch._platform._fastpath.ReadCursor",
     .tp_basicsize = sizeof(ReadCursor),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A reader's hot-path state: last word seen, holds per slot, counters.",
@@ -560,7 +560,7 @@ static PyGetSetDef message_getset[] = {
 };
 
 static PyTypeObject MessageType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.Message",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch._platform._fastpath.Message",
     .tp_basicsize = sizeof(MessageObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "A received message and its hold on a slot.",
@@ -933,7 +933,7 @@ static PyMemberDef wc_members[] = {
 };
 
 static PyTypeObject WriteCursorType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.WriteCursor",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch._platform._fastpath.WriteCursor",
     .tp_basicsize = sizeof(WriteCursor),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A writer's hot-path state: sequence, slot order, the slot locked ahead, counters.",
@@ -1024,7 +1024,7 @@ static PyGetSetDef loan_getset[] = {
 };
 
 static PyTypeObject LoanType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch.transport._fastpath.Loan",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlaunch._platform._fastpath.Loan",
     .tp_basicsize = sizeof(LoanObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "A slot being filled in place.",

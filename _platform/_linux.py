@@ -1,4 +1,4 @@
-"""The Linux backend of the platform seam (see ``shmlaunch.transport.backend``).
+"""The Linux backend of the platform seam (see ``shmlaunch._platform``).
 
 With ``_fastpath.c`` (the C side of the hot path) this is every Linux-specific line of
 shmlaunch: segment files and their space, mappings, byte-range locks, futex wake-ups, and the

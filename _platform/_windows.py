@@ -1,4 +1,4 @@
-"""The Windows backend of the platform seam (see ``shmlaunch.transport.backend``).
+"""The Windows backend of the platform seam (see ``shmlaunch._platform``).
 
 The same guarantees as Linux, from Windows' own primitives (shared/notes/windows.md):
 - Segments are files in a per-user runtime folder, mapped with ``mmap`` (a file-backed

@@ -5,6 +5,9 @@ Real processes, real /dev/shm. Another user's files are made as root and handed 
 user made with useradd (chown); where a shmlaunch command must run *as* that user, it runs
 under setpriv with that uid (keeping only CAP_DAC_READ_SEARCH, so it can reach this Python
 installation under /root); both skip with the reason when this is not root.
+
+Grouped by the component that must hold (the ``# =====`` sections): runtime directories, the
+transport, launch files, the launcher and its watchdog, nodes, the tools, the repository.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_launcher import THREE, assert_nothing_left, shmlaunch, start, wait_for, write_graph
+from test_launcher import THREE, assert_nothing_left, node_pids, shmlaunch, start, wait_for, write_graph
 
 from shmlaunch.launch._state import GraphState
 from shmlaunch.testing import unique_name
@@ -45,7 +49,6 @@ ROOT = TESTS.parent
 IS_ROOT = os.geteuid() == 0
 
 
-# ----- another user
 @pytest.fixture(scope="module")
 def other_user():
     """(uid, gid) of a throwaway system user, removed after the module's tests."""
@@ -101,7 +104,89 @@ nodes:
 """
 
 
-# ----- 1. only what shmlaunch created is deleted
+def victim_process() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+def byte_lock_holder(path: Path, byte: int, exclusive: bool) -> subprocess.Popen:
+    """A process holding an open-file-description lock on one byte of ``path`` (F_OFD_SETLK)."""
+    kind = "fcntl.F_WRLCK" if exclusive else "fcntl.F_RDLCK"
+    code = ("import fcntl, os, struct, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+            f"fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', {kind}, 0, {byte}, 1, 0))\n"
+            "print('held', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def lock_holder(path: Path) -> subprocess.Popen:
+    """A process holding the graph's launcher lock (byte 0 of launcher.lock), as a live launcher does."""
+    return byte_lock_holder(path, 0, exclusive=True)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def processes_running(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def corrupt(rt: Path, segment: str, offset: int, fmt: str, value: int) -> None:
+    with open(rt / segment, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+
+
+BOMB = """name: bomb
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+nodes: {n: {cmd: [true], params: *g}}
+"""
+
+
+UNREADABLE = {  # made in the test: a 2 MiB parameter would become a 2 MiB test id (E2BIG when pytest 9 starts a process)
+    "device": None,
+    "latin-1": b"name: g\nnodes: {n: {cmd: [true]}}\n# caf\xe9\n",
+    "2-MiB": b"name: g\n" + b"#" * (2 << 20),
+}
+
+
+def node_row(graph: str, node: str) -> str:
+    res = shmlaunch("node", "list", graph)
+    return next((line for line in res.stdout.splitlines() if line.startswith(node + " ")), "")
+
+
+# ===== runtime directories: only this user's, never through a link, nothing deleted that shmlaunch did not create
 def test_launcher_refuses_a_runtime_directory_holding_files_it_did_not_create(tmp_path):
     path, _ = write_graph(tmp_path, SIMPLE)
     rt = tmp_path / "rt"
@@ -135,7 +220,6 @@ def test_an_existing_empty_directory_given_on_the_command_line_is_used_and_kept(
     assert rt.is_dir() and list(rt.iterdir()) == []  # its files are gone, the user's directory stays
 
 
-# ----- 2. another user's directory
 def test_root_refuses_another_users_directory_at_the_graphs_name_and_deletes_nothing(tmp_path, other_user):
     path, graph = write_graph(tmp_path, SIMPLE)
     rt = planted_dir(other_user, graph_runtime_dir(graph), 0o777)
@@ -172,7 +256,6 @@ def test_a_user_is_told_in_one_line_that_another_users_private_directory_is_not_
     assert f"RuntimeDirError: runtime directory {rt} belongs to uid 0, not to this user ({other_user[0]}); refusing it" in res.stderr
 
 
-# ----- 3. a symlink at the directory's name
 def test_a_symlink_at_the_runtime_directory_name_is_never_followed(tmp_path):
     path, graph = write_graph(tmp_path, SIMPLE)
     victim = tmp_path / "victim"
@@ -191,7 +274,6 @@ def test_a_symlink_at_the_runtime_directory_name_is_never_followed(tmp_path):
         link.unlink()
 
 
-# ----- 4. a symlink inside the directory
 def test_symlinks_planted_at_temporary_and_registry_names_are_never_written_through(rt, tmp_path):
     target = tmp_path / "target.txt"
     target.write_text("untouched")
@@ -214,7 +296,59 @@ def test_symlinks_planted_at_temporary_and_registry_names_are_never_written_thro
                 p.unlink()
 
 
-# ----- 5. a segment name is a plain file name
+def test_reader_and_writer_refuse_another_users_directory_with_the_same_line(rt, other_user):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    os.chown(rt, *other_user)
+    expected = rf"^runtime directory {rt} belongs to uid {other_user[0]}, not to this user \(0\); refusing it$"
+    try:
+        with pytest.raises(RuntimeDirError, match=expected):
+            Reader("t", runtime_dir=rt)
+        with pytest.raises(RuntimeDirError, match=expected):
+            Writer("t", runtime_dir=rt)
+    finally:
+        os.chown(rt, 0, 0)
+
+
+def test_reader_refuses_a_directory_open_to_others(rt):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    os.chmod(rt, 0o777)
+    with pytest.raises(RuntimeDirError, match=rf"^runtime directory {rt} has mode 0777; it must be 0700"):
+        Reader("t", runtime_dir=rt)
+    os.chmod(rt, 0o700)
+
+
+def test_a_graph_name_too_long_for_a_runtime_directory_fails_check(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: {'g' * 101}\nnodes: {{n: {{cmd: [true]}}}}\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: 'name' must be the graph's name (1 to 100 letters, digits, '_', '-'), "
+                                   f"got '{'g' * 40}...'")
+
+
+def test_graph_state_and_heartbeat_files_are_private_and_a_stopped_node_shows_stopped(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    proc = start(path, "--duration", 30)
+    rt = graph_runtime_dir(graph)
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 100 and (rt / "ready.scale").exists(), what="the graph to run")
+        for p in rt.iterdir():
+            assert stat.S_IMODE(p.lstat().st_mode) == 0o600, p
+        with RuntimeDir.open(rt) as rd:
+            pid = GraphState.read(rd).nodes["scale"].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: " stopped " in node_row(graph, "scale"), 10, "node list to show the stopped node")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert_nothing_left(graph)
+
+
+# ===== the transport: registries, segments, locks and slots someone else wrote or holds
 @pytest.mark.parametrize("segment", ["../../../../../../TARGET", "/TARGET", "..", "a/b.pool", ".hidden.pool"])
 def test_a_registry_segment_that_is_a_path_is_refused_without_opening_it(rt, tmp_path, segment):
     secret = tmp_path / "secret"
@@ -246,111 +380,203 @@ def test_another_graphs_segment_cannot_be_reached_through_a_registry(tmp_path):
         wa.close()
 
 
-# ----- 6. the tools trust only this user's checked directories and verified pids
-def victim_process() -> subprocess.Popen:
-    return subprocess.Popen(["sleep", "60"])
-
-
-def test_tools_ignore_another_users_planted_graph_and_never_signal_its_pid(other_user):
-    victim = victim_process()
-    name = unique_name("evil")
-    planted = Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{name}"
-    planted.mkdir(mode=0o700)
-    (planted / "graph.json").write_text(json.dumps({"name": name, "file": "x", "runtime_dir": str(planted), "launcher_pid": victim.pid,
-                                                    "started_ns": 0, "nodes": {}, "launcher_start": 0, "run": "x"}))
-    (planted / "launcher.lock").write_text("")
-    for p in (planted, planted / "graph.json", planted / "launcher.lock"):
-        os.chown(p, *other_user)
-    holder = lock_holder(planted / "launcher.lock")
-    try:
-        for args in (["list"], ["stop", name], ["node", "list", name], ["topic", "list", name]):
-            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
-            assert "Traceback" not in res.stderr and name not in res.stdout, (args, res.stdout, res.stderr)
-        assert victim.poll() is None
-    finally:
-        holder.kill()
-        victim.kill()
-        shutil.rmtree(planted)
-
-
-def byte_lock_holder(path: Path, byte: int, exclusive: bool) -> subprocess.Popen:
-    """A process holding an open-file-description lock on one byte of ``path`` (F_OFD_SETLK)."""
-    kind = "fcntl.F_WRLCK" if exclusive else "fcntl.F_RDLCK"
-    code = ("import fcntl, os, struct, time\n"
-            f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
-            f"fcntl.fcntl(fd, 37, struct.pack('hhqqi4x', {kind}, 0, {byte}, 1, 0))\n"
-            "print('held', flush=True)\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def lock_holder(path: Path) -> subprocess.Popen:
-    """A process holding the graph's launcher lock (byte 0 of launcher.lock), as a live launcher does."""
-    return byte_lock_holder(path, 0, exclusive=True)
-
-
-def test_stop_refuses_to_signal_a_pid_that_is_not_the_graphs_launcher():
-    victim = victim_process()
-    name = unique_name("forged")
-    rt = ensure_runtime_dir(graph_runtime_dir(name))
-    state = GraphState(name, "x", str(rt), victim.pid, time.time_ns(), {}, launcher_start=1, run="x")
-    with RuntimeDir.open(rt) as rd:
-        state.write(rd)
-        os.close(rd.open_file("launcher.lock", os.O_RDWR | os.O_CREAT))
-    holder = lock_holder(rt / "launcher.lock")
-    try:
-        res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "stop", name], capture_output=True, text=True, timeout=30)
-        assert res.returncode == 1
-        assert one_line_error(res) == (f"shmlaunch: error: graph {name!r}: pid {victim.pid} is not its launcher (not holding the graph's lock, "
-                                       f"or started at another time than graph.json says); not signalling it")
-        time.sleep(0.2)
-        assert victim.poll() is None
-    finally:
-        holder.kill()
-        victim.kill()
-        shutil.rmtree(rt)
-
-
-def test_a_malformed_graph_json_never_crashes_a_tool():
-    name = unique_name("junk")
-    rt = ensure_runtime_dir(graph_runtime_dir(name))
-    (rt / "graph.json").write_text(json.dumps({"name": name, "nodes": 5}))
-    os.chmod(rt / "graph.json", 0o600)
-    (rt / "launcher.lock").write_text("")
-    holder = lock_holder(rt / "launcher.lock")
-    try:
-        for args in (["list"], ["stop", name], ["node", "list", name]):
-            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
-            assert "Traceback" not in res.stderr, (args, res.stderr)
-    finally:
-        holder.kill()
-        shutil.rmtree(rt)
-
-
-# ----- 7. readers and writers refuse another user's directory alike
-def test_reader_and_writer_refuse_another_users_directory_with_the_same_line(rt, other_user):
-    Writer("t", capacity=8, runtime_dir=rt).close()
-    os.chown(rt, *other_user)
-    expected = rf"^runtime directory {rt} belongs to uid {other_user[0]}, not to this user \(0\); refusing it$"
-    try:
-        with pytest.raises(RuntimeDirError, match=expected):
-            Reader("t", runtime_dir=rt)
-        with pytest.raises(RuntimeDirError, match=expected):
-            Writer("t", runtime_dir=rt)
-    finally:
-        os.chown(rt, 0, 0)
-
-
-def test_reader_refuses_a_directory_open_to_others(rt):
-    Writer("t", capacity=8, runtime_dir=rt).close()
-    os.chmod(rt, 0o777)
-    with pytest.raises(RuntimeDirError, match=rf"^runtime directory {rt} has mode 0777; it must be 0700"):
+@pytest.mark.parametrize(("offset", "value", "why"), [
+    (32, 0, "slots_offset 0 is not a multiple of 64 from 21504"),
+    (32, 64, "slots_offset 64 is not a multiple of 64 from 21504"),
+    (24, 1 << 62, "slot_stride 4611686018427387904 does not fit"),
+    (16, 1 << 63, "capacity 9223372036854775808 is outside"),
+])
+def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value, why):
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
+    corrupt(rt, "t.pool", offset, "<Q", value)
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for reading: segment {rt}/t.pool is corrupt: its header's {why}"):
         Reader("t", runtime_dir=rt)
-    os.chmod(rt, 0o700)
+    # Nobody uses it, and still a writer refuses it: replacing a topic is explicit, never a side effect.
+    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
+        Writer("t", runtime_dir=rt)
+    Topic.create("t", TopicConfig(64, 2), runtime_dir=rt, recreate=True).close()
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
 
 
-# ----- 8. a watchdog cleans only its own run
+def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error(rt):
+    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
+    corrupt(rt, "t.pool", 21504, "<Q", (1 << 64) - 2)
+    with pytest.raises(SegmentCorruptError, match=r"^cannot open topic 't' for writing: segment .* is corrupt: a slot's state word is "
+                       r"18446744073709551614, beyond any sequence number$"):
+        Writer("t", runtime_dir=rt)
+
+
+def test_a_registry_with_yaml_aliases_is_refused_at_once(rt):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    (rt / "registry.yaml").write_text("layout_version: 1\ntopics:\n" + BOMB)
+    with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml:3: expected '\"topic\": \{\.\.\.\}', got "):
+        Reader("t", runtime_dir=rt)
+
+
+@pytest.mark.parametrize(("entry", "why"), [
+    ('["capacity", 8]', "the entry is a list, not a mapping"),
+    ('{"capacity": "abc", "pool": 4, "segment": "t.pool"}', "capacity 'abc' is not a whole number of bytes"),
+    ('{"capacity": 8, "pool": 0, "segment": "t.pool"}', "pool 0 is not a whole number from 1 to 256"),
+    ('{"capacity": 8, "pool": 4, "segment": "t.pool", "dtype": "not-a-type"}', "dtype 'not-a-type' is not a numpy dtype"),
+])
+def test_a_malformed_registry_entry_is_one_line_naming_file_line_and_topic(rt, entry, why):
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    (rt / "registry.yaml").write_text(f'layout_version: 1\ntopics:\n  "t": {entry}\n')
+    with pytest.raises(RegistryCorruptError, match=rf"^cannot read registry {rt}/registry.yaml:3: topic 't': ") as err:
+        Reader("t", runtime_dir=rt)
+    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_huge_capacity_is_a_value_error_not_an_overflow(rt):
+    with pytest.raises(ValueError, match=r"^invalid capacity 4611686018427387904: at most 1099511627776 bytes \(1 TiB\) per message$"):
+        Writer("t", capacity=1 << 62, runtime_dir=rt)
+
+
+def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(rt):
+    from shmlaunch.transport import LockBusyError
+
+    Writer("a", capacity=8, runtime_dir=rt).close()
+    code = ("import os, signal\nfrom shmlaunch.transport import RuntimeDir\nfrom shmlaunch.transport._registry import locked_registry\n"
+            f"with RuntimeDir.open({str(rt)!r}) as rd, locked_registry(rd):\n"
+            "    print('locked', flush=True)\n    os.kill(os.getpid(), signal.SIGSTOP)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(LockBusyError, match=rf"^the registry lock {rt}/registry.lock has been held for more than 5 s by pid "
+                           rf"{holder.pid} \(stopped or hung\? end it, and the lock goes with it\)$"):
+            Writer("b", capacity=8, runtime_dir=rt)
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_group_table_lock_held_by_a_stopped_process_is_a_bounded_wait(rt):
+    from shmlaunch.transport import LockBusyError
+
+    Writer("t", capacity=8, runtime_dir=rt).close()
+    holder = byte_lock_holder(rt / "t.pool", 2048, exclusive=True)  # the group table's lock byte (LAYOUT.md)
+    try:
+        with pytest.raises(LockBusyError, match=r"^the group table lock of topic 't' has been held for more than 5 s by another reader"):
+            Reader("t", runtime_dir=rt, group="workers")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_loan_with_every_slot_held_is_dropped_not_raised(rt):
+    w = Writer("t", capacity=16, pool=2, runtime_dir=rt)
+    r = Reader("t", runtime_dir=rt)
+    held = []
+    for i in range(6):
+        with w.loan(nbytes=4) as buf:
+            buf[:] = i
+        msg = r.receive_nowait()
+        if msg is not None:
+            held.append(msg)
+    assert len(held) == 2 and w.statistics().dropped == 4 and w.statistics().published == 2
+    loan = w.loan()
+    assert loan.dropped and loan.publish() is None and loan.seq is None
+    w.close()
+
+
+def test_an_infinite_or_huge_timeout_waits_without_spinning_and_nan_is_refused(rt):
+    import threading
+
+    w = Writer("t", capacity=8, runtime_dir=rt)
+    r = Reader("t", runtime_dir=rt)
+    for timeout in (float("inf"), 1e30):
+        timer = threading.Timer(0.5, w.publish, args=(b"x",))
+        cpu = time.process_time()
+        timer.start()
+        msg = r.receive(timeout=timeout)
+        assert msg is not None and time.process_time() - cpu < 0.25  # a spin would burn the whole 0.5 s
+        msg.release()
+    with pytest.raises(ValueError, match=r"^invalid timeout nan: give seconds >= 0, or None \(or inf\) to wait forever$"):
+        r.receive(timeout=float("nan"))
+    w.close()
+
+
+# ===== launch files: bounded parsing, one line per mistake
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: the YAML expands to more than 100000 values through its aliases "
+                                   f"(&anchor / *alias); refusing to read it")
+
+
+def test_anchors_and_aliases_of_ordinary_size_still_work(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nnodes:\n  a: {cmd: [sleep, '1'], env: &env {A: '1'}}\n  b: {cmd: [sleep, '1'], env: *env}\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_file_that_includes_itself_many_times_is_refused_at_once(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: loop\nnodes: {n: {cmd: [true]}}\ninclude:\n" + "  - {file: loop.yaml, namespace: x}\n" * 6)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2
+    assert one_line_error(res) == (f"shmlaunch: error: {path}:4: include: 'loop.yaml' nested more than 8 deep (an include loop?)")
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("device", "not a regular file (a launch file is a YAML file)"),
+    ("latin-1", ":3: not UTF-8 text (byte 0xe9 at offset"),
+    ("2-MiB", "larger than 1024 KiB; a launch file is a small YAML file"),
+])
+def test_unreadable_launch_files_are_one_line(tmp_path, case, expected):
+    path = tmp_path / "g.yaml"
+    content = UNREADABLE[case]
+    if content is None:
+        path.write_text("name: g\nnodes: {n: {cmd: [true]}}\ninclude: [{file: /dev/zero}]\n")
+    else:
+        path.write_bytes(content)
+    res = shmlaunch("check", path, timeout=20)
+    assert res.returncode == 2 and expected in one_line_error(res)
+
+
+def test_a_missing_cwd_is_reported_by_check_and_by_the_launcher(tmp_path):
+    path, _ = write_graph(tmp_path, "nodes:\n  n:\n    cmd: [sleep, '1']\n    cwd: nowhere\n")
+    res = shmlaunch("check", path)
+    assert res.returncode == 2
+    assert one_line_error(res) == f"shmlaunch: error: {path}:3: node 'n': its cwd {tmp_path / 'nowhere'} is not a directory"
+
+
+def test_an_included_files_relative_cmd_and_cwd_start_from_its_own_folder(tmp_path):
+    sub = tmp_path / "arm"
+    (sub / "work").mkdir(parents=True)
+    script = sub / "work" / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
+    script.chmod(0o755)
+    (sub / "arm.yaml").write_text("nodes:\n  hello:\n    cmd: [./hello.sh]\n    cwd: work\n")
+    path, _ = write_graph(tmp_path, "include:\n  - {file: arm/arm.yaml, namespace: left}\n")
+    res = shmlaunch(path, "--duration", 2)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"hello from {sub / 'work'}" in res.stdout
+
+
+def test_systemd_unit_quotes_paths_with_spaces_and_escapes_percent(tmp_path):
+    folder = tmp_path / "my robot 100%"
+    folder.mkdir()
+    path = folder / "g.yaml"
+    path.write_text("name: g\nargs: {note: x}\nnodes: {n: {cmd: [true], env: {NOTE: $(arg note)}}}\n")
+    res = shmlaunch("systemd", path, "note:=a b", "--workdir", folder)
+    assert res.returncode == 0, res.stderr
+    exec_line = next(line for line in res.stdout.splitlines() if line.startswith("ExecStart="))
+    assert f'"{str(path).replace("%", "%%")}"' in exec_line and exec_line.endswith('"note:=a b"')
+    assert f"WorkingDirectory={str(folder).replace('%', '%%')}" in res.stdout
+    if shutil.which("systemd-analyze"):
+        unit = tmp_path / "shmlaunch-g.service"
+        unit.write_text(res.stdout)
+        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert "ExecStart" not in check.stderr and "WorkingDirectory" not in check.stderr, check.stderr
+
+
+# ===== the launcher and its watchdog: killed, starved or flooded, it leaves nothing behind
 def test_a_killed_launchers_watchdog_leaves_the_next_run_of_the_graph_alone(tmp_path):
     out = tmp_path / "o.jsonl"
     path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
@@ -358,10 +584,12 @@ def test_a_killed_launchers_watchdog_leaves_the_next_run_of_the_graph_alone(tmp_
     rt = graph_runtime_dir(graph)
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 100, what="the first run to work")
+        old = [pid for pid in node_pids(graph) if pid != first.pid]  # its nodes and its watchdog
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         second = start(path, "--duration", 9)
-        time.sleep(7)  # the old watchdog has stopped the old nodes (at most 5 s) and done its cleaning
+        wait_for(lambda: not any(map(running, old)), what="the old watchdog to stop the old nodes and finish its cleaning")
+        wait_for(lambda: (rt / "graph.json").exists(), what="the second run's state")
         assert second.poll() is None and (rt / "registry.yaml").exists() and (rt / "graph.json").exists()
         text, _ = second.communicate(timeout=30)
         assert second.returncode == 0, text
@@ -373,7 +601,6 @@ def test_a_killed_launchers_watchdog_leaves_the_next_run_of_the_graph_alone(tmp_
     assert_nothing_left(graph)
 
 
-# ----- 9. a launcher killed while it creates topics leaves nothing
 def test_a_launcher_killed_while_creating_topics_leaves_nothing_in_shm(tmp_path):
     st = os.statvfs(SHM_ROOT)
     if st.f_bavail * st.f_frsize < 4 << 30:
@@ -393,17 +620,6 @@ def test_a_launcher_killed_while_creating_topics_leaves_nothing_in_shm(tmp_path)
         proc.wait(10)
     wait_for(lambda: not rt.exists(), 20, f"{rt} to be removed by the watchdog")
     assert not [p for p in Path(SHM_ROOT).iterdir() if graph in p.name]
-
-
-# ----- 10. grandchildren do not outlive the graph
-def processes_running(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if needle.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
-                    found.append(int(entry.name))
-    return found
 
 
 def test_a_nodes_background_child_does_not_outlive_the_graph(tmp_path):
@@ -430,7 +646,6 @@ nodes:
     assert_nothing_left(graph)
 
 
-# ----- 11. a node printing megabytes without a newline
 def test_the_printer_keeps_at_most_one_line_of_a_node_that_never_ends_its_line():
     import io
 
@@ -448,20 +663,6 @@ def test_the_printer_keeps_at_most_one_line_of_a_node_that_never_ends_its_line()
     assert len(lines) == 320 * 65536 // MAX_LINE + 1
     assert all(line.endswith(CUT_MARK) and len(line) == len("talker   | ") + MAX_LINE + len(CUT_MARK) for line in lines[:-1])
     assert lines[-1] == "talker   | end"
-
-
-# ----- 12. a full /dev/shm while the graph runs
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_full_shm_while_running_costs_a_warning_not_the_graph(tmp_path, small_tmpfs):
@@ -486,7 +687,6 @@ nodes:
     assert not (small_tmpfs / "rt").exists()
 
 
-# ----- 13. a broken status view never takes the graph down
 def test_a_status_view_that_fails_is_switched_off_and_the_graph_goes_on(tmp_path):
     out = tmp_path / "o.jsonl"
     path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
@@ -498,33 +698,71 @@ def test_a_status_view_that_fails_is_switched_off_and_the_graph_goes_on(tmp_path
     wait_for(lambda: out.exists() and out.stat().st_size > 100, what="the graph to run")
     reg = rt / "registry.yaml"
     good = reg.read_text()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     reg.write_text("layout_version: 1\ntopics:\n  garbage\n")
-    time.sleep(2)
+    wait_for(lambda: any("the live status view stopped" in line for line in lines), what="the status view to meet the broken registry")
     reg.write_text(good)
-    text, _ = proc.communicate(timeout=60)
+    proc.wait(60)
+    reader.join(10)
+    text = "".join(lines)
     assert proc.returncode == 0, text
     assert "warning: the live status view stopped (RegistryCorruptError: cannot read registry" in text
     assert "Traceback" not in text
     assert_nothing_left(graph)
 
 
-# ----- 14. a consumer that never releases cannot kill a publisher
-def test_a_loan_with_every_slot_held_is_dropped_not_raised(rt):
-    w = Writer("t", capacity=16, pool=2, runtime_dir=rt)
-    r = Reader("t", runtime_dir=rt)
-    held = []
-    for i in range(6):
-        with w.loan(nbytes=4) as buf:
-            buf[:] = i
-        msg = r.receive_nowait()
-        if msg is not None:
-            held.append(msg)
-    assert len(held) == 2 and w.statistics().dropped == 4 and w.statistics().published == 2
-    loan = w.loan()
-    assert loan.dropped and loan.publish() is None and loan.seq is None
-    w.close()
+def test_the_status_views_kept_mappings_follow_a_re_created_topic(rt):
+    from shmlaunch.launch._introspect import Sampler, topic_rows
+
+    w = Writer("t", capacity=64, runtime_dir=rt)
+    cache: dict = {}
+    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
+    assert rows[1][:4] == ["t", "bytes", "64", "4"] and set(cache) == {"t"}
+    w.unlink()
+    w = Writer("t", capacity=128, pool=2, runtime_dir=rt)
+    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
+    assert rows[1][:4] == ["t", "bytes", "128", "2"]
+    w.unlink()
+    assert topic_rows(rt, Sampler.start(), time.monotonic(), cache) == rows[:1] and cache == {}
 
 
+def test_a_graph_of_a_thousand_topics_starts_and_stops_cleanly(tmp_path):
+    topics = "".join(f"  t{i}: {{capacity: 64, pool: 2}}\n" for i in range(1000))
+    path, graph = write_graph(tmp_path, "topics:\n" + topics + "nodes:\n  idle: {cmd: [sleep, '30']}\n")
+    res = shmlaunch(path, "--duration", 1, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert f"graph {graph!r}: 1000 topics in " in res.stdout
+    assert_nothing_left(graph)
+
+
+def test_a_closed_output_pipe_stops_the_graph_cleanly_without_a_traceback(tmp_path):
+    out = tmp_path / "o.jsonl"
+    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
+    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli {path} --duration 30 | head -2; echo \"status ${{PIPESTATUS[0]}}\"",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
+    assert res.stdout.splitlines()[-1] == "status 0"
+    assert_nothing_left(graph)
+
+
+def test_a_log_directory_that_cannot_be_written_costs_one_warning(tmp_path):
+    import io
+
+    from shmlaunch.launch import Printer
+
+    out = io.StringIO()
+    printer = Printer(["a"], stream=out, colour=False, log_dir=tmp_path / "logs")
+    (tmp_path / "logs" / "a.log").mkdir()  # the log file's name is taken: every append fails
+    printer.line("a", "hello")
+    printer.line("a", "again")
+    assert out.getvalue().splitlines() == [
+        f"shmlaunch| warning: cannot write to {tmp_path / 'logs'} (Is a directory); the lines are still printed here",
+        "a        | hello", "a        | again"]
+
+
+# ===== nodes: a consumer that never releases, a node that hangs
 def test_built_in_nodes_survive_a_consumer_that_never_releases(tmp_path):
     pytest.importorskip("mediapipe", reason="the hands node needs MediaPipe (the hands extra: README, Quick start)")
     body = f"""
@@ -566,283 +804,6 @@ nodes:
     assert_nothing_left(graph)
 
 
-# ----- 16. timeouts
-def test_an_infinite_or_huge_timeout_waits_without_spinning_and_nan_is_refused(rt):
-    import threading
-
-    w = Writer("t", capacity=8, runtime_dir=rt)
-    r = Reader("t", runtime_dir=rt)
-    for timeout in (float("inf"), 1e30):
-        timer = threading.Timer(0.5, w.publish, args=(b"x",))
-        cpu = time.process_time()
-        timer.start()
-        msg = r.receive(timeout=timeout)
-        assert msg is not None and time.process_time() - cpu < 0.25  # a spin would burn the whole 0.5 s
-        msg.release()
-    with pytest.raises(ValueError, match=r"^invalid timeout nan: give seconds >= 0, or None \(or inf\) to wait forever$"):
-        r.receive(timeout=float("nan"))
-    w.close()
-
-
-# ----- 17. corrupt headers
-def corrupt(rt: Path, segment: str, offset: int, fmt: str, value: int) -> None:
-    with open(rt / segment, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack(fmt, value))
-
-
-@pytest.mark.parametrize(("offset", "value", "why"), [
-    (32, 0, "slots_offset 0 is not a multiple of 64 from 21504"),
-    (32, 64, "slots_offset 64 is not a multiple of 64 from 21504"),
-    (24, 1 << 62, "slot_stride 4611686018427387904 does not fit"),
-    (16, 1 << 63, "capacity 9223372036854775808 is outside"),
-])
-def test_a_corrupt_header_is_one_line_for_readers_and_writers(rt, offset, value, why):
-    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
-    corrupt(rt, "t.pool", offset, "<Q", value)
-    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for reading: segment {rt}/t.pool is corrupt: its header's {why}"):
-        Reader("t", runtime_dir=rt)
-    # Nobody uses it, and still a writer refuses it: replacing a topic is explicit, never a side effect.
-    with pytest.raises(SegmentCorruptError, match=rf"^cannot open topic 't' for writing: segment {rt}/t.pool is corrupt"):
-        Writer("t", runtime_dir=rt)
-    Topic.create("t", TopicConfig(64, 2), runtime_dir=rt, recreate=True).close()
-    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
-
-
-def test_a_slot_state_near_two_to_the_64_is_a_corrupt_segment_not_a_struct_error(rt):
-    Writer("t", capacity=64, pool=2, runtime_dir=rt).close()
-    corrupt(rt, "t.pool", 21504, "<Q", (1 << 64) - 2)
-    with pytest.raises(SegmentCorruptError, match=r"^cannot open topic 't' for writing: segment .* is corrupt: a slot's state word is "
-                       r"18446744073709551614, beyond any sequence number$"):
-        Writer("t", runtime_dir=rt)
-
-
-# ----- 18. YAML bombs and include loops
-BOMB = """name: bomb
-a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
-b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
-c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
-d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
-e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
-f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
-g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
-nodes: {n: {cmd: [true], params: *g}}
-"""
-
-
-def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
-    path = tmp_path / "bomb.yaml"
-    path.write_text(BOMB)
-    res = shmlaunch("check", path, timeout=20)
-    assert res.returncode == 2
-    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: the YAML expands to more than 100000 values through its aliases "
-                                   f"(&anchor / *alias); refusing to read it")
-
-
-def test_anchors_and_aliases_of_ordinary_size_still_work(tmp_path):
-    path = tmp_path / "g.yaml"
-    path.write_text("name: g\nnodes:\n  a: {cmd: [sleep, '1'], env: &env {A: '1'}}\n  b: {cmd: [sleep, '1'], env: *env}\n")
-    res = shmlaunch("check", path)
-    assert res.returncode == 0, res.stderr
-
-
-def test_a_file_that_includes_itself_many_times_is_refused_at_once(tmp_path):
-    path = tmp_path / "loop.yaml"
-    path.write_text("name: loop\nnodes: {n: {cmd: [true]}}\ninclude:\n" + "  - {file: loop.yaml, namespace: x}\n" * 6)
-    res = shmlaunch("check", path, timeout=20)
-    assert res.returncode == 2
-    assert one_line_error(res) == (f"shmlaunch: error: {path}:4: include: 'loop.yaml' nested more than 8 deep (an include loop?)")
-
-
-def test_a_registry_with_yaml_aliases_is_refused_at_once(rt):
-    Writer("t", capacity=8, runtime_dir=rt).close()
-    (rt / "registry.yaml").write_text("layout_version: 1\ntopics:\n" + BOMB)
-    with pytest.raises(RegistryCorruptError, match=r"^cannot read registry .*registry\.yaml:3: expected '\"topic\": \{\.\.\.\}', got "):
-        Reader("t", runtime_dir=rt)
-
-
-# ----- 19. many topics
-def test_a_graph_of_a_thousand_topics_starts_and_stops_cleanly(tmp_path):
-    topics = "".join(f"  t{i}: {{capacity: 64, pool: 2}}\n" for i in range(1000))
-    path, graph = write_graph(tmp_path, "topics:\n" + topics + "nodes:\n  idle: {cmd: [sleep, '30']}\n")
-    res = shmlaunch(path, "--duration", 1, timeout=120)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
-    assert f"graph {graph!r}: 1000 topics in " in res.stdout
-    assert_nothing_left(graph)
-
-
-# ----- 20. a stopped registry-lock holder
-def test_a_registry_lock_held_by_a_stopped_process_is_a_bounded_wait_naming_it(rt):
-    from shmlaunch.transport import LockBusyError
-
-    Writer("a", capacity=8, runtime_dir=rt).close()
-    code = ("import os, signal\nfrom shmlaunch.transport import RuntimeDir\nfrom shmlaunch.transport._registry import locked_registry\n"
-            f"with RuntimeDir.open({str(rt)!r}) as rd, locked_registry(rd):\n"
-            "    print('locked', flush=True)\n    os.kill(os.getpid(), signal.SIGSTOP)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        started = time.monotonic()
-        with pytest.raises(LockBusyError, match=rf"^the registry lock {rt}/registry.lock has been held for more than 5 s by pid "
-                           rf"{holder.pid} \(stopped or hung\? end it, and the lock goes with it\)$"):
-            Writer("b", capacity=8, runtime_dir=rt)
-        assert time.monotonic() - started < 30
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-# ----- 21. smaller ones: one line each, never a traceback
-@pytest.mark.parametrize(("entry", "why"), [
-    ('["capacity", 8]', "the entry is a list, not a mapping"),
-    ('{"capacity": "abc", "pool": 4, "segment": "t.pool"}', "capacity 'abc' is not a whole number of bytes"),
-    ('{"capacity": 8, "pool": 0, "segment": "t.pool"}', "pool 0 is not a whole number from 1 to 256"),
-    ('{"capacity": 8, "pool": 4, "segment": "t.pool", "dtype": "not-a-type"}', "dtype 'not-a-type' is not a numpy dtype"),
-])
-def test_a_malformed_registry_entry_is_one_line_naming_file_line_and_topic(rt, entry, why):
-    Writer("t", capacity=8, runtime_dir=rt).close()
-    (rt / "registry.yaml").write_text(f'layout_version: 1\ntopics:\n  "t": {entry}\n')
-    with pytest.raises(RegistryCorruptError, match=rf"^cannot read registry {rt}/registry.yaml:3: topic 't': ") as err:
-        Reader("t", runtime_dir=rt)
-    assert why in str(err.value) and "\n" not in str(err.value)
-
-
-def test_a_huge_capacity_is_a_value_error_not_an_overflow(rt):
-    with pytest.raises(ValueError, match=r"^invalid capacity 4611686018427387904: at most 1099511627776 bytes \(1 TiB\) per message$"):
-        Writer("t", capacity=1 << 62, runtime_dir=rt)
-
-
-UNREADABLE = {  # made in the test: a 2 MiB parameter would become a 2 MiB test id (E2BIG when pytest 9 starts a process)
-    "device": None,
-    "latin-1": b"name: g\nnodes: {n: {cmd: [true]}}\n# caf\xe9\n",
-    "2-MiB": b"name: g\n" + b"#" * (2 << 20),
-}
-
-
-@pytest.mark.parametrize(("case", "expected"), [
-    ("device", "not a regular file (a launch file is a YAML file)"),
-    ("latin-1", ":3: not UTF-8 text (byte 0xe9 at offset"),
-    ("2-MiB", "larger than 1024 KiB; a launch file is a small YAML file"),
-])
-def test_unreadable_launch_files_are_one_line(tmp_path, case, expected):
-    path = tmp_path / "g.yaml"
-    content = UNREADABLE[case]
-    if content is None:
-        path.write_text("name: g\nnodes: {n: {cmd: [true]}}\ninclude: [{file: /dev/zero}]\n")
-    else:
-        path.write_bytes(content)
-    res = shmlaunch("check", path, timeout=20)
-    assert res.returncode == 2 and expected in one_line_error(res)
-
-
-def test_a_missing_cwd_is_reported_by_check_and_by_the_launcher(tmp_path):
-    path, _ = write_graph(tmp_path, "nodes:\n  n:\n    cmd: [sleep, '1']\n    cwd: nowhere\n")
-    res = shmlaunch("check", path)
-    assert res.returncode == 2
-    assert one_line_error(res) == f"shmlaunch: error: {path}:3: node 'n': its cwd {tmp_path / 'nowhere'} is not a directory"
-
-
-def test_an_included_files_relative_cmd_and_cwd_start_from_its_own_folder(tmp_path):
-    sub = tmp_path / "arm"
-    (sub / "work").mkdir(parents=True)
-    script = sub / "work" / "hello.sh"
-    script.write_text("#!/bin/sh\necho hello from $(pwd)\n")
-    script.chmod(0o755)
-    (sub / "arm.yaml").write_text("nodes:\n  hello:\n    cmd: [./hello.sh]\n    cwd: work\n")
-    path, _ = write_graph(tmp_path, "include:\n  - {file: arm/arm.yaml, namespace: left}\n")
-    res = shmlaunch(path, "--duration", 2)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert f"hello from {sub / 'work'}" in res.stdout
-
-
-def test_a_graph_name_too_long_for_a_runtime_directory_fails_check(tmp_path):
-    path = tmp_path / "g.yaml"
-    path.write_text(f"name: {'g' * 101}\nnodes: {{n: {{cmd: [true]}}}}\n")
-    res = shmlaunch("check", path)
-    assert res.returncode == 2
-    assert one_line_error(res) == (f"shmlaunch: error: {path}:1: 'name' must be the graph's name (1 to 100 letters, digits, '_', '-'), "
-                                   f"got '{'g' * 40}...'")
-
-
-def test_graph_state_and_heartbeat_files_are_private_and_a_stopped_node_shows_stopped(tmp_path):
-    out = tmp_path / "o.jsonl"
-    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
-    proc = start(path, "--duration", 30)
-    rt = graph_runtime_dir(graph)
-    try:
-        wait_for(lambda: out.exists() and out.stat().st_size > 100 and (rt / "ready.scale").exists(), what="the graph to run")
-        for p in rt.iterdir():
-            assert stat.S_IMODE(p.lstat().st_mode) == 0o600, p
-        with RuntimeDir.open(rt) as rd:
-            pid = GraphState.read(rd).nodes["scale"].pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            wait_for(lambda: " stopped " in node_row(graph, "scale"), 10, "node list to show the stopped node")
-        finally:
-            os.kill(pid, signal.SIGCONT)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-    assert_nothing_left(graph)
-
-
-def node_row(graph: str, node: str) -> str:
-    res = shmlaunch("node", "list", graph)
-    return next((line for line in res.stdout.splitlines() if line.startswith(node + " ")), "")
-
-
-def test_systemd_unit_quotes_paths_with_spaces_and_escapes_percent(tmp_path):
-    folder = tmp_path / "my robot 100%"
-    folder.mkdir()
-    path = folder / "g.yaml"
-    path.write_text("name: g\nargs: {note: x}\nnodes: {n: {cmd: [true], env: {NOTE: $(arg note)}}}\n")
-    res = shmlaunch("systemd", path, "note:=a b", "--workdir", folder)
-    assert res.returncode == 0, res.stderr
-    exec_line = next(line for line in res.stdout.splitlines() if line.startswith("ExecStart="))
-    assert f'"{str(path).replace("%", "%%")}"' in exec_line and exec_line.endswith('"note:=a b"')
-    assert f"WorkingDirectory={str(folder).replace('%', '%%')}" in res.stdout
-    if shutil.which("systemd-analyze"):
-        unit = tmp_path / "shmlaunch-g.service"
-        unit.write_text(res.stdout)
-        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-        assert "ExecStart" not in check.stderr and "WorkingDirectory" not in check.stderr, check.stderr
-
-
-def test_a_closed_output_pipe_stops_the_graph_cleanly_without_a_traceback(tmp_path):
-    out = tmp_path / "o.jsonl"
-    path, graph = write_graph(tmp_path, THREE.replace("OUT", str(out)))
-    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli {path} --duration 30 | head -2; echo \"status ${{PIPESTATUS[0]}}\"",
-                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
-    assert res.stdout.splitlines()[-1] == "status 0"
-    assert_nothing_left(graph)
-
-
-def test_a_closed_pipe_ends_a_tool_quietly():
-    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli --help | head -1", shell=True, capture_output=True, text=True)
-    assert res.stderr == ""
-
-
-# ----- 22. lint result independent of the clone's folder name
-def test_ruff_gives_the_same_result_whatever_the_clones_folder_is_called(tmp_path):
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    if not Path(ruff).exists():
-        pytest.skip("ruff is not installed (pip install -e '.[test]')")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
-    if files.returncode != 0:
-        pytest.skip("not a git checkout")
-    results = []
-    for name in ("shmlaunch", "some-other-name"):
-        dest = tmp_path / name
-        for rel in files.stdout.splitlines():
-            if rel.endswith((".py", ".toml")):
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / rel, dest / rel)
-        res = subprocess.run([ruff, "check", "--no-cache", "."], cwd=dest, capture_output=True, text=True)
-        results.append((res.returncode, res.stdout))
-    assert results[0] == results[1] and results[0][0] == 0, results
-
-
 def test_a_hung_python_node_shows_unresponsive_in_node_list(tmp_path):
     body = """
 nodes:
@@ -862,44 +823,87 @@ nodes:
     assert_nothing_left(graph)
 
 
-def test_a_log_directory_that_cannot_be_written_costs_one_warning(tmp_path):
-    import io
-
-    from shmlaunch.launch import Printer
-
-    out = io.StringIO()
-    printer = Printer(["a"], stream=out, colour=False, log_dir=tmp_path / "logs")
-    (tmp_path / "logs" / "a.log").mkdir()  # the log file's name is taken: every append fails
-    printer.line("a", "hello")
-    printer.line("a", "again")
-    assert out.getvalue().splitlines() == [
-        f"shmlaunch| warning: cannot write to {tmp_path / 'logs'} (Is a directory); the lines are still printed here",
-        "a        | hello", "a        | again"]
-
-
-def test_a_group_table_lock_held_by_a_stopped_process_is_a_bounded_wait(rt):
-    from shmlaunch.transport import LockBusyError
-
-    Writer("t", capacity=8, runtime_dir=rt).close()
-    holder = byte_lock_holder(rt / "t.pool", 2048, exclusive=True)  # the group table's lock byte (LAYOUT.md)
+# ===== the tools: trust only this user's checked files and verified pids
+def test_tools_ignore_another_users_planted_graph_and_never_signal_its_pid(other_user):
+    victim = victim_process()
+    name = unique_name("evil")
+    planted = Path(SHM_ROOT) / f"shmlaunch-{os.geteuid()}-{name}"
+    planted.mkdir(mode=0o700)
+    (planted / "graph.json").write_text(json.dumps({"name": name, "file": "x", "runtime_dir": str(planted), "launcher_pid": victim.pid,
+                                                    "started_ns": 0, "nodes": {}, "launcher_start": 0, "run": "x"}))
+    (planted / "launcher.lock").write_text("")
+    for p in (planted, planted / "graph.json", planted / "launcher.lock"):
+        os.chown(p, *other_user)
+    holder = lock_holder(planted / "launcher.lock")
     try:
-        with pytest.raises(LockBusyError, match=r"^the group table lock of topic 't' has been held for more than 5 s by another reader"):
-            Reader("t", runtime_dir=rt, group="workers")
+        for args in (["list"], ["stop", name], ["node", "list", name], ["topic", "list", name]):
+            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
+            assert "Traceback" not in res.stderr and name not in res.stdout, (args, res.stdout, res.stderr)
+        assert victim.poll() is None
     finally:
         holder.kill()
-        holder.wait()
+        victim.kill()
+        shutil.rmtree(planted)
 
 
-def test_the_status_views_kept_mappings_follow_a_re_created_topic(rt):
-    from shmlaunch.launch._introspect import Sampler, topic_rows
+def test_stop_refuses_to_signal_a_pid_that_is_not_the_graphs_launcher():
+    victim = victim_process()
+    name = unique_name("forged")
+    rt = ensure_runtime_dir(graph_runtime_dir(name))
+    state = GraphState(name, "x", str(rt), victim.pid, time.time_ns(), {}, launcher_start=1, run="x")
+    with RuntimeDir.open(rt) as rd:
+        state.write(rd)
+        os.close(rd.open_file("launcher.lock", os.O_RDWR | os.O_CREAT))
+    holder = lock_holder(rt / "launcher.lock")
+    try:
+        res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", "stop", name], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert one_line_error(res) == (f"shmlaunch: error: graph {name!r}: pid {victim.pid} is not its launcher (not holding the graph's lock, "
+                                       f"or started at another time than graph.json says); not signalling it")
+        with pytest.raises(subprocess.TimeoutExpired):  # not signalled: still running after the refusing stop returned
+            victim.wait(0.2)
+    finally:
+        holder.kill()
+        victim.kill()
+        shutil.rmtree(rt)
 
-    w = Writer("t", capacity=64, runtime_dir=rt)
-    cache: dict = {}
-    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
-    assert rows[1][:4] == ["t", "bytes", "64", "4"] and set(cache) == {"t"}
-    w.unlink()
-    w = Writer("t", capacity=128, pool=2, runtime_dir=rt)
-    rows = topic_rows(rt, Sampler.start(), time.monotonic(), cache)
-    assert rows[1][:4] == ["t", "bytes", "128", "2"]
-    w.unlink()
-    assert topic_rows(rt, Sampler.start(), time.monotonic(), cache) == rows[:1] and cache == {}
+
+def test_a_malformed_graph_json_never_crashes_a_tool():
+    name = unique_name("junk")
+    rt = ensure_runtime_dir(graph_runtime_dir(name))
+    (rt / "graph.json").write_text(json.dumps({"name": name, "nodes": 5}))
+    os.chmod(rt / "graph.json", 0o600)
+    (rt / "launcher.lock").write_text("")
+    holder = lock_holder(rt / "launcher.lock")
+    try:
+        for args in (["list"], ["stop", name], ["node", "list", name]):
+            res = subprocess.run([sys.executable, "-m", "shmlaunch.launch.cli", *args], capture_output=True, text=True, timeout=30)
+            assert "Traceback" not in res.stderr, (args, res.stderr)
+    finally:
+        holder.kill()
+        shutil.rmtree(rt)
+
+
+def test_a_closed_pipe_ends_a_tool_quietly():
+    res = subprocess.run(f"{sys.executable} -m shmlaunch.launch.cli --help | head -1", shell=True, capture_output=True, text=True)
+    assert res.stderr == ""
+
+
+# ===== the repository: lint results independent of the clone's folder name
+def test_ruff_gives_the_same_result_whatever_the_clones_folder_is_called(tmp_path):
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    results = []
+    for name in ("shmlaunch", "some-other-name"):
+        dest = tmp_path / name
+        for rel in files.stdout.splitlines():
+            if rel.endswith((".py", ".toml")):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / rel, dest / rel)
+        res = subprocess.run([ruff, "check", "--no-cache", "."], cwd=dest, capture_output=True, text=True)
+        results.append((res.returncode, res.stdout))
+    assert results[0] == results[1] and results[0][0] == 0, results

@@ -8,9 +8,11 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from test_launcher import wait_for
 
 from shmlaunch.transport import ClosedError, Message, Reader, Writer
 
@@ -92,16 +94,22 @@ def test_a_signal_interrupts_a_waiting_receive(rt):
     r.close()
 
 
+def sleeping(thread: threading.Thread) -> bool:
+    """True while ``thread`` sleeps in the kernel (its state in /proc is S)."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "S"
+
+
 def test_closing_a_reader_while_another_thread_waits_on_it(rt):
     Writer("t", capacity=8, runtime_dir=rt).close()
     r = Reader("t", runtime_dir=rt)
     got = []
-    t = threading.Thread(target=lambda: got.append(r.receive(timeout=0.5)))
+    t = threading.Thread(target=lambda: got.append(r.receive(timeout=2)))
     t.start()
-    time.sleep(0.1)
+    wait_for(lambda: sleeping(t), what="the waiter to sleep in receive")
     r.close()
     t.join(5)
-    assert got == [None]  # the waiter wakes at its timeout and touches nothing of the closed reader
+    assert got == [None]  # the waiter wakes (at the close, or at its timeout) and touches nothing of the closed reader
     with pytest.raises(ClosedError):
         r.receive(timeout=0)
 

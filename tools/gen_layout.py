@@ -88,26 +88,29 @@ def tiling_checks() -> list[tuple[str, str]]:
     return checks
 
 
+def _render(head: list[str], string: str, constant, comment: str, width: int, check: str | None, tail: list[str]) -> str:
+    """One generated source: ``head``, the strings, one line per constant (``constant(name, value)``,
+    its meaning after ``comment`` at column ``width``), the tiling checks as ``check`` calls, ``tail``."""
+    lines = [*head, *(string.format(name=name, text=getattr(L, name).decode("ascii")) for name in L.STRINGS)]
+    for name, value, meaning in constants():
+        text = constant(name, value)
+        lines.append(f"{text:<{width}} {comment.format(_comment(meaning))}".rstrip() if meaning else text)
+    if check:
+        lines += ["", *(f'{check}({expr}, "{msg}");' for expr, msg in tiling_checks())]
+    return "\n".join([*lines, *tail])
+
+
 def render_c() -> str:
-    lines = [f"/* {NOTICE}", " * The segment layout for the Linux hot path (_fastpath.c); transport/LAYOUT.md explains it. */",
-             "#ifndef SHMLAUNCH_LAYOUT_H", "#define SHMLAUNCH_LAYOUT_H", ""]
-    for name in L.STRINGS:
-        lines.append(f'#define {name} "{getattr(L, name).decode("ascii")}"')
-    for name, value, comment in constants():
-        text = f"#define {name} {_c_literal(value, NARROW.get(name, 64))}"
-        lines.append(f"{text:<56} /* {_comment(comment)} */" if comment else text)
-    lines.append("")
-    lines += [f'_Static_assert({expr}, "{msg}");' for expr, msg in tiling_checks()]
-    lines += ["", "#endif", ""]
-    return "\n".join(lines)
+    head = [f"/* {NOTICE}", " * The segment layout for the Linux hot path (_fastpath.c); transport/LAYOUT.md explains it. */",
+            "#ifndef SHMLAUNCH_LAYOUT_H", "#define SHMLAUNCH_LAYOUT_H", ""]
+    return _render(head, '#define {name} "{text}"', lambda n, v: f"#define {n} {_c_literal(v, NARROW.get(n, 64))}", "/* {} */", 56,
+                   "_Static_assert", ["", "#endif", ""])
 
 
 def render_python() -> str:
-    lines = [f'"""{NOTICE}', "", "The constants the Windows hot path needs: the platform layer sits below the transport and does",
-             'not import it, so it gets the layout the way C, C++ and C# do."""', ""]
-    lines += [f"{name} = {getattr(L, name)!r}" for name in L.STRINGS]
-    lines += [f"{name} = {value}" for name, value, _ in constants()]
-    return "\n".join(lines) + "\n"
+    head = [f'"""{NOTICE}', "", "The constants the Windows hot path needs: the platform layer sits below the transport and does",
+            'not import it, so it gets the layout the way C, C++ and C# do."""', ""]
+    return _render(head, "{name} = b'{text}'", lambda n, v: f"{n} = {v}", "", 0, None, [""])
 
 
 def _cpp_type(name: str) -> str:
@@ -115,31 +118,23 @@ def _cpp_type(name: str) -> str:
 
 
 def render_cpp() -> str:
-    lines = [f"// {NOTICE}", "// The segment layout for the C++ client (pool.hpp includes it); transport/LAYOUT.md explains it.",
-             "#pragma once", "", "#include <cstdint>", "", "namespace shmlaunch {", "namespace layout {", ""]
-    for name in L.STRINGS:
-        lines.append(f'constexpr char {name}[] = "{getattr(L, name).decode("ascii")}";')
-    for name, value, comment in constants():
-        text = f"constexpr {_cpp_type(name)} {name} = {_c_literal(value, NARROW.get(name, 64))};"
-        lines.append(f"{text:<64} // {_comment(comment)}" if comment else text)
-    lines.append("")
-    lines += [f'static_assert({expr}, "{msg}");' for expr, msg in tiling_checks()]
-    lines += ["", "}  // namespace layout", "}  // namespace shmlaunch", ""]
-    return "\n".join(lines)
+    head = [f"// {NOTICE}", "// The segment layout for the C++ client (pool.hpp includes it); transport/LAYOUT.md explains it.",
+            "#pragma once", "", "#include <cstdint>", "", "namespace shmlaunch {", "namespace layout {", ""]
+    return _render(head, 'constexpr char {name}[] = "{text}";',
+                   lambda n, v: f"constexpr {_cpp_type(n)} {n} = {_c_literal(v, NARROW.get(n, 64))};", "// {}", 64, "static_assert",
+                   ["", "}  // namespace layout", "}  // namespace shmlaunch", ""])
 
 
 def render_csharp() -> str:
     types = {16: "ushort", 32: "uint", 64: "ulong"}
-    lines = [f"// {NOTICE}", "// The segment layout for the C# client; transport/LAYOUT.md explains it.", "namespace ShmLaunch", "{",
-             "    public static partial class Layout", "    {"]
-    for name in L.STRINGS:
-        lines.append(f'        public const string {name} = "{getattr(L, name).decode("ascii")}";')
-    for name, value, comment in constants():
-        literal = f"{value}UL" if NARROW.get(name, 64) == 64 else str(value)
-        text = f"        public const {types[NARROW.get(name, 64)]} {name} = {literal};"
-        lines.append(f"{text:<72} // {_comment(comment)}" if comment else text)
-    lines += ["    }", "}", ""]
-    return "\n".join(lines)
+    head = [f"// {NOTICE}", "// The segment layout for the C# client; transport/LAYOUT.md explains it.", "namespace ShmLaunch", "{",
+            "    public static partial class Layout", "    {"]
+
+    def constant(name: str, value: int) -> str:
+        bits = NARROW.get(name, 64)
+        return f"        public const {types[bits]} {name} = {value}{'UL' if bits == 64 else ''};"
+
+    return _render(head, '        public const string {name} = "{text}";', constant, "// {}", 72, None, ["    }", "}", ""])
 
 
 # ----- LAYOUT.md: the tables between <!-- generated: NAME --> and <!-- end generated -->

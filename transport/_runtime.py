@@ -123,7 +123,7 @@ def segment_file_name(topic: str) -> str:
 
 class RuntimeDir:
     """An open, checked runtime directory; every file in it is opened through the platform's
-    :class:`~shmlaunch.transport.backend.Directory` (relative to a directory handle, never
+    :class:`~shmlaunch._platform.Directory` (relative to a directory handle, never
     through a symlink).
 
     ``open`` takes an existing directory and checks it (``RuntimeDirError`` says what is
