@@ -6,36 +6,36 @@
 #define MAGIC "SHMLPOOL"
 #define TRACE_MAGIC "SHMLTRCE"
 #define LAYOUT_VERSION 1
-#define HEADER_SIZE 512ULL
+#define HEADER_SIZE 512
 #define MAX_POOL 256
-#define READERS_OFFSET 512ULL
-#define MAX_READERS 64ULL
-#define READER_ENTRY_SIZE 64ULL
-#define GROUPS_OFFSET 4608ULL
-#define MAX_GROUPS 8ULL
-#define GROUP_ENTRY_SIZE 2112ULL
-#define SLOTS_OFFSET 21504ULL
-#define SLOT_HEADER_SIZE 64ULL
-#define ALIGN 64ULL
+#define READERS_OFFSET 512
+#define MAX_READERS 64
+#define READER_ENTRY_SIZE 64
+#define GROUPS_OFFSET 4608
+#define MAX_GROUPS 8
+#define GROUP_ENTRY_SIZE 2112
+#define SLOTS_OFFSET 21504
+#define SLOT_HEADER_SIZE 64
+#define ALIGN 64
 #define MAX_NDIM 8
-#define DTYPE_SIZE 32ULL
+#define DTYPE_SIZE 32
 #define MAX_CAPACITY 1099511627776ULL
 #define MAX_STATE 9223372036854775808ULL
 #define WAKE_SEQ_SHIFT 8
 #define WAKE_SLOT_MASK 255
 #define WAKE_SEQ_MASK 16777215
-#define LOCK_WRITER 0ULL
-#define LOCK_PRESENCE 1ULL
-#define LOCK_SLOT0 64ULL
-#define LOCK_READER0 1024ULL
-#define LOCK_GROUP_TABLE 2048ULL
-#define LOCK_WAITERS 2049ULL
-#define LOCK_CLAIM0 4096ULL
-#define LOCK_WAITER0 8192ULL
+#define LOCK_WRITER 0
+#define LOCK_PRESENCE 1
+#define LOCK_SLOT0 64
+#define LOCK_READER0 1024
+#define LOCK_GROUP_TABLE 2048
+#define LOCK_WAITERS 2049
+#define LOCK_CLAIM0 4096
+#define LOCK_WAITER0 8192
 #define MAX_WAITERS 64
 #define TRACE_VERSION 1
-#define TRACE_HEADER_SIZE 128ULL
-#define TRACE_RECORD_SIZE 64ULL
+#define TRACE_HEADER_SIZE 128
+#define TRACE_RECORD_SIZE 64
 #define TRACE_CAPACITY 32768
 #define TRACE_NO_ENTRY 65535
 #define TRACE_PUBLISH 1
@@ -44,126 +44,126 @@
 #define TRACE_CALLBACK_START 4
 #define TRACE_CALLBACK_END 5
 #define TRACE_DROP 6
-#define HEADER_MAGIC_OFFSET 0ULL                         /* bytes: ASCII SHMLPOOL */
-#define HEADER_MAGIC_SIZE 8ULL
-#define HEADER_LAYOUT_VERSION_OFFSET 8ULL                /* u32: 1 */
-#define HEADER_LAYOUT_VERSION_SIZE 4ULL
-#define HEADER_POOL_OFFSET 12ULL                         /* u32: number of slots N, 1..256 */
-#define HEADER_POOL_SIZE 4ULL
-#define HEADER_CAPACITY_OFFSET 16ULL                     /* u64: largest payload in bytes */
-#define HEADER_CAPACITY_SIZE 8ULL
-#define HEADER_SLOT_STRIDE_OFFSET 24ULL                  /* u64: bytes from one slot to the next = round_up(64 + capacity, 64) */
-#define HEADER_SLOT_STRIDE_SIZE 8ULL
-#define HEADER_SLOTS_OFFSET_OFFSET 32ULL                 /* u64: offset of slot 0 (21504); read it, do not assume it */
-#define HEADER_SLOTS_OFFSET_SIZE 8ULL
-#define HEADER_ITEMSIZE_OFFSET 40ULL                     /* u64: bytes per element of dtype, 0 for raw bytes */
-#define HEADER_ITEMSIZE_SIZE 8ULL
-#define HEADER_NDIM_OFFSET 48ULL                         /* u32: dimensions in shape, 0 when the topic has no fixed shape */
-#define HEADER_NDIM_SIZE 4ULL
-#define HEADER_RESERVED_52_OFFSET 52ULL                  /* bytes: reserved, 0 */
-#define HEADER_RESERVED_52_SIZE 4ULL
-#define HEADER_DTYPE_OFFSET 56ULL                        /* bytes: ASCII numpy type string, NUL padded; empty for raw bytes */
-#define HEADER_DTYPE_SIZE 32ULL
-#define HEADER_SHAPE_OFFSET 88ULL                        /* u64[8]: the first ndim are used */
-#define HEADER_SHAPE_SIZE 64ULL
-#define HEADER_RESERVED_152_OFFSET 152ULL                /* bytes: reserved, 0 */
-#define HEADER_RESERVED_152_SIZE 104ULL
-#define HEADER_WAKE_OFFSET 256ULL                        /* u32: futex word: ((seq & 0xFFFFFF) << 8) | slot of the newest message, 0 before the first */
-#define HEADER_WAKE_SIZE 4ULL
-#define HEADER_RESERVED_260_OFFSET 260ULL                /* bytes: reserved, 0 */
-#define HEADER_RESERVED_260_SIZE 4ULL
-#define HEADER_LATEST_SEQ_OFFSET 264ULL                  /* u64: sequence number of the newest complete message (for tools) */
-#define HEADER_LATEST_SEQ_SIZE 8ULL
-#define HEADER_WRITER_PID_OFFSET 272ULL                  /* u64: pid of the last writer that attached */
-#define HEADER_WRITER_PID_SIZE 8ULL
-#define HEADER_WRITER_GENERATION_OFFSET 280ULL           /* u64: +1 each time a writer attaches */
-#define HEADER_WRITER_GENERATION_SIZE 8ULL
-#define HEADER_WRITER_ATTACH_NS_OFFSET 288ULL            /* i64: CLOCK_REALTIME ns when it attached */
-#define HEADER_WRITER_ATTACH_NS_SIZE 8ULL
-#define HEADER_WAITERS_OFFSET 296ULL                     /* u64: bit mask, Windows only (0 on Linux): bit i set while wait entry i has a wake event (set and cleared under lock byte 2049; the writer signals each set bit's event) */
-#define HEADER_WAITERS_SIZE 8ULL
-#define HEADER_WAKE_ID_OFFSET 304ULL                     /* u64: random, written by the creator: names the topic's wake events on Windows (Localshmlaunch-<wake_id hex>-<i>) and the topic in trace records */
-#define HEADER_WAKE_ID_SIZE 8ULL
-#define HEADER_RESERVED_312_OFFSET 312ULL                /* bytes: reserved, 0 */
-#define HEADER_RESERVED_312_SIZE 200ULL
-#define HEADER_BLOCK_SIZE 512ULL                         /* the header block */
-#define READER_PID_OFFSET 0ULL                           /* u64: the reader's process */
-#define READER_PID_SIZE 8ULL
-#define READER_RECEIVED_OFFSET 8ULL                      /* u64: messages delivered to this reader */
-#define READER_RECEIVED_SIZE 8ULL
-#define READER_MISSED_OFFSET 16ULL                       /* u64: messages overwritten before this reader got to them */
-#define READER_MISSED_SIZE 8ULL
-#define READER_LAST_SEQ_OFFSET 24ULL                     /* u64: sequence number of the last message delivered */
-#define READER_LAST_SEQ_SIZE 8ULL
-#define READER_LAST_AGE_NS_OFFSET 32ULL                  /* i64: publish-to-receive time of the last message */
-#define READER_LAST_AGE_NS_SIZE 8ULL
-#define READER_LAST_RECEIVE_NS_OFFSET 40ULL              /* i64: CLOCK_REALTIME ns of the last receive */
-#define READER_LAST_RECEIVE_NS_SIZE 8ULL
-#define READER_STALE_OFFSET 48ULL                        /* u64: messages skipped for being older than the reader's max_age */
-#define READER_STALE_SIZE 8ULL
-#define READER_GROUP_OFFSET 56ULL                        /* u64: 0: an ordinary reader; else 1 + the index of its competing-consumer group in the group table */
-#define READER_GROUP_SIZE 8ULL
-#define READER_BLOCK_SIZE 64ULL                          /* the reader block */
-#define GROUP_NAME_OFFSET 0ULL                           /* bytes: group name, ASCII, NUL padded (all zero: entry free) */
-#define GROUP_NAME_SIZE 64ULL
-#define GROUP_CLAIMS_OFFSET 64ULL                        /* u64[256]: claims[i] = the sequence number a member of the group took from slot i */
-#define GROUP_CLAIMS_SIZE 2048ULL
-#define GROUP_BLOCK_SIZE 2112ULL                         /* the group block */
-#define SLOT_STATE_OFFSET 0ULL                           /* u64: 2seq when message seq is complete; odd while it is being written; 0 when never written */
-#define SLOT_STATE_SIZE 8ULL
-#define SLOT_LENGTH_OFFSET 8ULL                          /* u64: payload bytes of this message */
-#define SLOT_LENGTH_SIZE 8ULL
-#define SLOT_SOURCE_NS_OFFSET 16ULL                      /* i64: source timestamp (capture time), CLOCK_REALTIME ns */
-#define SLOT_SOURCE_NS_SIZE 8ULL
-#define SLOT_PUBLISH_NS_OFFSET 24ULL                     /* i64: publish time, CLOCK_REALTIME ns */
-#define SLOT_PUBLISH_NS_SIZE 8ULL
-#define SLOT_GENERATION_OFFSET 32ULL                     /* u64: writer_generation of the writer that wrote it */
-#define SLOT_GENERATION_SIZE 8ULL
-#define SLOT_SOURCE_SEQ_OFFSET 40ULL                     /* u64: sequence number of the input message this one was computed from (0: none) */
-#define SLOT_SOURCE_SEQ_SIZE 8ULL
-#define SLOT_RESERVED_48_OFFSET 48ULL                    /* bytes: reserved */
-#define SLOT_RESERVED_48_SIZE 16ULL
-#define SLOT_BLOCK_SIZE 64ULL                            /* the slot block */
-#define TRACE_HEADER_MAGIC_OFFSET 0ULL                   /* bytes: SHMLTRCE */
-#define TRACE_HEADER_MAGIC_SIZE 8ULL
-#define TRACE_HEADER_VERSION_OFFSET 8ULL                 /* u32: 1 */
-#define TRACE_HEADER_VERSION_SIZE 4ULL
-#define TRACE_HEADER_CAPACITY_OFFSET 12ULL               /* u32: records in the ring, a power of two (32768) */
-#define TRACE_HEADER_CAPACITY_SIZE 4ULL
-#define TRACE_HEADER_HEAD_OFFSET 16ULL                   /* u64: records written so far: stored with release order after each record */
-#define TRACE_HEADER_HEAD_SIZE 8ULL
-#define TRACE_HEADER_PID_OFFSET 24ULL                    /* u64: the writing process (the file name repeats it) */
-#define TRACE_HEADER_PID_SIZE 8ULL
-#define TRACE_HEADER_CLOCK_OFFSET_OFFSET 32ULL           /* i64: CLOCK_REALTIME - CLOCK_MONOTONIC in ns when the ring was made */
-#define TRACE_HEADER_CLOCK_OFFSET_SIZE 8ULL
-#define TRACE_HEADER_RESERVED_40_OFFSET 40ULL            /* bytes: reserved */
-#define TRACE_HEADER_RESERVED_40_SIZE 8ULL
-#define TRACE_HEADER_NAME_OFFSET 48ULL                   /* bytes: UTF-8 process name (the node's name under a launcher), NUL padded */
-#define TRACE_HEADER_NAME_SIZE 64ULL
-#define TRACE_HEADER_RESERVED_112_OFFSET 112ULL          /* bytes: reserved */
-#define TRACE_HEADER_RESERVED_112_SIZE 16ULL
-#define TRACE_HEADER_BLOCK_SIZE 128ULL                   /* the trace header block */
-#define TRACE_RECORD_NS_OFFSET 0ULL                      /* i64: CLOCK_MONOTONIC when the step happened */
-#define TRACE_RECORD_NS_SIZE 8ULL
-#define TRACE_RECORD_TOPIC_OFFSET 8ULL                   /* u64: the topic segment's wake_id (its identity while it exists) */
-#define TRACE_RECORD_TOPIC_SIZE 8ULL
-#define TRACE_RECORD_SEQ_OFFSET 16ULL                    /* u64: the message's sequence number */
-#define TRACE_RECORD_SEQ_SIZE 8ULL
-#define TRACE_RECORD_SOURCE_SEQ_OFFSET 24ULL             /* u64: the input message it was computed from (0: none) */
-#define TRACE_RECORD_SOURCE_SEQ_SIZE 8ULL
-#define TRACE_RECORD_STAMP_NS_OFFSET 32ULL               /* i64: the message's source timestamp (CLOCK_REALTIME) */
-#define TRACE_RECORD_STAMP_NS_SIZE 8ULL
-#define TRACE_RECORD_KIND_OFFSET 40ULL                   /* u16: 1 publish (recorded before the state word makes it visible), 2 receive, 3 release, 4 callback start, 5 callback end, 6 publish dropped (every slot held) */
-#define TRACE_RECORD_KIND_SIZE 2ULL
-#define TRACE_RECORD_ENTRY_OFFSET 42ULL                  /* u16: the reader's table index; 0xFFFF for a writer, an observer, a callback */
-#define TRACE_RECORD_ENTRY_SIZE 2ULL
-#define TRACE_RECORD_GENERATION_OFFSET 44ULL             /* u32: low bits of the writer generation that published it */
-#define TRACE_RECORD_GENERATION_SIZE 4ULL
-#define TRACE_RECORD_LOST_OFFSET 48ULL                   /* u32[3]: receive only: messages overwritten, stale (max_age), taken by another group member since this reader's previous traced receive */
-#define TRACE_RECORD_LOST_SIZE 12ULL
-#define TRACE_RECORD_RESERVED_60_OFFSET 60ULL            /* bytes: reserved */
-#define TRACE_RECORD_RESERVED_60_SIZE 4ULL
-#define TRACE_RECORD_BLOCK_SIZE 64ULL                    /* the trace record block */
+#define HEADER_MAGIC_OFFSET 0                            /* bytes: ASCII SHMLPOOL */
+#define HEADER_MAGIC_SIZE 8
+#define HEADER_LAYOUT_VERSION_OFFSET 8                   /* u32: 1 */
+#define HEADER_LAYOUT_VERSION_SIZE 4
+#define HEADER_POOL_OFFSET 12                            /* u32: number of slots N, 1..256 */
+#define HEADER_POOL_SIZE 4
+#define HEADER_CAPACITY_OFFSET 16                        /* u64: largest payload in bytes */
+#define HEADER_CAPACITY_SIZE 8
+#define HEADER_SLOT_STRIDE_OFFSET 24                     /* u64: bytes from one slot to the next = round_up(64 + capacity, 64) */
+#define HEADER_SLOT_STRIDE_SIZE 8
+#define HEADER_SLOTS_OFFSET_OFFSET 32                    /* u64: offset of slot 0 (21504); read it, do not assume it */
+#define HEADER_SLOTS_OFFSET_SIZE 8
+#define HEADER_ITEMSIZE_OFFSET 40                        /* u64: bytes per element of dtype, 0 for raw bytes */
+#define HEADER_ITEMSIZE_SIZE 8
+#define HEADER_NDIM_OFFSET 48                            /* u32: dimensions in shape, 0 when the topic has no fixed shape */
+#define HEADER_NDIM_SIZE 4
+#define HEADER_RESERVED_52_OFFSET 52                     /* bytes: reserved, 0 */
+#define HEADER_RESERVED_52_SIZE 4
+#define HEADER_DTYPE_OFFSET 56                           /* bytes: ASCII numpy type string, NUL padded; empty for raw bytes */
+#define HEADER_DTYPE_SIZE 32
+#define HEADER_SHAPE_OFFSET 88                           /* u64[8]: the first ndim are used */
+#define HEADER_SHAPE_SIZE 64
+#define HEADER_RESERVED_152_OFFSET 152                   /* bytes: reserved, 0 */
+#define HEADER_RESERVED_152_SIZE 104
+#define HEADER_WAKE_OFFSET 256                           /* u32: futex word: ((seq & 0xFFFFFF) << 8) | slot of the newest message, 0 before the first */
+#define HEADER_WAKE_SIZE 4
+#define HEADER_RESERVED_260_OFFSET 260                   /* bytes: reserved, 0 */
+#define HEADER_RESERVED_260_SIZE 4
+#define HEADER_LATEST_SEQ_OFFSET 264                     /* u64: sequence number of the newest complete message (for tools) */
+#define HEADER_LATEST_SEQ_SIZE 8
+#define HEADER_WRITER_PID_OFFSET 272                     /* u64: pid of the last writer that attached */
+#define HEADER_WRITER_PID_SIZE 8
+#define HEADER_WRITER_GENERATION_OFFSET 280              /* u64: +1 each time a writer attaches */
+#define HEADER_WRITER_GENERATION_SIZE 8
+#define HEADER_WRITER_ATTACH_NS_OFFSET 288               /* i64: CLOCK_REALTIME ns when it attached */
+#define HEADER_WRITER_ATTACH_NS_SIZE 8
+#define HEADER_WAITERS_OFFSET 296                        /* u64: bit mask, Windows only (0 on Linux): bit i set while wait entry i has a wake event (set and cleared under lock byte 2049; the writer signals each set bit's event) */
+#define HEADER_WAITERS_SIZE 8
+#define HEADER_WAKE_ID_OFFSET 304                        /* u64: random, written by the creator: names the topic's wake events on Windows (Localshmlaunch-<wake_id hex>-<i>) and the topic in trace records */
+#define HEADER_WAKE_ID_SIZE 8
+#define HEADER_RESERVED_312_OFFSET 312                   /* bytes: reserved, 0 */
+#define HEADER_RESERVED_312_SIZE 200
+#define HEADER_BLOCK_SIZE 512                            /* the header block */
+#define READER_PID_OFFSET 0                              /* u64: the reader's process */
+#define READER_PID_SIZE 8
+#define READER_RECEIVED_OFFSET 8                         /* u64: messages delivered to this reader */
+#define READER_RECEIVED_SIZE 8
+#define READER_MISSED_OFFSET 16                          /* u64: messages overwritten before this reader got to them */
+#define READER_MISSED_SIZE 8
+#define READER_LAST_SEQ_OFFSET 24                        /* u64: sequence number of the last message delivered */
+#define READER_LAST_SEQ_SIZE 8
+#define READER_LAST_AGE_NS_OFFSET 32                     /* i64: publish-to-receive time of the last message */
+#define READER_LAST_AGE_NS_SIZE 8
+#define READER_LAST_RECEIVE_NS_OFFSET 40                 /* i64: CLOCK_REALTIME ns of the last receive */
+#define READER_LAST_RECEIVE_NS_SIZE 8
+#define READER_STALE_OFFSET 48                           /* u64: messages skipped for being older than the reader's max_age */
+#define READER_STALE_SIZE 8
+#define READER_GROUP_OFFSET 56                           /* u64: 0: an ordinary reader; else 1 + the index of its competing-consumer group in the group table */
+#define READER_GROUP_SIZE 8
+#define READER_BLOCK_SIZE 64                             /* the reader block */
+#define GROUP_NAME_OFFSET 0                              /* bytes: group name, ASCII, NUL padded (all zero: entry free) */
+#define GROUP_NAME_SIZE 64
+#define GROUP_CLAIMS_OFFSET 64                           /* u64[256]: claims[i] = the sequence number a member of the group took from slot i */
+#define GROUP_CLAIMS_SIZE 2048
+#define GROUP_BLOCK_SIZE 2112                            /* the group block */
+#define SLOT_STATE_OFFSET 0                              /* u64: 2seq when message seq is complete; odd while it is being written; 0 when never written */
+#define SLOT_STATE_SIZE 8
+#define SLOT_LENGTH_OFFSET 8                             /* u64: payload bytes of this message */
+#define SLOT_LENGTH_SIZE 8
+#define SLOT_SOURCE_NS_OFFSET 16                         /* i64: source timestamp (capture time), CLOCK_REALTIME ns */
+#define SLOT_SOURCE_NS_SIZE 8
+#define SLOT_PUBLISH_NS_OFFSET 24                        /* i64: publish time, CLOCK_REALTIME ns */
+#define SLOT_PUBLISH_NS_SIZE 8
+#define SLOT_GENERATION_OFFSET 32                        /* u64: writer_generation of the writer that wrote it */
+#define SLOT_GENERATION_SIZE 8
+#define SLOT_SOURCE_SEQ_OFFSET 40                        /* u64: sequence number of the input message this one was computed from (0: none) */
+#define SLOT_SOURCE_SEQ_SIZE 8
+#define SLOT_RESERVED_48_OFFSET 48                       /* bytes: reserved */
+#define SLOT_RESERVED_48_SIZE 16
+#define SLOT_BLOCK_SIZE 64                               /* the slot block */
+#define TRACE_HEADER_MAGIC_OFFSET 0                      /* bytes: SHMLTRCE */
+#define TRACE_HEADER_MAGIC_SIZE 8
+#define TRACE_HEADER_VERSION_OFFSET 8                    /* u32: 1 */
+#define TRACE_HEADER_VERSION_SIZE 4
+#define TRACE_HEADER_CAPACITY_OFFSET 12                  /* u32: records in the ring, a power of two (32768) */
+#define TRACE_HEADER_CAPACITY_SIZE 4
+#define TRACE_HEADER_HEAD_OFFSET 16                      /* u64: records written so far: stored with release order after each record */
+#define TRACE_HEADER_HEAD_SIZE 8
+#define TRACE_HEADER_PID_OFFSET 24                       /* u64: the writing process (the file name repeats it) */
+#define TRACE_HEADER_PID_SIZE 8
+#define TRACE_HEADER_CLOCK_OFFSET_OFFSET 32              /* i64: CLOCK_REALTIME - CLOCK_MONOTONIC in ns when the ring was made */
+#define TRACE_HEADER_CLOCK_OFFSET_SIZE 8
+#define TRACE_HEADER_RESERVED_40_OFFSET 40               /* bytes: reserved */
+#define TRACE_HEADER_RESERVED_40_SIZE 8
+#define TRACE_HEADER_NAME_OFFSET 48                      /* bytes: UTF-8 process name (the node's name under a launcher), NUL padded */
+#define TRACE_HEADER_NAME_SIZE 64
+#define TRACE_HEADER_RESERVED_112_OFFSET 112             /* bytes: reserved */
+#define TRACE_HEADER_RESERVED_112_SIZE 16
+#define TRACE_HEADER_BLOCK_SIZE 128                      /* the trace header block */
+#define TRACE_RECORD_NS_OFFSET 0                         /* i64: CLOCK_MONOTONIC when the step happened */
+#define TRACE_RECORD_NS_SIZE 8
+#define TRACE_RECORD_TOPIC_OFFSET 8                      /* u64: the topic segment's wake_id (its identity while it exists) */
+#define TRACE_RECORD_TOPIC_SIZE 8
+#define TRACE_RECORD_SEQ_OFFSET 16                       /* u64: the message's sequence number */
+#define TRACE_RECORD_SEQ_SIZE 8
+#define TRACE_RECORD_SOURCE_SEQ_OFFSET 24                /* u64: the input message it was computed from (0: none) */
+#define TRACE_RECORD_SOURCE_SEQ_SIZE 8
+#define TRACE_RECORD_STAMP_NS_OFFSET 32                  /* i64: the message's source timestamp (CLOCK_REALTIME) */
+#define TRACE_RECORD_STAMP_NS_SIZE 8
+#define TRACE_RECORD_KIND_OFFSET 40                      /* u16: 1 publish (recorded before the state word makes it visible), 2 receive, 3 release, 4 callback start, 5 callback end, 6 publish dropped (every slot held) */
+#define TRACE_RECORD_KIND_SIZE 2
+#define TRACE_RECORD_ENTRY_OFFSET 42                     /* u16: the reader's table index; 0xFFFF for a writer, an observer, a callback */
+#define TRACE_RECORD_ENTRY_SIZE 2
+#define TRACE_RECORD_GENERATION_OFFSET 44                /* u32: low bits of the writer generation that published it */
+#define TRACE_RECORD_GENERATION_SIZE 4
+#define TRACE_RECORD_LOST_OFFSET 48                      /* u32[3]: receive only: messages overwritten, stale (max_age), taken by another group member since this reader's previous traced receive */
+#define TRACE_RECORD_LOST_SIZE 12
+#define TRACE_RECORD_RESERVED_60_OFFSET 60               /* bytes: reserved */
+#define TRACE_RECORD_RESERVED_60_SIZE 4
+#define TRACE_RECORD_BLOCK_SIZE 64                       /* the trace record block */
 
 _Static_assert(HEADER_MAGIC_OFFSET + HEADER_MAGIC_SIZE == HEADER_LAYOUT_VERSION_OFFSET, "HEADER: magic ends where layout_version begins");
 _Static_assert(HEADER_LAYOUT_VERSION_OFFSET + HEADER_LAYOUT_VERSION_SIZE == HEADER_POOL_OFFSET, "HEADER: layout_version ends where pool begins");

@@ -70,8 +70,10 @@ def _comment(text: str) -> str:
     return re.sub(r"[`*\\]", "", text).replace("*/", "* /")
 
 
-def _c_literal(value: int, bits: int) -> str:
-    return f"{value}" if bits < 64 and value < 2**31 else f"{value}ULL"
+def _c_literal(value: int) -> str:
+    """An int literal where the value fits one (as the hand-written #defines were: the hot path's
+    arithmetic, and so its instructions, stay the same), else unsigned 64-bit."""
+    return f"{value}" if value < 2**31 else f"{value}ULL"
 
 
 def tiling_checks() -> list[tuple[str, str]]:
@@ -103,7 +105,7 @@ def _render(head: list[str], string: str, constant, comment: str, width: int, ch
 def render_c() -> str:
     head = [f"/* {NOTICE}", " * The segment layout for the Linux hot path (_fastpath.c); transport/LAYOUT.md explains it. */",
             "#ifndef SHMLAUNCH_LAYOUT_H", "#define SHMLAUNCH_LAYOUT_H", ""]
-    return _render(head, '#define {name} "{text}"', lambda n, v: f"#define {n} {_c_literal(v, NARROW.get(n, 64))}", "/* {} */", 56,
+    return _render(head, '#define {name} "{text}"', lambda n, v: f"#define {n} {_c_literal(v)}", "/* {} */", 56,
                    "_Static_assert", ["", "#endif", ""])
 
 
@@ -121,7 +123,7 @@ def render_cpp() -> str:
     head = [f"// {NOTICE}", "// The segment layout for the C++ client (pool.hpp includes it); transport/LAYOUT.md explains it.",
             "#pragma once", "", "#include <cstdint>", "", "namespace shmlaunch {", "namespace layout {", ""]
     return _render(head, 'constexpr char {name}[] = "{text}";',
-                   lambda n, v: f"constexpr {_cpp_type(n)} {n} = {_c_literal(v, NARROW.get(n, 64))};", "// {}", 64, "static_assert",
+                   lambda n, v: f"constexpr {_cpp_type(n)} {n} = {_c_literal(v)};", "// {}", 64, "static_assert",
                    ["", "}  // namespace layout", "}  // namespace shmlaunch", ""])
 
 
