@@ -328,6 +328,7 @@ class HeaderView:
     typestr: str
     shape: tuple[int, ...] | None
     ndim: int
+    dtype_padded: bool = True  # printable ASCII, then only NULs (what a creator writes)
 
     @classmethod
     def parse(cls, buf) -> HeaderView:
@@ -337,7 +338,13 @@ class HeaderView:
             magic=f[0], layout_version=f[1], pool=f[2], capacity=f[3], slot_stride=f[4],
             slots_offset=f[5], itemsize=f[6], typestr=f[8].rstrip(b"\0").decode("ascii", "replace"),
             shape=tuple(f[9 : 9 + min(ndim, MAX_NDIM)]) if ndim else None, ndim=ndim,
+            dtype_padded=_nul_padded_ascii(f[8]),
         )
+
+
+def _nul_padded_ascii(field: bytes) -> bool:
+    text = field.rstrip(b"\0")
+    return all(0x21 <= c <= 0x7E for c in text)
 
 
 def header_problem(h: HeaderView, size: int) -> str | None:
@@ -360,6 +367,8 @@ def header_problem(h: HeaderView, size: int) -> str | None:
                 f"and {h.pool} slots from offset {h.slots_offset} must end within the file size {size}")
     if h.ndim > MAX_NDIM:
         return f"ndim {h.ndim} is above {MAX_NDIM}"
+    if not h.dtype_padded:
+        return "dtype is not an ASCII type string padded with NULs"
     return None
 
 

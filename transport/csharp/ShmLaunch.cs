@@ -265,6 +265,14 @@ namespace ShmLaunch
                 throw corrupt("slot_stride " + stride + " does not fit: capacity " + capacity + " needs at least " + minStride + ", and " + pool
                               + " slots from offset " + slotsOffset + " must end within the file size " + size);
             if (ndim > Layout.MAX_NDIM) throw corrupt("ndim " + ndim + " is above " + Layout.MAX_NDIM);
+            bool padded = true, ended = false;
+            for (ulong i = 0; i < Layout.HEADER_DTYPE_SIZE; i++)
+            {
+                byte c = Base[Layout.HEADER_DTYPE_OFFSET + i];
+                if (c == 0) ended = true;
+                else if (ended || c < 0x21 || c > 0x7e) padded = false;
+            }
+            if (!padded) throw corrupt("dtype is not an ASCII type string padded with NULs");
             if (capacity != Config.Capacity) throw new TopicMismatch(action + ": the segment header capacity is " + capacity + ", the registry says " + Config.Capacity);
             if (pool != Config.Pool) throw new TopicMismatch(action + ": the segment header pool is " + pool + ", the registry says " + Config.Pool);
             string typestr = "";
@@ -274,10 +282,13 @@ namespace ShmLaunch
             var shape = new List<ulong>();
             for (uint k = 0; k < ndim; k++) shape.Add(*(ulong*)(Base + Layout.HEADER_SHAPE_OFFSET + 8 * k));
             if (string.Join(",", shape) != string.Join(",", Config.Shape))
-                throw new TopicMismatch(action + ": the segment header shape is [" + string.Join(", ", shape) + "], the registry says [" + string.Join(", ", Config.Shape) + "]");
+                throw new TopicMismatch(action + ": the segment header shape is " + ShapeText(shape) + ", the registry says " + ShapeText(Config.Shape));
             this.stride = stride;
             this.slotsOffset = slotsOffset;
         }
+
+        // As Python and C++ write a shape: [4, 6, 3], or None for a topic without one.
+        static string ShapeText(List<ulong> shape) => shape.Count == 0 ? "None" : "[" + string.Join(", ", shape) + "]";
 
         public ulong SlotOffset(uint slot) => slotsOffset + slot * stride;
         public byte* Payload(uint slot) => Base + SlotOffset(slot) + Layout.SLOT_HEADER_SIZE;

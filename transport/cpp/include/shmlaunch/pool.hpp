@@ -944,6 +944,9 @@ class Segment {
     if (ndim > L::MAX_NDIM) corrupt("ndim " + std::to_string(ndim) + " is above " + std::to_string(L::MAX_NDIM));
     const char* dtype = reinterpret_cast<const char*>(b + L::HEADER_DTYPE_OFFSET);
     std::string typestr(dtype, strnlen(dtype, L::HEADER_DTYPE_SIZE));
+    bool padded = std::all_of(typestr.begin(), typestr.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+    for (size_t i = typestr.size(); i < L::HEADER_DTYPE_SIZE; ++i) padded = padded && dtype[i] == 0;
+    if (!padded) corrupt("dtype is not an ASCII type string padded with NULs");
     std::vector<uint64_t> shape;
     for (uint32_t k = 0; k < ndim; ++k) shape.push_back(u64(L::HEADER_SHAPE_OFFSET + 8 * k));
     auto mismatch = [&](const char* field, const std::string& header, const std::string& registry) {
